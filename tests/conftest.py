@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny synthetic data and a tiny trained classifier (seconds on CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+def make_blobs(n: int = 600, classes: int = 4, side: int = 6, seed: int = 0):
+    """Images in [0, 1] of shape (n, 1, side, side): one random prototype per class plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(classes, 1, side, side, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = (protos[y] + 0.15 * torch.randn(n, 1, side, side, generator=g)).clamp(0, 1)
+    return x, y
+
+
+class TinyNet(nn.Module):
+    """Small ReLU MLP with ReLUs as modules (so defenses can swap them)."""
+
+    def __init__(self, side: int = 6, classes: int = 4, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(side * side, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    return make_blobs()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data):
+    """A TinyNet trained to (near) perfect clean accuracy on ``tiny_data``; returned in eval mode."""
+    torch.manual_seed(0)
+    x, y = tiny_data
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return model
