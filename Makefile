@@ -1,0 +1,27 @@
+# The two commands of the README: `make test` and `make book` (PROFILE=smoke|laptop|paper|auto).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= auto
+
+.PHONY: test book notebooks bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt -e .
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+notebooks: $(VENV)/.installed
+	$(PY) -m robustness run --all --profile $(PROFILE)
+
+book: notebooks
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+bench: $(VENV)/.installed
+	$(PY) -m robustness bench
+
+clean:
+	rm -rf _build book/executed

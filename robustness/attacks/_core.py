@@ -1,0 +1,102 @@
+"""Helpers shared by the attacks: eval-mode guard, input gradients, norm-ball projections.
+
+Conventions for every attack in this package: inputs ``x`` are ``(N, C, H, W)`` floats in
+``[0, 1]``, labels ``y`` are ``(N,)`` int64, the model returns logits (normalization is a layer
+inside the model, so attacks always clip to ``[0, 1]``).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "eval_mode", "input_gradient", "grad_or_zero", "project_linf", "project_l2", "l2_norm", "MinNormResult",
+]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode; on exit restore each submodule's own ``training`` flag.
+
+    Restoring per module (not ``model.train(old)``) keeps mixed states intact, e.g. a model in
+    train mode whose BatchNorm layers were deliberately frozen in eval mode.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """Gradient w.r.t. ``x`` of the *summed* loss (so each sample's gradient is its own, unscaled).
+
+    Works under ``torch.no_grad()``. Differentiates w.r.t. the input only, so no ``.grad`` lands
+    on the parameters; a model whose output does not depend on ``x`` gives zeros. Only
+    ``loss="ce"`` (cross-entropy on the logits) is supported. Returns a detached tensor shaped
+    like ``x``.
+    """
+    if loss != "ce":
+        raise ValueError(f"unsupported loss {loss!r}; only 'ce' is implemented")
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():  # attacks may be called from inside torch.no_grad()
+        value = F.cross_entropy(model(x), y, reduction="sum")
+        grad = grad_or_zero(value, x)
+    return grad.detach()
+
+
+def grad_or_zero(output: torch.Tensor, inp: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``torch.autograd.grad(output, inp)``, but zeros where ``inp`` does not reach ``output``.
+
+    A model with a fully masked gradient (e.g. a hard threshold layer) then yields a zero
+    gradient instead of an autograd error, so attacks degrade gracefully (and BPDA can be shown
+    to help).
+    """
+    if not output.requires_grad:
+        return torch.zeros_like(inp)
+    (grad,) = torch.autograd.grad(output, inp, allow_unused=True, materialize_grads=True, **kwargs)
+    return grad
+
+
+def l2_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm of ``t`` flattened over all non-batch dims; shape ``(N,)``."""
+    return t.flatten(1).norm(p=2, dim=1)
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape an ``(N,)`` vector to broadcast against ``like`` (N, ...)."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def project_linf(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project ``delta`` onto the L-infinity ball of radius ``eps`` (element-wise clamp)."""
+    return delta.clamp(-eps, eps)
+
+
+def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project each sample of ``delta`` onto the L2 ball of radius ``eps`` (rescale if outside)."""
+    norms = l2_norm(delta)
+    # clamp_min avoids 0/0 for an all-zero delta; factor <= 1 so points inside are untouched
+    factor = (eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return delta * _per_sample(factor, delta)
+
+
+@dataclass
+class MinNormResult:
+    """Output of a minimum-norm attack.
+
+    ``x_adv`` (N, C, H, W): the smallest-norm adversarial example found per sample (``x`` itself
+    where none was found); ``norms`` (N,): its L2 distance to ``x`` (``inf`` where none was
+    found); ``success`` (N,) bool: whether an adversarial example was found.
+    """
+
+    x_adv: torch.Tensor
+    norms: torch.Tensor
+    success: torch.Tensor

@@ -1,0 +1,183 @@
+"""DeepFool (L2 and L-infinity), batched over samples and candidate classes."""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ._core import eval_mode, grad_or_zero
+
+
+@dataclass
+class DeepFoolResult:
+    """Output of :func:`deepfool`.
+
+    ``x_adv`` (N, C, H, W); ``perturbation`` = ``x_adv - x``; ``iterations`` (N,) int64: steps
+    taken per sample; ``fooled`` (N,) bool: the model's decision at ``x_adv`` left ``orig`` (or,
+    for ``toward`` rows, reached ``toward``); ``p``: the attack norm (2 or inf).
+    ``norms`` is the ``p``-norm of ``perturbation`` per sample and ``success`` aliases ``fooled``,
+    mirroring :class:`MinNormResult` (unlike it, ``norms`` is finite even where not fooled).
+    With ``keep_graph=True`` ``norms`` stays differentiable w.r.t. the model's parameters.
+    """
+
+    x_adv: torch.Tensor
+    perturbation: torch.Tensor
+    iterations: torch.Tensor
+    fooled: torch.Tensor
+    p: float = 2.0
+
+    @property
+    def norms(self) -> torch.Tensor:
+        return self.perturbation.flatten(1).norm(p=self.p, dim=1)
+
+    @property
+    def success(self) -> torch.Tensor:
+        return self.fooled
+
+
+def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, norm: float = 2,
+             overshoot: float = 0.02, max_iter: int = 50, num_classes: Optional[int] = None,
+             keep_graph: bool = False, candidates: Optional[torch.Tensor] = None,
+             toward: Optional[torch.Tensor] = None) -> DeepFoolResult:
+    """DeepFool, L2 or L-infinity (Moosavi-Dezfooli, Fawzi & Frossard, "DeepFool: a simple and
+    accurate method to fool deep neural networks", CVPR 2016).
+
+    Iteratively linearizes the logit differences ``f_k - f_orig`` and steps to the closest
+    linearized boundary: ``r = (|f_k| + 1e-4) / ||w_k||_2^2 * w_k`` (L2) or
+    ``r = (|f_k| + 1e-4) / ||w_k||_1 * sign(w_k)`` (L-inf), where ``w_k`` is the gradient of
+    ``f_k - f_orig`` and ``k`` minimizes ``|f_k| / ||w_k||_q`` (q = 2, resp. 1). Steps accumulate
+    in ``r_tot``; the model is evaluated at ``x + (1 + overshoot) * r_tot`` (clipped to [0, 1]
+    unless ``keep_graph``) and a sample stops as soon as it is fooled (already-fooled samples get
+    a zero perturbation). Batched over samples; candidate-class Jacobian rows are obtained with
+    one backward per candidate column over the whole batch (samples must be independent, which
+    holds in eval mode).
+
+    Args:
+        model: classifier returning logits.
+        x: ``(N, C, H, W)`` inputs in ``[0, 1]``.
+        y: ``(N,)`` int64 labels to move away from; ``None`` uses the model's prediction at ``x``.
+        norm: ``2`` or ``float('inf')``.
+        overshoot: final perturbation is ``(1 + overshoot) * r_tot``.
+        max_iter: maximum number of linearization steps.
+        num_classes: only the ``num_classes`` highest-scoring classes at ``x`` are candidates
+            (as in the paper's code); ``None`` means all classes.
+        keep_graph: keep the result a differentiable function of the model's parameters
+            (``create_graph=True``, nothing detached), e.g. for Deep Defense's regularizer. In this
+            mode the model's train/eval state is left to the caller (so training-mode BatchNorm /
+            dropout is the caller's choice; note that train-mode BatchNorm couples the samples of
+            a batch, which the per-column batched gradients assume away), and the output is NOT
+            clipped: ``x_adv = x + (1 + overshoot) * r_tot``.
+            Otherwise the model runs in eval mode (flags restored after), outputs are detached and
+            ``x_adv = clip(x + (1 + overshoot) * r_tot, 0, 1)``.
+        candidates: optional int64 candidate classes, ``(K,)`` shared or ``(N, K)`` per sample;
+            overrides ``num_classes``. ``orig`` is always excluded.
+        toward: optional ``(N,)`` int64; rows with ``toward[i] >= 0`` are pushed *into* class
+            ``toward[i]`` instead (Deep Defense uses this with the true label for misclassified
+            samples): the step linearizes ``f_toward - f_j`` with ``j`` the currently highest
+            other class, and the row is done once the prediction equals ``toward[i]``. Rows with
+            ``toward[i] < 0`` run ordinary DeepFool.
+
+    Returns:
+        :class:`DeepFoolResult` with ``x_adv``, ``perturbation = x_adv - x``, ``iterations`` and
+        ``fooled``.
+    """
+    if norm not in (2, math.inf):
+        raise ValueError("norm must be 2 or float('inf')")
+    x = x.detach()
+    n = x.shape[0]
+    dev = x.device
+    ctx = contextlib.nullcontext() if keep_graph else eval_mode(model)
+    tmask = torch.zeros(n, dtype=torch.bool, device=dev)
+    if toward is None:
+        toward = torch.full((n,), -1, dtype=torch.long, device=dev)
+    else:
+        toward = toward.to(dev).long()
+        tmask = toward >= 0
+    with ctx, torch.enable_grad():  # callable from inside torch.no_grad()
+        r_tot = torch.zeros_like(x)
+        iterations = torch.zeros(n, dtype=torch.long, device=dev)
+        fooled = torch.zeros(n, dtype=torch.bool, device=dev)
+        active = torch.arange(n, device=dev)
+        for it in range(max_iter + 1):
+            x_full = x + (1 + overshoot) * r_tot
+            if not keep_graph:
+                x_full = x_full.clamp(0, 1)
+            # only still-active samples are re-evaluated (the batch shrinks as samples finish)
+            xa = x_full[active]
+            if not (keep_graph and xa.requires_grad):  # keep_graph: xa depends on the weights
+                xa = xa.detach().requires_grad_(True)
+            f = model(xa)
+            pred = f.argmax(1)
+            if it == 0:
+                # the first pass is at x itself (r_tot = 0): set up labels and candidates
+                orig, cand, valid = _setup(f.detach(), y, candidates, num_classes, toward, tmask)
+            t_a, tm_a = toward[active], tmask[active]
+            done = torch.where(tm_a, pred == t_a, pred != orig[active])
+            fooled[active] = done
+            if it == max_iter or done.all():
+                break
+            # reference class: orig, or for toward rows the highest class other than target
+            others = f.detach().scatter(1, t_a.clamp_min(0)[:, None], -math.inf)
+            ref = torch.where(tm_a, others.argmax(1), orig[active])
+            c_a, v_a = cand[active], valid[active] & ~done[:, None]
+            f_ref = f.gather(1, ref[:, None]).squeeze(1)
+            ws, fs = [], []
+            for j in range(c_a.shape[1]):
+                fj = f.gather(1, c_a[:, j:j + 1]).squeeze(1) - f_ref
+                if v_a[:, j].any():
+                    g = grad_or_zero(fj.sum(), xa, retain_graph=True, create_graph=keep_graph)
+                else:
+                    g = torch.zeros_like(xa)
+                ws.append(g.flatten(1))
+                fs.append(fj if keep_graph else fj.detach())  # no graph kept across iterations
+            w = torch.stack(ws, 1)  # (Na, K, D)
+            fd = torch.stack(fs, 1)  # (Na, K)
+            q = 2 if norm == 2 else 1
+            wn = w.detach().norm(p=q, dim=2)
+            dist = fd.detach().abs() / wn.clamp_min(1e-12)
+            dist = dist.masked_fill(~v_a, math.inf)
+            k = dist.argmin(1)
+            w_k = w[torch.arange(len(k), device=dev), k]
+            f_k = fd.gather(1, k[:, None]).squeeze(1).abs() + 1e-4
+            if norm == 2:
+                scale = f_k / (w_k.norm(dim=1) ** 2).clamp_min(1e-12)
+                r = scale[:, None] * w_k
+            else:
+                scale = f_k / w_k.norm(p=1, dim=1).clamp_min(1e-12)
+                r = scale[:, None] * w_k.sign()
+            # finished samples get r = 0 (they stay in the batch for this iteration only)
+            r = torch.where(done[:, None], torch.zeros_like(r), r)
+            r_tot = r_tot.index_add(0, active, r.view_as(xa))
+            iterations[active] += (~done).long()
+            active = active[~done]
+
+    pert = (1 + overshoot) * r_tot
+    x_adv = x + pert
+    if not keep_graph:
+        x_adv = x_adv.clamp(0, 1).detach()
+        pert = x_adv - x
+    return DeepFoolResult(x_adv=x_adv, perturbation=pert, iterations=iterations, fooled=fooled, p=float(norm))
+
+
+def _setup(logits0, y, candidates, num_classes, toward, tmask):
+    """Original labels ``(N,)``, candidate classes ``(N, K)`` and their validity mask ``(N, K)``."""
+    n, n_cls = logits0.shape
+    dev = logits0.device
+    orig = logits0.argmax(1) if y is None else y.to(dev).long()
+    if candidates is not None:
+        cand = candidates.to(dev).long()
+        cand = cand.expand(n, -1) if cand.dim() == 1 else cand
+    elif num_classes is None or num_classes >= n_cls:
+        cand = torch.arange(n_cls, device=dev).expand(n, -1)
+    else:
+        cand = logits0.argsort(dim=1, descending=True)[:, :num_classes]
+    valid = cand != orig[:, None]
+    if tmask.any():
+        # one extra column holds the target: toward rows use only it, other rows never
+        cand = torch.cat([cand, toward.clamp_min(0)[:, None]], dim=1)
+        valid = torch.cat([valid & ~tmask[:, None], tmask[:, None]], dim=1)
+    return orig, cand, valid

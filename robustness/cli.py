@@ -1,0 +1,57 @@
+"""Command line: ``python -m robustness run CHAPTER... [--all] [--profile P] [-p NAME VALUE]...`` and ``bench``."""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+from .chapters import CHAPTER_IDS
+from .config import PROFILES
+
+
+def parse_value(text: str):
+    """A parameter value as papermill would get it: Python literal if it parses, else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m robustness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute chapter notebooks (jupytext → papermill)")
+    run.add_argument("chapters", nargs="*", metavar="CHAPTER", help=f"one or more of: {', '.join(CHAPTER_IDS)}")
+    run.add_argument("--all", action="store_true", help="every chapter of the book, in order")
+    run.add_argument("--profile", default="auto", choices=PROFILES)
+    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="override one parameter, e.g. -p eps 0.1 -p eps_grid_linf '[0, 0.1]'")
+    run.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/executed)")
+    run.add_argument("--log-output", action="store_true", help="stream the notebook's output")
+    bench = sub.add_parser("bench", help="attack throughput benchmark on the chapter-1 model")
+    bench.add_argument("--batch-size", type=int, default=256)
+    bench.add_argument("--profile", default="smoke", choices=PROFILES, help="which chapter-1 model to load/train")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        if not args.chapters and not args.all:
+            parser.error("name at least one chapter, or --all")
+        unknown = [c for c in args.chapters if c not in CHAPTER_IDS]
+        if unknown:
+            parser.error(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(CHAPTER_IDS)}")
+        from .runner import run_chapters
+
+        params = {name: parse_value(value) for name, value in args.param}
+        try:
+            run_chapters([] if args.all else args.chapters, args.profile, params, args.output_dir, args.log_output)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    from .bench import main as bench_main
+
+    return bench_main(batch_size=args.batch_size, profile=args.profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,455 @@
+"""Data sets of the book: MNIST, Fashion-MNIST and CIFAR-10 as in-memory tensors.
+
+Every loader returns an :class:`ArrayDataset`: ``x`` float32 (N, C, H, W) in
+[0, 1] (no normalization: models normalize inside, with the ``mean``/``std`` of
+:func:`dataset_info`, so attacks work in pixel space) and ``y`` int64 (N,).
+
+Where the files come from, in order:
+
+* ``root`` -- the ``root`` argument, else ``$ROBUSTNESS_DATA``, else a per-user
+  cache (``$XDG_CACHE_HOME/robustness-book/data`` or
+  ``~/.cache/robustness-book/data``). Laid out as torchvision lays it out
+  (``MNIST/raw/...``, ``cifar-10-batches-py/...``).
+* ``mirror`` -- the ``mirror`` argument, else ``$ROBUSTNESS_DATA_MIRROR``: an
+  offline copy that may be read-only, laid out as ``MNIST/raw/*.gz``,
+  ``FashionMNIST/raw/*.gz`` and ``cifar10/{train,test}.npz``.
+* torchvision's download, when neither has the data.
+
+Every file is checked against a known checksum before use; a file that fails is
+reported and never used.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from robustness._io import atomic_path, md5_file, sha256_file
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "CorruptDataError",
+    "CorruptDataWarning",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "clear_cache",
+    "dataset_info",
+    "load_dataset",
+    "resolve_mirror",
+    "resolve_root",
+    "train_val_split",
+]
+
+ENV_ROOT = "ROBUSTNESS_DATA"
+ENV_MIRROR = "ROBUSTNESS_DATA_MIRROR"
+SPLITS = ("train", "test")
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, used by the models' normalization layer
+    std: tuple[float, ...]
+
+
+# Mean/std as in JumpReLU's official code, so its checkpoints and numbers carry over.
+_INFO = {
+    "mnist": DatasetInfo(
+        "mnist", (1, 28, 28), 10, tuple(str(d) for d in range(10)), (0.1307,), (0.3081,)
+    ),
+    "fashion_mnist": DatasetInfo(
+        "fashion_mnist", (1, 28, 28), 10,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+         "Ankle boot"),
+        (0.2860,), (0.3530,),
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", (3, 32, 32), 10,
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+    ),
+}
+
+DATASETS: tuple[str, ...] = tuple(_INFO)
+
+# torchvision class per MNIST-format data set; its name is also the folder name
+# (<root>/<ClassName>/raw) in torchvision's layout and in the mirror.
+_TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+# sha256 of the offline mirror's CIFAR-10 files (see the mirror's README). The
+# test file holds only the first 1,000 of the 10,000 official test images.
+CIFAR10_MIRROR_SHA256 = {
+    "train": "d94be28f2fcbbf3ad314b33e3c51a5af42460123762fcf8ffd690c08c64550b5",
+    "test": "857044e1709626a578661dcdd92ff251efc3a57ba5690df6c31e99a90b58a98f",
+}
+_CIFAR10_OFFICIAL_SIZE = {"train": 50_000, "test": 10_000}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Shape, classes and normalization constants of a data set."""
+    _check_name(name)
+    return _INFO[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in _INFO:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data set is neither in the root, nor in the mirror, nor downloadable."""
+
+
+class CorruptDataError(RuntimeError):
+    """A data file exists but fails its checksum (or cannot be read); it is not used."""
+
+
+class CorruptDataWarning(UserWarning):
+    """A data file failed its checksum; it was set aside and another source is tried."""
+
+
+# --------------------------------------------------------------------------- the data set
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """A whole split in memory.
+
+    ``x``: float32 (N, C, H, W) in [0, 1]; ``y``: int64 (N,); ``source``: where
+    the samples came from, in words (goes into results and figure captions).
+
+    Tensors are shared, not copied: :func:`load_dataset` caches them and
+    :meth:`first` returns views. Do not modify ``x`` or ``y`` in place; use
+    ``ds.x.clone()`` if you need to.
+    """
+
+    name: str
+    split: str
+    x: torch.Tensor
+    y: torch.Tensor
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def first(self, n: int) -> "ArrayDataset":
+        """The first ``n`` samples (views of the same tensors)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if n > len(self):
+            raise ValueError(
+                f"asked for the first {n:,} {self.name} {self.split} samples, but only {len(self):,} "
+                f"exist (source: {self.source})"
+            )
+        if n == len(self):
+            return self
+        return ArrayDataset(self.name, self.split, self.x[:n], self.y[:n], f"{self.source}; first {n:,}")
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> "ArrayDataset":
+        """The samples at ``indices`` (copies), in the order given."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be one-dimensional, got shape {tuple(idx.shape)}")
+        return ArrayDataset(
+            self.name, self.split, self.x[idx], self.y[idx], f"{self.source}; subset of {len(idx):,}"
+        )
+
+
+def train_val_split(ds: ArrayDataset, n_val: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """Hold out ``n_val`` random samples of ``ds`` as a validation set.
+
+    Deterministic for a given ``seed`` (its own generator, so the global RNG is
+    untouched). Both parts keep the original order of ``ds``.
+    """
+    if not 0 <= n_val < len(ds):
+        raise ValueError(f"n_val must be in [0, {len(ds)}) for {len(ds):,} samples, got {n_val}")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    held_out = f"{n_val:,} held out at random (seed={seed})"
+    train = ArrayDataset(ds.name, ds.split, ds.x[train_idx], ds.y[train_idx], f"{ds.source}; minus {held_out}")
+    val = ArrayDataset(ds.name, "val", ds.x[val_idx], ds.y[val_idx], f"{ds.source}; the {held_out}")
+    return train, val
+
+
+# --------------------------------------------------------------------------- where the files are
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root``, else ``$ROBUSTNESS_DATA``, else the per-user cache."""
+    if root is None:
+        root = os.environ.get(ENV_ROOT) or None
+    if root is None:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(cache) / "robustness-book" / "data"
+    return Path(root).expanduser().absolute()
+
+
+def resolve_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
+    """The offline mirror: ``mirror``, else ``$ROBUSTNESS_DATA_MIRROR``, else None."""
+    if mirror is None:
+        mirror = os.environ.get(ENV_MIRROR) or None
+    return None if mirror is None else Path(mirror).expanduser().absolute()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    root: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+) -> ArrayDataset:
+    """Load a whole split of ``name`` (one of :data:`DATASETS`) into memory.
+
+    Results are cached per process on (name, split, root, mirror): a second
+    call returns the same object, so do not modify its tensors in place.
+
+    Raises :class:`DatasetNotFoundError` when no source has the data and
+    :class:`CorruptDataError` when the mirror's CIFAR-10 file fails its sha256.
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    mirror_path = resolve_mirror(mirror)
+    return _load_cached(name, split, str(resolve_root(root)), None if mirror_path is None else str(mirror_path))
+
+
+def clear_cache() -> None:
+    """Forget the data sets loaded so far (frees their memory once unreferenced)."""
+    _load_cached.cache_clear()
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, split: str, root: str, mirror: str | None) -> ArrayDataset:
+    mirror_path = None if mirror is None else Path(mirror)
+    if name == "cifar10":
+        return _load_cifar10(split, Path(root), mirror_path)
+    return _load_mnist_like(name, split, Path(root), mirror_path)
+
+
+def _tv():
+    # Imported lazily: metadata and tensors work without torchvision's import cost.
+    from robustness._torchvision import import_torchvision
+
+    return import_torchvision()
+
+
+# Errors torchvision raises when a download or an extraction fails: RuntimeError
+# (md5 mismatch, all MNIST mirrors failed), URLError/OSError (no network),
+# tar errors (a truncated CIFAR archive).
+_DOWNLOAD_ERRORS = (RuntimeError, OSError, EOFError, tarfile.TarError)
+
+
+def _not_found(name: str, searched: list[str], fix: str, err: BaseException) -> DatasetNotFoundError:
+    # torchvision's messages span lines ("Error downloading f:", "Tried url, got:", the
+    # error); the first and last line say enough.
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    reason = lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
+    places = "\n".join(f"  - {place}" for place in searched)
+    return DatasetNotFoundError(
+        f"dataset {name!r} not found. Searched:\n{places}\n"
+        f"and the download failed ({reason}).\n"
+        f"To fix: connect to the internet once (the files are then kept in the root), or {fix}."
+    )
+
+
+def _mirror_place(mirror: Path | None, relative: str) -> str:
+    if mirror is None:
+        return f"no mirror set ({ENV_MIRROR})"
+    return f"mirror: {mirror / relative}"
+
+
+# ----- MNIST and Fashion-MNIST: torchvision's raw .gz files, checked by md5
+
+
+def _set_aside(path: Path, why: str) -> None:
+    """Rename a bad file to ``*.corrupt`` (kept for inspection, never read again)."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    # stacklevel: point at the caller of load_dataset.
+    warnings.warn(f"{why}; moved it aside to {aside} and will not use it", CorruptDataWarning, stacklevel=6)
+
+
+def _drop_extracted(gz: Path) -> None:
+    # torchvision only checks that the extracted file (name without .gz) exists,
+    # never its content. When the archive beside it changes, the extracted copy may
+    # stem from the bad archive, so remove it and let torchvision extract the
+    # verified one again (a fraction of a second).
+    extracted = gz.with_suffix("")
+    if extracted.exists():
+        extracted.unlink()
+
+
+class _Rejected(Exception):
+    pass
+
+
+def _prepare_raw_archives(class_name: str, resources, raw: Path, mirror: Path | None) -> list[str]:
+    """Make every archive present in ``raw`` one with the right md5.
+
+    Bad archives in ``raw`` are set aside; missing ones are copied in from the
+    mirror when the mirror's copy has the right md5. Returns the names copied.
+    """
+    copied = []
+    for filename, md5 in resources:
+        target = raw / filename
+        if target.is_file():
+            actual = md5_file(target)
+            if actual == md5:
+                continue
+            _set_aside(target, f"{target} has md5 {actual}, expected {md5}")
+            _drop_extracted(target)
+        if mirror is None:
+            continue
+        source = mirror / class_name / "raw" / filename
+        if not source.is_file():
+            continue
+        # Check the copy, not the mirror's file: that is what will be used.
+        try:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+                actual = md5_file(tmp)
+                if actual != md5:
+                    raise _Rejected(actual)
+        except _Rejected as bad:
+            warnings.warn(
+                f"mirror file {source} has md5 {bad}, expected {md5}; not using it",
+                CorruptDataWarning, stacklevel=5,
+            )
+            continue
+        _drop_extracted(target)
+        copied.append(filename)
+    return copied
+
+
+def _load_mnist_like(name: str, split: str, root: Path, mirror: Path | None) -> ArrayDataset:
+    tv = _tv()
+    class_name = _TV_CLASS[name]
+    cls = getattr(tv.datasets, class_name)
+    raw = root / class_name / "raw"
+    copied = _prepare_raw_archives(class_name, cls.resources, raw, mirror)
+    try:
+        # With the verified archives in place, download=True only extracts them.
+        ds = cls(str(root), train=(split == "train"), download=True)
+    except _DOWNLOAD_ERRORS as err:
+        missing = [f for f, md5 in cls.resources if not (raw / f).is_file() or md5_file(raw / f) != md5]
+        if not missing:
+            # All archives are good, so torchvision choked on something else,
+            # e.g. an extracted file cut short by an interrupted run.
+            raise CorruptDataError(
+                f"torchvision could not read {name} from {raw} although its archives are verified: {err}. "
+                f"Delete the extracted files there (the names without .gz) to extract them again."
+            ) from err
+        raise _not_found(
+            name,
+            [f"root: {raw} (missing or bad: {', '.join(missing)})", _mirror_place(mirror, f"{class_name}/raw")],
+            f"set {ENV_MIRROR} to a folder with {class_name}/raw/*.gz, "
+            f"or {ENV_ROOT} to a writable folder that has them",
+            err,
+        ) from err
+
+    # One vectorized conversion: uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1].
+    x = ds.data.unsqueeze(1).to(torch.float32).div_(255.0)
+    y = ds.targets.to(torch.int64)
+    source = f"torchvision {class_name} ({root / class_name})"
+    if copied:
+        source += f"; archives copied from offline mirror {mirror / class_name / 'raw'}"
+    return ArrayDataset(name, split, x, y, source)
+
+
+# ----- CIFAR-10: torchvision's batches, else the mirror's npz, else download
+
+
+def _cifar_batches_ok(cls, root: Path) -> bool:
+    """True when torchvision's batches in ``root`` all pass their md5 (reporting any that fail)."""
+    folder = root / cls.base_folder
+    if not folder.is_dir():
+        return False
+    ok = True
+    for filename, md5 in cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]:
+        path = folder / filename
+        if not path.is_file():
+            ok = False
+            continue
+        actual = md5_file(path)
+        if actual != md5:
+            # Not moved aside: a later download=True overwrites it with a good copy.
+            warnings.warn(
+                f"{path} has md5 {actual}, expected {md5}; not using torchvision's CIFAR-10 batches",
+                CorruptDataWarning, stacklevel=5,
+            )
+            ok = False
+    return ok
+
+
+def _from_torchvision_cifar(ds, split: str, root: Path, cls) -> ArrayDataset:
+    # ds.data is uint8 NHWC; make float32 NCHW (contiguous) in [0, 1].
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return ArrayDataset("cifar10", split, x.div_(255.0), y, f"torchvision CIFAR10 ({root / cls.base_folder})")
+
+
+def _load_cifar_npz(path: Path, split: str) -> ArrayDataset:
+    expected = CIFAR10_MIRROR_SHA256[split]
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CorruptDataError(
+            f"{path} has sha256 {actual}, expected {expected}; it will not be used. "
+            f"Replace it with a good copy or unset {ENV_MIRROR}."
+        )
+    with np.load(path) as npz:
+        images, labels = npz["x"], npz["y"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or labels.shape != images.shape[:1]:
+        raise CorruptDataError(f"{path}: expected x uint8 (N, 32, 32, 3) and y (N,), got x {images.dtype} "
+                               f"{images.shape} and y {labels.shape}")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    y = torch.from_numpy(labels.astype(np.int64))
+    n, total = len(y), _CIFAR10_OFFICIAL_SIZE[split]
+    which = "training" if split == "train" else "test"
+    part = f"all {n:,}" if n == total else f"first {n:,} of {total:,}"
+    return ArrayDataset("cifar10", split, x.div_(255.0), y, f"offline mirror npz ({path}): {part} {which} images")
+
+
+def _load_cifar10(split: str, root: Path, mirror: Path | None) -> ArrayDataset:
+    tv = _tv()
+    cls = tv.datasets.CIFAR10
+    train = split == "train"
+    if _cifar_batches_ok(cls, root):
+        return _from_torchvision_cifar(cls(str(root), train=train, download=False), split, root, cls)
+
+    npz = None if mirror is None else mirror / "cifar10" / f"{split}.npz"
+    if npz is not None and npz.is_file():
+        return _load_cifar_npz(npz, split)
+
+    try:
+        ds = cls(str(root), train=train, download=True)
+    except _DOWNLOAD_ERRORS as err:
+        raise _not_found(
+            "cifar10",
+            [f"root: {root / cls.base_folder} (torchvision's batches missing or bad)",
+             _mirror_place(mirror, f"cifar10/{split}.npz")],
+            f"set {ENV_MIRROR} to a folder with cifar10/train.npz and cifar10/test.npz, "
+            f"or {ENV_ROOT} to a folder that has {cls.base_folder}/",
+            err,
+        ) from err
+    return _from_torchvision_cifar(ds, split, root, cls)

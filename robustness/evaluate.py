@@ -1,0 +1,172 @@
+"""Evaluation: clean and robust accuracy, minimum-norm statistics, and the health table.
+
+Everything here works in batches on the model's device and returns plain
+Python numbers or CPU tensors, ready for a results JSON.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks import fgsm, input_gradient, pgd_linf
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels (CPU, int64) for images ``x`` (N, C, H, W) in [0, 1]; model in eval mode."""
+    was_training = model.training
+    model.eval()
+    dev = model_device(model)
+    out = torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of ``x`` classified as ``y``."""
+    return float((predict(model, x, batch_size) == y).float().mean())
+
+
+def run_attack(attack: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int = 256, desc: str | None = None, **kwargs) -> torch.Tensor:
+    """Apply ``attack(model, xb, yb, **kwargs)`` batch by batch; returns adversarial images on the CPU.
+
+    Works with attacks returning a tensor or a result object with ``x_adv``.
+    """
+    dev = model_device(model)
+    outs = []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc or getattr(attack, "__name__", "attack"),
+                  disable=None, leave=False):
+        out = attack(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), **kwargs)
+        outs.append(getattr(out, "x_adv", out).detach().cpu())
+    return torch.cat(outs)
+
+
+def accuracy_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Callable,
+                   eps_grid: Sequence[float], batch_size: int = 256, seed: int = 0,
+                   **kwargs) -> list[dict]:
+    """Accuracy under ``attack`` at each eps of ``eps_grid`` (attacks that take a ``generator``
+    get one seeded with ``seed`` per eps, so curves are reproducible)."""
+    curve = []
+    for eps in eps_grid:
+        extra = dict(kwargs)
+        if _takes_generator(attack):
+            extra["generator"] = torch.Generator(model_device(model)).manual_seed(seed)
+        x_adv = run_attack(attack, model, x, y, batch_size, desc=f"{attack.__name__} eps={eps:g}", eps=eps, **extra)
+        curve.append({"eps": float(eps), "accuracy": accuracy(model, x_adv, y)})
+    return curve
+
+
+def _takes_generator(attack: Callable) -> bool:
+    import inspect
+
+    return "generator" in inspect.signature(attack).parameters
+
+
+def relative_norms(x: torch.Tensor, x_adv: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """Per-sample ‖x_adv − x‖_p / ‖x‖_p (DeepFool's relative perturbation)."""
+    d = (x_adv - x).flatten(1)
+    return d.norm(p=p, dim=1) / x.flatten(1).norm(p=p, dim=1)
+
+
+def min_norm_summary(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, model: nn.Module,
+                     p: float = 2) -> dict:
+    """ρ_adv statistics over the samples the model classifies correctly.
+
+    ρ_adv is the mean of ‖r‖_p/‖x‖_p (as DeepFool and Deep Defense define it);
+    a sample the attack does not fool counts with ρ = ∞ in the median and is
+    left out of the mean (``success_rate`` says how many).
+    """
+    correct = predict(model, x) == y
+    fooled = predict(model, x_adv) != y
+    rho = relative_norms(x, x_adv, p)
+    absolute = (x_adv - x).flatten(1).norm(p=p, dim=1)
+    ok = correct & fooled
+    rho_inf = torch.where(ok, rho, torch.full_like(rho, float("inf")))[correct]
+    return {
+        "p": "inf" if p == float("inf") else p,
+        "n_correct": int(correct.sum()),
+        "success_rate": float(ok.sum() / correct.sum().clamp(min=1)),
+        "rho_mean": float(rho[ok].mean()) if ok.any() else float("nan"),
+        "rho_median": float(rho_inf.median()) if correct.any() else float("nan"),
+        "norm_median": float(torch.where(ok, absolute, torch.full_like(absolute, float("inf")))[correct].median())
+        if correct.any() else float("nan"),
+        "rho": rho[ok].tolist(),
+    }
+
+
+def zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Fraction of samples whose input gradient of the loss is exactly zero (shattered gradients)."""
+    dev = model_device(model)
+    zero = 0
+    for i in range(0, len(x), batch_size):
+        g = input_gradient(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev))
+        zero += int((g.flatten(1).abs().sum(1) == 0).sum())
+    return zero / len(x)
+
+
+def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:
+    """(result, seconds) of one call, synchronizing CUDA so GPU time is counted."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def health_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
+                  num_classes: int, large_eps: float = 0.5, transfer_x_adv: torch.Tensor | None = None,
+                  batch_size: int = 256, seed: int = 0, attack_model: nn.Module | None = None) -> list[dict]:
+    """The evaluation-health table of Carlini et al. (2019, "On evaluating adversarial robustness").
+
+    Each row: ``check``, ``measured``, ``expected`` and ``passed``. PGD-L∞ at
+    ``eps`` with ``steps`` steps is the reference attack. ``attack_model``
+    (default ``model``) is the model whose gradients the attacks follow, e.g.
+    a BPDA copy; accuracy is always measured on ``model``. ``transfer_x_adv``,
+    if given, are examples crafted on another model for the same ``x``.
+    """
+    attack_model = attack_model or model
+
+    def acc_under(attack, e, **kw):
+        if _takes_generator(attack):
+            kw["generator"] = torch.Generator(model_device(attack_model)).manual_seed(seed)
+        return accuracy(model, run_attack(attack, attack_model, x, y, batch_size, eps=e, **kw), y)
+
+    clean = accuracy(model, x, y)
+    at_zero = acc_under(pgd_linf, 0.0, steps=steps)
+    grid = [eps / 4, eps / 2, eps, min(1.0, 2 * eps)]
+    curve = [acc_under(pgd_linf, e, steps=steps) for e in grid]
+    at_large = acc_under(pgd_linf, large_eps, steps=steps)
+    pgd_acc = curve[2]
+    fgsm_acc = acc_under(fgsm, eps)
+    pgd_double = acc_under(pgd_linf, eps, steps=2 * steps)
+    chance = 1.0 / num_classes
+    rows = [
+        ("eps = 0 gives clean accuracy", f"{at_zero:.1%} vs clean {clean:.1%}", "equal", abs(at_zero - clean) < 1e-9),
+        ("accuracy never rises with eps",
+         " → ".join(f"{a:.1%}" for a in [clean, *curve]) + f" at eps {', '.join(f'{e:.3g}' for e in grid)}",
+         "non-increasing", all(b <= a for a, b in zip([clean, *curve], curve))),
+        (f"near chance at eps = {large_eps:g}", f"{at_large:.1%}", f"≤ chance + 10 points ({chance + 0.1:.0%})",
+         at_large <= chance + 0.1),
+        (f"PGD-{steps} no better for the model than FGSM", f"PGD {pgd_acc:.1%}, FGSM {fgsm_acc:.1%}",
+         "PGD ≤ FGSM", pgd_acc <= fgsm_acc),
+        (f"doubling PGD steps ({steps} → {2 * steps}) moves accuracy ≤ 1 point",
+         f"{pgd_acc:.1%} → {pgd_double:.1%}", "|Δ| ≤ 1 point", abs(pgd_double - pgd_acc) <= 0.01),
+    ]
+    if transfer_x_adv is not None:
+        transfer = accuracy(model, transfer_x_adv, y)
+        rows.append(("transfer no stronger than white-box", f"transfer {transfer:.1%}, white-box {pgd_acc:.1%}",
+                     "transfer ≥ white-box", transfer >= pgd_acc))
+    zero = zero_gradient_fraction(attack_model, x, y)
+    rows.append(("input gradients non-zero", f"{zero:.1%} of samples have an all-zero gradient", "< 1%", zero < 0.01))
+    return [{"check": c, "measured": m, "expected": e, "passed": bool(p)} for c, m, e, p in rows]

@@ -1,0 +1,79 @@
+"""Turning results into what a page shows: Markdown tables and matplotlib figures.
+
+Pages display only numbers read from a results JSON, through these helpers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Mapping[str, str],
+                   formats: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+    """A Markdown table: ``columns`` maps row keys to headers; ``formats`` maps keys to formatters."""
+    formats = formats or {}
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [formats.get(k, _default_format)(row.get(k, "")) for k in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _default_format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def health_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The evaluation-health table; failed checks are marked, never dropped."""
+    table = markdown_table(
+        [{**r, "status": "✅ pass" if r["passed"] else "❌ **FAIL**"} for r in rows],
+        {"check": "check", "measured": "measured", "expected": "expected", "status": "status"})
+    failed = [r["check"] for r in rows if not r["passed"]]
+    note = (f"\n\n**{len(failed)} check(s) failed:** {'; '.join(failed)}. Treat the robustness numbers above "
+            "with the corresponding caution." if failed else "\n\nAll checks passed.")
+    return table + note
+
+
+def plot_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], xlabel: str, ylabel: str = "accuracy",
+                title: str = "", ax=None, chance: float | None = None):
+    """One line per named curve of ``{"eps": ..., "accuracy": ...}`` points."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    for name, points in curves.items():
+        ax.plot([p["eps"] for p in points], [p["accuracy"] for p in points], marker="o", label=name)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls=":", lw=1, label="chance")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_examples(x, x_adv, labels, preds_clean, preds_adv, names: Sequence[str], n: int = 8, title: str = ""):
+    """Rows: clean image, adversarial image, amplified perturbation, for ``n`` samples."""
+    n = min(n, len(x))
+    fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.6))
+    for i in range(n):
+        delta = (x_adv[i] - x[i])
+        scale = float(delta.abs().max()) or 1.0
+        for row, (img, caption) in enumerate([
+            (x[i], f"{names[int(labels[i])]}\n→ {names[int(preds_clean[i])]}"),
+            (x_adv[i], f"→ {names[int(preds_adv[i])]}"),
+            (0.5 + 0.5 * delta / scale, f"δ×{0.5 / scale:.0f}"),
+        ]):
+            ax = axes[row, i]
+            img = img.permute(1, 2, 0).clamp(0, 1).numpy()
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                      vmin=0, vmax=1)
+            ax.set_title(caption, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

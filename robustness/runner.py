@@ -1,0 +1,64 @@
+"""Execute chapter notebooks: jupytext (py:percent) → papermill → ``book/executed/<chapter>.ipynb``.
+
+Parameters are validated against the chapter's spec before the kernel starts,
+so a typo fails in a second, not after training. The executed notebook is
+written to a temporary file and renamed, so a failed run never leaves a
+half-written page behind; papermill raises on any cell error.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ._io import atomic_path
+from .chapters import CHAPTER_IDS, get_chapter
+from .config import resolve
+from .results import repo_root
+
+
+def executed_dir() -> Path:
+    """Where executed notebooks go (``_toc.yml`` points there): ``<repo>/book/executed``."""
+    return repo_root() / "book" / "executed"
+
+
+def run_chapter(chapter: str, profile: str = "auto", parameters: Mapping[str, Any] | None = None,
+                output_dir: Path | None = None, log_output: bool = False) -> Path:
+    """Execute one chapter notebook with papermill; returns the executed notebook's path."""
+    import jupytext
+    import papermill
+
+    spec = get_chapter(chapter)
+    parameters = dict(parameters or {})
+    resolve(spec, profile=profile, **parameters)  # fail early, before a kernel starts
+    source = repo_root() / spec.notebook
+    if not source.exists():
+        raise FileNotFoundError(f"notebook {source} for chapter {chapter!r} is missing")
+    notebook = jupytext.read(source)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    target = Path(output_dir or executed_dir()) / f"{chapter}.ipynb"
+    with tempfile.TemporaryDirectory() as staging:
+        staged_input = Path(staging) / f"{chapter}.ipynb"
+        jupytext.write(notebook, staged_input, fmt="ipynb")
+        with atomic_path(target, suffix=".ipynb") as tmp:
+            papermill.execute_notebook(
+                str(staged_input), str(tmp), parameters={"profile": profile, **parameters},
+                kernel_name="python3", cwd=str(source.parent), progress_bar=False, log_output=log_output,
+            )
+    return target
+
+
+def run_chapters(chapters: list[str], profile: str = "auto", parameters: Mapping[str, Any] | None = None,
+                 output_dir: Path | None = None, log_output: bool = False) -> list[Path]:
+    """Validate every chapter's parameters first, then run them in order."""
+    chapters = list(CHAPTER_IDS) if not chapters else chapters
+    for chapter in chapters:
+        resolve(get_chapter(chapter), profile=profile, **dict(parameters or {}))
+    paths = []
+    for chapter in chapters:
+        start = time.perf_counter()
+        print(f"[robustness] running {chapter} (profile {profile}) ...", flush=True)
+        paths.append(run_chapter(chapter, profile, parameters, output_dir, log_output))
+        print(f"[robustness] {chapter} done in {time.perf_counter() - start:.0f} s → {paths[-1]}", flush=True)
+    return paths

@@ -1,0 +1,33 @@
+"""Device choice, seeding and cache folders: the few run-time facts every module needs."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so reruns give identical numbers on CPU."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cache_root() -> Path:
+    """Per-user cache folder of the book (data, checkpoints): ``$XDG_CACHE_HOME/robustness-book``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "robustness-book"
+
+
+def checkpoint_dir() -> Path:
+    """Where trained models are cached: ``$ROBUSTNESS_CHECKPOINTS``, else ``<cache>/checkpoints``."""
+    env = os.environ.get("ROBUSTNESS_CHECKPOINTS")
+    return Path(env) if env else cache_root() / "checkpoints"

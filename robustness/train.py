@@ -1,0 +1,271 @@
+"""One training loop for every chapter, and a checkpoint cache keyed by the whole recipe.
+
+Defenses change *what* is minimized, never the loop: they pass a ``loss``
+callable ``loss(model, x, y) -> scalar tensor``. A loss may carry a ``spec``
+attribute (a JSON-able dict of its settings) so that the checkpoint cache can
+tell two losses apart.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import _io
+from .data import ArrayDataset
+from .runtime import checkpoint_dir, default_device
+
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Bump when a change to the loop or the models makes old checkpoints stale.
+CACHE_VERSION = 1
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The plain objective: mean cross-entropy of the model's logits."""
+    return nn.functional.cross_entropy(model(x), y)
+
+
+cross_entropy.spec = {"name": "cross_entropy"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer and schedule: SGD with momentum, lr × ``gamma`` at each epoch in ``milestones``."""
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.2
+    augment: bool = False  # CIFAR: random crop (pad 4) and horizontal flip
+    freeze_bn: bool = False  # fine-tuning recipes keep batch-norm statistics fixed
+    seed: int = 0
+
+
+def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Batched random crop (zero padding ``pad``) and horizontal flip, one draw per image."""
+    n, c, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (n, h, 1)
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (n, 1, w)
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)  # (n, c, h, w)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out).contiguous()
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def train(
+    model: nn.Module,
+    data: ArrayDataset,
+    config: TrainConfig,
+    loss: Loss = cross_entropy,
+    device: torch.device | str | None = None,
+    epoch_callback: Callable[[int, nn.Module], dict] | None = None,
+    desc: str = "train",
+) -> dict:
+    """Train ``model`` in place on ``data`` and return its history.
+
+    The history holds, per epoch, the mean training loss, seconds, and
+    whatever ``epoch_callback(epoch, model)`` returned (evaluated in eval mode).
+    Shuffling, augmentation and dropout are seeded from ``config.seed``.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(config.milestones), config.gamma)
+    x_all, y_all = data.x, data.y
+    if device.type == "cuda":  # small data sets fit; avoids a host copy per batch
+        x_all, y_all = x_all.to(device), y_all.to(device)
+    history: dict = {"epochs": []}
+    for epoch in range(config.epochs):
+        _set_train_mode(model, config.freeze_bn)
+        order = torch.randperm(len(data), generator=shuffle)
+        total, count, start = 0.0, 0, time.perf_counter()
+        batches = range(0, len(data), config.batch_size)
+        for i in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=None, leave=False):
+            idx = order[i:i + config.batch_size]
+            x, y = x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)].to(device)
+            if config.augment:
+                x = augment_crop_flip(x, shuffle)
+            value = loss(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            total += float(value.detach()) * len(idx)
+            count += len(idx)
+        sched.step()
+        record = {"epoch": epoch + 1, "loss": total / count, "seconds": time.perf_counter() - start}
+        if epoch_callback is not None:
+            model.eval()
+            record.update(epoch_callback(epoch + 1, model))
+        history["epochs"].append(record)
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return history
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint cache
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupted, or does not match its recipe."""
+
+
+def loss_spec(loss: Loss) -> dict:
+    """The JSON-able description of a loss used in cache keys."""
+    spec = getattr(loss, "spec", None)
+    if spec is None:
+        spec = {"name": f"{loss.__module__}.{getattr(loss, '__qualname__', type(loss).__qualname__)}"}
+    return dict(spec)
+
+
+def recipe_key(recipe: dict) -> str:
+    """A short hash of the whole recipe (model, data, schedule, loss, init...)."""
+    blob = json.dumps({"cache_version": CACHE_VERSION, **recipe}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> str:
+    """Write ``model``'s state dict atomically, then its sidecar ``.json`` with the file's sha256."""
+    path = Path(path)
+    with _io.atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        digest = _io.sha256_file(tmp)
+    _io.atomic_write_text(path.with_suffix(".json"), json.dumps({**meta, "sha256": digest}, indent=1))
+    return digest
+
+
+def load_checkpoint(model: nn.Module, path: Path, expected_sha256: str | None = None) -> dict:
+    """Load a checkpoint into ``model`` after checking its sha256; returns the sidecar metadata.
+
+    Raises :class:`CheckpointError` (naming the file) when the file or its
+    sidecar is missing, the hash differs, or the weights do not fit the model.
+    Loading uses ``weights_only=True``: a checkpoint can never run code.
+    """
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.exists() or not side.exists():
+        raise CheckpointError(f"checkpoint {path} (or its {side.name}) is missing")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint metadata {side} is unreadable: {err}") from err
+    expected = expected_sha256 or meta.get("sha256")
+    actual = _io.sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupted: sha256 {actual}, expected {expected}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # a file with the right hash but the wrong model
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
+    return meta
+
+
+def cached_train(
+    recipe: dict,
+    build: Callable[[], nn.Module],
+    data: ArrayDataset,
+    config: TrainConfig,
+    loss: Loss = cross_entropy,
+    init: nn.Module | None = None,
+    epoch_callback: Callable[[int, nn.Module], dict] | None = None,
+    device: torch.device | str | None = None,
+    cache: Path | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train (or load from the cache) the model that ``recipe`` describes.
+
+    ``recipe`` must name everything about the model and data that ``build`` and
+    ``data`` embody (model name, dataset, subset...); the training config, the
+    loss spec, the initial weights' hash and the callback's ``spec`` are added
+    here. ``init``, if given, is a trained model whose weights start the run
+    (fine-tuning). Returns ``(model in eval mode on device, meta)``; ``meta``
+    has the training history and ``cached`` (True when loaded).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    full = {
+        **recipe,
+        "train": asdict(config),
+        "loss": loss_spec(loss),
+        "n_train": len(data),
+        "init": None if init is None else state_hash(init),
+        "epoch_callback": getattr(epoch_callback, "spec", None) if epoch_callback else None,
+    }
+    key = recipe_key(full)
+    path = Path(cache or checkpoint_dir()) / f"{recipe.get('model', 'model')}-{key}.pt"
+    torch.manual_seed(config.seed)
+    model = build()
+    if path.exists():
+        try:
+            meta = load_checkpoint(model, path)
+            if meta.get("recipe") != json.loads(json.dumps(full, default=str)):
+                raise CheckpointError(f"checkpoint {path} was written for another recipe")
+            return model.to(device).eval(), {**meta, "cached": True, "path": str(path)}
+        except CheckpointError as err:
+            warnings.warn(f"{err}; retraining it", stacklevel=2)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    start = time.perf_counter()
+    history = train(model, data, config, loss=loss, device=device, epoch_callback=epoch_callback,
+                    desc=recipe.get("model", "train"))
+    meta = {"recipe": json.loads(json.dumps(full, default=str)), "history": history,
+            "train_seconds": time.perf_counter() - start, "device": str(device)}
+    meta["sha256"] = save_checkpoint(model, path, meta)
+    return model.eval(), {**meta, "cached": False, "path": str(path)}
+
+
+def state_hash(model: nn.Module) -> str:
+    """sha256 over a model's parameters and buffers (identifies fine-tuning starting points)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def official_milestones(epochs: int, fractions: tuple[float, ...] = (1 / 3, 2 / 3, 8 / 9)) -> tuple[int, ...]:
+    """JumpReLU's schedule (×0.2 at epochs 30/60/80 of 90) scaled to ``epochs``."""
+    return tuple(sorted({m for m in (round(epochs * f) for f in fractions) if 0 < m < epochs}))
+
+
+def trained_model(model: str, dataset: str, config: TrainConfig, train_size: int | None = None,
+                  loss: Loss = cross_entropy, init: nn.Module | None = None,
+                  epoch_callback: Callable[[int, nn.Module], dict] | None = None,
+                  device: torch.device | str | None = None) -> tuple[nn.Module, dict]:
+    """The registry model ``model`` trained on the first ``train_size`` training images of ``dataset``
+    (all when ``None``), through the checkpoint cache. Returns ``(model, meta)`` as :func:`cached_train`."""
+    from .data import load_dataset
+    from .models import build_model
+
+    data = load_dataset(dataset, "train")
+    if train_size is not None:
+        data = data.first(train_size)
+    recipe = {"model": model, "dataset": dataset, "train_size": len(data)}
+    return cached_train(recipe, lambda: build_model(model, dataset), data, config, loss=loss, init=init,
+                        epoch_callback=epoch_callback, device=device)
