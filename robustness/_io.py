@@ -39,6 +39,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the final file gets the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)

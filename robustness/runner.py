@@ -7,8 +7,10 @@ half-written page behind; papermill raises on any cell error.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +23,21 @@ from .results import repo_root
 def executed_dir() -> Path:
     """Where executed notebooks go (``_toc.yml`` points there): ``<repo>/book/executed``."""
     return repo_root() / "book" / "executed"
+
+
+@contextmanager
+def _inline_figures():
+    """Make the kernel (which inherits our environment) use the inline backend: a non-interactive
+    MPLBACKEND such as Agg, common in CI, would silently drop every figure from the page."""
+    old = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MPLBACKEND"]
+        else:
+            os.environ["MPLBACKEND"] = old
 
 
 def run_chapter(chapter: str, profile: str = "auto", parameters: Mapping[str, Any] | None = None,
@@ -38,7 +55,7 @@ def run_chapter(chapter: str, profile: str = "auto", parameters: Mapping[str, An
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     target = Path(output_dir or executed_dir()) / f"{chapter}.ipynb"
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as staging, _inline_figures():
         staged_input = Path(staging) / f"{chapter}.ipynb"
         jupytext.write(notebook, staged_input, fmt="ipynb")
         with atomic_path(target, suffix=".ipynb") as tmp:

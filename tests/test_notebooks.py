@@ -32,6 +32,8 @@ def test_baselines_smoke_run_writes_its_results(isolated_outputs):
     cells = json.loads(notebook.read_text())["cells"]
     first_outputs = [o for c in cells[:4] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert any("**Profile:** `smoke`" in "".join(o.get("data", {}).get("text/markdown", "")) for o in first_outputs)
+    # Figures reach the page even when the caller's MPLBACKEND is non-interactive (set to Agg above).
+    assert sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", [])) >= 3
 
 
 @pytest.mark.notebook
