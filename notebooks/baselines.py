@@ -102,8 +102,8 @@ with timer("clean accuracy"):
     clean_acc = evaluate.accuracy(net, clean_set.x, clean_set.y)
 metrics = {"clean_accuracy": clean_acc, "n_clean": len(clean_set), "n_attack": len(attack_set),
            "clean_accuracy_attack_subset": evaluate.accuracy(net, x, y),
-           "train": {"cached": train_meta["cached"], "seconds": train_meta["train_seconds"],
-                     "loss_per_epoch": [e["loss"] for e in train_meta["history"]["epochs"]]}}
+           "train_loss_per_epoch": [e["loss"] for e in train_meta["history"]["epochs"]]}
+timings = {"train": {"cached": train_meta["cached"], "seconds": train_meta["train_seconds"]}}
 display(Markdown(f"Test set: {test.source}. Clean accuracy on the first {len(clean_set):,} test images: "
                  f"**{report.pct(clean_acc)}** (training {'loaded from the cache' if train_meta['cached'] else 'ran'}: "
                  f"{train_meta['train_seconds']:.0f} s)."))
@@ -214,7 +214,7 @@ for name, fn, kwargs in [
 ]:
     _, seconds = evaluate.timed(evaluate.run_attack, fn, net, x, y, cfg.batch_size, **kwargs)
     costs[name] = {"seconds": seconds, "images_per_second": len(x) / seconds}
-metrics["attack_cost"] = costs
+timings["attack_cost"] = costs
 display(Markdown(report.markdown_table([{"attack": k, **v} for k, v in costs.items()],
                                        {"attack": "attack", "seconds": "seconds", "images_per_second": "images/s"},
                                        {"seconds": lambda s: f"{s:.2f}", "images_per_second": lambda r: f"{r:.0f}"})))
@@ -226,7 +226,7 @@ display(Markdown(report.markdown_table([{"attack": k, **v} for k, v in costs.ite
 # back from that file.
 
 # %%
-path = write_results(cfg, metrics, health, timer)
+path = write_results(cfg, metrics, health, timer, timings)
 saved = load_results(cfg.chapter, cfg.profile)
 m = saved["metrics"]
 pgd_name = f"PGD-{cfg.pgd_steps} L∞"

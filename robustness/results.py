@@ -1,8 +1,10 @@
 """One JSON per chapter run: the single source of truth for pages, tests and comparisons.
 
 ``results/<profile>/<chapter>.json`` holds ``chapter``, ``profile``,
-``parameters``, ``provenance``, ``metrics`` and ``health``; it is written
-atomically so a crashed run never leaves half a file.
+``parameters``, ``provenance``, ``metrics``, ``health`` and ``timings``; it is
+written atomically so a crashed run never leaves half a file. Everything that
+depends on the machine's speed goes to ``timings`` (and ``provenance``), so two
+runs with the same parameters and seed have identical ``metrics``.
 """
 from __future__ import annotations
 
@@ -96,11 +98,16 @@ def _clean(value: Any) -> Any:
 
 
 def write_results(cfg: dict, metrics: dict, health: dict | list | None = None,
-                  timer: StageTimer | None = None) -> Path:
-    """Write the chapter's results JSON atomically and return its path."""
+                  timer: StageTimer | None = None, timings: dict | None = None) -> Path:
+    """Write the chapter's results JSON atomically and return its path.
+
+    ``metrics`` must be deterministic given the parameters and seed; wall-clock
+    measurements (attack cost, training seconds) belong in ``timings``.
+    """
     params = {k: v for k, v in cfg.items() if k not in ("chapter", "profile")}
     record = {"chapter": cfg["chapter"], "profile": cfg["profile"], "parameters": params,
-              "provenance": provenance(cfg, timer), "metrics": metrics, "health": health or {}}
+              "provenance": provenance(cfg, timer), "metrics": metrics, "health": health or {},
+              "timings": timings or {}}
     path = results_path(cfg["chapter"], cfg["profile"])
     atomic_write_text(path, json.dumps(_clean(record), indent=1, ensure_ascii=False))
     return path

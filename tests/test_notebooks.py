@@ -37,6 +37,20 @@ def test_baselines_smoke_run_writes_its_results(isolated_outputs):
 
 
 @pytest.mark.notebook
+def test_two_smoke_runs_give_identical_metrics(isolated_outputs, monkeypatch):
+    saved = []
+    for run in ("a", "b"):
+        # Separate checkpoint caches, so both runs train from scratch.
+        monkeypatch.setenv("ROBUSTNESS_CHECKPOINTS", str(isolated_outputs / f"checkpoints-{run}"))
+        monkeypatch.setenv("ROBUSTNESS_RESULTS", str(isolated_outputs / f"results-{run}"))
+        run_chapter("baselines", "smoke", {"n_attack": 50, "n_clean": 200}, output_dir=isolated_outputs / run)
+        saved.append(json.loads((isolated_outputs / f"results-{run}" / "smoke" / "baselines.json").read_text()))
+    assert not saved[0]["timings"]["train"]["cached"] and not saved[1]["timings"]["train"]["cached"]
+    assert saved[0]["metrics"] == saved[1]["metrics"]
+    assert saved[0]["health"] == saved[1]["health"]
+
+
+@pytest.mark.notebook
 def test_bad_parameter_fails_before_the_kernel_starts(isolated_outputs):
     with pytest.raises(ValueError, match="n_attack"):
         run_chapter("baselines", "smoke", {"n_attack": -5}, output_dir=isolated_outputs / "executed")
