@@ -42,7 +42,7 @@ class DeepFoolResult:
 def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, norm: float = 2,
              overshoot: float = 0.02, max_iter: int = 50, num_classes: Optional[int] = None,
              keep_graph: bool = False, candidates: Optional[torch.Tensor] = None,
-             toward: Optional[torch.Tensor] = None) -> DeepFoolResult:
+             toward: Optional[torch.Tensor] = None, clip: Optional[bool] = None) -> DeepFoolResult:
     """DeepFool, L2 or L-infinity (Moosavi-Dezfooli, Fawzi & Frossard, "DeepFool: a simple and
     accurate method to fool deep neural networks", CVPR 2016).
 
@@ -80,6 +80,9 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
             samples): the step linearizes ``f_toward - f_j`` with ``j`` the currently highest
             other class, and the row is done once the prediction equals ``toward[i]``. Rows with
             ``toward[i] < 0`` run ordinary DeepFool.
+        clip: clip iterates and output to [0, 1]; ``None`` (default) means ``not keep_graph``.
+            ``clip=False`` without ``keep_graph`` is the original, unconstrained DeepFool (as the
+            DeepFool and Deep Defense codes measure ρ_adv).
 
     Returns:
         :class:`DeepFoolResult` with ``x_adv``, ``perturbation = x_adv - x``, ``iterations`` and
@@ -91,6 +94,8 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
     n = x.shape[0]
     dev = x.device
     ctx = contextlib.nullcontext() if keep_graph else eval_mode(model)
+    if clip is None:
+        clip = not keep_graph
     tmask = torch.zeros(n, dtype=torch.bool, device=dev)
     if toward is None:
         toward = torch.full((n,), -1, dtype=torch.long, device=dev)
@@ -104,7 +109,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
         active = torch.arange(n, device=dev)
         for it in range(max_iter + 1):
             x_full = x + (1 + overshoot) * r_tot
-            if not keep_graph:
+            if clip:
                 x_full = x_full.clamp(0, 1)
             # only still-active samples are re-evaluated (the batch shrinks as samples finish)
             xa = x_full[active]
@@ -157,9 +162,11 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
 
     pert = (1 + overshoot) * r_tot
     x_adv = x + pert
-    if not keep_graph:
-        x_adv = x_adv.clamp(0, 1).detach()
+    if clip:
+        x_adv = x_adv.clamp(0, 1)
         pert = x_adv - x
+    if not keep_graph:
+        x_adv, pert = x_adv.detach(), pert.detach()
     return DeepFoolResult(x_adv=x_adv, perturbation=pert, iterations=iterations, fooled=fooled, p=float(norm))
 
 
