@@ -49,3 +49,12 @@ def tiny_model(tiny_data):
     for p in model.parameters():
         p.grad = None
     return model
+
+
+@pytest.fixture()
+def isolated_outputs(tmp_path, monkeypatch):
+    """A notebook run whose results JSON lands in ``tmp_path/results``; its MPLBACKEND is set to a
+    non-interactive one on purpose: the runner must still put the figures on the page."""
+    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    return tmp_path

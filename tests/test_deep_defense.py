@@ -98,7 +98,7 @@ def test_regularizer_gradient_flows_through_deepfool_and_matches_finite_differen
         with torch.no_grad():
             for p, v in zip(params, direction):
                 p.add_(t * v)
-        value = float(loss.regularizer(model, x, y)["reg"])
+        value = float(loss.regularizer(model, x, y)["reg"].detach())
         with torch.no_grad():
             for p, v in zip(params, direction):
                 p.sub_(t * v)
@@ -181,11 +181,10 @@ def test_a_descent_step_on_the_regularizer_lowers_it_and_raises_rho(tiny_model, 
 
 
 @pytest.mark.notebook
-def test_deep_defense_smoke_run_writes_its_results(tmp_path, monkeypatch):
+def test_deep_defense_smoke_run_writes_its_results(isolated_outputs):
     from robustness.runner import run_chapter
 
-    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    tmp_path = isolated_outputs
     notebook = run_chapter("deep_defense", "smoke", output_dir=tmp_path / "executed")
     assert notebook.exists()
     saved = json.loads((tmp_path / "results" / "smoke" / "deep_defense.json").read_text())
@@ -202,10 +201,10 @@ def test_deep_defense_smoke_run_writes_its_results(tmp_path, monkeypatch):
 
 
 @pytest.mark.notebook
-def test_deep_defense_bad_parameter_fails_first(tmp_path, monkeypatch):
+def test_deep_defense_bad_parameter_fails_first(isolated_outputs):
     from robustness.runner import run_chapter
 
-    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
+    tmp_path = isolated_outputs
     with pytest.raises(ValueError, match="n_epoch_eval"):
         run_chapter("deep_defense", "smoke", {"n_epoch_eval": 10**6}, output_dir=tmp_path / "executed")
     with pytest.raises(ValueError, match="rho_reference"):

@@ -6,13 +6,6 @@ import pytest
 from robustness.runner import run_chapter
 
 
-@pytest.fixture()
-def isolated_outputs(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    return tmp_path
-
-
 @pytest.mark.notebook
 def test_baselines_smoke_run_writes_its_results(isolated_outputs):
     notebook = run_chapter("baselines", "smoke", output_dir=isolated_outputs / "executed")
