@@ -9,7 +9,7 @@ from conftest import TinyNet
 from robustness import attacks, evaluate
 from robustness.chapters.jumprelu import SPEC
 from robustness.config import resolve
-from robustness.defenses import FGSMMix, JumpReLU, bpda_relu, retrofit
+from robustness.defenses import AdversarialLoss, JumpReLU, bpda_relu, retrofit
 from robustness.defenses.jumprelu import (ADAPTIVE_ATTACKS, SmoothJump, adaptive_sweep, bpda_smooth, choose_kappa,
                                           kappa_sweep, relu_count)
 from robustness.models import build_model
@@ -87,9 +87,9 @@ def test_bpda_single_layer_gradient_equals_relu():
 
 def test_fgsm_mix_replaces_the_head_of_the_batch(tiny_model, tiny_data):
     x, y = tiny_data[0][:10], tiny_data[1][:10]
-    loss = FGSMMix(0.3, 0.1)
+    loss = AdversarialLoss("fgsm", 0.1, mix=0.3, replace=True)
     tiny_model.train()
-    mixed = loss.mix(tiny_model, x, y)
+    mixed = loss.mixed_batch(tiny_model, x, y)
     assert tiny_model.training  # the crafting restored train mode
     tiny_model.eval()
     assert torch.equal(mixed[3:], x[3:]) and not torch.equal(mixed[:3], x[:3])
@@ -97,9 +97,9 @@ def test_fgsm_mix_replaces_the_head_of_the_batch(tiny_model, tiny_data):
     assert (mixed - x).abs().max() <= 0.1 + 1e-6
     assert loss(tiny_model, x, y) > nn.functional.cross_entropy(tiny_model(x), y)
     assert all(p.grad is None for p in tiny_model.parameters())
-    assert loss.spec == {"name": "fgsm_mix", "ratio": 0.3, "eps": 0.1}
-    with pytest.raises(ValueError, match="ratio"):
-        FGSMMix(1.5, 0.1)
+    assert loss.spec == {"name": "adversarial", "attack": "fgsm", "mix": 0.3, "eps": 0.1, "replace": True}
+    with pytest.raises(ValueError, match="mix"):
+        AdversarialLoss("fgsm", 0.1, mix=1.5, replace=True)
 
 
 def test_sweep_choice_and_adaptive_on_a_tiny_model(tiny_model, tiny_data):
@@ -176,11 +176,10 @@ def test_bad_parameters_fail_in_resolve():
 
 
 @pytest.mark.notebook
-def test_jumprelu_smoke_run_writes_its_results(tmp_path, monkeypatch):
+def test_jumprelu_smoke_run_writes_its_results(isolated_outputs):
     from robustness.runner import run_chapter
 
-    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    tmp_path = isolated_outputs
     notebook = run_chapter("jumprelu", "smoke", output_dir=tmp_path / "executed")
     assert notebook.exists()
     saved = json.loads((tmp_path / "results" / "smoke" / "jumprelu.json").read_text())

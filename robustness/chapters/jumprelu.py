@@ -147,7 +147,7 @@ def train_models(cfg: RunConfig, d: str) -> tuple[dict, dict, dict]:
     """Train (or load) the baseline and FGSM-mix models of data set prefix ``d`` on the training split
     minus a random validation hold-out. Returns ``(models, metas, splits)``; ``splits`` has ``val``."""
     from ..data import load_dataset, train_val_split
-    from ..defenses.fgsm_mix import FGSMMix
+    from ..defenses.adversarial_training import AdversarialLoss
     from ..models import build_model
     from ..train import TrainConfig, cached_train, cross_entropy, official_milestones
 
@@ -158,7 +158,8 @@ def train_models(cfg: RunConfig, d: str) -> tuple[dict, dict, dict]:
                          augment=dataset == "cifar10", seed=cfg.seed)
     recipe = {"model": arch, "dataset": dataset, "train_size": len(full), "split": "train minus val",
               "n_val": cfg[f"{d}_n_val"], "val_seed": cfg.seed}
-    losses = {"baseline": cross_entropy, "robust": FGSMMix(cfg[f"{d}_adv_ratio"], pixel_eps(cfg, d))}
+    losses = {"baseline": cross_entropy, "robust": AdversarialLoss("fgsm", pixel_eps(cfg, d), mix=cfg[f"{d}_adv_ratio"],
+                                                                   replace=True)}
     models, metas = {}, {}
     for kind, loss in losses.items():
         models[kind], metas[kind] = cached_train(recipe, lambda: build_model(arch, dataset), train_part, config,

@@ -3,7 +3,9 @@
 ``AdversarialLoss(attack, ...)`` crafts examples against the current weights with one of the
 book's attacks (FGSM, DeepFool-L2, PGD-L∞, PGD-L2) and returns
 ``(1 − mix)·CE(x) + mix·CE(x_adv)``; ``mix = 0.5`` is Goodfellow et al.'s 50/50 objective and
-``mix = 1`` Madry et al.'s. The examples are detached (no gradient through the attack), which is
+``mix = 1`` Madry et al.'s. With ``replace=True`` it instead replaces the first ``round(mix·B)``
+images of each batch by adversarial ones and takes CE over the batch (JumpReLU's ``adv_ratio``
+training). The examples are detached (no gradient through the attack), which is
 what separates adversarial training from Deep Defense's regularizer.
 """
 from __future__ import annotations
@@ -24,12 +26,15 @@ class AdversarialLoss:
             0.02; no radius: it moves each image just across the boundary), ``"pgd_linf"`` or
             ``"pgd_l2"`` (radius ``eps``, ``steps`` steps, random start).
         eps: attack radius (ignored by DeepFool).
-        mix: weight of the adversarial term, in [0, 1].
+        mix: weight of the adversarial term, in [0, 1] (with ``replace``: the fraction of each batch
+            that is replaced).
+        replace: replace the head of the batch instead of adding a weighted adversarial term.
         steps: PGD steps / DeepFool iterations.
         seed: PGD's random starts come from a generator seeded here (reproducible runs).
     """
 
-    def __init__(self, attack: str = "fgsm", eps: float = 0.1, mix: float = 0.5, steps: int = 10, seed: int = 0):
+    def __init__(self, attack: str = "fgsm", eps: float = 0.1, mix: float = 0.5, steps: int = 10, seed: int = 0,
+                 replace: bool = False):
         if attack not in ATTACKS:
             raise ValueError(f"attack={attack!r} is invalid: expected one of {', '.join(ATTACKS)}")
         if not 0 <= mix <= 1:
@@ -38,13 +43,14 @@ class AdversarialLoss:
             raise ValueError(f"eps={eps!r} must be ≥ 0")
         if not (isinstance(steps, int) and steps > 0):
             raise ValueError(f"steps={steps!r} must be an integer > 0")
-        self.attack, self.eps, self.mix, self.steps = attack, float(eps), float(mix), steps
+        self.attack, self.eps, self.mix, self.steps, self.replace = attack, float(eps), float(mix), steps, replace
         self._generator: torch.Generator | None = None
         self._seed = seed
         self.spec = {"name": "adversarial", "attack": attack, "mix": self.mix,
                      **({} if attack == "deepfool" else {"eps": self.eps}),
                      **({} if attack == "fgsm" else {"steps": steps}),
-                     **({"seed": seed} if attack.startswith("pgd") else {})}
+                     **({"seed": seed} if attack.startswith("pgd") else {}),
+                     **({"replace": True} if replace else {})}
 
     def examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial examples for the current weights (detached, in [0, 1])."""
@@ -57,7 +63,14 @@ class AdversarialLoss:
         fn = pgd_linf if self.attack == "pgd_linf" else pgd_l2
         return fn(model, x, y, eps=self.eps, steps=self.steps, generator=self._generator)
 
+    def mixed_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``replace`` mode's batch: adversarial head (``round(mix·B)`` images), clean tail."""
+        k = round(self.mix * len(x))
+        return torch.cat([self.examples(model, x[:k], y[:k]).detach(), x[k:]]) if k else x
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.replace:
+            return nn.functional.cross_entropy(model(self.mixed_batch(model, x, y)), y)
         x_adv = self.examples(model, x, y).detach()
         if self.mix == 1:
             return nn.functional.cross_entropy(model(x_adv), y)
