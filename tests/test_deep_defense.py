@@ -153,10 +153,10 @@ def test_bad_settings_fail_with_the_name():
 
 def test_adversarial_loss_trains_on_worse_examples(tiny_model, tiny_data):
     x, y = tiny_data[0][:64], tiny_data[1][:64]
-    clean = float(nn.functional.cross_entropy(tiny_model(x), y))
+    clean = float(nn.functional.cross_entropy(tiny_model(x), y).detach())
     for attack in ("fgsm", "deepfool", "pgd_l2"):
         adv_only = float(AdversarialLoss(attack, eps=0.3 if attack != "pgd_l2" else 1.0, mix=1.0, steps=5)(
-            tiny_model, x, y))
+            tiny_model, x, y).detach())
         assert adv_only > clean, attack
 
 
