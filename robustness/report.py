@@ -56,6 +56,14 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], xlabel: str
     return ax
 
 
+def show_image(ax, img) -> None:
+    """Draw one (C, H, W) image in [0, 1] (grayscale or RGB) without axes."""
+    img = img.permute(1, 2, 0).clamp(0, 1).numpy()
+    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+              vmin=0, vmax=1)
+    ax.axis("off")
+
+
 def plot_examples(x, x_adv, labels, preds_clean, preds_adv, names: Sequence[str], n: int = 8, title: str = ""):
     """Rows: clean image, adversarial image, amplified perturbation, for ``n`` samples."""
     n = min(n, len(x))
@@ -68,12 +76,8 @@ def plot_examples(x, x_adv, labels, preds_clean, preds_adv, names: Sequence[str]
             (x_adv[i], f"→ {names[int(preds_adv[i])]}"),
             (0.5 + 0.5 * delta / scale, f"δ×{0.5 / scale:.0f}"),
         ]):
-            ax = axes[row, i]
-            img = img.permute(1, 2, 0).clamp(0, 1).numpy()
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                      vmin=0, vmax=1)
-            ax.set_title(caption, fontsize=7)
-            ax.axis("off")
+            show_image(axes[row, i], img)
+            axes[row, i].set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

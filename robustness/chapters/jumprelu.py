@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..config import ChapterSpec, Param, RunConfig
 from ..data import dataset_info
+from ..report import show_image
 
 #: The paper's models: (dataset, architecture) per data-set prefix of the parameters.
 ARCH = {"mnist": "lenet_like", "cifar": "alex_like"}
@@ -212,13 +213,6 @@ def kappa_examples(model, kappas, x, y, step: float, steps: int) -> dict:
     return out
 
 
-def _show(ax, img):
-    img = img.permute(1, 2, 0).clamp(0, 1).numpy()
-    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-              vmin=0, vmax=1)
-    ax.axis("off")
-
-
 def kappa_strip(rows: dict, examples: dict, classes, label: int, title: str = ""):
     """Static stand-in for the slider: per kappa, the adversarial example with clean and IFGSM accuracy."""
     import matplotlib.pyplot as plt
@@ -227,7 +221,7 @@ def kappa_strip(rows: dict, examples: dict, classes, label: int, title: str = ""
     fig, axes = plt.subplots(1, len(ks), figsize=(1.7 * len(ks), 2.4), squeeze=False)
     for ax, k in zip(axes[0], ks):
         e = examples[k]
-        _show(ax, e["x_adv"])
+        show_image(ax, e["x_adv"])
         ax.set_title(f"κ={k}\nclean {100 * rows[k]['clean']:.0f}% / adv {100 * rows[k]['white_box']['ifgsm_acc']:.0f}%"
                      f"\n{classes[label]}→{classes[e['pred_adv']]}", fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -245,7 +239,7 @@ def kappa_slider(rows: dict, examples: dict, classes, label: int):
     def show(i):
         k = ks[i]
         fig, ax = plt.subplots(figsize=(2.4, 2.6))
-        _show(ax, examples[k]["x_adv"])
+        show_image(ax, examples[k]["x_adv"])
         ax.set_title(f"κ = {k}: clean {100 * rows[k]['clean']:.1f}%, IFGSM {100 * rows[k]['white_box']['ifgsm_acc']:.1f}%"
                      f"\n{classes[label]} → {classes[examples[k]['pred_adv']]}", fontsize=7)
         plt.show()
