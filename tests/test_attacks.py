@@ -125,6 +125,12 @@ def test_ifgsm_only_moves_correct_images_and_stops(data, tiny_model):
     a = ifgsm(tiny_model, x[:50], y[:50], step=0.05, steps=40)
     b = ifgsm(tiny_model, x[:50], y[:50], step=0.05, steps=80)
     assert accuracy(tiny_model, a, y[:50]) == 0 and torch.equal(a, b)
+    # per image the result does not depend on the batch it ran in (fooled images leave the batch;
+    # float64 so that no gradient sign rests on rounding)
+    net, xd = copy.deepcopy(tiny_model).double(), x[:40].double()
+    batch = ifgsm(net, xd, y[:40], step=0.02, steps=10)
+    alone = torch.cat([ifgsm(net, xd[i:i + 1], y[i:i + 1], step=0.02, steps=10) for i in range(40)])
+    assert 0 < (predict(net, batch) != y[:40]).sum() < 40 and torch.equal(batch, alone)
 
 
 @pytest.mark.parametrize("attack", [fgsm, pgd_linf, pgd_l2])
@@ -150,6 +156,36 @@ def test_pgd_restarts_never_weaker(attack, eps, data, tiny_model):
     # the generator drives the random start: another seed gives another result
     other = attack(tiny_model, x, y, eps=eps, steps=10, restarts=1, generator=gen(8))
     assert not torch.equal(other, one)
+
+
+class CountingNet(nn.Module):
+    """Counts the images that pass through ``inner`` (the compute an attack spends)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.images = inner, 0
+
+    def forward(self, x):
+        self.images += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("attack,eps", [(pgd_linf, 0.2), (pgd_l2, 1.0)])
+def test_pgd_early_stop_fools_the_same_images_for_less_compute(attack, eps, data, tiny_model):
+    x, y = data
+    net = CountingNet(copy.deepcopy(tiny_model))
+    full = attack(net, x, y, eps=eps, steps=10, restarts=2, generator=gen(3))
+    full_cost, net.images = net.images, 0
+    early = attack(net, x, y, eps=eps, steps=10, restarts=2, generator=gen(3), early_stop=True)
+    fooled_full, fooled_early = predict(tiny_model, full) != y, predict(tiny_model, early) != y
+    assert 0 < fooled_full.sum() < len(y)  # an informative regime
+    # an image fooled at the last step was fooled at some step, where early stop froze it
+    assert torch.equal(fooled_early, fooled_full)
+    assert net.images < full_cost
+    # the frozen points are real examples of the attack: inside the ball and the box
+    delta = (early - x).flatten(1)
+    size = delta.abs().amax(1) if attack is pgd_linf else delta.norm(dim=1)
+    assert size.max() <= eps + 1e-5 and early.min() >= 0 and early.max() <= 1
 
 
 # --- DeepFool ----------------------------------------------------------------------------------

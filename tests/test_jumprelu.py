@@ -175,6 +175,44 @@ def test_bad_parameters_fail_in_resolve():
     assert max(cfg.cifar_pgd_eps) > 8 / 255
 
 
+def _saved_one_model(white_k: float, worst_k: float, gray_k: float, clean_k: float = 0.98) -> dict:
+    """A results file as ``load_results`` returns it, for one MNIST model with kappa grid {0, 1}: kappa = 0
+    has white-box IFGSM accuracy 5% and adaptive worst case 0%; kappa = 1 gets the values passed."""
+    def sweep_row(clean, white, gray, rho):
+        return {"clean": clean, "white_box": {"ifgsm_acc": white, "deepfool_l2_rho": rho},
+                "gray_box": {"ifgsm_acc": gray}}
+
+    def adaptive_row(clean, worst):
+        eps = {e: {"worst_case": w, "transfer": w, "pgd_bpda": w, "extra_fooled": {"pgd_white": 0, "pgd_smooth": 0}}
+               for e, w in (("0.3", worst), ("0.4", 0.0))}
+        return {"clean": clean, "n": 200, "eps": eps}
+
+    key = "mnist_baseline"
+    return {"profile": "laptop", "parameters": {"mnist_kappas": [0.0, 1.0], "mnist_iter": 40, "ifgsm_step": 0.01},
+            "metrics": {"kappa_choice": {key: {"kappa": 1.0}},
+                        "models": {key: {"kappa": {"0": sweep_row(0.99, 0.05, 0.05, 0.2),
+                                                   "1": sweep_row(clean_k, white_k, gray_k, 0.3)}}},
+                        "adaptive": {key: {"0": adaptive_row(0.99, 0.0), "1": adaptive_row(clean_k, worst_k)}}},
+            "health": {f"{key} κ=1": [{"check": "accuracy falls to ~0 at a large eps", "passed": True}]}}
+
+
+def test_verdict_is_computed_from_the_numbers():
+    from robustness.chapters.jumprelu import verdict
+
+    # a 55-point IFGSM gain of which the adaptive ensemble leaves nothing, with a large gray-box advantage
+    masked = verdict(_saved_one_model(white_k=0.60, worst_k=0.0, gray_k=0.90))
+    assert "0% of the IFGSM gain survives" in masked and "essentially none" in masked
+    assert "most of it is gone under adaptive attack" in masked
+    assert "gray-box setting measures how badly" in masked
+    # the same gain, all of it surviving: the verdict must say so instead
+    real = verdict(_saved_one_model(white_k=0.60, worst_k=0.55, gray_k=0.60))
+    assert "100% of the IFGSM gain survives" in real and "substantial part of the gain survives" in real
+    # no gain under the paper's own attack: nothing to test
+    assert "no meaningful robustness gain" in verdict(_saved_one_model(white_k=0.05, worst_k=0.0, gray_k=0.05))
+    # a retrofit at chance accuracy is not counted as robust
+    assert "Not counted (mnist_baseline)" in verdict(_saved_one_model(0.9, 0.9, 0.9, clean_k=0.1))
+
+
 @pytest.mark.notebook
 def test_jumprelu_smoke_run_writes_its_results(isolated_outputs):
     from robustness.runner import run_chapter

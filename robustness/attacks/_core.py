@@ -35,21 +35,24 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
+                   return_logits: bool = False):
     """Gradient w.r.t. ``x`` of the *summed* loss (so each sample's gradient is its own, unscaled).
 
     Works under ``torch.no_grad()``. Differentiates w.r.t. the input only, so no ``.grad`` lands
     on the parameters; a model whose output does not depend on ``x`` gives zeros. Only
     ``loss="ce"`` (cross-entropy on the logits) is supported. Returns a detached tensor shaped
-    like ``x``.
+    like ``x``, or ``(gradient, logits)`` with ``return_logits`` (the logits of the same forward
+    pass, so an attack can check success at no extra cost).
     """
     if loss != "ce":
         raise ValueError(f"unsupported loss {loss!r}; only 'ce' is implemented")
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():  # attacks may be called from inside torch.no_grad()
-        value = F.cross_entropy(model(x), y, reduction="sum")
+        logits = model(x)
+        value = F.cross_entropy(logits, y, reduction="sum")
         grad = grad_or_zero(value, x)
-    return grad.detach()
+    return (grad.detach(), logits.detach()) if return_logits else grad.detach()
 
 
 def grad_or_zero(output: torch.Tensor, inp: torch.Tensor, **kwargs) -> torch.Tensor:

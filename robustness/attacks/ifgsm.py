@@ -30,16 +30,18 @@ def ifgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: float = 0.01
         ``(N, C, H, W)`` detached adversarial images in ``[0, 1]``, on ``x``'s device.
     """
     x_adv = x.detach().clone()
+    active = torch.arange(x.shape[0], device=x.device)  # images still classified as y
     with eval_mode(model), torch.enable_grad():  # callable from inside torch.no_grad()
         for _ in range(steps):
-            x_in = x_adv.requires_grad_(True)
+            x_in = x_adv[active].requires_grad_(True)
             logits = model(x_in)
-            correct = logits.argmax(1) == y
+            correct = logits.argmax(1) == y[active]
             if not correct.any():
                 break
-            # one forward serves both the prediction and the gradient (samples are independent)
-            grad = grad_or_zero(F.cross_entropy(logits, y, reduction="sum"), x_in)
-            stepped = (x_in.detach() + step * grad.sign()).clamp(0, 1)
-            mask = correct.view(-1, *([1] * (x.dim() - 1)))
-            x_adv = torch.where(mask, stepped, x_in.detach())
+            # one forward serves both the prediction and the gradient; fooled images then leave the
+            # batch (samples are independent in eval mode), so each step pays only for the images it moves
+            loss = F.cross_entropy(logits[correct], y[active][correct], reduction="sum")
+            grad = grad_or_zero(loss, x_in)[correct]
+            active = active[correct]
+            x_adv[active] = (x_in.detach()[correct] + step * grad.sign()).clamp(0, 1)
     return x_adv.detach()

@@ -195,10 +195,11 @@ def adaptive_sweep(model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y
     - ``pgd_smooth``: PGD through a BPDA copy whose backward is :class:`SmoothJump` (skipped when
       ``smooth_temperature`` is 0), one restart.
 
-    Two savings keep this affordable and leave the worst case unchanged: (1) on a retrofit (kappa > 0),
+    Three savings keep this affordable and leave the worst case unchanged: (1) on a retrofit (kappa > 0),
     an image already misclassified, or fooled at a smaller eps of ``eps_list`` (the smaller ball lies inside
     the larger, so that example is also valid here), is not attacked again; (2) ``pgd_white`` and ``pgd_smooth`` only
-    attack images that survived ``transfer`` and ``pgd_bpda``. Hence per eps we report the *standalone*
+    attack images that survived ``transfer`` and ``pgd_bpda``; (3) the direct members stop attacking an
+    image once it is fooled (``pgd_linf(early_stop=True)``). Hence per eps we report the *standalone*
     accuracy of ``transfer`` and ``pgd_bpda`` (each still counting images fooled at smaller eps by that
     same attack as fooled, so each column is itself an attack run at every radius up to eps; the transfer
     examples themselves are crafted afresh at every eps) and, for the
@@ -212,17 +213,20 @@ def adaptive_sweep(model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y
     eps_sorted = sorted(float(e) for e in eps_list)
     n = len(y)
 
-    def craft(net, idx, eps, k_restarts):
+    def craft(net, idx, eps, k_restarts, early_stop=True):
         # restarts per image: a restart only re-attacks the images no earlier restart fooled (pgd_linf's own
         # restarts re-run whole batches); per image the first fooling example is kept, else the first run's.
-        # ``net``'s forward is the exact retrofit (BPDA changes only the backward), so it judges "fooled".
+        # ``net``'s forward is the exact retrofit (BPDA changes only the backward), so it judges "fooled",
+        # and an image is attacked only until it is fooled (early stop), except for the transfer source,
+        # whose examples must stay strong beyond the kappa = 0 boundary.
         adv = x[idx].clone()
         todo = torch.arange(idx.numel())
         for r in range(k_restarts):
             if todo.numel() == 0:
                 break
             a = evaluate.run_attack(attacks.pgd_linf, net, x[idx[todo]], y[idx[todo]], batch_size, eps=eps,
-                                    steps=steps, generator=torch.Generator(dev).manual_seed(seed + r))
+                                    steps=steps, generator=torch.Generator(dev).manual_seed(seed + r),
+                                    early_stop=early_stop)
             fooled = evaluate.predict(net, a).to(y.device) != y[idx[todo]]
             if r == 0:
                 adv[todo] = a
@@ -257,7 +261,7 @@ def adaptive_sweep(model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y
                 # examples are full-strength PGD at this radius
                 idx = need_transfer.nonzero().flatten()
                 adv = x.clone()
-                adv[idx] = craft(surrogate, idx, eps, restarts)
+                adv[idx] = craft(surrogate, idx, eps, restarts, early_stop=False)
                 transfer_adv[eps] = adv
                 idx = alive["pgd_bpda"].nonzero().flatten()
                 ok = correct_on(net, adv[idx], idx)
