@@ -37,23 +37,24 @@
 # [Running the book](../running.md).
 
 # %% tags=["parameters"]
-profile = "auto"
-dataset = None
-model = None
-train_size = None
-epochs = None
-lr = None
-n_clean = None
-n_attack = None
-eps = None
-eps_grid_linf = None
-eps_grid_l2 = None
-pgd_steps = None
-restarts = None
-deepfool_iter = None
-ddn_steps = None
-batch_size = None
-seed = None
+profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
+dataset = None  # data set: mnist, fashion_mnist, cifar10
+model = None  # architecture from robustness.models: lenet_like, alex_like, mlp, lenet, convnet, resnet20
+train_size = None  # training images used (the first N)
+epochs = None  # training epochs
+lr = None  # SGD learning rate
+n_clean = None  # test images for clean accuracy (the first N)
+n_attack = None  # test images attacked (the first N)
+eps = None  # L∞ threat-model radius on [0, 1] pixels
+eps_grid_linf = None  # L∞ radii for the accuracy curves
+eps_grid_l2 = None  # L2 radii for the accuracy curves
+pgd_steps = None  # PGD iterations
+restarts = None  # PGD random restarts (worst case kept per image)
+deepfool_iter = None  # DeepFool maximum iterations
+ddn_steps = None  # DDN (minimum-norm L2 attack) iterations
+square_queries = None  # queries per image of the Square member of the adaptive worst case
+batch_size = None  # attack batch size
+seed = None  # random seed
 
 # %%
 from IPython.display import Markdown, display
@@ -64,7 +65,7 @@ from robustness.config import resolve
 cfg = resolve(SPEC, profile=profile, dataset=dataset, model=model, train_size=train_size, epochs=epochs, lr=lr,
               n_clean=n_clean, n_attack=n_attack, eps=eps, eps_grid_linf=eps_grid_linf, eps_grid_l2=eps_grid_l2,
               pgd_steps=pgd_steps, restarts=restarts, deepfool_iter=deepfool_iter, ddn_steps=ddn_steps,
-              batch_size=batch_size, seed=seed)
+              square_queries=square_queries, batch_size=batch_size, seed=seed)
 display(Markdown(cfg.markdown()))
 
 # %% [markdown]
@@ -183,20 +184,40 @@ plt.show()
 # %% [markdown]
 # ## Evaluation health
 #
-# The checklist of {cite}`carlini2019evaluating`, run on this model: an evaluation that fails one of these is
-# more likely measuring a broken attack than a robust model. Failed checks are shown, never hidden. For the
-# transfer check we train a second copy of the network from another seed and attack *it*; examples crafted
-# on a different model should fool ours less often than white-box ones.
+# First the adaptive worst case that every later chapter reports: per image, PGD on the cross-entropy, then PGD
+# on the margin loss, then the gradient-free Square attack {cite}`andriushchenko2020square`, each run only on
+# the images the earlier ones left standing; an image counts as robust only if it survives all three. The
+# interval is the 95% Wilson interval over the attacked images.
+#
+# Then the checklist of {cite}`carlini2019evaluating`, run on this model: an evaluation that fails one of these
+# is more likely measuring a broken attack than a robust model. Failed checks are shown, never hidden. If Square
+# fools images that both PGD runs missed, the gradients are probably masked. For the transfer check we train a
+# second copy of the network from another seed and attack *it* with full-strength PGD; examples crafted on a
+# different model should fool ours less often than white-box ones.
+
+# %%
+with timer("worst case"):
+    worst = evaluate.worst_case(net, x, y, cfg.eps,
+                                evaluate.default_members(cfg.pgd_steps, cfg.restarts, cfg.square_queries),
+                                batch_size=cfg.batch_size, seed=cfg.seed)
+metrics["worst_case"] = evaluate.to_record(worst)
+timings["worst_case"] = worst["seconds"]
+display(Markdown(f"Adaptive worst case at ε = {cfg.eps:g} on {worst['n']:,} images: **{report.pct(worst['robust'])}** "
+                 f"(95% interval {report.pct(worst['interval'][0])}–{report.pct(worst['interval'][1])}; clean "
+                 f"{report.pct(worst['clean'])}). Images each member fooled that the earlier ones missed: "
+                 + ", ".join(f"{name} {count}" for name, count in worst["added"].items()) + "."))
 
 # %%
 with timer("train transfer source"):
     source_net, _ = trained_model(cfg.model, cfg.dataset, dataclasses.replace(train_config, seed=cfg.seed + 1),
                                   train_size=cfg.train_size)
 with timer("health checks"):
+    source_gen = torch.Generator(evaluate.model_device(source_net)).manual_seed(cfg.seed)
     transfer_adv = evaluate.run_attack(attacks.pgd_linf, source_net, x, y, cfg.batch_size, eps=cfg.eps,
-                                       steps=cfg.pgd_steps)
+                                       steps=cfg.pgd_steps, early_stop=False, generator=source_gen)
     health = evaluate.health_checks(net, x, y, eps=cfg.eps, steps=cfg.pgd_steps, num_classes=info.num_classes,
-                                    transfer_x_adv=transfer_adv, batch_size=cfg.batch_size, seed=cfg.seed)
+                                    transfer_x_adv=transfer_adv, worst=worst, batch_size=cfg.batch_size,
+                                    seed=cfg.seed)
 display(Markdown(report.health_markdown(health)))
 
 # %% [markdown]
@@ -240,6 +261,9 @@ if at_eps is not None:
     lines.append(f"- Under {pgd_name} at ε = {cfg.eps:g} the undefended model keeps {report.pct(at_eps)} accuracy "
                  f"on {m['n_attack']:,} images: " + ("it is not robust in this threat model."
                                                      if at_eps < 0.1 else "notably high for an undefended model."))
+wc = m["worst_case"]
+lines.append(f"- Adaptive worst case (PGD-CE, PGD-margin, Square) at ε = {wc['eps']:g}: {report.pct(wc['robust'])} "
+             f"(95% interval {report.pct(wc['interval'][0])}–{report.pct(wc['interval'][1])}).")
 lines.append(f"- DeepFool's median ρ is {ratio:.2f}× DDN's: "
              + ("DeepFool over-states the distance to the boundary." if ratio > 1.05
                 else "on this model DeepFool's estimate is close to the stronger attack's."))

@@ -4,6 +4,12 @@ On the chapter-1 model (LeNetLike, MNIST) with one batch of test images it
 prints images/s for PGD-40 and DeepFool, the raw forward+backward rate of the
 same model, their ratio (attack gradient steps per second ÷ raw fwd+bwd per
 second; an attack with no overhead reaches 1.0), and peak memory.
+
+With ``--worst-case`` it instead compares, on the first ``--n`` test images and
+at each ``--eps``, the toolkit's adaptive worst case (default members: PGD-CE,
+PGD-margin, Square) with AutoAttack (standard): robust accuracy with its 95%
+Wilson interval, and seconds, e.g.
+``python -m robustness bench --worst-case --n 300 --eps 0.1 0.15``.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from . import attacks
+from . import attacks, evaluate
 from .chapters import get_chapter
 from .config import resolve
 from .data import load_dataset
@@ -42,11 +48,45 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def main(batch_size: int = 256, profile: str = "smoke", repeats: int = 3) -> int:
+def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, norm: str = "linf",
+                             steps: int = 100, restarts: int = 1, queries: int = 5000, batch_size: int = 256,
+                             seed: int = 0) -> list[dict]:
+    """Per eps: the toolkit's worst case over the default members and AutoAttack (standard), each with its
+    robust accuracy, 95% Wilson interval and seconds; printed as it goes and returned."""
+    members = evaluate.default_members(steps, restarts, queries)
+    rows = []
+    print(f"worst case ({', '.join(m.name for m in members)}; PGD {steps} steps × {restarts} restart(s), "
+          f"Square {queries} queries) vs AutoAttack standard, {norm}, {len(y)} images")
+    for eps in eps_list:
+        wc, wc_seconds = evaluate.timed(evaluate.worst_case, model, x, y, eps, members, norm=norm,
+                                        batch_size=batch_size, seed=seed)
+        aa = evaluate.autoattack_accuracy(model, x, y, eps, norm=norm, batch_size=batch_size, seed=seed)
+        row = {"eps": eps, "clean": wc["clean"], "worst_case": evaluate.to_record(wc), "worst_case_seconds": wc_seconds,
+               "autoattack": aa}
+        rows.append(row)
+        added = ", ".join(f"{k} +{v}" for k, v in wc["added"].items())
+        print(f"eps {eps:<7g} clean {wc['clean']:6.1%} | worst case {wc['robust']:6.1%} "
+              f"[{wc['interval'][0]:.1%}, {wc['interval'][1]:.1%}] {wc_seconds:8.1f} s ({added}) | "
+              f"AutoAttack {aa['robust']:6.1%} [{aa['interval'][0]:.1%}, {aa['interval'][1]:.1%}] "
+              f"{aa['seconds']:8.1f} s")
+    return rows
+
+
+def main(batch_size: int = 256, profile: str = "smoke", repeats: int = 3, worst_case: bool = False, n: int = 300,
+         eps: list[float] | None = None, norm: str = "linf", steps: int = 100, queries: int = 5000) -> int:
     cfg = resolve(get_chapter("baselines"), profile=profile)
     config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, milestones=official_milestones(cfg.epochs), seed=cfg.seed)
     model, _ = trained_model(cfg.model, cfg.dataset, config, train_size=cfg.train_size)
     device = next(model.parameters()).device
+    if worst_case:
+        model.eval()
+        test = load_dataset(cfg.dataset, "test").first(n)
+        eps_list = eps if eps else [cfg.eps]
+        print(f"model: {cfg.model} on {cfg.dataset} ({profile} recipe), device {device}, "
+              f"threads {torch.get_num_threads()}, first {len(test.y)} test images")
+        worst_case_vs_autoattack(model, test.x, test.y, eps_list, norm=norm, steps=steps, queries=queries,
+                                 batch_size=batch_size, seed=cfg.seed)
+        return 0
     test = load_dataset(cfg.dataset, "test").first(batch_size)
     x, y = test.x.to(device), test.y.to(device)
     model.eval()
@@ -57,7 +97,8 @@ def main(batch_size: int = 256, profile: str = "smoke", repeats: int = 3) -> int
 
     raw = _rate(fwd_bwd, device, repeats * 10)
     steps = 40
-    pgd_calls = _rate(lambda: attacks.pgd_linf(model, x, y, eps=0.3, steps=steps, random_start=True), device, repeats)
+    pgd_calls = _rate(lambda: attacks.pgd_linf(model, x, y, eps=0.3, steps=steps, random_start=True,
+                                                         early_stop=False), device, repeats)
     df_result = attacks.deepfool(model, x, y, norm=2, max_iter=50)
     df_calls = _rate(lambda: attacks.deepfool(model, x, y, norm=2, max_iter=50), device, repeats)
     # DeepFool's gradient work: one forward and one backward per candidate class per iteration.

@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="attack throughput benchmark on the chapter-1 model")
     bench.add_argument("--batch-size", type=int, default=256)
     bench.add_argument("--profile", default="smoke", choices=PROFILES, help="which chapter-1 model to load/train")
+    bench.add_argument("--worst-case", action="store_true",
+                       help="instead: the adaptive worst case (PGD-CE, PGD-margin, Square) beside AutoAttack standard")
+    bench.add_argument("--n", type=int, default=300, help="--worst-case: test images (the first N)")
+    bench.add_argument("--eps", type=float, nargs="+", default=None,
+                       help="--worst-case: radii (default: the chapter-1 threat radius)")
+    bench.add_argument("--norm", default="linf", choices=("linf", "l2"), help="--worst-case: threat-model norm")
+    bench.add_argument("--steps", type=int, default=100, help="--worst-case: PGD steps of the worst-case members")
+    bench.add_argument("--queries", type=int, default=5000, help="--worst-case: Square queries per image")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -50,7 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .bench import main as bench_main
 
-    return bench_main(batch_size=args.batch_size, profile=args.profile)
+    for flag in ("n", "steps", "queries"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be a positive integer")
+    if args.eps is not None and any(not 0 <= e < float("inf") for e in args.eps):
+        parser.error("--eps values must be finite and >= 0")
+    if args.worst_case and args.norm == "l2" and args.eps is None:
+        parser.error("--norm l2 needs --eps (the default radius is the L∞ one)")
+    return bench_main(batch_size=args.batch_size, profile=args.profile, worst_case=args.worst_case, n=args.n,
+                      eps=args.eps, norm=args.norm, steps=args.steps, queries=args.queries)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ class Param:
     choices: tuple = ()
 
     def check(self, name: str, value: Any) -> Any:
-        allowed = _KINDS[self.kind][1] if not self.choices else ", ".join(map(repr, self.choices))
+        allowed = _KINDS[self.kind][1]
+        if self.choices:
+            allowed += ": " + ", ".join(map(repr, self.choices))
         ok, converted = _KINDS[self.kind][0](value, self.choices)
         if not ok:
             raise ValueError(f"parameter {name}={value!r} is invalid: expected {allowed}")
@@ -75,6 +77,17 @@ def _choice(v, choices):
     return v in choices, v
 
 
+def _subset(v, choices):
+    ok = (isinstance(v, (list, tuple)) and len(v) > 0 and len(set(v)) == len(v)
+          and all(isinstance(e, str) and e in choices for e in v))
+    return ok, list(v) if ok else v
+
+
+def _nonneg_int_list(v, _):
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(_nonneg_int(e, None)[0] for e in v)
+    return ok, list(v) if ok else v
+
+
 def _boolean(v, _):
     return isinstance(v, bool), v
 
@@ -88,6 +101,8 @@ _KINDS: dict[str, tuple[Callable, str]] = {
     "eps_linf_list": (_eps_linf_list, "a non-empty list of L∞ radii in [0, 1]"),
     "nonneg_float_list": (_nonneg_float_list, "a non-empty list of numbers ≥ 0"),
     "choice": (_choice, "one of the listed values"),
+    "subset": (_subset, "a non-empty list without repeats of the listed values"),
+    "nonneg_int_list": (_nonneg_int_list, "a non-empty list of integers ≥ 0"),
     "bool": (_boolean, "True or False"),
 }
 

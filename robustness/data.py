@@ -44,8 +44,11 @@ __all__ = [
     "clear_cache",
     "dataset_info",
     "load_dataset",
+    "mean_image",
+    "normalized_to_pixels",
     "resolve_mirror",
     "resolve_root",
+    "threat_eps",
     "train_val_split",
 ]
 
@@ -65,23 +68,24 @@ class DatasetInfo:
     classes: tuple[str, ...]
     mean: tuple[float, ...]  # per channel, used by the models' normalization layer
     std: tuple[float, ...]
+    linf_eps: float  # the standard L-infinity threat radius on [0, 1] pixels
 
 
 # Mean/std as in JumpReLU's official code, so its checkpoints and numbers carry over.
 _INFO = {
     "mnist": DatasetInfo(
-        "mnist", (1, 28, 28), 10, tuple(str(d) for d in range(10)), (0.1307,), (0.3081,)
+        "mnist", (1, 28, 28), 10, tuple(str(d) for d in range(10)), (0.1307,), (0.3081,), 0.3
     ),
     "fashion_mnist": DatasetInfo(
         "fashion_mnist", (1, 28, 28), 10,
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
          "Ankle boot"),
-        (0.2860,), (0.3530,),
+        (0.2860,), (0.3530,), 0.1,
     ),
     "cifar10": DatasetInfo(
         "cifar10", (3, 32, 32), 10,
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 8 / 255,
     ),
 }
 
@@ -104,6 +108,58 @@ def dataset_info(name: str) -> DatasetInfo:
     """Shape, classes and normalization constants of a data set."""
     _check_name(name)
     return _INFO[name]
+
+
+def threat_eps(name: str) -> float:
+    """The standard L-infinity threat radius of ``name`` on [0, 1] pixels: MNIST 0.3 (Madry et al. 2018),
+    CIFAR-10 8/255 (Madry et al. 2018; RobustBench), Fashion-MNIST 0.1 (a common choice; no single standard)."""
+    return dataset_info(name).linf_eps
+
+
+def normalized_to_pixels(name: str, value: float) -> torch.Tensor:
+    """A radius or step given in *normalized* units, ``(x − mean_c) / std_c``, as ``(C, 1, 1)`` pixel units.
+
+    Returns ``value × std_c`` per channel (float32), broadcastable against ``(N, C, H, W)`` images, e.g.
+    ``normalized_to_pixels("mnist", 0.01)`` is JumpReLU's IFGSM step (0.01 on normalized inputs = 0.003081
+    on [0, 1] pixels). A sign step of this size in pixel space, followed by clipping to [0, 1], is exactly
+    a sign step of ``value`` in normalized space clipped to the normalized image of [0, 1].
+    """
+    info = dataset_info(name)
+    value = float(value)
+    if not value >= 0:
+        raise ValueError(f"value={value!r} must be ≥ 0 (a radius or step size in normalized units)")
+    return value * torch.tensor(info.std, dtype=torch.float32).view(-1, 1, 1)
+
+
+def mean_image(
+    name: str,
+    split: str = "train",
+    *,
+    root: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """The per-pixel mean image of a split, ``(C, H, W)`` float32 on [0, 1] pixels.
+
+    This is what matconvnet subtracts from every image (``cnn_mnist``: the mean over the training set,
+    pixel by pixel), hence the reference of the relative perturbation ρ in Deep Defense and in
+    DeepFool's tables. Computed once from the loaded data (in float64) and cached in memory with the
+    data set (:func:`clear_cache` forgets both). Do not modify it in place.
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    mirror_path = resolve_mirror(mirror)
+    return _mean_image_cached(name, split, str(resolve_root(root)),
+                              None if mirror_path is None else str(mirror_path))
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_image_cached(name: str, split: str, root: str, mirror: str | None) -> torch.Tensor:
+    x = _load_cached(name, split, root, mirror).x
+    total = torch.zeros(x.shape[1:], dtype=torch.float64)
+    for i in range(0, len(x), 10_000):  # float64 accumulation, without a float64 copy of the whole split
+        total += x[i:i + 10_000].sum(0, dtype=torch.float64)
+    return (total / len(x)).to(torch.float32)
 
 
 def _check_name(name: str) -> None:
@@ -235,8 +291,9 @@ def load_dataset(
 
 
 def clear_cache() -> None:
-    """Forget the data sets loaded so far (frees their memory once unreferenced)."""
+    """Forget the data sets (and mean images) loaded so far (frees their memory once unreferenced)."""
     _load_cached.cache_clear()
+    _mean_image_cached.cache_clear()
 
 
 @functools.lru_cache(maxsize=8)

@@ -34,11 +34,9 @@ def tiny_data():
     return make_blobs()
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_data):
-    """A TinyNet trained to (near) perfect clean accuracy on ``tiny_data``; returned in eval mode."""
-    torch.manual_seed(0)
-    x, y = tiny_data
+def train_tiny(x, y, seed: int = 0) -> TinyNet:
+    """A TinyNet trained from ``seed`` to (near) perfect clean accuracy on ``(x, y)``; in eval mode, no grads."""
+    torch.manual_seed(seed)
     model = TinyNet()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
@@ -49,6 +47,12 @@ def tiny_model(tiny_data):
     for p in model.parameters():
         p.grad = None
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data):
+    """A TinyNet trained to (near) perfect clean accuracy on ``tiny_data``; returned in eval mode."""
+    return train_tiny(*tiny_data, seed=0)
 
 
 @pytest.fixture()

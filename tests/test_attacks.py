@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from robustness.attacks import (
-    BPDA, DeepFoolResult, MinNormResult, ddn, deepfool, eval_mode, fgsm, ifgsm, input_gradient, l2_norm,
-    pgd_l2, pgd_linf, project_l2, project_linf, with_bpda,
+    BPDA, LOSSES, DeepFoolResult, MinNormResult, attack_loss, ddn, deepfool, eval_mode, fgsm, ifgsm, input_gradient,
+    l2_norm, pgd_l2, pgd_linf, project_l2, project_linf, square_l2, square_linf, with_bpda,
 )
 
 INF = float("inf")
@@ -73,6 +73,61 @@ def test_eval_mode_restores_flags_even_on_exception():
     assert [m.training for m in model.modules()] == [True, True, True, False]
 
 
+def test_margin_loss_value_and_gradient_by_hand():
+    # logits z = W x + b of a 2-pixel input; the margin is max_{j != y} z_j - z_y, its gradient W[j*] - W[y]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.5, 0.0]))
+    x = torch.tensor([[0.2, 0.4], [0.9, 0.1]]).view(2, 1, 1, 2)
+    y = torch.tensor([0, 1])
+    # z(x0) = [0.2, 1.3, 0.2]: y=0, runner-up class 1 -> 1.1, gradient W1 - W0 = [-1, 2]
+    # z(x1) = [0.9, 0.7, -0.8]: y=1, runner-up class 0 -> 0.2, gradient W0 - W1 = [1, -2]
+    with torch.no_grad():
+        value = attack_loss(model(x), y, "margin")
+    assert value.shape == (2,) and torch.allclose(value, torch.tensor([1.1, 0.2]), atol=1e-6)
+    grad, logits = input_gradient(model, x, y, loss="margin", return_logits=True)
+    assert torch.allclose(grad.view(2, 2), torch.tensor([[-1.0, 2.0], [1.0, -2.0]]))
+    assert torch.allclose(logits, model(x).detach())
+    assert all(p.grad is None for p in model.parameters())
+    # the "ce" member of the shared definition is the usual per-sample cross-entropy
+    with torch.no_grad():
+        ce = attack_loss(model(x), y, "ce")
+        assert torch.allclose(ce, nn.functional.cross_entropy(model(x), y, reduction="none"))
+    assert LOSSES == ("ce", "margin")
+
+
+class CountingNet(nn.Module):
+    """Counts the images that pass through ``inner`` (the compute an attack spends) and records the
+    batch size of every forward call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.images, self.sizes = inner, 0, []
+
+    def forward(self, x):
+        self.images += x.shape[0]
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x, y, loss: input_gradient(m, x, y, loss=loss),
+    lambda m, x, y, loss: attack_loss(m(x), y, loss),
+    lambda m, x, y, loss: pgd_linf(m, x, y, steps=2, loss=loss),
+    lambda m, x, y, loss: pgd_l2(m, x, y, steps=2, loss=loss),
+    lambda m, x, y, loss: square_linf(m, x, y, queries=2, loss=loss),
+    lambda m, x, y, loss: square_l2(m, x, y, queries=2, loss=loss),
+], ids=["input_gradient", "attack_loss", "pgd_linf", "pgd_l2", "square_linf", "square_l2"])
+def test_unknown_loss_raises_naming_allowed_values(call, data, tiny_model):
+    x, y = data
+    net = CountingNet(tiny_model)
+    with pytest.raises(ValueError, match="'ce'.*'margin'"):
+        call(net, x[:4], y[:4], "dlr")
+    for ok in LOSSES:  # the allowed names pass
+        call(net, x[:4], y[:4], ok)
+
+
 # --- budgets, box, eps = 0 -------------------------------------------------------------------
 
 LINF_ATTACKS = {
@@ -133,59 +188,198 @@ def test_ifgsm_only_moves_correct_images_and_stops(data, tiny_model):
     assert 0 < (predict(net, batch) != y[:40]).sum() < 40 and torch.equal(batch, alone)
 
 
-@pytest.mark.parametrize("attack", [fgsm, pgd_linf, pgd_l2])
-def test_eps_zero_returns_x(attack, data, tiny_model):
+def test_fgsm_eps_zero_returns_x(data, tiny_model):
     x, y = data
-    assert torch.equal(attack(tiny_model, x[:50], y[:50], eps=0.0), x[:50])
+    assert torch.equal(fgsm(tiny_model, x[:50], y[:50], eps=0.0), x[:50])
 
 
-# --- PGD restarts ------------------------------------------------------------------------------
+@pytest.mark.parametrize("attack", [pgd_linf, pgd_l2])
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_pgd_eps_zero_runs_the_loop_and_returns_x(attack, early_stop, data, tiny_model):
+    # the health check "eps = 0 gives clean accuracy" must exercise the attack code, not a short-circuit
+    x, y = data
+    x, y = x[:50], y[:50]
+    y = y.clone()
+    y[:5] = (predict(tiny_model, x[:5]) + 1) % 4  # five images "fooled" at x itself
+    net = CountingNet(tiny_model)
+    out = attack(net, x, y, eps=0.0, steps=7, generator=gen(), early_stop=early_stop)
+    assert torch.equal(out, x)
+    assert len(net.sizes) == 8  # one forward per iterate: the (zero) random start and 7 steps
+    # early stop: the five fooled at the start leave the batch; the others take every step
+    assert net.sizes == ([50] + [45] * 7 if early_stop else [50] * 8)
+
+
+# --- PGD: which iterate is returned --------------------------------------------------------------
+
+class Ridge(nn.Module):
+    """1-pixel toy classifier, class 1 score ``g(x) = height - slope * |x - centre|`` (class 0 scores 0):
+    a sign step from one side of the ridge overshoots to the other, then comes back."""
+
+    def __init__(self, height, centre=0.6, slope=20.0):
+        super().__init__()
+        self.height, self.centre, self.slope = height, centre, slope
+
+    def forward(self, x):
+        t = x.flatten(1)[:, :1]
+        g = self.height - self.slope * (t - self.centre).abs()
+        return torch.cat([torch.zeros_like(g), g], 1)
+
+
+def one_pixel(*values):
+    return torch.tensor(values, dtype=torch.float64).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("attack", [pgd_linf, pgd_l2])
+def test_pgd_first_success_is_never_lost(attack):
+    # from 0.52 the sign steps of 0.1 go 0.52 -> 0.62 (class 1 wins: fooled) -> 0.52 (correct again)
+    model, y = Ridge(height=1.0).double(), torch.zeros(1, dtype=torch.long)
+    x = one_pixel(0.52)
+    point = x.clone()
+    for _ in range(2):  # plain PGD, judged on its final iterate only, ends correctly classified
+        point = point + 0.1 * input_gradient(model, point, y).sign()
+    assert predict(model, point).item() == 0 and torch.allclose(point, x)
+    for early_stop in (True, False):
+        out = attack(model, x, y, eps=0.3, steps=2, step_size=0.1, random_start=False, early_stop=early_stop)
+        assert predict(model, out).item() == 1, early_stop
+        assert torch.allclose(out, one_pixel(0.62))
+
+
+class Staircase(nn.Module):
+    """1-pixel, 3-class toy: the CE gradient always points to larger x (backward of ``[-x, 0, 0]``), the
+    forward is a lookup: below 0.55 correct with a low CE; on [0.55, 0.65) fooled with CE 0.80; from 0.65
+    on correct again, yet with a *higher* CE (1.09: all three logits nearly tied)."""
+
+    def forward(self, x):
+        t = x.flatten(1)[:, :1]
+        surrogate = torch.cat([-t, torch.zeros_like(t), torch.zeros_like(t)], 1)
+        table = torch.where(t < 0.55, torch.tensor([0.0, -5.0, -5.0], dtype=t.dtype),
+                            torch.where(t < 0.65, torch.tensor([0.0, 0.2, -10.0], dtype=t.dtype),
+                                        torch.tensor([0.0, -0.01, -0.01], dtype=t.dtype)))
+        return surrogate + (table - surrogate).detach()
+
+
+@pytest.mark.parametrize("attack", [pgd_linf, pgd_l2])
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_pgd_fooling_iterate_beats_a_higher_loss_correct_one(attack, early_stop):
+    # iterates 0.5 -> 0.6 (fooled, CE 0.80) -> 0.7 (correct, CE 1.09): the highest-CE iterate is not
+    # adversarial, so "highest loss" alone would lose the success, even without early stop
+    model, y = Staircase(), torch.zeros(1, dtype=torch.long)
+    x = one_pixel(0.5)
+    with torch.no_grad():
+        ce = attack_loss(model(one_pixel(0.6, 0.7)), torch.zeros(2, dtype=torch.long), "ce")
+    assert ce[1] > ce[0]
+    out = attack(model, x, y, eps=0.3, steps=2, step_size=0.1, random_start=False, early_stop=early_stop)
+    assert torch.allclose(out, one_pixel(0.6)) and predict(model, out).item() != 0
+
+
+@pytest.mark.parametrize("attack", [pgd_linf, pgd_l2])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_pgd_unfooled_image_gets_its_highest_loss_iterate(attack, loss):
+    # the ridge never reaches class 1 (height < 0); the loss peaks at the middle iterate 0.62
+    model, y = Ridge(height=-0.5).double(), torch.zeros(1, dtype=torch.long)
+    out = attack(model, one_pixel(0.52), y, eps=0.3, steps=2, step_size=0.1, random_start=False, loss=loss)
+    assert predict(model, out).item() == 0 and torch.allclose(out, one_pixel(0.62))
+
+
+@pytest.mark.parametrize("attack", [pgd_linf, pgd_l2])
+def test_pgd_early_stop_returns_first_fooling_iterate_else_the_deepest(attack):
+    # class 1 wins beyond 0.55; the iterates from 0.5 are 0.6 (first fooled), 0.7, 0.8 (ball edge)
+    class Linear1(nn.Module):  # g(x) = 10 (x - 0.55), rising through the boundary
+        def forward(self, x):
+            g = 10 * (x.flatten(1)[:, :1] - 0.55)
+            return torch.cat([torch.zeros_like(g), g], 1)
+
+    model = CountingNet(Linear1())
+    x, y = one_pixel(0.5, 0.5), torch.zeros(2, dtype=torch.long)
+    first = attack(model, x, y, eps=0.3, steps=3, step_size=0.1, random_start=False, early_stop=True)
+    assert torch.allclose(first, one_pixel(0.6, 0.6)) and model.sizes == [2, 2]  # left the batch once fooled
+    model.sizes = []
+    deep = attack(model, x, y, eps=0.3, steps=3, step_size=0.1, random_start=False, early_stop=False)
+    assert torch.allclose(deep, one_pixel(0.8, 0.8)) and model.sizes == [2, 2, 2, 2]  # every step taken
+
 
 @pytest.mark.parametrize("attack,eps", [(pgd_linf, 0.2), (pgd_l2, 1.0)])
-def test_pgd_restarts_never_weaker(attack, eps, data, tiny_model):
+@pytest.mark.parametrize("loss", LOSSES)
+def test_pgd_restarts_never_weaker(attack, eps, loss, data, tiny_model):
     x, y = data
-    one = attack(tiny_model, x, y, eps=eps, steps=10, restarts=1, generator=gen(7))
-    three = attack(tiny_model, x, y, eps=eps, steps=10, restarts=3, generator=gen(7))
+    one = attack(tiny_model, x, y, eps=eps, steps=10, restarts=1, generator=gen(7), loss=loss)
+    three = attack(tiny_model, x, y, eps=eps, steps=10, restarts=3, generator=gen(7), loss=loss)
     fooled1 = predict(tiny_model, one) != y
     fooled3 = predict(tiny_model, three) != y
     assert 0 < fooled1.sum() < len(y)  # an informative regime
-    assert accuracy(tiny_model, three, y) <= accuracy(tiny_model, one, y)
+    assert fooled3.sum() > fooled1.sum()  # the extra restarts found more
     assert torch.all(fooled3[fooled1])
     # exact: restart #1 reproduces the single run, and a fooling first restart is kept
     assert torch.equal(three[fooled1], one[fooled1])
+    # an image no restart fooled gets the highest-loss point over all restarts
+    with torch.no_grad():
+        l1, l3 = attack_loss(tiny_model(one), y, loss), attack_loss(tiny_model(three), y, loss)
+    assert torch.all(l3[~fooled3] >= l1[~fooled3] - 1e-6)
+    assert (l3[~fooled3] > l1[~fooled3] + 1e-6).any()
     # the generator drives the random start: another seed gives another result
-    other = attack(tiny_model, x, y, eps=eps, steps=10, restarts=1, generator=gen(8))
+    other = attack(tiny_model, x, y, eps=eps, steps=10, restarts=1, generator=gen(8), loss=loss)
     assert not torch.equal(other, one)
 
 
-class CountingNet(nn.Module):
-    """Counts the images that pass through ``inner`` (the compute an attack spends)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.images = inner, 0
-
-    def forward(self, x):
-        self.images += x.shape[0]
-        return self.inner(x)
+@pytest.mark.parametrize("attack,eps", [(pgd_linf, 0.2), (pgd_l2, 1.0)])
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_pgd_restarts_run_only_on_survivors(attack, eps, early_stop, data, tiny_model):
+    x, y = data
+    net = CountingNet(tiny_model)
+    one = attack(net, x, y, eps=eps, steps=10, restarts=1, generator=gen(7), early_stop=early_stop)
+    sizes_one, net.sizes = net.sizes, []
+    attack(net, x, y, eps=eps, steps=10, restarts=2, generator=gen(7), early_stop=early_stop)
+    survivors = int((predict(tiny_model, one) == y).sum())
+    assert 0 < survivors < len(y)
+    assert net.sizes[:len(sizes_one)] == sizes_one  # restart #1 is the restarts=1 run
+    second = net.sizes[len(sizes_one):]
+    assert len(second) == 11 and second[0] == survivors  # restart #2 attacks the survivors only
+    assert max(second) == survivors
 
 
 @pytest.mark.parametrize("attack,eps", [(pgd_linf, 0.2), (pgd_l2, 1.0)])
 def test_pgd_early_stop_fools_the_same_images_for_less_compute(attack, eps, data, tiny_model):
     x, y = data
     net = CountingNet(copy.deepcopy(tiny_model))
-    full = attack(net, x, y, eps=eps, steps=10, restarts=2, generator=gen(3))
+    full = attack(net, x, y, eps=eps, steps=10, restarts=2, generator=gen(3), early_stop=False)
     full_cost, net.images = net.images, 0
-    early = attack(net, x, y, eps=eps, steps=10, restarts=2, generator=gen(3), early_stop=True)
+    early = attack(net, x, y, eps=eps, steps=10, restarts=2, generator=gen(3))  # early_stop=True by default
     fooled_full, fooled_early = predict(tiny_model, full) != y, predict(tiny_model, early) != y
     assert 0 < fooled_full.sum() < len(y)  # an informative regime
-    # an image fooled at the last step was fooled at some step, where early stop froze it
+    # both judge every iterate of the same trajectories: an image fooled at any step counts in both
     assert torch.equal(fooled_early, fooled_full)
     assert net.images < full_cost
     # the frozen points are real examples of the attack: inside the ball and the box
     delta = (early - x).flatten(1)
     size = delta.abs().amax(1) if attack is pgd_linf else delta.norm(dim=1)
     assert size.max() <= eps + 1e-5 and early.min() >= 0 and early.max() <= 1
+    # without early stop the fooled images are pushed deeper: a larger margin than at the first crossing
+    with torch.no_grad():
+        m_full = attack_loss(tiny_model(full), y, "margin")[fooled_full]
+        m_early = attack_loss(tiny_model(early), y, "margin")[fooled_full]
+    assert m_full.mean() > m_early.mean()
+
+
+class Scale(nn.Module):
+    def __init__(self, inner, factor):
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x):
+        return self.inner(x) * self.factor
+
+
+@pytest.mark.parametrize("attack,eps", [(pgd_linf, 0.3), (pgd_l2, 2.0)])
+def test_margin_loss_fools_a_saturated_softmax_where_ce_cannot(attack, eps, data, tiny_model):
+    x, y = data
+    net = Scale(tiny_model, 1e4)  # same decisions, softmax saturated: exp(-1e4 * margin) underflows
+    zero = input_gradient(net, x, y).flatten(1).abs().amax(1) == 0
+    assert zero.float().mean() > 0.9  # CE's gradient is exactly zero in float32 for most images
+    ce = attack(net, x, y, eps=eps, steps=10, random_start=False)
+    margin = attack(net, x, y, eps=eps, steps=10, random_start=False, loss="margin")
+    assert torch.equal(ce[zero], x[zero])  # CE-PGD never moves them
+    assert accuracy(net, ce, y) > 0.9
+    assert accuracy(net, margin, y) < 0.25  # the margin's gradient survives the scaling
 
 
 # --- DeepFool ----------------------------------------------------------------------------------
@@ -376,6 +570,10 @@ ALL_ATTACKS = {
     "deepfool2": lambda m, x, y: deepfool(m, x, y, norm=2).x_adv,
     "deepfoolinf": lambda m, x, y: deepfool(m, x, y, norm=INF).x_adv,
     "ddn": lambda m, x, y: ddn(m, x, y, steps=5, generator=gen()).x_adv,
+    "pgd_linf_margin_full": lambda m, x, y: pgd_linf(m, x, y, steps=3, restarts=2, generator=gen(), loss="margin",
+                                                     early_stop=False),
+    "square_linf": lambda m, x, y: square_linf(m, x, y, queries=20, restarts=2, generator=gen()),
+    "square_l2": lambda m, x, y: square_l2(m, x, y, queries=20, restarts=2, generator=gen()),
 }
 
 

@@ -219,6 +219,32 @@ def test_cifar_npz_loads_from_mirror(tmp_path, monkeypatch):
     assert len(test.first(10)) == 10
 
 
+def test_mean_image_is_the_per_pixel_training_mean_and_is_cached(tmp_path, monkeypatch):
+    mirror, arrays = fake_cifar_mirror(tmp_path, monkeypatch)
+    mean = data.mean_image("cifar10", root=tmp_path / "root", mirror=mirror)
+    x, _ = arrays["train"]
+    expected = torch.from_numpy(x).permute(0, 3, 1, 2).double().div(255).mean(0).float()
+    assert mean.shape == (3, 32, 32) and mean.dtype == torch.float32
+    assert torch.allclose(mean, expected, atol=1e-7)
+    assert data.mean_image("cifar10", "train", root=tmp_path / "root", mirror=mirror) is mean  # cached
+    test_mean = data.mean_image("cifar10", "test", root=tmp_path / "root", mirror=mirror)
+    assert not torch.equal(test_mean, mean)
+    data.clear_cache()
+    assert data.mean_image("cifar10", root=tmp_path / "root", mirror=mirror) is not mean
+    with pytest.raises(ValueError, match="train, test"):
+        data.mean_image("cifar10", "val", mirror=mirror)
+    with pytest.raises(ValueError, match="allowed"):
+        data.mean_image("svhn")
+
+
+def test_threat_eps_and_normalized_units():
+    assert data.threat_eps("mnist") == 0.3 and data.threat_eps("cifar10") == 8 / 255
+    assert data.threat_eps("fashion_mnist") == 0.1
+    step = data.normalized_to_pixels("cifar10", 0.01)
+    assert step.shape == (3, 1, 1) and step.dtype == torch.float32
+    assert torch.allclose(step.flatten(), 0.01 * torch.tensor(dataset_info("cifar10").std))
+
+
 def test_cifar_npz_with_wrong_sha256_is_refused(tmp_path, monkeypatch):
     mirror, _ = fake_cifar_mirror(tmp_path, monkeypatch, n_test=10)
     monkeypatch.setitem(data.CIFAR10_MIRROR_SHA256, "test", "0" * 64)

@@ -56,6 +56,35 @@ def test_misclassified_samples_are_pushed_toward_the_true_label_with_three_class
     assert (reached == y).float().mean() > 0.95  # DeepFool toward y, not merely away from pred
 
 
+def test_mean_image_reference_subtracts_the_per_pixel_mean():
+    # matconvnet's input: x − m, m the per-pixel training mean; ρ = ‖Δx‖ / ‖x − m‖ (Deep Defense's scale)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    x = torch.rand(5, 1, 2, 2)
+    delta = 0.01 * torch.randn(5, 1, 2, 2)
+    m = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
+    rho = relative_norm(model, x, delta, "mean_image", mean=m)
+    assert torch.allclose(rho, delta.flatten(1).norm(dim=1) / (x - m).flatten(1).norm(dim=1))
+    with pytest.raises(ValueError, match="mean image"):
+        relative_norm(model, x, delta, "mean_image")
+
+
+def test_the_loss_uses_the_data_sets_mean_image(monkeypatch):
+    import robustness.defenses.deep_defense as dd_mod
+
+    m = torch.full((1, 1, 6), 0.25, dtype=torch.float64)
+    monkeypatch.setattr(dd_mod, "mean_image", lambda name: m if name == "mnist" else None)
+    model = _linear()
+    x = torch.rand(8, 1, 1, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    loss = DeepDefenseLoss(dataset="mnist")
+    out = loss.regularizer(model, x, y)
+    px = DeepDefenseLoss(rho_reference="pixels").regularizer(model, x, y)
+    expected = px["rho"] * x.flatten(1).norm(dim=1) / (x - m).flatten(1).norm(dim=1)
+    assert torch.allclose(out["rho"], expected, rtol=1e-9)
+    assert loss.spec["rho_reference"] == "mean_image" and loss.spec["dataset"] == "mnist"
+
+
 def test_normalized_reference_measures_rho_after_the_normalize_layer():
     norm = Normalize([0.5], [0.25])
     model = nn.Sequential(norm, nn.Flatten(), nn.Linear(4, 2))
@@ -142,13 +171,21 @@ def test_every_profile_uses_the_official_fine_tuning_lr():
 
 
 def test_bad_settings_fail_with_the_name():
-    with pytest.raises(ValueError, match="rho_reference"):
+    with pytest.raises(ValueError, match="rho_reference") as info:
         DeepDefenseLoss(rho_reference="raw")
+    assert "mean_image, normalized, pixels" in str(info.value)
+    with pytest.raises(ValueError, match="dataset"):
+        DeepDefenseLoss()  # the mean image of which data set?
     with pytest.raises(ValueError, match="max_iter"):
-        DeepDefenseLoss(max_iter=0)
+        DeepDefenseLoss(max_iter=0, dataset="mnist")
+    with pytest.raises(ValueError, match="linearize_at"):
+        DeepDefenseLoss(dataset="mnist", linearize_at="x")
     with pytest.raises(ValueError, match="attack"):
         AdversarialLoss("cw")
-    assert DeepDefenseLoss(lam=3).spec != DeepDefenseLoss(lam=4).spec  # distinct cache keys
+    # distinct cache keys
+    assert DeepDefenseLoss(lam=3, dataset="mnist").spec != DeepDefenseLoss(lam=4, dataset="mnist").spec
+    assert DeepDefenseLoss(dataset="mnist").spec != DeepDefenseLoss(dataset="cifar10").spec
+    assert DeepDefenseLoss(dataset="mnist").spec != DeepDefenseLoss(dataset="mnist", linearize_at="overshot").spec
 
 
 def test_adversarial_loss_trains_on_worse_examples(tiny_model, tiny_data):
@@ -193,11 +230,15 @@ def test_deep_defense_smoke_run_writes_its_results(isolated_outputs):
     for rows in m["models"].values():
         assert set(rows) == {"reference", "fine-tune", "adversarial", "deep_defense"}
         for row in rows.values():
-            assert 0 <= row["clean"] <= 1 and set(row["fgsm_acc"]) == {"0.2", "0.5", "1"}
+            assert 0 <= row["clean"]["value"] <= 1 and len(row["clean"]["interval"]) == 2
+            assert set(row["fgsm"]) == {"0.2", "0.5", "1"} and 0 <= row["rho_paper"]["success"] <= 1
+            assert len(row["worst_case"]) >= 1 and all("interval" in p for p in row["worst_case"])
         assert len(rows["deep_defense"]["rho_per_epoch"]) == saved["parameters"]["ft_epochs"] + 1
+        assert "transfer_from_control" in rows["deep_defense"]["worst_case"][0]["members"]
     assert [s["lam"] for s in m["lambda_sweep"]] == saved["parameters"]["lambda_sweep"]
     assert all(c["Deep Defense"]["ratio_to_plain"] > 1 for c in saved["timings"]["cost"].values())
     assert set(saved["health"]) == {"mlp", "lenet", "convnet"}
+    assert all(any(h["id"] == "transfer" for h in rows) for rows in saved["health"].values())
 
 
 @pytest.mark.notebook
@@ -209,3 +250,146 @@ def test_deep_defense_bad_parameter_fails_first(isolated_outputs):
         run_chapter("deep_defense", "smoke", {"n_epoch_eval": 10**6}, output_dir=tmp_path / "executed")
     with pytest.raises(ValueError, match="rho_reference"):
         run_chapter("deep_defense", "smoke", {"rho_reference": "raw"}, output_dir=tmp_path / "executed")
+
+
+# --------------------------------------------------------------------------- the chapter's recipe and verdict
+
+
+def test_official_lr_schedule_halves_only_at_a_whole_epoch():
+    # deepdefense.py: `if epoch_idx == 0.8 * args.epochs` (0-based): epoch 4 of 5, never for 1 or 2 epochs
+    from robustness.chapters.deep_defense import official_milestones
+
+    assert official_milestones(5) == (4,) and official_milestones(10) == (8,)
+    assert official_milestones(1) == () and official_milestones(2) == () and official_milestones(3) == ()
+
+
+def test_flip_augmentation_flips_about_half_the_images_and_is_seeded():
+    from robustness.chapters.deep_defense import FlipAugmented
+
+    seen = []
+    loss = FlipAugmented(lambda model, x, y: seen.append(x.clone()) or torch.zeros(()), seed=3)
+    x = torch.rand(400, 3, 4, 4)
+    loss(None, x, torch.zeros(400, dtype=torch.long))
+    flipped = (seen[0] == x.flip(3)).flatten(1).all(1)
+    kept = (seen[0] == x).flatten(1).all(1)
+    assert bool((flipped | kept).all()) and 150 < int(flipped.sum()) < 250
+    again = []
+    FlipAugmented(lambda model, x, y: again.append(x.clone()) or torch.zeros(()), seed=3)(None, x, None)
+    assert torch.equal(seen[0], again[0])
+    assert loss.spec["name"] == "flip_augmented" and loss.spec["p"] == 0.5
+
+
+def test_a_bad_rho_reference_fails_at_parameter_resolution():
+    from robustness.chapters.deep_defense import SPEC
+    from robustness.config import resolve
+
+    with pytest.raises(ValueError, match="rho_reference") as info:
+        resolve(SPEC, profile="smoke", rho_reference="raw")
+    assert "mean_image" in str(info.value) and "pixels" in str(info.value)
+    with pytest.raises(ValueError, match="pgd_eps_mnist"):
+        resolve(SPEC, profile="smoke", pgd_eps_mnist=0.7)  # not on the worst-case grid
+
+
+def _acc(k, n=200):
+    from robustness.evaluate.stats import accuracy_record
+
+    return accuracy_record(k, n)
+
+
+def _rho(mean, half=0.02):
+    return {"mean": mean, "interval": [mean - half, mean + half], "n": 200, "success": 0.9}
+
+
+def _variant(clean_k, rho, worst_ks, eps=(0.5, 1.0)):
+    return {"clean": _acc(clean_k), "rho_paper": _rho(rho),
+            "worst_case": [{"eps": e, **{k: v for k, v in _acc(w).items() if k != "value"}, "robust": w / 200}
+                           for e, w in zip(eps, worst_ks)]}
+
+
+def _results(**models):
+    return {"profile": "laptop", "metrics": {"models": models}}
+
+
+def test_verdict_calls_a_deepfool_only_gain_masked():
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    # ρ clearly up; the worst case a little higher as point values but the intervals overlap at every radius
+    saved = _results(mlp={"fine-tune": _variant(196, 0.20, [120, 60]),
+                          "deep_defense": _variant(195, 0.30, [128, 68]),
+                          "adversarial": _variant(194, 0.22, [125, 66])})
+    v = verdict_summary(saved)["mlp"]
+    assert v["category"] == "masked" and v["rho"] == "higher" and v["worst_up_at"] == []
+    assert v["clean"] == "overlap" and v["vs_adversarial"] == "is indistinguishable from"
+    assert "not matched by the adaptive worst case" in verdict(saved)
+
+
+def test_verdict_calls_a_gain_that_survives_the_worst_case_real():
+    from robustness.chapters.deep_defense import verdict_summary
+
+    saved = _results(lenet={"fine-tune": _variant(196, 0.20, [120, 60]),
+                            "deep_defense": _variant(195, 0.30, [170, 110])})
+    v = verdict_summary(saved)["lenet"]
+    assert v["category"] == "real" and v["worst_up_at"] == [0.5, 1.0] and v["vs_adversarial"] is None
+
+
+def test_verdict_calls_a_near_chance_classifier_broken():
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    saved = _results(convnet={"fine-tune": _variant(140, 0.02, [30]),
+                              "deep_defense": _variant(24, 0.50, [24], eps=(0.25,))})
+    assert verdict_summary(saved)["convnet"]["category"] == "broken"
+    assert "near chance" in verdict(saved)
+
+
+def test_verdict_without_a_clear_rho_gain_is_no_gain_even_if_the_point_is_higher():
+    from robustness.chapters.deep_defense import verdict_summary
+
+    saved = _results(mlp={"fine-tune": _variant(196, 0.200, [120, 60]),
+                          "deep_defense": _variant(196, 0.215, [170, 110])})
+    assert verdict_summary(saved)["mlp"]["category"] == "no_gain"
+
+
+def test_verdict_reads_results_with_non_finite_numbers_written_as_strings():
+    from robustness.chapters.deep_defense import verdict_summary
+
+    dd = _variant(195, 0.30, [170, 110])
+    dd["rho_paper"]["interval"] = ["nan", "nan"]  # fewer than two images: no interval
+    saved = _results(mlp={"fine-tune": _variant(196, 0.20, [120, 60]), "deep_defense": dd})
+    assert verdict_summary(saved)["mlp"]["category"] == "no_gain"  # no interval, no claim
+
+
+def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, monkeypatch):
+    # Every step of the chapter's evaluation on a tiny model (seconds): paper-unit ρ clipped and unclipped,
+    # DDN, FGSM, the L2 worst case with a transfer member, the health table in L2, and the verdict on the result.
+    import copy
+
+    import robustness.evaluate.rho as rho_mod
+    from robustness.chapters import deep_defense as dd
+    from robustness.config import resolve
+    from robustness.data import ArrayDataset
+
+    x, y = tiny_data
+    monkeypatch.setattr(rho_mod, "mean_image", lambda name, split="train": x.mean(0))
+    cfg = resolve(dd.SPEC, profile="smoke")
+    ds = ArrayDataset("mnist", "test", x[:24], y[:24], "blobs")
+    data = {"eval": ds, "epoch_eval": ds.first(8), "adaptive": ds.first(12), "health": ds.first(12)}
+    control = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        control.net[-1].bias.add_(0.01)  # a different model that computes almost the same function
+    nets = {"reference": tiny_model, "fine-tune": control, "deep_defense": tiny_model}
+    rows = dd.evaluate_variants(cfg, "mlp", "mnist", nets, data, 0.1, {"deep_defense": [{"rho_paper": 0.2}]})
+    row = rows["deep_defense"]
+    assert row["clean"]["n"] == 24 and len(row["clean"]["interval"]) == 2
+    assert row["rho_paper"]["n"] == 24 and 0 < row["rho_paper"]["mean"]
+    assert "rho_paper_converged" in rows["reference"] and "rho_paper_converged" not in row
+    assert [p["eps"] for p in row["worst_case"]] == [0.5, 1.0]
+    assert "transfer_from_control" in row["worst_case"][0]["members"]
+    assert "transfer_from_control" not in rows["fine-tune"]["worst_case"][0]["members"]
+    assert set(row["fgsm"]) == {"0.2", "0.5", "1"} and len(row["rho_per_epoch"]) == 2
+    checks = dd.health(cfg, tiny_model, control, data, "mnist", dd.worst_at(row, 1.0))
+    assert {"transfer", "gradient_free"} <= {c["id"] for c in checks}
+    results = {"metrics": {"models": {"mlp": rows}}, "health": {"mlp": checks}}
+    assert dd.verdict_summary(results)["mlp"]["category"] == "no_gain"  # the same network: no gain
+    assert "Box-constrained minimum norm" in dd.verdict(results)
+    assert dd.model_table({"models": {"mlp": rows}}, "mlp").count("\n") == 1 + len(rows)  # header, rule, rows
+    assert dd.worst_case_table({"models": {"mlp": rows}}, "mlp").count("\n") == 1 + 2 * len(rows)

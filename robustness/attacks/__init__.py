@@ -4,15 +4,18 @@ All attacks take ``(N, C, H, W)`` inputs in ``[0, 1]`` and a model returning log
 model in eval mode (restoring training flags afterwards), never leave ``.grad`` on parameters and
 return detached tensors on ``x``'s device (except ``deepfool(..., keep_graph=True)``).
 """
-from ._core import MinNormResult, eval_mode, grad_or_zero, input_gradient, l2_norm, project_l2, project_linf
+from ._core import (LOSSES, MinNormResult, attack_loss, eval_mode, grad_or_zero, input_gradient, l2_norm, project_l2,
+                    project_linf)
 from .bpda import BPDA, with_bpda
 from .ddn import ddn
 from .deepfool import DeepFoolResult, deepfool
 from .fgsm import fgsm
 from .ifgsm import ifgsm
 from .pgd import pgd_l2, pgd_linf
+from .square import square_l2, square_linf
 
 __all__ = [
-    "BPDA", "DeepFoolResult", "MinNormResult", "ddn", "deepfool", "eval_mode", "fgsm", "ifgsm",
-    "grad_or_zero", "input_gradient", "l2_norm", "pgd_l2", "pgd_linf", "project_l2", "project_linf", "with_bpda",
+    "BPDA", "DeepFoolResult", "LOSSES", "MinNormResult", "attack_loss", "ddn", "deepfool", "eval_mode", "fgsm",
+    "ifgsm", "grad_or_zero", "input_gradient", "l2_norm", "pgd_l2", "pgd_linf", "project_l2", "project_linf",
+    "square_l2", "square_linf", "with_bpda",
 ]

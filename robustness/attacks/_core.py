@@ -15,8 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "eval_mode", "input_gradient", "grad_or_zero", "project_linf", "project_l2", "l2_norm", "MinNormResult",
+    "LOSSES", "attack_loss", "eval_mode", "input_gradient", "grad_or_zero", "project_linf", "project_l2", "l2_norm",
+    "MinNormResult",
 ]
+
+#: Losses an attack can ascend: ``"ce"`` (cross-entropy) and ``"margin"`` (Carlini & Wagner's margin).
+LOSSES = ("ce", "margin")
 
 
 @contextlib.contextmanager
@@ -35,22 +39,45 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
+def check_loss(loss: str) -> None:
+    """Raise ``ValueError`` unless ``loss`` is one of :data:`LOSSES` (called before any work)."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; allowed values: {', '.join(map(repr, LOSSES))}")
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """Per-sample loss an untargeted attack *maximizes*; shape ``(N,)``, differentiable.
+
+    ``"ce"``: cross-entropy of ``logits`` (N, K) at the true labels ``y`` (N,).
+    ``"margin"``: ``max_{j != y} z_j - z_y`` on the logits ``z`` (Carlini & Wagner, "Towards Evaluating
+    the Robustness of Neural Networks", S&P 2017); positive exactly where another class wins. Unlike CE
+    it does not saturate: its gradient is a difference of two logit gradients, never exactly zero
+    because a softmax underflowed.
+    """
+    check_loss(loss)
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    # masking the true class with -inf leaves the largest other logit (and its gradient) to amax
+    is_true = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, y[:, None], True)
+    return logits.masked_fill(is_true, -float("inf")).amax(1) - true
+
+
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
                    return_logits: bool = False):
     """Gradient w.r.t. ``x`` of the *summed* loss (so each sample's gradient is its own, unscaled).
 
     Works under ``torch.no_grad()``. Differentiates w.r.t. the input only, so no ``.grad`` lands
-    on the parameters; a model whose output does not depend on ``x`` gives zeros. Only
-    ``loss="ce"`` (cross-entropy on the logits) is supported. Returns a detached tensor shaped
-    like ``x``, or ``(gradient, logits)`` with ``return_logits`` (the logits of the same forward
-    pass, so an attack can check success at no extra cost).
+    on the parameters; a model whose output does not depend on ``x`` gives zeros. ``loss`` is one
+    of :data:`LOSSES` (see :func:`attack_loss`; an unknown name raises ``ValueError``). Returns a
+    detached tensor shaped like ``x``, or ``(gradient, logits)`` with ``return_logits`` (the logits
+    of the same forward pass, so an attack can check success at no extra cost).
     """
-    if loss != "ce":
-        raise ValueError(f"unsupported loss {loss!r}; only 'ce' is implemented")
+    check_loss(loss)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():  # attacks may be called from inside torch.no_grad()
         logits = model(x)
-        value = F.cross_entropy(logits, y, reduction="sum")
+        value = attack_loss(logits, y, loss).sum()
         grad = grad_or_zero(value, x)
     return (grad.detach(), logits.detach()) if return_logits else grad.detach()
 

@@ -11,6 +11,10 @@ from torch import nn
 
 from ._core import eval_mode, grad_or_zero
 
+#: Where each DeepFool step linearizes: the overshot iterate (DeepFool's and JumpReLU's codes) or the plain sum
+#: of the steps (Deep Defense's code).
+LINEARIZE_AT = ("overshot", "sum")
+
 
 @dataclass
 class DeepFoolResult:
@@ -42,7 +46,8 @@ class DeepFoolResult:
 def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, norm: float = 2,
              overshoot: float = 0.02, max_iter: int = 50, num_classes: Optional[int] = None,
              keep_graph: bool = False, candidates: Optional[torch.Tensor] = None,
-             toward: Optional[torch.Tensor] = None, clip: Optional[bool] = None) -> DeepFoolResult:
+             toward: Optional[torch.Tensor] = None, clip: Optional[bool] = None,
+             linearize_at: str = "overshot", resort: bool = False) -> DeepFoolResult:
     """DeepFool, L2 or L-infinity (Moosavi-Dezfooli, Fawzi & Frossard, "DeepFool: a simple and
     accurate method to fool deep neural networks", CVPR 2016).
 
@@ -52,7 +57,9 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
     ``f_k - f_orig`` and ``k`` minimizes ``|f_k| / ||w_k||_q`` (q = 2, resp. 1). Steps accumulate
     in ``r_tot``; the model is evaluated at ``x + (1 + overshoot) * r_tot`` (clipped to [0, 1]
     unless ``keep_graph``) and a sample stops as soon as it is fooled (already-fooled samples get
-    a zero perturbation). Batched over samples; candidate-class Jacobian rows are obtained with
+    a zero perturbation). By default the next step linearizes at that same overshot point, as the
+    DeepFool and JumpReLU codes do; ``linearize_at="sum"`` linearizes at ``x + r_tot`` instead and
+    only tests fooling at the overshot point, as the Deep Defense code does. Batched over samples; candidate-class Jacobian rows are obtained with
     one backward per candidate column over the whole batch (samples must be independent, which
     holds in eval mode).
 
@@ -63,8 +70,12 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
         norm: ``2`` or ``float('inf')``.
         overshoot: final perturbation is ``(1 + overshoot) * r_tot``.
         max_iter: maximum number of linearization steps.
-        num_classes: only the ``num_classes`` highest-scoring classes at ``x`` are candidates
-            (as in the paper's code); ``None`` means all classes.
+        num_classes: only the ``num_classes`` highest-scoring classes (``orig`` included) are candidates;
+            ``None`` means all classes. They are chosen once, at ``x``, unless ``resort``.
+        resort: with ``num_classes``, choose the candidates afresh at every iterate from the logits there,
+            as the JumpReLU code (``deep_fool`` sorts the outputs at each call) and the DeepFool code do;
+            with fewer candidates than classes the greedy path can then differ from fixed candidates.
+            Not with ``candidates`` or ``toward``.
         keep_graph: keep the result a differentiable function of the model's parameters
             (``create_graph=True``, nothing detached), e.g. for Deep Defense's regularizer. In this
             mode the model's train/eval state is left to the caller (so training-mode BatchNorm /
@@ -83,6 +94,12 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
         clip: clip iterates and output to [0, 1]; ``None`` (default) means ``not keep_graph``.
             ``clip=False`` without ``keep_graph`` is the original, unconstrained DeepFool (as the
             DeepFool and Deep Defense codes measure ρ_adv).
+        linearize_at: ``"overshot"`` (default): each step linearizes at ``x + (1 + overshoot) * r_tot``,
+            the point where fooling is tested (one forward per iteration). ``"sum"``: it linearizes at
+            ``x + r_tot`` (clipped like the iterate), as Deep Defense's ``forward_correct`` /
+            ``forward_wrong`` do, at the cost of a second forward per iteration. (Deep Defense also
+            omits the ``1e-4`` added to ``|f_k|`` here and adds ``5e-6`` inside the norm of ``w``
+            instead; a difference far below the step sizes.)
 
     Returns:
         :class:`DeepFoolResult` with ``x_adv``, ``perturbation = x_adv - x``, ``iterations`` and
@@ -90,6 +107,11 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
     """
     if norm not in (2, math.inf):
         raise ValueError("norm must be 2 or float('inf')")
+    if resort and (candidates is not None or toward is not None):
+        raise ValueError("resort=True re-chooses the top num_classes candidates; it cannot be combined with "
+                         "candidates= or toward=")
+    if linearize_at not in LINEARIZE_AT:
+        raise ValueError(f"linearize_at={linearize_at!r} is invalid: expected one of {', '.join(LINEARIZE_AT)}")
     x = x.detach()
     n = x.shape[0]
     dev = x.device
@@ -112,11 +134,16 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
             if clip:
                 x_full = x_full.clamp(0, 1)
             # only still-active samples are re-evaluated (the batch shrinks as samples finish)
-            xa = x_full[active]
-            if not (keep_graph and xa.requires_grad):  # keep_graph: xa depends on the weights
-                xa = xa.detach().requires_grad_(True)
-            f = model(xa)
-            pred = f.argmax(1)
+            split = linearize_at == "sum" and it > 0
+            if split:  # the fooling test needs no graph: the step below linearizes elsewhere
+                with torch.no_grad():
+                    pred = model(x_full[active].detach()).argmax(1)
+            else:
+                xa = x_full[active]
+                if not (keep_graph and xa.requires_grad):  # keep_graph: xa depends on the weights
+                    xa = xa.detach().requires_grad_(True)
+                f = model(xa)
+                pred = f.argmax(1)
             if it == 0:
                 # the first pass is at x itself (r_tot = 0): set up labels and candidates
                 orig, cand, valid = _setup(f.detach(), y, candidates, num_classes, toward, tmask)
@@ -125,10 +152,23 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
             fooled[active] = done
             if it == max_iter or done.all():
                 break
+            if split:
+                # Deep Defense: linearize at x + r_tot (the overshoot only enters the fooling test)
+                x_lin = x + r_tot
+                if clip:
+                    x_lin = x_lin.clamp(0, 1)
+                xa = x_lin[active]
+                if not (keep_graph and xa.requires_grad):
+                    xa = xa.detach().requires_grad_(True)
+                f = model(xa)
             # reference class: orig, or for toward rows the highest class other than target
             others = f.detach().scatter(1, t_a.clamp_min(0)[:, None], -math.inf)
             ref = torch.where(tm_a, others.argmax(1), orig[active])
             c_a, v_a = cand[active], valid[active] & ~done[:, None]
+            if resort and it > 0 and num_classes is not None and num_classes < f.shape[1]:
+                # the candidates of this step: the top num_classes at the linearization point, minus orig
+                c_a = f.detach().argsort(dim=1, descending=True)[:, :num_classes]
+                v_a = (c_a != orig[active][:, None]) & ~done[:, None]
             f_ref = f.gather(1, ref[:, None]).squeeze(1)
             ws, fs = [], []
             for j in range(c_a.shape[1]):

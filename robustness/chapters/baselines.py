@@ -27,6 +27,7 @@ PARAMS = {
     "restarts": Param("pos_int", "PGD random restarts (worst case kept per image)"),
     "deepfool_iter": Param("pos_int", "DeepFool maximum iterations"),
     "ddn_steps": Param("pos_int", "DDN (minimum-norm L2 attack) iterations"),
+    "square_queries": Param("pos_int", "queries per image of the Square member of the adaptive worst case"),
     "batch_size": Param("pos_int", "attack batch size"),
     "seed": Param("nonneg_int", "random seed"),
 }
@@ -46,17 +47,19 @@ PROFILES = {
     "smoke": {**_COMMON, "train_size": 10000, "epochs": 1, "n_clean": 1000, "n_attack": 100,
               "eps_grid_linf": {k: v[::2] for k, v in _GRID_LINF.items()},
               "eps_grid_l2": {k: v[::2] for k, v in _GRID_L2.items()},
-              "pgd_steps": 10, "restarts": 1, "deepfool_iter": 20, "ddn_steps": 30},
+              "pgd_steps": 10, "restarts": 1, "deepfool_iter": 20, "ddn_steps": 30, "square_queries": 500},
     "laptop": {**_COMMON, "train_size": {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 10000},
                "epochs": {"mnist": 6, "fashion_mnist": 6, "cifar10": 10},
                "n_clean": {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 1000}, "n_attack": 1000,
                "eps_grid_linf": _GRID_LINF, "eps_grid_l2": _GRID_L2,
-               "pgd_steps": 40, "restarts": 1, "deepfool_iter": 50, "ddn_steps": 100},
+               "pgd_steps": 40, "restarts": 1, "deepfool_iter": 50, "ddn_steps": 100,
+               "square_queries": 5000},
     "paper": {**_COMMON, "train_size": {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000},
               "epochs": 90, "n_clean": {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 1000},
               "n_attack": {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 1000},
               "eps_grid_linf": _GRID_LINF, "eps_grid_l2": _GRID_L2,
-              "pgd_steps": 40, "restarts": 5, "deepfool_iter": 50, "ddn_steps": 1000},
+              "pgd_steps": 40, "restarts": 5, "deepfool_iter": 50, "ddn_steps": 1000,
+              "square_queries": 5000},
 }
 
 SPEC = ChapterSpec(

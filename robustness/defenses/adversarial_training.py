@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..attacks import deepfool, fgsm, pgd_l2, pgd_linf
+from ..attacks.fgsm import Radius
 
 ATTACKS = ("fgsm", "deepfool", "pgd_linf", "pgd_l2")
 
@@ -25,7 +26,9 @@ class AdversarialLoss:
         attack: ``"fgsm"`` (L∞, radius ``eps``), ``"deepfool"`` (L2, ``steps`` iterations, overshoot
             0.02; no radius: it moves each image just across the boundary), ``"pgd_linf"`` or
             ``"pgd_l2"`` (radius ``eps``, ``steps`` steps, random start).
-        eps: attack radius (ignored by DeepFool).
+        eps: attack radius in [0, 1] pixel units (ignored by DeepFool). FGSM also takes a per-channel
+            ``(C, 1, 1)`` tensor, e.g. ``data.normalized_to_pixels(name, 0.3)`` for a radius that an
+            official code gives in normalized units; PGD takes a float.
         mix: weight of the adversarial term, in [0, 1] (with ``replace``: the fraction of each batch
             that is replaced).
         replace: replace the head of the batch instead of adding a weighted adversarial term.
@@ -33,21 +36,30 @@ class AdversarialLoss:
         seed: PGD's random starts come from a generator seeded here (reproducible runs).
     """
 
-    def __init__(self, attack: str = "fgsm", eps: float = 0.1, mix: float = 0.5, steps: int = 10, seed: int = 0,
+    def __init__(self, attack: str = "fgsm", eps: Radius = 0.1, mix: float = 0.5, steps: int = 10, seed: int = 0,
                  replace: bool = False):
         if attack not in ATTACKS:
             raise ValueError(f"attack={attack!r} is invalid: expected one of {', '.join(ATTACKS)}")
         if not 0 <= mix <= 1:
             raise ValueError(f"mix={mix!r} must be in [0, 1]")
-        if not eps >= 0:
-            raise ValueError(f"eps={eps!r} must be ≥ 0")
+        if isinstance(eps, torch.Tensor):
+            if attack.startswith("pgd"):
+                raise ValueError(f"attack={attack!r} takes a float eps, not a per-channel tensor")
+            eps = eps.detach().to(torch.float32).cpu()
+            if not bool((eps >= 0).all()):
+                raise ValueError(f"eps={eps.flatten().tolist()} must be ≥ 0")
+            eps_spec = eps.flatten().tolist() if eps.numel() > 1 else float(eps)
+        else:
+            if not eps >= 0:
+                raise ValueError(f"eps={eps!r} must be ≥ 0")
+            eps = eps_spec = float(eps)
         if not (isinstance(steps, int) and steps > 0):
             raise ValueError(f"steps={steps!r} must be an integer > 0")
-        self.attack, self.eps, self.mix, self.steps, self.replace = attack, float(eps), float(mix), steps, replace
+        self.attack, self.eps, self.mix, self.steps, self.replace = attack, eps, float(mix), steps, replace
         self._generator: torch.Generator | None = None
         self._seed = seed
         self.spec = {"name": "adversarial", "attack": attack, "mix": self.mix,
-                     **({} if attack == "deepfool" else {"eps": self.eps}),
+                     **({} if attack == "deepfool" else {"eps": eps_spec}),
                      **({} if attack == "fgsm" else {"steps": steps}),
                      **({"seed": seed} if attack.startswith("pgd") else {}),
                      **({"replace": True} if replace else {})}
@@ -61,7 +73,8 @@ class AdversarialLoss:
         if self._generator is None or self._generator.device != x.device:
             self._generator = torch.Generator(x.device).manual_seed(self._seed)
         fn = pgd_linf if self.attack == "pgd_linf" else pgd_l2
-        return fn(model, x, y, eps=self.eps, steps=self.steps, generator=self._generator)
+        # full-strength PGD (every step on every image), not the evaluation's early stop at the boundary
+        return fn(model, x, y, eps=self.eps, steps=self.steps, generator=self._generator, early_stop=False)
 
     def mixed_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``replace`` mode's batch: adversarial head (``round(mix·B)`` images), clean tail."""

@@ -1,12 +1,25 @@
 """The Evaluate layer: measurements shared by two or more chapters.
 
-Accuracy and attack runners (:mod:`.core`), the health table (:mod:`.health`). Everything works in
-batches on the model's device and returns plain Python numbers or CPU tensors, ready for a results JSON.
+Accuracy and attack runners (:mod:`.core`), the health table (:mod:`.health`), the adaptive worst case over
+an ensemble of attacks (:mod:`.worst_case`; the attacks, or members, are described in :mod:`.members`),
+AutoAttack (:mod:`.autoattack`), the adaptive minimum-norm measurement (:mod:`.min_norm`) and Wilson
+intervals (:mod:`.stats`). Everything works in batches on the model's device and returns plain Python
+numbers or CPU tensors, ready for a results JSON.
 Never imports a defense or a chapter.
 """
-from .core import (accuracy, accuracy_curve, min_norm_summary, model_device, predict, relative_norms, run_attack,
-                   timed, zero_gradient_fraction)
+from .autoattack import autoattack_accuracy, run_autoattack
+from .core import (accuracy, accuracy_curve, gradient_norms, min_norm_summary, model_device, predict, relative_norms,
+                   run_attack, timed)
 from .health import health_checks
+from .min_norm import min_norm
+from .stats import accuracy_record, clearly_greater, intervals_overlap, wilson_interval
+from . import members
+from .members import MEMBER_NAMES, NORMS, Member, check_members, default_members, members_from_names
+from .worst_case import to_record, worst_case, worst_case_curve
+from .rho import deep_defense_rho, jumprelu_rho, mean_image_rho, normalized_rho, pixel_rho  # noqa: F401
 
-__all__ = ["accuracy", "accuracy_curve", "health_checks", "min_norm_summary", "model_device", "predict",
-           "relative_norms", "run_attack", "timed", "zero_gradient_fraction"]
+__all__ = ["MEMBER_NAMES", "Member", "NORMS", "accuracy", "accuracy_curve", "accuracy_record", "autoattack_accuracy",
+           "check_members", "clearly_greater", "default_members", "gradient_norms", "health_checks",
+           "intervals_overlap", "members", "members_from_names", "min_norm", "min_norm_summary", "model_device",
+           "predict", "relative_norms", "run_attack", "run_autoattack", "timed", "to_record", "wilson_interval",
+           "worst_case", "worst_case_curve"]

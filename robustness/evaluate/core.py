@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..attacks import input_gradient
+from ..attacks import eval_mode, input_gradient
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -103,14 +103,21 @@ def min_norm_summary(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, mode
     }
 
 
-def zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Fraction of samples whose input gradient of the loss is exactly zero (shattered gradients)."""
+def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "margin",
+                   batch_size: int = 500) -> torch.Tensor:
+    """Per-sample L2 norm (CPU, ``(N,)``) of the input gradient of ``loss`` (``attacks.LOSSES``) on ``model``.
+
+    The default margin loss (largest other logit minus the true one) does not saturate like the
+    cross-entropy, whose gradient underflows to zero on very confident images of an ordinary network, so a
+    (near-)zero norm here means the network's own gradient is masked (e.g. a rounding or threshold layer).
+    """
     dev = model_device(model)
-    zero = 0
-    for i in range(0, len(x), batch_size):
-        g = input_gradient(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev))
-        zero += int((g.flatten(1).abs().sum(1) == 0).sum())
-    return zero / len(x)
+    norms = []
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            g = input_gradient(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), loss=loss)
+            norms.append(g.flatten(1).norm(dim=1).cpu())
+    return torch.cat(norms) if norms else torch.zeros(0)
 
 
 def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:

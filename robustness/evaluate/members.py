@@ -1,0 +1,168 @@
+"""The members of the worst-case ensemble (:mod:`.worst_case`): what each attack is, built by name or by hand.
+
+A :class:`Member` is a frozen description; :func:`pgd`, :func:`square`, :func:`bpda`, :func:`transfer` and
+:func:`autoattack` build one with the book's defaults; :data:`MEMBER_NAMES` lists the members a chapter
+parameter may name and :func:`check_members` validates such a parameter before any work::
+
+    from robustness.evaluate import members as M
+    ensemble = [M.pgd("ce"), M.pgd("margin"), M.bpda(bpda_copy, loss="margin"), M.square(queries=5000)]
+
+(Import this module as ``robustness.evaluate.members``: ``robustness.evaluate.worst_case`` is the function.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+from torch import nn
+
+from .. import attacks
+from .autoattack import AUTOATTACK_VERSIONS
+
+__all__ = [
+    "MEMBER_KINDS", "MEMBER_NAMES", "Member", "NORMS", "autoattack", "bpda", "check_members", "check_norm",
+    "default_members", "member", "members_from_names", "pgd", "resolve", "square", "transfer",
+]
+
+NORMS = ("linf", "l2")
+MEMBER_KINDS = ("pgd", "square", "autoattack")
+#: the members a chapter parameter may name, with what each is (built by :func:`member`)
+MEMBER_NAMES = {
+    "pgd_ce": "PGD on the cross-entropy loss, with the model's own gradient",
+    "pgd_margin": "PGD on the margin (CW) loss, with the model's own gradient",
+    "square": "Square attack (gradient-free, margin loss)",
+    "autoattack": "AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)",
+}
+
+
+def check_norm(norm: str) -> str:
+    """``norm`` if it is one of :data:`NORMS`, else ``ValueError`` naming the allowed values."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
+    return norm
+
+
+@dataclass(frozen=True)
+class Member:
+    """One attack of the worst-case ensemble.
+
+    ``kind``: ``"pgd"`` (``steps`` iterations, ``restarts`` random restarts), ``"square"`` (``queries``
+    model queries per image and restart) or ``"autoattack"`` (``version``). ``loss``: one of
+    ``attacks.LOSSES`` (PGD and Square; AutoAttack ignores it). ``through``: an optional module whose
+    gradients (PGD) or queries (Square, AutoAttack) are used instead of the model's: a BPDA copy, which must
+    compute the same function as the model, or — with ``transfer=True`` — another model, on which the
+    examples are crafted at full strength (no early stop) and then judged on the model. Accuracy is always
+    judged on the evaluated model's exact forward pass.
+    """
+
+    name: str
+    kind: str
+    loss: str = "ce"
+    steps: int = 100
+    queries: int = 5000
+    restarts: int = 1
+    through: nn.Module | None = field(default=None, repr=False, compare=False)
+    transfer: bool = False
+    version: str = "standard"
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a member needs a non-empty name, got {self.name!r}")
+        if self.kind not in MEMBER_KINDS:
+            raise ValueError(f"member {self.name!r}: unknown kind {self.kind!r}; allowed: {', '.join(MEMBER_KINDS)}")
+        if self.kind != "autoattack" and self.loss not in attacks.LOSSES:
+            raise ValueError(f"member {self.name!r}: unknown loss {self.loss!r}; allowed: {', '.join(attacks.LOSSES)}")
+        for key in ("steps", "queries", "restarts"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"member {self.name!r}: {key} must be a positive integer, got {value!r}")
+        if self.through is not None and not isinstance(self.through, nn.Module):
+            raise ValueError(f"member {self.name!r}: through must be an nn.Module, got {type(self.through).__name__}")
+        if self.transfer and self.through is None:
+            raise ValueError(f"member {self.name!r}: a transfer member needs a source model (through=...)")
+        if self.transfer and self.kind == "autoattack":
+            raise ValueError(f"member {self.name!r}: AutoAttack stops at the source's boundary; it cannot transfer")
+        if self.kind == "autoattack" and self.version not in AUTOATTACK_VERSIONS[:3]:
+            raise ValueError(f"member {self.name!r}: unknown AutoAttack version {self.version!r}; allowed: "
+                             f"{', '.join(AUTOATTACK_VERSIONS[:3])}")
+
+
+def pgd(loss: str = "ce", steps: int = 100, restarts: int = 1, name: str | None = None) -> Member:
+    """PGD (L∞ or L2, as the evaluation's norm) with the model's own gradient; name ``pgd_<loss>``."""
+    return Member(name or f"pgd_{loss}", "pgd", loss=loss, steps=steps, restarts=restarts)
+
+
+def square(queries: int = 5000, restarts: int = 1, loss: str = "margin", name: str = "square") -> Member:
+    """The gradient-free Square attack (Andriushchenko et al., ECCV 2020) on the model's outputs."""
+    return Member(name, "square", loss=loss, queries=queries, restarts=restarts)
+
+
+def bpda(surrogate: nn.Module, loss: str = "ce", steps: int = 100, restarts: int = 1,
+         name: str | None = None) -> Member:
+    """PGD following the gradients of ``surrogate``, a BPDA copy of the model (same forward pass, a
+    differentiable backward; e.g. ``attacks.with_bpda(model, ...)``). Name ``bpda_<loss>`` by default."""
+    return Member(name or f"bpda_{loss}", "pgd", loss=loss, steps=steps, restarts=restarts, through=surrogate)
+
+
+def transfer(source: nn.Module, loss: str = "ce", steps: int = 100, restarts: int = 1,
+             name: str = "transfer") -> Member:
+    """PGD examples crafted on another model ``source`` at full strength (every step, no early stop),
+    judged on the evaluated model (the gray-box / transfer setting)."""
+    return Member(name, "pgd", loss=loss, steps=steps, restarts=restarts, through=source, transfer=True)
+
+
+def autoattack(version: str = "standard", name: str | None = None) -> Member:
+    """AutoAttack (through ``pyautoattack``) as a member; name ``autoattack`` (``autoattack_<version>``
+    for another version)."""
+    return Member(name or ("autoattack" if version == "standard" else f"autoattack_{version}"), "autoattack",
+                  version=version)
+
+
+def default_members(steps: int = 100, restarts: int = 1, queries: int = 5000) -> list[Member]:
+    """The default ensemble, in order: PGD-CE, PGD-margin, Square."""
+    return [pgd("ce", steps, restarts), pgd("margin", steps, restarts), square(queries)]
+
+
+def check_members(names: Sequence[str]) -> list[str]:
+    """Validate member names (a chapter parameter) before any work: a non-empty list of distinct names of
+    :data:`MEMBER_NAMES`. Returns the list; raises ``ValueError`` naming the bad member and the allowed ones."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"members must be a list of names, got {names!r}; allowed: {', '.join(MEMBER_NAMES)}")
+    if not names:
+        raise ValueError(f"members must name at least one attack; allowed: {', '.join(MEMBER_NAMES)}")
+    for name in names:
+        if name not in MEMBER_NAMES:
+            raise ValueError(f"unknown member {name!r}; allowed: {', '.join(MEMBER_NAMES)}")
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise ValueError(f"member(s) {', '.join(map(repr, dup))} named twice")
+    return list(names)
+
+
+def member(name: str, steps: int = 100, restarts: int = 1, queries: int = 5000) -> Member:
+    """The member called ``name`` in :data:`MEMBER_NAMES`."""
+    check_members([name])
+    if name == "square":
+        return square(queries, restarts)
+    if name == "autoattack":
+        return autoattack()
+    return pgd(name[len("pgd_"):], steps, restarts)
+
+
+def members_from_names(names: Sequence[str], steps: int = 100, restarts: int = 1,
+                       queries: int = 5000) -> list[Member]:
+    """The members called ``names`` (validated with :func:`check_members`), in that order."""
+    return [member(n, steps, restarts, queries) for n in check_members(names)]
+
+
+def resolve(members: Sequence[Union[Member, str]]) -> list[Member]:
+    """``members`` as :class:`Member` objects (names built with :func:`member`'s defaults); their names must
+    be distinct."""
+    if isinstance(members, (str, Member)) or not members:
+        raise ValueError("members must be a non-empty list of Member objects or member names")
+    out = [m if isinstance(m, Member) else member(m) for m in members]
+    names = [m.name for m in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"member names must be distinct; {', '.join(map(repr, dup))} appear twice")
+    return out
