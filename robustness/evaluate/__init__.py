@@ -8,7 +8,7 @@ numbers or CPU tensors, ready for a results JSON.
 Never imports a defense or a chapter.
 """
 from .autoattack import autoattack_accuracy, run_autoattack
-from .core import (accuracy, accuracy_curve, gradient_norms, min_norm_summary, model_device, predict, relative_norms,
+from .core import (accuracy, accuracy_curve, gradient_norms, min_norm_summary, model_device, predict,
                    run_attack, timed)
 from .health import health_checks
 from .min_norm import min_norm
@@ -21,5 +21,5 @@ from .rho import deep_defense_rho, jumprelu_rho, mean_image_rho, normalized_rho,
 __all__ = ["MEMBER_NAMES", "Member", "NORMS", "accuracy", "accuracy_curve", "accuracy_record", "autoattack_accuracy",
            "check_members", "clearly_greater", "default_members", "gradient_norms", "health_checks",
            "intervals_overlap", "members", "members_from_names", "min_norm", "min_norm_summary", "model_device",
-           "predict", "relative_norms", "run_attack", "run_autoattack", "timed", "to_record", "wilson_interval",
+           "predict", "run_attack", "run_autoattack", "timed", "to_record", "wilson_interval",
            "worst_case", "worst_case_curve"]

@@ -71,12 +71,6 @@ def _takes_generator(attack: Callable) -> bool:
     return "generator" in inspect.signature(attack).parameters
 
 
-def relative_norms(x: torch.Tensor, x_adv: torch.Tensor, p: float = 2) -> torch.Tensor:
-    """Per-sample ‖x_adv − x‖_p / ‖x‖_p (DeepFool's relative perturbation)."""
-    d = (x_adv - x).flatten(1)
-    return d.norm(p=p, dim=1) / x.flatten(1).norm(p=p, dim=1)
-
-
 def min_norm_summary(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, model: nn.Module,
                      p: float = 2) -> dict:
     """ρ_adv statistics over the samples the model classifies correctly.
@@ -87,7 +81,7 @@ def min_norm_summary(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, mode
     """
     correct = predict(model, x) == y
     fooled = predict(model, x_adv) != y
-    rho = relative_norms(x, x_adv, p)
+    rho = pixel_rho(x, x_adv, p)
     absolute = (x_adv - x).flatten(1).norm(p=p, dim=1)
     ok = correct & fooled
     rho_inf = torch.where(ok, rho, torch.full_like(rho, float("inf")))[correct]
