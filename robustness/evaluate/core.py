@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import eval_mode, input_gradient
+from .rho import pixel_rho
 
 
 def model_device(model: nn.Module) -> torch.device:
