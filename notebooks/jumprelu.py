@@ -22,13 +22,13 @@
 # the ReLU). The claim is a trade: a little clean accuracy for robustness, tuned by one number chosen on
 # validation data, for plain and for adversarially trained models alike.
 #
-# This chapter first repeats the paper's protocol: LeNetLike on MNIST and AlexLike on CIFAR-10, each trained
-# plainly ("baseline") and with part of every batch replaced by FGSM examples {cite}`goodfellow2015explaining`
-# ("robust"), then retrofitted over a grid of $\kappa$ and attacked with the paper's attacks: iterative FGSM and
-# DeepFool {cite}`moosavi2016deepfool` in L2 and L∞. Each attack runs in the paper's two settings:
-# **gray-box** (examples crafted on the $\kappa = 0$ network, then shown to the retrofitted one) and **white-box**
-# (crafted on the retrofitted network, through autograd's gradient). We did not implement the paper's
-# trust-region attack; its column is left empty.
+# This chapter first repeats the paper's protocol: LeNetLike on the grayscale sets (MNIST, and Fashion-MNIST when
+# a reader adds it) and AlexLike on CIFAR-10, each trained plainly ("baseline") and with part of every batch
+# replaced by FGSM examples {cite}`goodfellow2015explaining` ("robust"), then retrofitted over a grid of $\kappa$
+# and attacked with the paper's attacks: iterative FGSM and DeepFool {cite}`moosavi2016deepfool` in L2 and L∞.
+# Each attack runs in the paper's two settings: **gray-box** (examples crafted on the $\kappa = 0$ network, then
+# shown to the retrofitted one) and **white-box** (crafted on the retrofitted network, through autograd's
+# gradient). We did not implement the paper's trust-region attack; its row in the comparison stays empty.
 #
 # A discontinuous activation is the textbook case of *shattered gradients* {cite}`athalye2018obfuscated`: the
 # gradient autograd returns, $\mathbb 1[x > \kappa]$, never sees the jump, so gradient attacks may overshoot or
@@ -37,43 +37,32 @@
 # transferred from $\kappa = 0$, and the gradient-free Square attack — counting an image as robust only if it
 # survives all of them, runs the health checks of {cite}`carlini2019evaluating`, and reports AutoAttack as the
 # field's reference number. The verdict at the end is computed from those numbers, comparing 95% intervals.
+#
+# Every number on this page is a record of one results file: which data set and network, which attack and
+# radius, which $\kappa$, and the value with its sample size and interval. The banner below lists the run's
+# profile and parameters; a parameter that differs per data set (the training length, the $\kappa$ grid, the
+# attack subsets) shows one value per data set.
 
 # %% tags=["parameters"]
 profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
-datasets = None  # data sets the chapter runs on: mnist, cifar
-mnist_train_size = None  # MNIST: training images used (the first N), validation included
-mnist_n_val = None  # MNIST: of those, images held out at random to choose kappa
-mnist_epochs = None  # MNIST: training epochs
-mnist_adv_ratio = None  # MNIST: fraction of each batch replaced by FGSM examples (robust model)
-mnist_adv_eps_normalized = None  # MNIST: robust model's FGSM radius, official normalized units (× σ_c)
-mnist_n_clean = None  # MNIST: test images for clean accuracy (the first N)
-mnist_n_attack = None  # MNIST: test (and validation) images attacked with IFGSM (the first N)
-mnist_n_deepfool = None  # MNIST: test images attacked with DeepFool (the first N)
-mnist_n_adaptive = None  # MNIST: test images for the adaptive attacks and health checks (the first N)
-mnist_n_autoattack = None  # MNIST: test images for AutoAttack (standard) at the chosen kappa (0: not run)
-mnist_kappas = None  # MNIST: kappa grid (must contain 0)
-mnist_iter = None  # MNIST: IFGSM and DeepFool iterations (official: 40 MNIST, 7 CIFAR)
-mnist_pgd_eps = None  # MNIST: L∞ radii on [0, 1] pixels of the adaptive attack ensemble
-mnist_lr = None  # MNIST: initial SGD learning rate (× 0.2 at the official milestones, scaled to the epochs)
-mnist_budget = None  # MNIST: largest clean-accuracy drop (fraction) allowed when choosing kappa
-mnist_ddn_steps = None  # MNIST: iterations of the min-norm attack (DDN through BPDA; 0: not run)
-cifar_train_size = None  # CIFAR-10: training images used (the first N), validation included
-cifar_n_val = None  # CIFAR-10: of those, images held out at random to choose kappa
-cifar_epochs = None  # CIFAR-10: training epochs
-cifar_adv_ratio = None  # CIFAR-10: fraction of each batch replaced by FGSM examples (robust model)
-cifar_adv_eps_normalized = None  # CIFAR-10: robust model's FGSM radius, official normalized units (× σ_c)
-cifar_n_clean = None  # CIFAR-10: test images for clean accuracy (the first N)
-cifar_n_attack = None  # CIFAR-10: test (and validation) images attacked with IFGSM (the first N)
-cifar_n_deepfool = None  # CIFAR-10: test images attacked with DeepFool (the first N)
-cifar_n_adaptive = None  # CIFAR-10: test images for the adaptive attacks and health checks (the first N)
-cifar_n_autoattack = None  # CIFAR-10: test images for AutoAttack (standard) at the chosen kappa (0: not run)
-cifar_kappas = None  # CIFAR-10: kappa grid (must contain 0)
-cifar_iter = None  # CIFAR-10: IFGSM and DeepFool iterations (official: 40 MNIST, 7 CIFAR)
-cifar_pgd_eps = None  # CIFAR-10: L∞ radii on [0, 1] pixels of the adaptive attack ensemble
-cifar_lr = None  # CIFAR-10: initial SGD learning rate (× 0.2 at the official milestones, scaled to the epochs)
-cifar_budget = None  # CIFAR-10: largest clean-accuracy drop (fraction) allowed when choosing kappa
-cifar_ddn_steps = None  # CIFAR-10: iterations of the min-norm attack (DDN through BPDA; 0: not run)
-cifar_augment = None  # CIFAR-10: random crops (pad 4) and flips in training, as the official code
+datasets = None  # data sets the chapter runs on: mnist, fashion_mnist, cifar10
+train_size = None  # training images used (the first N), validation included (per data set)
+n_val = None  # of those, images held out at random to choose kappa (per data set)
+epochs = None  # training epochs (per data set)
+lr = None  # initial SGD learning rate (× 0.2 at the official milestones, scaled to the epochs) (per data set)
+augment = None  # random crops (pad 4) and flips in training (the official code: CIFAR-10 only) (per data set)
+adv_ratio = None  # fraction of each batch replaced by FGSM examples (robust model) (per data set)
+adv_eps_normalized = None  # robust model's FGSM radius, official normalized units (× σ_c) (per data set)
+n_clean = None  # test images for clean accuracy (the first N) (per data set)
+n_attack = None  # test (and validation) images attacked with IFGSM (the first N) (per data set)
+n_deepfool = None  # test images attacked with DeepFool (the first N) (per data set)
+n_adaptive = None  # test images for the adaptive attacks and health checks (the first N) (per data set)
+n_autoattack = None  # test images for AutoAttack (standard) at the chosen kappa (0: not run) (per data set)
+kappas = None  # kappa grid (must contain 0) (per data set)
+budget = None  # largest clean-accuracy drop (fraction) allowed when choosing kappa (per data set)
+attack_iter = None  # IFGSM and DeepFool iterations (official: 40 on MNIST, 7 on CIFAR-10) (per data set)
+pgd_eps = None  # L∞ radii on [0, 1] pixels of the adaptive attack ensemble (per data set)
+ddn_steps = None  # iterations of the min-norm attack (DDN through BPDA; 0: not run) (per data set)
 ifgsm_step = None  # IFGSM step, official normalized units (× σ_c on pixels)
 deepfool_classes = None  # DeepFool candidate classes (10: all, as the official code)
 members = None  # adaptive-ensemble members in order, pgd_true first: pgd_true, transfer, pgd_bpda, pgd_bpda_margin, pgd_smooth, square
@@ -93,19 +82,12 @@ import matplotlib.pyplot as plt
 
 from robustness.chapters import jumprelu as chapter
 from robustness.config import resolve
-from robustness.report import health_markdown
-from robustness.results import StageTimer, load_results, write_results
+from robustness.results import StageTimer, load_results, overrides_of, write_results
 from robustness.runtime import seed_everything
 
 cfg = resolve(chapter.SPEC, profile=profile, **{name: globals()[name] for name in chapter.SPEC.params})
 seed_everything(cfg.seed)
-timer, metrics, health = StageTimer(), {}, {}
-
-# %% [markdown]
-# ```{admonition} This run
-# :class: note
-# The profile and every parameter value of this page's run; the numbers below come from it.
-# ```
+timer = StageTimer()
 
 # %%
 display(Markdown(cfg.markdown()))
@@ -113,27 +95,29 @@ display(Markdown(cfg.markdown()))
 # %% [markdown]
 # ## The four models
 #
-# As in the official code: SGD with momentum 0.9, weight decay $5\cdot10^{-4}$, batch 128, learning rate × 0.2
-# at a third, two thirds and eight ninths of training; CIFAR-10 with random crops and flips (unless the profile
-# turns `cifar_augment` off). The official code feeds the network *normalized* images, $(x-\mu)/\sigma$
-# (MNIST $\mu = 0.1307$, $\sigma = 0.3081$; CIFAR-10 $\sigma = (0.2023, 0.1994, 0.2010)$), and every radius and
-# step it uses is in those units. Our models normalize inside and take [0, 1] pixels, so a radius $r$ of the
-# official code is $r\,\sigma_c$ per channel on pixels: the same attack, not an approximation.
+# The recipe is the official code's: SGD with momentum 0.9, weight decay $5\cdot10^{-4}$, batch 128, the
+# learning rate multiplied by 0.2 at a third, two thirds and eight ninths of training, and random crops and
+# flips on CIFAR-10 (a profile may turn them off with `augment`). The official code feeds the network
+# *normalized* images, $(x-\mu_c)/\sigma_c$ per channel $c$, and every radius and step it uses is in those
+# units. Our models normalize inside and take [0, 1] pixels, so a radius $r$ of the official code is
+# $r\,\sigma_c$ per channel on pixels: the same attack, not an approximation. The normalization constants are
+# those of the official code and live with the data sets' other facts in {mod}`robustness.data`.
 #
-# The **robust** models replace the first `adv_ratio` of every batch by FGSM examples of the current weights,
-# crafted in eval mode as the official code does: MNIST 30% at $\varepsilon = 0.3$ normalized
-# ($0.3 \times 0.3081 \approx 0.092$ on pixels), CIFAR-10 60% at $\varepsilon = 0.031$ normalized (about
-# $1.6/255$). Two differences remain and are the book's: the official robust AlexLike trains 120 epochs
-# (milestones 30/60/90) where we use the baseline's schedule, and the official loader drops the last partial
-# batch where ours keeps it.
+# The **robust** recipe replaces the first `adv_ratio` of every batch by FGSM examples of the current weights,
+# crafted in eval mode as the official code does, at the official normalized radius; the table gives each
+# network's ratio and radius in both units. Two differences remain and are the book's: the official robust
+# AlexLike trains 120 epochs (milestones 30/60/90) where we use the baseline's schedule, and the official loader
+# drops the last partial batch where ours keeps it.
 #
 # A random validation split is held out of the training images *before* training; it is the only data used to
-# choose $\kappa$. Weights are cached under a hash of the whole recipe.
+# choose $\kappa$. Weights are cached under a hash of the whole recipe, so a second run loads them. The table
+# reports clean test accuracy with its 95% Wilson interval and, when the profile shortens training, how much of
+# the official schedule this run used.
 
 # %%
 with timer("train"):
-    nets, data, metrics["train"], timings = chapter.train_all(cfg)
-display(Markdown(chapter.training_table(metrics["train"], timings, cfg)))
+    nets, data, records, timings = chapter.train_all(cfg)
+display(Markdown(chapter.training_table(records, timings, cfg)))
 
 # %% [markdown]
 # ## Choosing κ on validation data
@@ -146,55 +130,54 @@ display(Markdown(chapter.training_table(metrics["train"], timings, cfg)))
 
 # %%
 with timer("kappa on validation"):
-    metrics["validation"], metrics["kappa_choice"] = chapter.choose_all(nets, data, cfg)
-display(Markdown(chapter.choice_table(metrics["kappa_choice"])))
+    records += chapter.choose_all(nets, data, cfg)
+display(Markdown(chapter.choice_table(records)))
 
 # %% [markdown]
 # ## The paper's protocol on the test set
 #
-# Every $\kappa$ of the grid, every model, both settings. IFGSM takes unprojected steps of 0.01 *in normalized
-# units* on the images it has not fooled yet (40 iterations on MNIST, 7 on CIFAR-10, as the official code): on
-# pixels that is $0.01\,\sigma_c$ per step, so 40 MNIST steps reach at most $0.123$ in L∞ and 7 CIFAR-10 steps
-# about $3.6/255$. DeepFool runs the same number of iterations with overshoot 0.02.
+# Every $\kappa$ of the grid, every model, both settings. IFGSM takes unprojected sign-gradient steps of
+# `ifgsm_step` *in normalized units* on the images it has not fooled yet, for `attack_iter` iterations (the
+# official code runs 40 on MNIST and 7 on CIFAR-10); on pixels that is $\sigma_c$ times the step, and the note
+# below converts this run's budget. DeepFool runs the same number of iterations.
 #
 # The relative perturbation $\rho = \|r\|_p / \|x\|_p$ is reported two ways. **ρ (paper units)** is the official
 # code's: measured on normalized images, $\|r/\sigma\|_p / \|(x-\mu)/\sigma\|_p$, and averaged the way its
-# evaluation averages it; only this one may be compared with the paper's numbers. **ρ (pixels)** is the book's
-# (mean over the correctly classified images DeepFool fools, on [0, 1] pixels); the normalization changes the
-# denominator, by a factor of about 2.3 in L2 on CIFAR-10 and 1.1 on MNIST. In the gray-box setting the
-# DeepFool perturbation is the one found on the $\kappa = 0$ network, so its size is fixed and the question is
-# how often it still fools the retrofitted network ("DF acc").
+# evaluation averages it, over every attacked image; only this one may be compared with the paper's numbers.
+# **ρ (pixels)** is the book's: the mean over the correctly classified images DeepFool fools, on [0, 1] pixels.
+# The two differ because subtracting the mean changes the denominator. In the gray-box setting the DeepFool
+# perturbation is the one found on the $\kappa = 0$ network, so its size is fixed and the question is how often
+# it still fools the retrofitted network ("DF acc").
 
 # %%
 with timer("paper protocol"):
-    metrics["models"] = chapter.protocol_all(nets, data, cfg)
+    records += chapter.protocol_all(nets, data, cfg)
 display(Markdown(chapter.deepfool_note(cfg)))
-for key in metrics["models"]:
-    display(Markdown(chapter.protocol_table(key, metrics["models"][key], metrics["kappa_choice"][key])))
+display(Markdown(chapter.protocol_tables(records)))
 
 # %% [markdown]
-# The trade-off, per model: accuracy (top) and DeepFool's relative perturbation in paper units, white-box
-# (bottom), as $\kappa$ grows.
+# The trade-off, per model. The top row is what the paper's claim rests on: if the retrofit works as claimed,
+# IFGSM accuracy (squares) climbs with $\kappa$ while clean accuracy (circles) stays nearly flat, up to the
+# $\kappa$ chosen on validation (dotted red line). The bottom row is DeepFool's white-box perturbation in paper
+# units: a rising curve says the boundary looks farther away *to DeepFool*, which follows the same gradient.
 
-# %%
-chapter.plot_tradeoff(metrics["models"], metrics["kappa_choice"])
+# %% mystnb={"figure": {"caption": "The paper's trade-off per model: clean and IFGSM accuracy (top) and DeepFool's white-box relative perturbation in paper units (bottom) against κ on test images; the dotted red line marks the κ chosen on validation.", "name": "fig-jumprelu-tradeoff"}}
+chapter.plot_tradeoff(records)
 plt.show()
 
 # %% [markdown]
 # ### Against the paper's one public row
 #
-# Only one row of the paper's tables is public (quoted in the official repository's issue tracker): CIFAR-10
-# AlexLike, "JumpReLU (Base)", white-box — clean 87.52%, IFGSM 18.56%, and, in brackets, DeepFool L∞ 9.80,
-# DeepFool L2 10.6 and trust region 1.7, which we read as relative perturbations in % in the official code's
-# normalized units. The paper does not say which $\kappa$ that row used. Our closest row is the CIFAR-10
-# baseline at its chosen $\kappa$, in the same units; its scale is the profile's.
+# Only one row of the paper's tables is public, quoted in the official repository's issue tracker: CIFAR-10
+# AlexLike, "JumpReLU (Base)", white-box — clean accuracy, IFGSM accuracy and, in brackets, three numbers for
+# DeepFool L∞, DeepFool L2 and the trust-region attack, which we read as relative perturbations in the official
+# code's normalized units. The paper does not say which $\kappa$ that row used. The table puts each published
+# number (read from the chapter's anchors file) beside our closest measurement: the CIFAR-10 baseline at its
+# chosen $\kappa$, in the same units. Its scale is the profile's, so a gap in clean accuracy is expected
+# wherever training was shortened.
 
 # %%
-if "cifar_baseline" in metrics["models"]:
-    metrics["paper_comparison"] = chapter.paper_comparison(metrics, cfg)
-    display(Markdown(chapter.paper_comparison_table(metrics["paper_comparison"], cfg)))
-else:
-    display(Markdown("CIFAR-10 is not among this run's `datasets`; no comparison."))
+display(Markdown(chapter.paper_comparison_table(records, cfg)))
 
 # %% [markdown]
 # ## Beyond the paper: an adaptive attack ensemble
@@ -219,20 +202,22 @@ else:
 # At $\kappa = 0$ BPDA's gradient is exact and the transfer source is the network itself, so only pgd_true,
 # the margin loss and Square run. An image fooled at a smaller $\varepsilon$ stays fooled at a larger one (the
 # smaller ball lies inside), so the worst case can only fall as $\varepsilon$ grows; the largest radius is there
-# to check that it falls toward zero. The worst case at the threat radius is rerun with each attack seed of
-# `seeds`. Every accuracy has its 95% Wilson interval.
+# to check that it falls toward zero. The worst case at the data set's threat radius is rerun with each attack
+# seed of `seeds`. Every accuracy has its 95% Wilson interval.
 
 # %%
 with timer("adaptive"):
-    metrics["adaptive"] = chapter.adaptive_all(nets, data, metrics["kappa_choice"], cfg)
-for key in metrics["adaptive"]:
-    display(Markdown(chapter.adaptive_table(key, metrics["adaptive"][key], metrics["kappa_choice"][key])))
+    records += chapter.adaptive_all(nets, data, records, cfg)
+display(Markdown(chapter.adaptive_tables(records)))
 
 # %% [markdown]
-# The worst case against $\varepsilon$, per model and $\kappa$, with 95% intervals:
+# The same worst case as curves. Read each panel left to right: at $\varepsilon = 0$ the curve starts at clean
+# accuracy, and a sound evaluation drives every curve toward the dotted chance line at the largest radius. A
+# retrofit that truly moved the boundary would keep its curve above the $\kappa = 0$ curve, with bands that do
+# not overlap; curves that fall onto the $\kappa = 0$ one say the gain the paper's attacks saw is gone.
 
-# %%
-chapter.plot_worst_case(metrics["adaptive"])
+# %% mystnb={"figure": {"caption": "Adaptive worst-case accuracy against the L∞ radius ε for each attacked κ, one panel per model, with 95% Wilson bands; ε = 0 is clean accuracy and the dotted line is chance.", "name": "fig-jumprelu-worst-case"}}
+chapter.plot_worst_case(records)
 plt.show()
 
 # %% [markdown]
@@ -242,10 +227,11 @@ plt.show()
 # gradient; DDN {cite}`rony2019decoupling` through the BPDA copy looks for the smallest L2 perturbation without
 # that blind spot, clipped to [0, 1] like every attack here. Its median $\rho$ (pixels) is reported with a
 # convergence check: doubling DDN's steps must move the median by less than 2%, or the table says it did not
-# converge.
+# converge. A DDN median well below DeepFool's mean at the same $\kappa$ means DeepFool overestimated the
+# distance to the boundary.
 
 # %%
-display(Markdown(chapter.min_norm_table(metrics["adaptive"], metrics["models"])))
+display(Markdown(chapter.min_norm_table(records)))
 
 # %% [markdown]
 # ### AutoAttack, the field's reference number
@@ -257,8 +243,8 @@ display(Markdown(chapter.min_norm_table(metrics["adaptive"], metrics["models"]))
 
 # %%
 with timer("autoattack"):
-    metrics["autoattack"] = chapter.autoattack_all(nets, data, metrics["kappa_choice"], cfg)
-display(Markdown(chapter.autoattack_table(metrics["autoattack"], metrics["adaptive"])))
+    records += chapter.autoattack_all(nets, data, records, cfg)
+display(Markdown(chapter.autoattack_table(records)))
 
 # %% [markdown]
 # ### Evaluation health of each retrofitted model
@@ -271,9 +257,8 @@ display(Markdown(chapter.autoattack_table(metrics["autoattack"], metrics["adapti
 
 # %%
 with timer("health checks"):
-    health = chapter.health_all(nets, data, metrics, cfg)
-for name, rows in health.items():
-    display(Markdown(f"**{name}**\n\n" + health_markdown(rows)))
+    health = chapter.health_all(nets, data, records, cfg)
+display(Markdown(chapter.health_tables(health)))
 
 # %% [markdown]
 # ## Interactive: κ and one adversarial example
@@ -282,22 +267,27 @@ for name, rows in health.items():
 # of the first test image at that $\kappa$. In a live notebook the slider below the figure browses the same
 # precomputed results; the website shows the static strip.
 
-# %%
-strip = chapter.kappa_examples_for(nets, data, metrics["models"], cfg)
+# %% mystnb={"figure": {"caption": "The white-box IFGSM example of the first test image at each κ of the grid for the first model, titled with that κ's clean and IFGSM accuracy and the true and predicted class.", "name": "fig-jumprelu-kappa-strip"}}
+strip = chapter.kappa_examples_for(nets, data, records, cfg)
 chapter.kappa_strip(**strip)
 plt.show()
 
 # %% tags=["remove-cell"]
 chapter.kappa_slider(**strip);
 
+# %% tags=["remove-cell"]
+path = write_results(cfg, records, health=health, timer=timer, timings=timings)
+saved = load_results(cfg.chapter, cfg.profile, overrides_of(cfg))
+
 # %% [markdown]
 # ## Results and verdict
 #
-# Everything above is saved to one JSON file; the verdict below is computed from the file as read back, by
+# Everything above is saved to one results file; the verdict below is computed from the file as read back, by
 # {func}`robustness.chapters.jumprelu.verdict`: per model, the paper's gradient and the adaptive worst case at
-# the threat radius, each against $\kappa = 0$, judged by whether their 95% intervals separate.
+# the threat radius, each against $\kappa = 0$, judged by whether their 95% intervals separate. A model is set
+# aside as broken when its clean accuracy is near chance or one class takes most predictions; otherwise it
+# shows no gain (even the paper's gradient finds none), a masked gain (the paper's gradient finds one, the
+# ensemble removes it), or a gain that survives.
 
 # %%
-path = write_results(cfg, metrics, health, timer, timings)
-saved = load_results(cfg.chapter, cfg.profile)
-display(Markdown(f"Results: `{path.name}` (profile `{saved['profile']}`).\n\n" + chapter.verdict(saved)))
+display(Markdown(chapter.verdict(saved)))

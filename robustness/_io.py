@@ -9,22 +9,23 @@ from pathlib import Path
 from typing import Iterator
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file with ``hashlib``'s ``algorithm`` (``"sha256"``, ``"md5"``, ...), read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (checkpoints, the mirror's CIFAR-10 files)."""
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: str | os.PathLike) -> str:
     """Hex md5 of a file (torchvision's dataset checksums are md5)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 @contextmanager

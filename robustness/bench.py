@@ -10,36 +10,22 @@ at each ``--eps``, the toolkit's adaptive worst case (default members: PGD-CE,
 PGD-margin, Square) with AutoAttack (standard): robust accuracy with its 95%
 Wilson interval, and seconds, e.g.
 ``python -m robustness bench --worst-case --n 300 --eps 0.1 0.15``.
+
+Layering: like ``cli`` and ``runner``, this is an entry point above the chapters (it reads chapter 1's SPEC to
+load the same model the chapter trains); timings come from :mod:`robustness.timing`.
 """
 from __future__ import annotations
 
 import resource
-import time
 
 import torch
 from torch import nn
 
 from . import attacks, evaluate
-from .chapters import get_chapter
+from .chapters import baselines, get_chapter
 from .config import resolve
-from .data import load_dataset
-from .train import TrainConfig, official_milestones, trained_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _rate(fn, device: torch.device, repeats: int) -> float:
-    """Calls per second of ``fn`` (one warm-up call first)."""
-    fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return repeats / (time.perf_counter() - start)
+from .data import load_dataset, threat_eps
+from .timing import calls_per_second, timed
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -58,8 +44,8 @@ def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     print(f"worst case ({', '.join(m.name for m in members)}; PGD {steps} steps × {restarts} restart(s), "
           f"Square {queries} queries) vs AutoAttack standard, {norm}, {len(y)} images")
     for eps in eps_list:
-        wc, wc_seconds = evaluate.timed(evaluate.worst_case, model, x, y, eps, members, norm=norm,
-                                        batch_size=batch_size, seed=seed)
+        wc, wc_seconds = timed(evaluate.worst_case, model, x, y, eps, members, norm=norm,
+                              batch_size=batch_size, seed=seed)
         aa = evaluate.autoattack_accuracy(model, x, y, eps, norm=norm, batch_size=batch_size, seed=seed)
         row = {"eps": eps, "clean": wc["clean"], "worst_case": evaluate.to_record(wc), "worst_case_seconds": wc_seconds,
                "autoattack": aa}
@@ -75,8 +61,7 @@ def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def main(batch_size: int = 256, profile: str = "smoke", repeats: int = 3, worst_case: bool = False, n: int = 300,
          eps: list[float] | None = None, norm: str = "linf", steps: int = 100, queries: int = 5000) -> int:
     cfg = resolve(get_chapter("baselines"), profile=profile)
-    config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, milestones=official_milestones(cfg.epochs), seed=cfg.seed)
-    model, _ = trained_model(cfg.model, cfg.dataset, config, train_size=cfg.train_size)
+    model, _ = baselines.train_model(cfg)  # the chapter's own recipe, so the cache holds one model, not two
     device = next(model.parameters()).device
     if worst_case:
         model.eval()
@@ -95,12 +80,12 @@ def main(batch_size: int = 256, profile: str = "smoke", repeats: int = 3, worst_
         xr = x.clone().requires_grad_(True)
         torch.autograd.grad(nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
 
-    raw = _rate(fwd_bwd, device, repeats * 10)
-    steps = 40
-    pgd_calls = _rate(lambda: attacks.pgd_linf(model, x, y, eps=0.3, steps=steps, random_start=True,
-                                                         early_stop=False), device, repeats)
+    raw = calls_per_second(fwd_bwd, repeats * 10, device)
+    steps, eps_linf = 40, threat_eps(cfg.dataset)
+    pgd_calls = calls_per_second(lambda: attacks.pgd_linf(model, x, y, eps=eps_linf, steps=steps, random_start=True,
+                                                          early_stop=False), repeats, device)
     df_result = attacks.deepfool(model, x, y, norm=2, max_iter=50)
-    df_calls = _rate(lambda: attacks.deepfool(model, x, y, norm=2, max_iter=50), device, repeats)
+    df_calls = calls_per_second(lambda: attacks.deepfool(model, x, y, norm=2, max_iter=50), repeats, device)
     # DeepFool's gradient work: one forward and one backward per candidate class per iteration.
     iters = float(df_result.iterations.float().mean())
     print(f"model: {cfg.model} on {cfg.dataset} ({profile} recipe), device {device}, batch {batch_size}, "

@@ -1,4 +1,6 @@
-"""Command line: ``python -m robustness run CHAPTER... [--all] [--profile P] [-p NAME VALUE]...`` and ``bench``."""
+"""Command line: ``python -m robustness run CHAPTER... [--all] [--profile P] [-p NAME VALUE]...``,
+``params CHAPTER`` (every parameter with its help and per-profile values), ``results`` (the results files that
+exist) and ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="override one parameter, e.g. -p eps 0.1 -p eps_grid_linf '[0, 0.1]'")
     run.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/executed)")
     run.add_argument("--log-output", action="store_true", help="stream the notebook's output")
+    params = sub.add_parser("params", help="every parameter of a chapter: help, allowed values, per-profile values")
+    params.add_argument("chapter", choices=CHAPTER_IDS)
+    sub.add_parser("results", help="list the results files that exist (profile, chapter, overrides, records)")
     bench = sub.add_parser("bench", help="attack throughput benchmark on the chapter-1 model")
     bench.add_argument("--batch-size", type=int, default=256)
     bench.add_argument("--profile", default="smoke", choices=PROFILES, help="which chapter-1 model to load/train")
@@ -55,6 +60,23 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        return 0
+    if args.command == "params":
+        from .chapters import get_chapter
+        from .config import describe
+
+        print(describe(get_chapter(args.chapter)))
+        return 0
+    if args.command == "results":
+        from .results import list_results, results_dir
+
+        rows = list_results()
+        if not rows:
+            print(f"no results under {results_dir()}; make some with: python -m robustness run CHAPTER")
+        for row in rows:
+            set_by_hand = ", ".join(f"{k}={v!r}" for k, v in row["overridden"].items()) or "canonical"
+            status = row.get("error") or f"{row['records']} records, commit {row['commit'] or '?'}"
+            print(f"{row['profile']:>7}  {row['chapter']:<22} {set_by_hand:<40} {status}  {row['path']}")
         return 0
     from .bench import main as bench_main
 

@@ -28,6 +28,16 @@ class Param:
     kind: str
     help: str
     choices: tuple = ()
+    #: The value may differ per data set: it resolves to ``{data set: value}`` for the run's data sets, and a
+    #: reader gives either one value for all of them or a mapping (``{"cifar10": 8}``; the rest from the profile).
+    per_dataset: bool = False
+
+    @property
+    def allowed(self) -> str:
+        text = _KINDS[self.kind][1]
+        if self.choices:
+            text += ": " + ", ".join(map(repr, self.choices))
+        return text + (", or a mapping {data set: such a value}" if self.per_dataset else "")
 
     def check(self, name: str, value: Any) -> Any:
         allowed = _KINDS[self.kind][1]
@@ -111,8 +121,9 @@ _KINDS: dict[str, tuple[Callable, str]] = {
 class ChapterSpec:
     """A chapter: its notebook, its parameters, and the value of each parameter per profile.
 
-    A profile value may be a dict keyed by dataset name (e.g. an eps per data set);
-    it is then looked up with the run's ``dataset``.
+    The data set(s) a chapter runs on are a parameter (``dataset`` or ``datasets``), resolved first. A parameter
+    marked ``per_dataset`` has a profile value that is either one value or a mapping keyed by every data set the
+    chapter knows (the choices of ``dataset``/``datasets``).
     """
 
     name: str
@@ -133,14 +144,37 @@ class RunConfig(dict):
             raise AttributeError(name) from None
 
     def markdown(self) -> str:
-        """A short block for the top of the page: profile and every parameter value."""
-        head = f"**Profile:** `{self['profile']}`"
+        """The page's banner: a MyST admonition naming the profile and device, with every parameter in a
+        collapsed table (values a reader set are marked)."""
+        profile = f"`{self['profile']}`"
         if self["requested_profile"] != self["profile"]:
-            head += f" (requested `{self['requested_profile']}`)"
-        head += f" — {PROFILE_HELP[self['profile']]}. **Device:** `{self['device']}`."
-        rows = [f"`{k}` = `{v}`" + (" (set)" if k in self["overridden"] else "")
-                for k, v in self.items() if k not in _META]
-        return head + "\n\n**Parameters:** " + "; ".join(rows) + "."
+            profile += f" (requested `{self['requested_profile']}`)"
+        rows = "\n".join(f"| `{k}` | {_show(v)} | {'set' if k in self['overridden'] else 'profile'} |"
+                         for k, v in self.items() if k not in _META)
+        # the outer fence is longer than the inner one, as MyST requires for nesting
+        return (f"::::{{admonition}} Profile {profile} on `{self['device']}`\n:class: note\n"
+                f"{PROFILE_HELP[self['profile']]}.\n\n"
+                f":::{{admonition}} The {len(self) - len(_META)} parameters of this run\n:class: dropdown\n"
+                f"| parameter | value | from |\n|---|---|---|\n{rows}\n:::\n::::")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: `{v}`" for k, v in value.items())
+    return f"`{value}`"
+
+
+def describe(spec: "ChapterSpec") -> str:
+    """Every parameter of a chapter with its help, allowed values and per-profile values (``robustness params``)."""
+    lines = [f"{spec.name}: {spec.title}  (notebook {spec.notebook})", ""]
+    for name, param in spec.params.items():
+        lines.append(f"{name}  —  {param.help}")
+        lines.append(f"    allowed: {param.allowed}")
+        for profile, values in spec.profiles.items():
+            lines.append(f"    {profile:>6}: {values[name]!r}")
+        lines.append("")
+    lines.append("Set one with: python -m robustness run " + spec.name + " --profile PROFILE -p NAME VALUE")
+    return "\n".join(lines)
 
 
 _META = ("profile", "requested_profile", "device", "overridden", "chapter")
@@ -158,11 +192,44 @@ def resolve_profile(profile: Any, cuda_available: bool | None = None) -> str:
     return "paper" if cuda_available else "laptop"
 
 
+def _selected_datasets(spec: ChapterSpec, cfg: dict, defaults: Mapping[str, Any], given: Mapping[str, Any]):
+    """The data set(s) of the run: ``datasets`` (a list) or ``dataset`` (one), resolved before anything else."""
+    for name in ("datasets", "dataset"):
+        if name in spec.params:
+            value = given.get(name)
+            cfg[name] = spec.params[name].check(name, defaults[name] if value is None else value)
+            return name, (cfg[name] if name == "datasets" else [cfg[name]])
+    return None, []
+
+
+def _per_dataset(name: str, param: Param, default: Any, given: Any, selected: list[str], known: tuple,
+                 one: bool) -> dict:
+    """``{data set: checked value}`` from the profile's value (one for all, or a mapping) and the reader's."""
+    def as_mapping(value, source):
+        if not isinstance(value, dict):
+            return {d: value for d in selected}
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"parameter {name}={value!r} names unknown data set(s) {', '.join(unknown)}; "
+                             f"allowed keys: {', '.join(known)}")
+        missing = [d for d in selected if d not in value]
+        if missing and source == "profile":
+            raise ValueError(f"the profile has no value of {name} for data set(s) {', '.join(missing)}")
+        return {d: value[d] for d in selected if d in value}
+
+    merged = as_mapping(default, "profile")
+    if given is not None:
+        merged.update(as_mapping(given, "given"))
+    return {d: param.check(name if one else f"{name}[{d!r}]", merged[d]) for d in selected}
+
+
 def resolve(spec: ChapterSpec, profile: str = "auto", **given: Any) -> RunConfig:
     """Validate ``given`` (``None`` = from the profile) and return the full run configuration.
 
     Raises ``ValueError`` naming the parameter and its allowed values for an
-    unknown profile, an unknown parameter, or a value out of range.
+    unknown profile, an unknown parameter, or a value out of range. A per-data-set
+    parameter resolves to ``{data set: value}`` when the chapter runs on several
+    data sets (``datasets``) and to the one value when it runs on one (``dataset``).
     """
     unknown = sorted(set(given) - set(spec.params))
     if unknown:
@@ -175,17 +242,17 @@ def resolve(spec: ChapterSpec, profile: str = "auto", **given: Any) -> RunConfig
                     device="cuda" if torch.cuda.is_available() else "cpu",
                     overridden=sorted(k for k, v in given.items() if v is not None))
     defaults = spec.profiles[resolved]
-    # Explicit values first, so that per-dataset defaults can look up the chosen dataset.
+    selector, selected = _selected_datasets(spec, cfg, defaults, given)
+    known = spec.params[selector].choices if selector else ()
     for name, param in spec.params.items():
-        if given.get(name) is not None:
-            cfg[name] = param.check(name, given[name])
-    for name, param in spec.params.items():
-        if name in cfg:
+        if name == selector:
             continue
-        value = defaults[name]
-        if isinstance(value, dict):
-            value = value[cfg["dataset"]]
-        cfg[name] = param.check(name, value)
+        value = given.get(name)
+        if param.per_dataset:
+            per = _per_dataset(name, param, defaults[name], value, selected, known, selector == "dataset")
+            cfg[name] = per if selector == "datasets" else per[selected[0]]
+        else:
+            cfg[name] = param.check(name, defaults[name] if value is None else value)
     ordered = RunConfig({k: cfg[k] for k in (*_META, *spec.params)})
     if spec.check is not None:
         spec.check(ordered)

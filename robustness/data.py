@@ -27,12 +27,12 @@ import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from robustness._io import atomic_path, md5_file, sha256_file
+from robustness.runtime import cache_root
 
 __all__ = [
     "DATASETS",
@@ -69,23 +69,32 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per channel, used by the models' normalization layer
     std: tuple[float, ...]
     linf_eps: float  # the standard L-infinity threat radius on [0, 1] pixels
+    n_train: int  # images in the official training split
+    n_test: int  # images in the official test split
+
+    def split_size(self, split: str) -> int:
+        """Images in the official ``split`` (``"train"`` or ``"test"``)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        return self.n_train if split == "train" else self.n_test
 
 
 # Mean/std as in JumpReLU's official code, so its checkpoints and numbers carry over.
 _INFO = {
     "mnist": DatasetInfo(
-        "mnist", (1, 28, 28), 10, tuple(str(d) for d in range(10)), (0.1307,), (0.3081,), 0.3
+        "mnist", (1, 28, 28), 10, tuple(str(d) for d in range(10)), (0.1307,), (0.3081,), 0.3,
+        n_train=60_000, n_test=10_000,
     ),
     "fashion_mnist": DatasetInfo(
         "fashion_mnist", (1, 28, 28), 10,
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
          "Ankle boot"),
-        (0.2860,), (0.3530,), 0.1,
+        (0.2860,), (0.3530,), 0.1, n_train=60_000, n_test=10_000,
     ),
     "cifar10": DatasetInfo(
         "cifar10", (3, 32, 32), 10,
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 8 / 255,
+        (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), 8 / 255, n_train=50_000, n_test=10_000,
     ),
 }
 
@@ -101,11 +110,11 @@ CIFAR10_MIRROR_SHA256 = {
     "train": "d94be28f2fcbbf3ad314b33e3c51a5af42460123762fcf8ffd690c08c64550b5",
     "test": "857044e1709626a578661dcdd92ff251efc3a57ba5690df6c31e99a90b58a98f",
 }
-_CIFAR10_OFFICIAL_SIZE = {"train": 50_000, "test": 10_000}
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Shape, classes and normalization constants of a data set."""
+    """Per-data-set facts: shape, classes, normalization constants, threat radius (``linf_eps``) and the
+    official split sizes (``n_train``, ``n_test``)."""
     _check_name(name)
     return _INFO[name]
 
@@ -219,15 +228,6 @@ class ArrayDataset:
             return self
         return ArrayDataset(self.name, self.split, self.x[:n], self.y[:n], f"{self.source}; first {n:,}")
 
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> "ArrayDataset":
-        """The samples at ``indices`` (copies), in the order given."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        if idx.ndim != 1:
-            raise ValueError(f"indices must be one-dimensional, got shape {tuple(idx.shape)}")
-        return ArrayDataset(
-            self.name, self.split, self.x[idx], self.y[idx], f"{self.source}; subset of {len(idx):,}"
-        )
-
 
 def train_val_split(ds: ArrayDataset, n_val: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
     """Hold out ``n_val`` random samples of ``ds`` as a validation set.
@@ -253,8 +253,7 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
     if root is None:
         root = os.environ.get(ENV_ROOT) or None
     if root is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        root = Path(cache) / "robustness-book" / "data"
+        root = cache_root() / "data"
     return Path(root).expanduser().absolute()
 
 
@@ -481,7 +480,7 @@ def _load_cifar_npz(path: Path, split: str) -> ArrayDataset:
                                f"{images.shape} and y {labels.shape}")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
     y = torch.from_numpy(labels.astype(np.int64))
-    n, total = len(y), _CIFAR10_OFFICIAL_SIZE[split]
+    n, total = len(y), _INFO["cifar10"].split_size(split)
     which = "training" if split == "train" else "test"
     part = f"all {n:,}" if n == total else f"first {n:,} of {total:,}"
     return ArrayDataset("cifar10", split, x.div_(255.0), y, f"offline mirror npz ({path}): {part} {which} images")

@@ -149,16 +149,15 @@ def resnet20(dataset: str = "cifar10") -> nn.Sequential:
 class ModelSpec:
     builder: Callable[[str], nn.Module]
     datasets: tuple[str, ...]
-    paper: str
 
 
 MODELS: dict[str, ModelSpec] = {
-    "lenet_like": ModelSpec(lenet_like, ("mnist", "fashion_mnist"), "JumpReLU (Erichson et al.)"),
-    "alex_like": ModelSpec(alex_like, ("cifar10",), "JumpReLU (Erichson et al.)"),
-    "mlp": ModelSpec(mlp, ("mnist", "fashion_mnist"), "Deep Defense (Yan et al.) / DeepFool"),
-    "lenet": ModelSpec(lenet, ("mnist", "fashion_mnist"), "Deep Defense (Yan et al.)"),
-    "convnet": ModelSpec(convnet, ("cifar10",), "Deep Defense (Yan et al.)"),
-    "resnet20": ModelSpec(resnet20, ("cifar10",), "He et al.; JumpReLU's CIFAR ResNet"),
+    "lenet_like": ModelSpec(lenet_like, ("mnist", "fashion_mnist")),  # JumpReLU (Erichson et al.)
+    "alex_like": ModelSpec(alex_like, ("cifar10",)),  # JumpReLU (Erichson et al.)
+    "mlp": ModelSpec(mlp, ("mnist", "fashion_mnist")),  # Deep Defense (Yan et al.) / DeepFool
+    "lenet": ModelSpec(lenet, ("mnist", "fashion_mnist")),  # Deep Defense (Yan et al.)
+    "convnet": ModelSpec(convnet, ("cifar10",)),  # Deep Defense (Yan et al.)
+    "resnet20": ModelSpec(resnet20, ("cifar10",)),  # He et al.; JumpReLU's CIFAR ResNet
 }
 
 

@@ -30,6 +30,39 @@ def _default_format(value: Any) -> str:
     return str(value)
 
 
+def _field(rec: Mapping[str, Any], key: str) -> Any:
+    return rec[key] if key in rec and key != "setting" else rec.get("setting", {}).get(key, "")
+
+
+def records_table(records: Sequence[Mapping[str, Any]], rows: Sequence[str], column: str,
+                  value_format: Callable[[float], str] = pct, with_interval: bool = False,
+                  headers: Mapping[str, str] | None = None) -> str:
+    """A Markdown pivot of result records: one row per distinct value of the ``rows`` fields (record fields or
+    ``setting`` keys), one column per distinct value of ``column``, cells the records' values (``–`` if absent).
+    ``with_interval`` adds the 95% interval under each value."""
+    headers = dict(headers or {})
+    row_keys: list[tuple] = []
+    col_keys: list[Any] = []
+    cells: dict[tuple, str] = {}
+    for rec in records:
+        rk, ck = tuple(_field(rec, k) for k in rows), _field(rec, column)
+        if rk not in row_keys:
+            row_keys.append(rk)
+        if ck not in col_keys:
+            col_keys.append(ck)
+        text = value_format(rec["value"])
+        if with_interval and rec.get("interval"):
+            lo, hi = rec["interval"]
+            text += f" [{value_format(lo)}, {value_format(hi)}]"
+        cells[rk, ck] = text
+    head = [headers.get(k, k) for k in rows] + [headers.get(str(c), _default_format(c)) for c in col_keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rk in row_keys:
+        lines.append("| " + " | ".join([*map(_default_format, rk), *(cells.get((rk, c), "–") for c in col_keys)])
+                     + " |")
+    return "\n".join(lines)
+
+
 def health_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The evaluation-health table; failed checks are marked, never dropped."""
     table = markdown_table(

@@ -1,25 +1,32 @@
-"""One JSON per chapter run: the single source of truth for pages, tests and comparisons.
+"""One JSON per chapter run, RobustBench-style: the single source of every table, test and comparison.
 
-``results/<profile>/<chapter>.json`` holds ``chapter``, ``profile``,
-``parameters``, ``provenance``, ``metrics``, ``health`` and ``timings``; it is
-written atomically so a crashed run never leaves half a file. Everything that
-depends on the machine's speed goes to ``timings`` (and ``provenance``), so two
-runs with the same parameters and seed have identical ``metrics``.
+The heart of a results file is ``records``: a flat list of measurements that all chapters share, one dict per
+number with the fields of :data:`FIELDS` (chapter, data set, model, defense, attack, threat model, eps, metric,
+value, n, interval, profile, seed, and ``setting`` for the method's own knobs such as kappa or lambda). Beside
+them: ``parameters``, ``overridden``, ``provenance``, ``health`` (rows of the health checks), ``timings``
+(everything that depends on the machine's speed, so that two runs with the same parameters and seed have
+identical records) and ``extra`` (non-tabular data a figure needs). Non-finite values are written as the strings
+``"inf"``, ``"-inf"``, ``"nan"`` (JSON has none) and read back as floats.
+
+``results/<profile>/<chapter>.json`` is the profile's canonical run; a run with parameters set by hand goes to
+``<chapter>--<hash of those values>.json`` beside it, never over it. Files are written atomically.
+The papers' own published numbers live once per paper in ``robustness/anchors/<paper>.json`` in the same
+record shape (:func:`anchors`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
 import subprocess
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from ._io import atomic_write_text
+from .timing import StageTimer  # also importable as results.StageTimer
 
 
 def repo_root() -> Path:
@@ -34,28 +41,23 @@ def results_dir() -> Path:
     return Path(env) if env else repo_root() / "results"
 
 
-def results_path(chapter: str, profile: str) -> Path:
-    return results_dir() / profile / f"{chapter}.json"
+def run_id(overrides: dict | None) -> str:
+    """``""`` for the profile's canonical run, else a short hash of the values set by hand."""
+    if not overrides:
+        return ""
+    text = json.dumps(_clean(overrides), sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-class StageTimer:
-    """Wall-clock seconds per named stage: ``with timer("train"): ...``."""
+def results_path(chapter: str, profile: str, overrides: dict | None = None) -> Path:
+    """Where a run's results go: ``<chapter>.json``, or ``<chapter>--<hash>.json`` for a run with overrides."""
+    rid = run_id(overrides)
+    return results_dir() / profile / (f"{chapter}--{rid}.json" if rid else f"{chapter}.json")
 
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._start = time.perf_counter()
 
-    @contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-    @property
-    def total(self) -> float:
-        return time.perf_counter() - self._start
+def overrides_of(cfg: dict) -> dict:
+    """The parameters a reader set by hand, with their resolved values."""
+    return {name: cfg[name] for name in cfg.get("overridden", [])}
 
 
 def _git_commit() -> str | None:
@@ -86,6 +88,66 @@ def provenance(cfg: dict, timer: StageTimer | None = None) -> dict:
     }
 
 
+#: The fields of a record, in order. ``setting`` holds the method's own knobs (``{"kappa": 0.5}``).
+FIELDS = ("chapter", "dataset", "model", "defense", "attack", "threat_model", "eps", "metric", "value", "n",
+          "interval", "profile", "seed", "setting")
+THREAT_MODELS = ("none", "linf", "l2", "linf_normalized")
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def record(cfg: dict, *, dataset: str, model: str, metric: str, value: float, defense: str = "none",
+           attack: str = "none", threat_model: str = "none", eps: float | None = None, n: int | None = None,
+           interval: tuple[float, float] | None = None, seed: int | None = None, **setting: Any) -> dict:
+    """One measurement in the shared schema; ``chapter``, ``profile`` and ``seed`` come from ``cfg``.
+
+    ``attack="none"`` with ``threat_model="none"`` is a clean measurement. An accuracy with ``n`` and no interval
+    gets its 95% Wilson interval. Extra keyword arguments go to ``setting`` (numbers, strings or booleans).
+    """
+    if threat_model not in THREAT_MODELS:
+        raise ValueError(f"threat_model={threat_model!r}: expected one of {', '.join(THREAT_MODELS)}")
+    if metric == "accuracy" and n and interval is None and math.isfinite(value):
+        from .evaluate.stats import wilson_interval
+
+        interval = wilson_interval(round(value * n), n)
+    for key, v in setting.items():
+        if not isinstance(v, (int, float, str, bool)) and v is not None:
+            raise TypeError(f"setting {key}={v!r}: a record's setting holds numbers, strings or booleans")
+    return {"chapter": cfg["chapter"], "dataset": dataset, "model": model, "defense": defense, "attack": attack,
+            "threat_model": threat_model, "eps": None if eps is None else float(eps), "metric": metric,
+            "value": float(value), "n": None if n is None else int(n),
+            "interval": None if interval is None else [float(interval[0]), float(interval[1])],
+            "profile": cfg["profile"], "seed": cfg.get("seed") if seed is None else seed, "setting": dict(setting)}
+
+
+def _matches(rec: dict, key: str, want: Any) -> bool:
+    have = rec[key] if key in FIELDS else rec["setting"].get(key, _MISSING)
+    if isinstance(want, float) and isinstance(have, (int, float)) and not isinstance(have, bool):
+        return math.isclose(have, want, rel_tol=1e-9, abs_tol=1e-12)
+    return have == want
+
+
+_MISSING = object()
+
+
+def select(records: list[dict], **match: Any) -> list[dict]:
+    """The records whose fields (or ``setting`` entries) equal every given value (floats compared closely)."""
+    return [r for r in records if all(_matches(r, k, v) for k, v in match.items())]
+
+
+def one(records: list[dict], **match: Any) -> dict:
+    """The single record matching ``match``; an error lists what does exist when there is none or several."""
+    found = select(records, **match)
+    if len(found) != 1:
+        near = sorted({(r["dataset"], r["model"], r["attack"], r["metric"]) for r in records})[:12]
+        raise KeyError(f"{len(found)} records match {match}; (dataset, model, attack, metric) present: {near}")
+    return found[0]
+
+
+def value(records: list[dict], **match: Any) -> float:
+    """``one(records, **match)["value"]``."""
+    return one(records, **match)["value"]
+
+
 def _clean(value: Any) -> Any:
     """JSON has no NaN or ∞: write them as strings so the file stays standard JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -97,26 +159,71 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_results(cfg: dict, metrics: dict, health: dict | list | None = None,
-                  timer: StageTimer | None = None, timings: dict | None = None) -> Path:
+def _restore(value: Any) -> Any:
+    """Undo :func:`_clean`: ``"inf"``, ``"-inf"`` and ``"nan"`` become floats again."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, dict):
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def check_records(records: list[dict]) -> None:
+    """Every record has exactly the schema's fields; raises ``ValueError`` naming the first that does not."""
+    for i, rec in enumerate(records):
+        if tuple(rec) != FIELDS:
+            raise ValueError(f"record {i} has fields {tuple(rec)}; the schema is {FIELDS} (use results.record)")
+
+
+def write_results(cfg: dict, records: list[dict], health: list | None = None, timer: StageTimer | None = None,
+                  timings: dict | None = None, extra: dict | None = None) -> Path:
     """Write the chapter's results JSON atomically and return its path.
 
-    ``metrics`` must be deterministic given the parameters and seed; wall-clock
-    measurements (attack cost, training seconds) belong in ``timings``.
+    ``records`` must be deterministic given the parameters and seed; wall-clock measurements (attack cost,
+    training seconds) belong in ``timings``. A run with parameters set by hand is written beside the canonical
+    file (:func:`results_path`).
     """
+    check_records(records)
     params = {k: v for k, v in cfg.items() if k not in ("chapter", "profile")}
-    record = {"chapter": cfg["chapter"], "profile": cfg["profile"], "parameters": params,
-              "provenance": provenance(cfg, timer), "metrics": metrics, "health": health or {},
-              "timings": timings or {}}
-    path = results_path(cfg["chapter"], cfg["profile"])
-    atomic_write_text(path, json.dumps(_clean(record), indent=1, ensure_ascii=False))
+    content = {"chapter": cfg["chapter"], "profile": cfg["profile"], "parameters": params,
+               "overridden": overrides_of(cfg), "provenance": provenance(cfg, timer), "records": records,
+               "health": health or [], "timings": timings or {}, "extra": extra or {}}
+    path = results_path(cfg["chapter"], cfg["profile"], overrides_of(cfg))
+    atomic_write_text(path, json.dumps(_clean(content), indent=1, ensure_ascii=False))
     return path
 
 
-def load_results(chapter: str, profile: str) -> dict:
-    """Read a chapter's results; a missing file names the command that makes it."""
-    path = results_path(chapter, profile)
+def load_results(chapter: str, profile: str, overrides: dict | None = None) -> dict:
+    """Read a chapter's results (non-finite values restored); a missing file names the command that makes it."""
+    path = results_path(chapter, profile, overrides)
     if not path.exists():
         raise FileNotFoundError(f"no results for chapter {chapter!r} with profile {profile!r} at {path}; "
                                 f"make them with: python -m robustness run {chapter} --profile {profile}")
-    return json.loads(path.read_text())
+    return _restore(json.loads(path.read_text()))
+
+
+def list_results() -> list[dict]:
+    """One row per results file: profile, chapter, what was set by hand, number of records, commit, path."""
+    rows = []
+    for path in sorted(results_dir().glob("*/*.json")):
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            rows.append({"profile": path.parent.name, "chapter": path.stem, "overridden": {}, "records": None,
+                         "commit": None, "path": str(path), "error": str(err)})
+            continue
+        rows.append({"profile": content.get("profile"), "chapter": content.get("chapter"),
+                     "overridden": content.get("overridden", {}), "records": len(content.get("records", [])),
+                     "commit": (content.get("provenance", {}).get("git_commit") or "")[:10], "path": str(path)})
+    return rows
+
+
+def anchors(paper: str) -> list[dict]:
+    """The paper's published numbers (``robustness/anchors/<paper>.json``), as records with a ``source``."""
+    path = Path(__file__).with_name("anchors") / f"{paper}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.json"))
+        raise FileNotFoundError(f"no anchors for paper {paper!r} at {path}; known: {', '.join(known)}")
+    return _restore(json.loads(path.read_text()))["records"]

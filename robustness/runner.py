@@ -3,7 +3,9 @@
 Parameters are validated against the chapter's spec before the kernel starts,
 so a typo fails in a second, not after training. The executed notebook is
 written to a temporary file and renamed, so a failed run never leaves a
-half-written page behind; papermill raises on any cell error.
+half-written page behind; papermill raises on any cell error. Before that
+rename, the ``parameters`` cell and papermill's ``injected-parameters`` cell
+are tagged ``remove-cell`` so the website never shows this bookkeeping.
 """
 from __future__ import annotations
 
@@ -20,30 +22,55 @@ from .config import resolve
 from .results import repo_root
 
 
+#: Cells papermill uses for parameters; bookkeeping, not content, so they are hidden from the book.
+BOOKKEEPING_TAGS = ("parameters", "injected-parameters")
+#: Jupyter Book's tag that drops a cell (input and output) from the rendered page.
+REMOVE_TAG = "remove-cell"
+
+
+def hide_bookkeeping_cells(notebook) -> int:
+    """Tag the ``parameters`` and ``injected-parameters`` cells ``remove-cell`` (in place).
+
+    Returns how many cells were tagged; cells that already carry the tag are left as they are.
+    """
+    tagged = 0
+    for cell in notebook.cells:
+        tags = list(cell.get("metadata", {}).get("tags", []))
+        if any(tag in tags for tag in BOOKKEEPING_TAGS) and REMOVE_TAG not in tags:
+            cell.setdefault("metadata", {})["tags"] = tags + [REMOVE_TAG]
+            tagged += 1
+    return tagged
+
+
 def executed_dir() -> Path:
     """Where executed notebooks go (``_toc.yml`` points there): ``<repo>/book/executed``."""
     return repo_root() / "book" / "executed"
 
 
+#: The kernel inherits our environment. The inline backend: a non-interactive MPLBACKEND such as Agg, common in
+#: CI, would silently drop every figure from the page. No progress bars: a page would keep them frozen.
+_KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "ROBUSTNESS_PROGRESS": "0"}
+
+
 @contextmanager
-def _inline_figures():
-    """Make the kernel (which inherits our environment) use the inline backend: a non-interactive
-    MPLBACKEND such as Agg, common in CI, would silently drop every figure from the page."""
-    old = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+def _kernel_environment():
+    old = {k: os.environ.get(k) for k in _KERNEL_ENV}
+    os.environ.update(_KERNEL_ENV)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["MPLBACKEND"]
-        else:
-            os.environ["MPLBACKEND"] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def run_chapter(chapter: str, profile: str = "auto", parameters: Mapping[str, Any] | None = None,
                 output_dir: Path | None = None, log_output: bool = False) -> Path:
     """Execute one chapter notebook with papermill; returns the executed notebook's path."""
     import jupytext
+    import nbformat
     import papermill
 
     spec = get_chapter(chapter)
@@ -55,7 +82,7 @@ def run_chapter(chapter: str, profile: str = "auto", parameters: Mapping[str, An
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     target = Path(output_dir or executed_dir()) / f"{chapter}.ipynb"
-    with tempfile.TemporaryDirectory() as staging, _inline_figures():
+    with tempfile.TemporaryDirectory() as staging, _kernel_environment():
         staged_input = Path(staging) / f"{chapter}.ipynb"
         jupytext.write(notebook, staged_input, fmt="ipynb")
         with atomic_path(target, suffix=".ipynb") as tmp:
@@ -63,6 +90,9 @@ def run_chapter(chapter: str, profile: str = "auto", parameters: Mapping[str, An
                 str(staged_input), str(tmp), parameters={"profile": profile, **parameters},
                 kernel_name="python3", cwd=str(source.parent), progress_bar=False, log_output=log_output,
             )
+            executed = nbformat.read(tmp, as_version=4)
+            hide_bookkeeping_cells(executed)
+            nbformat.write(executed, tmp)
     return target
 
 

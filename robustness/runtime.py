@@ -31,3 +31,10 @@ def checkpoint_dir() -> Path:
     """Where trained models are cached: ``$ROBUSTNESS_CHECKPOINTS``, else ``<cache>/checkpoints``."""
     env = os.environ.get("ROBUSTNESS_CHECKPOINTS")
     return Path(env) if env else cache_root() / "checkpoints"
+
+
+def progress_disabled() -> bool | None:
+    """tqdm's ``disable``: ``True`` when ``ROBUSTNESS_PROGRESS=0`` (the runner sets it for the notebooks it
+    executes, whose pages should not carry hundreds of frozen progress bars), else ``None`` (tqdm's own rule:
+    shown on a terminal or in Jupyter, quiet when output is not a terminal)."""
+    return True if os.environ.get("ROBUSTNESS_PROGRESS") == "0" else None

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import _io
 from .data import ArrayDataset
-from .runtime import checkpoint_dir, default_device
+from .runtime import checkpoint_dir, default_device, progress_disabled
 
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -106,7 +106,8 @@ def train(
         order = torch.randperm(len(data), generator=shuffle)
         total, count, start = 0.0, 0, time.perf_counter()
         batches = range(0, len(data), config.batch_size)
-        for i in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=None, leave=False):
+        for i in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=progress_disabled(),
+                      leave=False):
             idx = order[i:i + config.batch_size]
             x, y = x_all[idx.to(x_all.device)].to(device), y_all[idx.to(y_all.device)].to(device)
             if config.augment:

@@ -2,7 +2,7 @@
 import pytest
 
 from robustness.chapters import get_chapter
-from robustness.config import resolve, resolve_profile
+from robustness.config import ChapterSpec, Param, resolve, resolve_profile
 
 SPEC = get_chapter("baselines")
 
@@ -17,7 +17,9 @@ def test_explicit_value_overrides_profile_and_is_recorded():
     cfg = resolve(SPEC, profile="smoke", eps=0.1, n_attack=50)
     assert cfg.eps == 0.1 and cfg.n_attack == 50
     assert cfg.overridden == ["eps", "n_attack"]
-    assert "`eps` = `0.1` (set)" in cfg.markdown()
+    banner = cfg.markdown()
+    assert "| `eps` | `0.1` | set |" in banner and "| `seed` | `0` | profile |" in banner
+    assert banner.startswith("::::{admonition} Profile `smoke`") and banner.endswith("::::")
 
 
 def test_per_dataset_defaults_follow_the_chosen_dataset():
@@ -69,3 +71,54 @@ def test_cli_rejects_bad_parameter_before_running(capsys):
 
     assert main(["run", "baselines", "--profile", "smoke", "-p", "eps", "-1"]) == 2
     assert "eps=-1" in capsys.readouterr().err
+
+
+MULTI = ChapterSpec(
+    name="multi", title="t", notebook="n.py",
+    params={"datasets": Param("subset", "data sets", ("mnist", "fashion_mnist", "cifar10")),
+            "epochs": Param("pos_int", "epochs", per_dataset=True),
+            "seed": Param("nonneg_int", "seed")},
+    profiles={"smoke": {"datasets": ["mnist", "cifar10"], "epochs": {"mnist": 1, "fashion_mnist": 1, "cifar10": 2},
+                        "seed": 0},
+              "laptop": {"datasets": ["mnist"], "epochs": 3, "seed": 0}})
+
+
+def test_per_dataset_values_resolve_to_a_mapping_over_the_chosen_data_sets():
+    assert resolve(MULTI, "smoke").epochs == {"mnist": 1, "cifar10": 2}
+    assert resolve(MULTI, "smoke", epochs=5).epochs == {"mnist": 5, "cifar10": 5}  # one value for all
+    assert resolve(MULTI, "smoke", epochs={"cifar10": 7}).epochs == {"mnist": 1, "cifar10": 7}
+    assert resolve(MULTI, "smoke", datasets=["fashion_mnist"]).epochs == {"fashion_mnist": 1}
+    assert resolve(MULTI, "laptop", datasets=["cifar10", "mnist"]).epochs == {"cifar10": 3, "mnist": 3}
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"epochs": {"cifar": 2}}, "unknown data set(s) cifar; allowed keys: mnist, fashion_mnist, cifar10"),
+    ({"epochs": {"cifar10": 0}}, "epochs['cifar10']=0"),
+    ({"epochs": -1}, "epochs['mnist']=-1"),
+    ({"datasets": ["svhn"]}, "datasets=['svhn']"),
+])
+def test_bad_per_dataset_values_name_the_parameter_and_the_data_set(kwargs, fragment):
+    with pytest.raises(ValueError) as err:
+        resolve(MULTI, "smoke", **kwargs)
+    assert fragment in str(err.value)
+
+
+def test_every_chapter_profile_resolves_on_every_data_set_it_knows():
+    from robustness.chapters import CHAPTER_IDS
+
+    for chapter in CHAPTER_IDS:
+        spec = get_chapter(chapter)
+        selector = "datasets" if "datasets" in spec.params else "dataset"
+        for profile in ("smoke", "laptop", "paper"):
+            for d in spec.params[selector].choices:
+                resolve(spec, profile, **{selector: [d] if selector == "datasets" else d})
+
+
+def test_params_command_prints_help_and_every_profile(capsys):
+    from robustness.cli import main
+
+    assert main(["params", "baselines"]) == 0
+    out = capsys.readouterr().out
+    for name, param in SPEC.params.items():
+        assert f"{name}  —  {param.help}" in out
+    assert "laptop:" in out and "paper:" in out

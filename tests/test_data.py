@@ -78,6 +78,16 @@ def test_dataset_info():
         mnist.num_classes = 3
 
 
+def test_official_split_sizes():
+    """The official sizes (LeCun et al.; Xiao et al.; Krizhevsky) as per-data-set facts."""
+    sizes = {name: (dataset_info(name).n_train, dataset_info(name).n_test) for name in DATASETS}
+    assert sizes == {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}
+    cifar = dataset_info("cifar10")
+    assert (cifar.split_size("train"), cifar.split_size("test")) == (50_000, 10_000)
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        cifar.split_size("val")
+
+
 def test_unknown_name_and_split():
     for call in (lambda: dataset_info("imagenet"), lambda: load_dataset("imagenet")):
         with pytest.raises(ValueError, match="imagenet") as info:
@@ -109,7 +119,8 @@ def test_mnist_loads_offline_from_mirror(tmp_path):
     root = tmp_path / "root"
     train = load_dataset("mnist", "train", root=root, mirror=SHARED)
     test = load_dataset("mnist", "test", root=root, mirror=SHARED)
-    for ds, n in ((train, 60_000), (test, 10_000)):
+    info = dataset_info("mnist")
+    for ds, n in ((train, info.n_train), (test, info.n_test)):  # the loaded splits match the facts
         assert len(ds) == n
         assert ds.x.dtype == torch.float32 and ds.x.shape == (n, 1, 28, 28) and ds.x.is_contiguous()
         assert ds.y.dtype == torch.int64 and ds.y.shape == (n,)
@@ -305,14 +316,13 @@ def numbered(n=100):
     return ArrayDataset("mnist", "train", x.contiguous(), torch.arange(n), "synthetic")
 
 
-def test_first_and_subset():
+def test_first():
     ds = numbered()
     assert ds.first(3).y.tolist() == [0, 1, 2] and ds.first(100) is ds
+    assert ds.first(3).x.data_ptr() == ds.x.data_ptr()  # a view, not a copy
     with pytest.raises(ValueError, match="only 100 exist") as info:
         ds.first(101)
     assert "synthetic" in str(info.value)
-    sub = ds.subset([5, 2, 7])
-    assert sub.y.tolist() == [5, 2, 7] and torch.equal(sub.x, ds.x[[5, 2, 7]]) and len(sub) == 3
 
 
 def test_train_val_split():

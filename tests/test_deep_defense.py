@@ -1,12 +1,16 @@
 """Deep Defense: the regularizer against a hand computation, its gradient, and the chapter's smoke run."""
+import functools
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
 
+from robustness.data import dataset_info
 from robustness.defenses import AdversarialLoss, DeepDefenseLoss, relative_norm
 from robustness.models import Normalize
+from robustness.results import record
 
 
 def _linear(d: int = 6, classes: int = 2, seed: int = 0) -> nn.Sequential:
@@ -137,15 +141,34 @@ def test_regularizer_gradient_flows_through_deepfool_and_matches_finite_differen
     assert float(analytic) == pytest.approx(numeric, rel=1e-4, abs=1e-8)
 
 
-def test_gradient_differs_from_the_detached_perturbation():
-    # Back-propagating through the DeepFool steps (not only through ‖x‖) is the method: the gradient of
-    # exp(-cρ) with Δx detached would be exactly zero with pixel-space ρ.
-    model = _tiny_mlp(1)
-    x = torch.rand(8, 1, 1, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+def test_the_gradient_through_deepfool_is_the_gradient_of_the_closed_form():
+    # On a linear two-class model the unrolled DeepFool has a closed form, ρ = 1.02 (|f| + 1e-4) / ‖w‖ / ‖x‖
+    # (see the first test), whose weight gradient autograd computes directly. Back-propagating through the
+    # DeepFool steps must give exactly that gradient; with Δx detached the regularizer would not depend on the
+    # weights at all (pixel-space ρ), so its gradient would be zero.
+    model = _linear(seed=3)
+    x = torch.rand(16, 1, 1, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     with torch.no_grad():
         y = model(x).argmax(1)
-    out = DeepDefenseLoss(rho_reference="pixels").regularizer(model, x, y)
-    assert out["perturbation"].requires_grad and out["reg"].requires_grad
+    y[::4] = 1 - y[::4]  # some misclassified samples, pushed toward their label
+    lam, c, d = 15.0, 25.0, 5.0
+    loss = DeepDefenseLoss(lam=lam, c=c, d=d, rho_reference="pixels")
+    params = [model[1].weight, model[1].bias]
+    out = loss.regularizer(model, x, y)
+    unrolled = torch.autograd.grad(out["reg"], params)
+
+    W, b = params
+    logits = x.flatten(1) @ W.T + b
+    rho = 1.02 * ((logits[:, 1] - logits[:, 0]).abs() + 1e-4) / (W[1] - W[0]).norm() / x.flatten(1).norm(dim=1)
+    correct = logits.argmax(1) == y
+    closed = lam / len(x) * torch.where(correct, torch.exp(-c * rho), torch.exp(d * rho)).sum()
+    expected = torch.autograd.grad(closed, params)
+    assert (~correct).any() and correct.any()
+    for g, e in zip(unrolled, expected):
+        assert g.abs().sum() > 0
+        assert torch.allclose(g, e, rtol=1e-7, atol=1e-12)
+    detached = relative_norm(model, x, out["perturbation"].detach(), "pixels")
+    assert not detached.requires_grad  # no path to the weights without the unrolled steps
 
 
 def test_regularizer_runs_in_eval_mode_and_restores_each_flag():
@@ -161,13 +184,6 @@ def test_regularizer_runs_in_eval_mode_and_restores_each_flag():
     assert out["reg"].requires_grad  # eval mode does not stop the gradient
     assert seen and not any(seen)
     assert [m.training for m in model.modules()] == [True, True, True, False, True, True]
-
-
-def test_every_profile_uses_the_official_fine_tuning_lr():
-    from robustness.chapters.deep_defense import PROFILES
-
-    assert {p["ft_lr"] for p in PROFILES.values()} == {5e-4}
-    assert PROFILES["paper"]["ft_epochs"] == 5
 
 
 def test_bad_settings_fail_with_the_name():
@@ -219,26 +235,57 @@ def test_a_descent_step_on_the_regularizer_lowers_it_and_raises_rho(tiny_model, 
 
 @pytest.mark.notebook
 def test_deep_defense_smoke_run_writes_its_results(isolated_outputs):
+    from robustness.chapters import deep_defense as dd
+    from robustness.results import FIELDS, load_results
     from robustness.runner import run_chapter
 
     tmp_path = isolated_outputs
     notebook = run_chapter("deep_defense", "smoke", output_dir=tmp_path / "executed")
     assert notebook.exists()
-    saved = json.loads((tmp_path / "results" / "smoke" / "deep_defense.json").read_text())
-    m = saved["metrics"]
-    assert set(m["models"]) == {"mlp", "lenet", "convnet"}
-    for rows in m["models"].values():
-        assert set(rows) == {"reference", "fine-tune", "adversarial", "deep_defense"}
-        for row in rows.values():
-            assert 0 <= row["clean"]["value"] <= 1 and len(row["clean"]["interval"]) == 2
-            assert set(row["fgsm"]) == {"0.2", "0.5", "1"} and 0 <= row["rho_paper"]["success"] <= 1
-            assert len(row["worst_case"]) >= 1 and all("interval" in p for p in row["worst_case"])
-        assert len(rows["deep_defense"]["rho_per_epoch"]) == saved["parameters"]["ft_epochs"] + 1
-        assert "transfer_from_control" in rows["deep_defense"]["worst_case"][0]["members"]
-    assert [s["lam"] for s in m["lambda_sweep"]] == saved["parameters"]["lambda_sweep"]
-    assert all(c["Deep Defense"]["ratio_to_plain"] > 1 for c in saved["timings"]["cost"].values())
-    assert set(saved["health"]) == {"mlp", "lenet", "convnet"}
-    assert all(any(h["id"] == "transfer" for h in rows) for rows in saved["health"].values())
+    saved = load_results("deep_defense", "smoke")
+    recs, p = saved["records"], saved["parameters"]
+    assert all(tuple(r) == FIELDS for r in recs)
+    pairs = [("mnist", "mlp"), ("mnist", "lenet"), ("cifar10", "convnet")]
+    assert dd.pairs(p) == pairs
+    for d, m in pairs:
+        at = dd.find(recs, dataset=d, model=m)
+        assert {r["defense"] for r in at} == set(dd.VARIANTS)
+        for v in dd.VARIANTS:
+            mine = dd.find(at, defense=v, sweep=None)
+            clean = dd.find_one(mine, **dd.CLEAN)
+            assert 0 <= clean["value"] <= 1 and clean["n"] == p["n_eval"][d] and len(clean["interval"]) == 2
+            for clip in (False, True):
+                assert dd.find_one(mine, iterations=p["df_iter"], **{**dd.PAPER_RHO, "clip": clip})["value"] > 0
+                assert dd.find_one(mine, metric="rho", units="pixel", clip=clip, statistic="mean",
+                                   iterations=p["df_iter"]) is not None
+                assert 0 <= dd.find_one(mine, metric="success_rate", clip=clip, iterations=p["df_iter"])["value"] <= 1
+            assert sorted(r["setting"]["eps_factor"] for r in dd.find(mine, attack="fgsm")) == list(dd.FGSM_FACTORS)
+            worst = dd.find(mine, **dd.WORST)
+            assert sorted(r["eps"] for r in worst) == sorted(p["l2_eps"][d])
+            assert all(len(r["interval"]) == 2 for r in worst)
+            assert dd.find_one(mine, attack="ddn", metric="rho") is not None
+            assert len(dd.find(at, defense=v, metric="rho", epoch=None, sweep=None)) >= 4
+        # the per-epoch curve: epoch 0 (the reference), then each fine-tuning epoch of each variant
+        epochs = [r for r in at if r["setting"].get("epoch") is not None]
+        assert len(epochs) == 1 + 3 * p["ft_epochs"]
+        fooled = dd.find(at, defense="deep_defense", metric="images_fooled")
+        assert "transfer_from_control" in {r["attack"] for r in fooled}
+        assert "transfer_from_control" not in {r["attack"] for r in dd.find(at, defense="fine_tune",
+                                                                             metric="images_fooled")}
+    sweep = dd.find(recs, defense="deep_defense", sweep=True, metric="rho")
+    assert sorted(r["setting"]["lam"] for r in sweep) == sorted(p["lam_sweep"])
+    assert set(saved["timings"]["cost"]) == {f"{d}/{m}" for d, m in pairs}  # seconds: timings, never records
+    assert all(set(t) == {"fine_tune", "adversarial_fine_tune", "pgd_training", "deep_defense"}
+               for t in saved["timings"]["cost"].values())
+    assert {(h["dataset"], h["model"]) for h in saved["health"]} == set(pairs)
+    assert {h["id"] for h in saved["health"]} >= {"transfer", "gradient_free"}
+    assert set(dd.verdict_summary(saved)) == set(pairs)
+    # the page: bookkeeping hidden, a caption on every figure cell, and the figures on it
+    cells = json.loads(notebook.read_text())["cells"]
+    figures = [c for c in cells if c["cell_type"] == "code" and any("image/png" in o.get("data", {})
+                                                                   for o in c.get("outputs", []))]
+    assert len(figures) == 3 and all(c["metadata"]["mystnb"]["figure"]["caption"] for c in figures)
+    assert sum("remove-cell" in c["metadata"].get("tags", []) for c in cells) >= 3
 
 
 @pytest.mark.notebook
@@ -252,7 +299,7 @@ def test_deep_defense_bad_parameter_fails_first(isolated_outputs):
         run_chapter("deep_defense", "smoke", {"rho_reference": "raw"}, output_dir=tmp_path / "executed")
 
 
-# --------------------------------------------------------------------------- the chapter's recipe and verdict
+# --------------------------------------------------------------------------- the chapter's parameters and recipe
 
 
 def test_official_lr_schedule_halves_only_at_a_whole_epoch():
@@ -261,6 +308,32 @@ def test_official_lr_schedule_halves_only_at_a_whole_epoch():
 
     assert official_milestones(5) == (4,) and official_milestones(10) == (8,)
     assert official_milestones(1) == () and official_milestones(2) == () and official_milestones(3) == ()
+
+
+def test_the_paper_profile_and_the_loss_follow_the_official_recipe_of_the_anchors_file():
+    # One source for the official recipe (robustness/anchors/deep_defense.json): the paper profile, the
+    # fine-tuning config and DeepDefenseLoss's defaults must all agree with it.
+    import inspect
+
+    from robustness.chapters import deep_defense as dd
+    from robustness.config import resolve
+
+    recipe = dd.official_recipe()
+    cfg = resolve(dd.SPEC, profile="paper")
+    for key in ("lam", "c", "d", "df_iter", "ft_lr", "ft_epochs"):
+        assert cfg[key] == recipe[key], key
+    assert all(cfg.ft_size[d] == dataset_info(d).n_train for d in cfg.datasets)  # the whole training set
+    assert all(cfg.flip[d] == recipe["flip"][d] for d in recipe["flip"])
+    train = dd.finetune_config(cfg)
+    assert (train.batch_size, train.momentum, train.weight_decay, train.gamma, train.freeze_bn) == (
+        recipe["batch_size"], recipe["momentum"], recipe["weight_decay"], recipe["lr_decay_factor"],
+        recipe["freeze_bn"])
+    defaults = {k: v.default for k, v in inspect.signature(DeepDefenseLoss).parameters.items()}
+    assert (defaults["lam"], defaults["c"], defaults["d"], defaults["max_iter"], defaults["overshoot"]) == (
+        recipe["lam"], recipe["c"], recipe["d"], recipe["df_iter"], recipe["overshoot"])
+    table = dd.recipe_table({"parameters": cfg})
+    assert f"| learning rate | {recipe['ft_lr']:g} | {cfg.ft_lr:g} |" in table
+    assert f"| λ | {recipe['lam']:g} | {cfg.lam:g} |" in table
 
 
 def test_flip_augmentation_flips_about_half_the_images_and_is_seeded():
@@ -279,45 +352,76 @@ def test_flip_augmentation_flips_about_half_the_images_and_is_seeded():
     assert loss.spec["name"] == "flip_augmented" and loss.spec["p"] == 0.5
 
 
-def test_a_bad_rho_reference_fails_at_parameter_resolution():
+def test_bad_parameters_fail_at_resolution_with_their_name():
     from robustness.chapters.deep_defense import SPEC
     from robustness.config import resolve
 
     with pytest.raises(ValueError, match="rho_reference") as info:
         resolve(SPEC, profile="smoke", rho_reference="raw")
     assert "mean_image" in str(info.value) and "pixels" in str(info.value)
-    with pytest.raises(ValueError, match="pgd_eps_mnist"):
-        resolve(SPEC, profile="smoke", pgd_eps_mnist=0.7)  # not on the worst-case grid
+    with pytest.raises(ValueError, match=r"claim_eps\['mnist'\]"):
+        resolve(SPEC, profile="smoke", claim_eps={"mnist": 0.7})  # not on the worst-case grid
+    with pytest.raises(ValueError, match=r"models\['mnist'\]"):
+        resolve(SPEC, profile="smoke", models={"mnist": ["convnet"]})  # a CIFAR-10 architecture
+    with pytest.raises(ValueError, match=r"n_eval\['cifar10'\]=5"):
+        resolve(SPEC, profile="smoke", n_eval={"cifar10": 5})  # fewer evaluation images than attacked ones
 
 
-def _acc(k, n=200):
-    from robustness.evaluate.stats import accuracy_record
+def test_fashion_mnist_runs_with_the_mnist_models_and_values():
+    from robustness.chapters.deep_defense import SPEC, pairs
+    from robustness.config import resolve
 
-    return accuracy_record(k, n)
+    for profile in ("smoke", "laptop", "paper"):
+        mnist = resolve(SPEC, profile=profile, datasets=["mnist"])
+        fashion = resolve(SPEC, profile=profile, datasets=["fashion_mnist"])
+        assert pairs(fashion) == [("fashion_mnist", "mlp"), ("fashion_mnist", "lenet")]
+        for key in ("ref_size", "ref_epochs", "ft_size", "n_eval", "flip"):
+            assert fashion[key]["fashion_mnist"] == mnist[key]["mnist"], key
+        # a smaller threat radius than MNIST's, as data.threat_eps says
+        assert fashion.claim_eps["fashion_mnist"] < mnist.claim_eps["mnist"]
+    assert dataset_info("fashion_mnist").linf_eps < dataset_info("mnist").linf_eps
 
 
-def _rho(mean, half=0.02):
-    return {"mean": mean, "interval": [mean - half, mean + half], "n": 200, "success": 0.9}
+def test_seconds_per_step_times_the_training_loop(tiny_model, tiny_data):
+    from robustness.chapters.deep_defense import seconds_per_step
+    from robustness.data import ArrayDataset
+    from robustness.train import TrainConfig, cross_entropy, state_hash
+
+    data = ArrayDataset("mnist", "train", tiny_data[0][:40], tiny_data[1][:40], "blobs")
+    before = state_hash(tiny_model)
+    seconds = seconds_per_step(tiny_model, cross_entropy, data, TrainConfig(epochs=1), batches=2, batch_size=10)
+    assert seconds > 0 and state_hash(tiny_model) == before  # a throw-away copy is trained, not the model
 
 
-def _variant(clean_k, rho, worst_ks, eps=(0.5, 1.0)):
-    return {"clean": _acc(clean_k), "rho_paper": _rho(rho),
-            "worst_case": [{"eps": e, **{k: v for k, v in _acc(w).items() if k != "value"}, "robust": w / 200}
-                           for e, w in zip(eps, worst_ks)]}
+# --------------------------------------------------------------------------- the verdict, on hand-made records
 
 
-def _results(**models):
-    return {"profile": "laptop", "metrics": {"models": models}}
+def _cfg():
+    return {"chapter": "deep_defense", "profile": "laptop", "seed": 0}
+
+
+def _variant(dataset, model, defense, clean_k, rho, worst_ks, eps=(0.5, 1.0), n=200, half=0.02):
+    """The records the verdict reads for one variant: clean accuracy, the paper's ρ, the worst-case curve."""
+    rec = functools.partial(record, _cfg(), dataset=dataset, model=model, defense=defense)
+    return ([rec(metric="accuracy", value=clean_k / n, n=n),
+             rec(metric="rho", attack="deepfool", threat_model="l2", value=rho, interval=(rho - half, rho + half),
+                 n=n, units="mean_image", clip=False, iterations=5, statistic="mean", over="all")]
+            + [rec(metric="accuracy", attack="worst_case", threat_model="l2", eps=e, value=k / n, n=n)
+               for e, k in zip(eps, worst_ks)])
+
+
+def _results(*variants, health=()):
+    return {"profile": "laptop", "records": [r for v in variants for r in v], "health": list(health)}
 
 
 def test_verdict_calls_a_deepfool_only_gain_masked():
     from robustness.chapters.deep_defense import verdict, verdict_summary
 
     # ρ clearly up; the worst case a little higher as point values but the intervals overlap at every radius
-    saved = _results(mlp={"fine-tune": _variant(196, 0.20, [120, 60]),
-                          "deep_defense": _variant(195, 0.30, [128, 68]),
-                          "adversarial": _variant(194, 0.22, [125, 66])})
-    v = verdict_summary(saved)["mlp"]
+    saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]),
+                     _variant("mnist", "mlp", "deep_defense", 195, 0.30, [128, 68]),
+                     _variant("mnist", "mlp", "adversarial_fine_tune", 194, 0.22, [125, 66]))
+    v = verdict_summary(saved)["mnist", "mlp"]
     assert v["category"] == "masked" and v["rho"] == "higher" and v["worst_up_at"] == []
     assert v["clean"] == "overlap" and v["vs_adversarial"] == "is indistinguishable from"
     assert "not matched by the adaptive worst case" in verdict(saved)
@@ -326,41 +430,74 @@ def test_verdict_calls_a_deepfool_only_gain_masked():
 def test_verdict_calls_a_gain_that_survives_the_worst_case_real():
     from robustness.chapters.deep_defense import verdict_summary
 
-    saved = _results(lenet={"fine-tune": _variant(196, 0.20, [120, 60]),
-                            "deep_defense": _variant(195, 0.30, [170, 110])})
-    v = verdict_summary(saved)["lenet"]
+    saved = _results(_variant("mnist", "lenet", "fine_tune", 196, 0.20, [120, 60]),
+                     _variant("mnist", "lenet", "deep_defense", 195, 0.30, [170, 110]))
+    v = verdict_summary(saved)["mnist", "lenet"]
     assert v["category"] == "real" and v["worst_up_at"] == [0.5, 1.0] and v["vs_adversarial"] is None
 
 
 def test_verdict_calls_a_near_chance_classifier_broken():
     from robustness.chapters.deep_defense import verdict, verdict_summary
 
-    saved = _results(convnet={"fine-tune": _variant(140, 0.02, [30]),
-                              "deep_defense": _variant(24, 0.50, [24], eps=(0.25,))})
-    assert verdict_summary(saved)["convnet"]["category"] == "broken"
+    saved = _results(_variant("cifar10", "convnet", "fine_tune", 140, 0.02, [30], eps=(0.25,)),
+                     _variant("cifar10", "convnet", "deep_defense", 24, 0.50, [24], eps=(0.25,)))
+    assert verdict_summary(saved)["cifar10", "convnet"]["category"] == "broken"
     assert "near chance" in verdict(saved)
+
+
+def test_verdict_calls_a_model_the_health_table_finds_near_constant_broken():
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    row = {"dataset": "mnist", "model": "mlp", "id": "near_constant", "check": "classifier is not near-constant",
+           "measured": "92% one class", "expected": "≤ 50%", "passed": False}
+    saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]),
+                     _variant("mnist", "mlp", "deep_defense", 195, 0.30, [170, 110]), health=[row])
+    v = verdict_summary(saved)["mnist", "mlp"]
+    assert v["category"] == "broken" and v["failed_checks"] == ["classifier is not near-constant"]
+    assert "Failed health checks: classifier is not near-constant" in verdict(saved)
 
 
 def test_verdict_without_a_clear_rho_gain_is_no_gain_even_if_the_point_is_higher():
     from robustness.chapters.deep_defense import verdict_summary
 
-    saved = _results(mlp={"fine-tune": _variant(196, 0.200, [120, 60]),
-                          "deep_defense": _variant(196, 0.215, [170, 110])})
-    assert verdict_summary(saved)["mlp"]["category"] == "no_gain"
+    saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.200, [120, 60]),
+                     _variant("mnist", "mlp", "deep_defense", 196, 0.215, [170, 110]))
+    assert verdict_summary(saved)["mnist", "mlp"]["category"] == "no_gain"
 
 
-def test_verdict_reads_results_with_non_finite_numbers_written_as_strings():
+def test_verdict_ignores_the_lambda_sweep_and_per_epoch_records():
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    dd = _variant("mnist", "mlp", "deep_defense", 195, 0.30, [170, 110])
+    rec = functools.partial(record, _cfg(), dataset="mnist", model="mlp", defense="deep_defense", n=200)
+    extra = [rec(metric="rho", attack="deepfool", threat_model="l2", value=0.01, units="mean_image", clip=False,
+                 iterations=5, statistic="mean", over="all", epoch=1),  # a per-epoch point, far below the control
+             *[r for lam, rho, k in ((5.0, 0.05, 190), (45.0, 0.9, 150)) for r in (
+                 rec(metric="accuracy", value=k / 200, lam=lam, sweep=True),
+                 rec(metric="rho", attack="deepfool", threat_model="l2", value=rho, interval=(rho - 0.01, rho + 0.01),
+                     units="mean_image", clip=False, iterations=5, statistic="mean", over="all", lam=lam, sweep=True))]]
+    saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]), dd, extra)
+    assert verdict_summary(saved)["mnist", "mlp"]["category"] == "real"
+    assert "λ sweep (mlp on mnist, λ = 5, 45): ρ_adv 0.0500 → 0.9000" in verdict(saved)
+
+
+def test_verdict_reads_results_with_non_finite_numbers_back_from_the_file(tmp_path, monkeypatch):
     from robustness.chapters.deep_defense import verdict_summary
+    from robustness.results import load_results, write_results
 
-    dd = _variant(195, 0.30, [170, 110])
-    dd["rho_paper"]["interval"] = ["nan", "nan"]  # fewer than two images: no interval
-    saved = _results(mlp={"fine-tune": _variant(196, 0.20, [120, 60]), "deep_defense": dd})
-    assert verdict_summary(saved)["mlp"]["category"] == "no_gain"  # no interval, no claim
+    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path))
+    dd = _variant("mnist", "mlp", "deep_defense", 195, 0.30, [170, 110])
+    dd[1]["interval"] = [float("nan"), float("nan")]  # fewer than two images: no interval
+    write_results(_cfg(), _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]), dd)["records"])
+    saved = load_results("deep_defense", "laptop")
+    assert math.isnan(saved["records"][5]["interval"][0])  # restored as a float, not the string "nan"
+    assert verdict_summary(saved)["mnist", "mlp"]["category"] == "no_gain"  # no interval, no claim
 
 
 def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, monkeypatch):
     # Every step of the chapter's evaluation on a tiny model (seconds): paper-unit ρ clipped and unclipped,
-    # DDN, FGSM, the L2 worst case with a transfer member, the health table in L2, and the verdict on the result.
+    # DDN, FGSM, the L2 worst case with a transfer member, the health table in L2, then the tables and the
+    # verdict on the records.
     import copy
 
     import robustness.evaluate.rho as rho_mod
@@ -370,26 +507,35 @@ def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, mon
 
     x, y = tiny_data
     monkeypatch.setattr(rho_mod, "mean_image", lambda name, split="train": x.mean(0))
-    cfg = resolve(dd.SPEC, profile="smoke")
+    cfg = resolve(dd.SPEC, profile="smoke", datasets=["mnist"], models={"mnist": ["mlp"]})
     ds = ArrayDataset("mnist", "test", x[:24], y[:24], "blobs")
     data = {"eval": ds, "epoch_eval": ds.first(8), "adaptive": ds.first(12), "health": ds.first(12)}
     control = copy.deepcopy(tiny_model)
     with torch.no_grad():
         control.net[-1].bias.add_(0.01)  # a different model that computes almost the same function
-    nets = {"reference": tiny_model, "fine-tune": control, "deep_defense": tiny_model}
-    rows = dd.evaluate_variants(cfg, "mlp", "mnist", nets, data, 0.1, {"deep_defense": [{"rho_paper": 0.2}]})
-    row = rows["deep_defense"]
-    assert row["clean"]["n"] == 24 and len(row["clean"]["interval"]) == 2
-    assert row["rho_paper"]["n"] == 24 and 0 < row["rho_paper"]["mean"]
-    assert "rho_paper_converged" in rows["reference"] and "rho_paper_converged" not in row
-    assert [p["eps"] for p in row["worst_case"]] == [0.5, 1.0]
-    assert "transfer_from_control" in row["worst_case"][0]["members"]
-    assert "transfer_from_control" not in rows["fine-tune"]["worst_case"][0]["members"]
-    assert set(row["fgsm"]) == {"0.2", "0.5", "1"} and len(row["rho_per_epoch"]) == 2
-    checks = dd.health(cfg, tiny_model, control, data, "mnist", dd.worst_at(row, 1.0))
+    nets = {"none": tiny_model, "fine_tune": control, "deep_defense": tiny_model}
+    records, curves = [], {}
+    for v, net in nets.items():
+        recs, curves[v] = dd.evaluate_model(cfg, "mnist", "mlp", v, net, data, 0.1,
+                                            dd.adaptive_members(cfg, None if v == "fine_tune" else control),
+                                            converged=v == "none")
+        records += recs
+    mine = dd.find(records, defense="deep_defense")
+    clean = dd.find_one(mine, **dd.CLEAN)
+    assert clean["n"] == 24 and len(clean["interval"]) == 2 and clean["setting"] == {"lam": cfg.lam}
+    assert dd.find_one(mine, **dd.PAPER_RHO)["value"] > 0 and dd.find_one(mine, **dd.PAPER_RHO)["n"] == 24
+    assert len(dd.find(records, defense="none", **dd.PAPER_RHO)) == 2  # also the converged ρ for the anchors
+    assert sorted(r["eps"] for r in dd.find(mine, **dd.WORST)) == [0.5, 1.0]
+    assert "transfer_from_control" in curves["deep_defense"][0]["members"]
+    assert "transfer_from_control" not in curves["fine_tune"][0]["members"]
+    assert sorted(r["setting"]["eps_factor"] for r in dd.find(mine, attack="fgsm")) == [0.2, 0.5, 1.0]
+    checks = dd.health(cfg, tiny_model, control, data, "mnist", curves["deep_defense"][-1])
     assert {"transfer", "gradient_free"} <= {c["id"] for c in checks}
-    results = {"metrics": {"models": {"mlp": rows}}, "health": {"mlp": checks}}
-    assert dd.verdict_summary(results)["mlp"]["category"] == "no_gain"  # the same network: no gain
+    results = {"records": records, "parameters": cfg,
+               "health": [{"dataset": "mnist", "model": "mlp", "eps": 1.0, **c} for c in checks]}
+    assert dd.verdict_summary(results)["mnist", "mlp"]["category"] == "no_gain"  # the same network: no gain
     assert "Box-constrained minimum norm" in dd.verdict(results)
-    assert dd.model_table({"models": {"mlp": rows}}, "mlp").count("\n") == 1 + len(rows)  # header, rule, rows
-    assert dd.worst_case_table({"models": {"mlp": rows}}, "mlp").count("\n") == 1 + 2 * len(rows)
+    assert dd.model_tables(results).count("\n") == 3 + len(nets)  # heading, blank, header, rule, rows
+    assert dd.worst_case_tables(results).count("\n") == 3 + 2 * len(nets)
+    assert "mlp (mnist)" in dd.anchor_table(results) and "**mlp** on mnist" in dd.health_tables(results)
+    assert len(dd.plot_worst_case(results).axes) == 1

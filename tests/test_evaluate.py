@@ -262,3 +262,16 @@ def test_min_norm_follows_the_attack_model_and_judges_on_the_model(tiny_model, t
     assert adaptive["success_rate"] > 0.9 and adaptive["rho_median"] < plain["rho_median"]
     with pytest.raises(ValueError, match="allowed: l2"):
         evaluate.min_norm(tiny_model, x, y, norm="linf")
+
+
+def test_predict_keeps_each_submodules_training_flag():
+    """predict runs in eval mode and restores every flag (a BatchNorm frozen in eval stays frozen)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    net.train()
+    net[2].eval()
+    x = torch.rand(10, 1, 2, 2)
+    with torch.no_grad():
+        expected = nn.Sequential(*copy.deepcopy(list(net))).eval()(x).argmax(1)
+    assert torch.equal(evaluate.predict(net, x, batch_size=3), expected)  # dropout off, running statistics used
+    assert [m.training for m in net] == [True, True, False, True, True]

@@ -1,4 +1,5 @@
-"""JumpReLU: the activation, the retrofit, its BPDA surrogate, the FGSM-mix loss and the chapter's smoke run."""
+"""JumpReLU: the activation, the retrofit, its BPDA surrogates, the robust recipe's loss, the chapter's protocol
+steps as records, its parameters, its tables against the paper's anchors, its verdict, and its smoke run."""
 import json
 
 import pytest
@@ -7,11 +8,15 @@ from torch import nn
 
 from conftest import TinyNet
 from robustness import attacks, evaluate
-from robustness.chapters.jumprelu import SPEC, adaptive_evaluation, choose_kappa, kappa_sweep, verdict, verdict_summary
+from robustness.chapters import jumprelu as chapter
+from robustness.chapters.jumprelu import (MEMBERS_AT_ZERO, SPEC, adaptive_evaluation, choose_kappa, kappa_sweep,
+                                          verdict, verdict_summary)
 from robustness.config import resolve
+from robustness.data import DATASETS, threat_eps
 from robustness.defenses import AdversarialLoss, JumpReLU, bpda_relu, retrofit
 from robustness.defenses.jumprelu import SmoothJump, bpda_smooth, relu_count
 from robustness.models import build_model
+from robustness.results import anchors, check_records, one, record, select
 
 
 def test_jumprelu_values_below_at_and_above_kappa():
@@ -84,7 +89,7 @@ def test_bpda_single_layer_gradient_equals_relu():
     assert torch.equal(x.grad, (x.detach() > 0).float())  # ReLU's gradient, not 1[x > 0.5]
 
 
-def test_fgsm_mix_replaces_the_head_of_the_batch(tiny_model, tiny_data):
+def test_robust_recipe_loss_replaces_the_head_of_each_batch_with_fgsm_examples(tiny_model, tiny_data):
     x, y = tiny_data[0][:10], tiny_data[1][:10]
     loss = AdversarialLoss("fgsm", 0.1, mix=0.3, replace=True)
     tiny_model.train()
@@ -101,44 +106,84 @@ def test_fgsm_mix_replaces_the_head_of_the_batch(tiny_model, tiny_data):
         AdversarialLoss("fgsm", 0.1, mix=1.5, replace=True)
 
 
-def test_sweep_choice_and_adaptive_on_a_tiny_model(tiny_model, tiny_data):
+
+def test_kappa_sweep_records_and_the_validation_rule_on_a_tiny_model(tiny_model, tiny_data):
     x, y = tiny_data[0][:80], tiny_data[1][:80]
-    sweep = kappa_sweep(tiny_model, [0.0, 0.3], x, y, ifgsm_step=0.05, ifgsm_steps=5, dataset="mnist",
-                        deepfool_iter=5, deepfool_classes=4, n_deepfool=40, batch_size=32)
-    assert set(sweep) == {"0", "0.3"}
-    s0 = sweep["0"]
-    assert s0["clean"] == pytest.approx(evaluate.accuracy(tiny_model, x, y))
+    cfg = resolve(SPEC, "smoke")
+    sweep = kappa_sweep(cfg, tiny_model, [0.0, 0.3], x, y, dataset="mnist", model_name="tiny", protocol="paper",
+                        ifgsm_steps=5, deepfool_iter=5, deepfool_classes=4, n_deepfool=40,
+                        batch_size=32)
+    check_records(sweep)
+    assert {r["setting"]["kappa"] for r in sweep} == {0.0, 0.3}
+    assert all(r["defense"] == "jumprelu" and r["setting"]["protocol"] == "paper" for r in sweep)
+    assert one(sweep, kappa=0.0, attack="none")["value"] == pytest.approx(evaluate.accuracy(tiny_model, x, y))
     # at kappa = 0 white- and gray-box are the same attack on the same model
-    assert s0["white_box"] == s0["gray_box"]
-    assert 0 < s0["white_box"]["deepfool_l2_rho"] < 1
-    choice = choose_kappa(sweep, budget=1.0)
-    assert choice["admissible"] == [0.0, 0.3]
-    strict = {k: {**v, "clean": (v["clean"] if k == "0" else v["clean"] - 0.5)} for k, v in sweep.items()}
-    assert choose_kappa(strict, budget=0.01)["kappa"] == 0.0
+    white = select(sweep, kappa=0.0, box="white")
+    gray = select(sweep, kappa=0.0, box="gray")
+    assert len(white) == len(gray) == 1 + 2 * 4  # IFGSM, and per norm: accuracy, ρ in two units, success rate
+    assert [(r["attack"], r["metric"], r["value"]) for r in white] == [(r["attack"], r["metric"], r["value"])
+                                                                       for r in gray]
+    pixel = one(sweep, kappa=0.0, box="white", attack="deepfool", threat_model="l2", metric="rho", units="pixel")
+    assert 0 < pixel["value"] < 1 and pixel["n"] <= 40
+    official = one(sweep, kappa=0.0, box="white", attack="deepfool", threat_model="l2", metric="rho",
+                   units="normalized")
+    assert official["n"] == 40 and official["interval"][0] <= official["value"] <= official["interval"][1]
+    # the validation rule, on the sweep's records
+    assert choose_kappa(sweep, budget=1.0)["admissible"] == [0.0, 0.3]
+    hurt = [{**r, "value": r["value"] - 0.5} if r["attack"] == "none" and r["setting"]["kappa"] == 0.3 else r
+            for r in sweep]
+    assert choose_kappa(hurt, budget=0.01)["kappa"] == 0.0
     with pytest.raises(ValueError, match="contain 0"):
-        choose_kappa({"0.3": sweep["0.3"]}, 0.1)
+        choose_kappa(select(sweep, kappa=0.3), 0.1)
+
+
+def test_the_validation_rule_takes_the_best_admissible_kappa_and_the_smaller_on_ties():
+    cfg = resolve(SPEC, "smoke")
+
+    def sweep(clean, ifgsm):
+        out = []
+        for k in clean:
+            out += [record(cfg, dataset="mnist", model="m", defense="jumprelu", metric="accuracy", value=clean[k],
+                           kappa=k),
+                    record(cfg, dataset="mnist", model="m", defense="jumprelu", attack="ifgsm", metric="accuracy",
+                           value=ifgsm[k], kappa=k, box="white")]
+        return out
+
+    c = choose_kappa(sweep({0.0: 0.99, 0.5: 0.985, 1.0: 0.95}, {0.0: 0.1, 0.5: 0.4, 1.0: 0.9}), budget=0.01)
+    assert c["kappa"] == 0.5 and c["admissible"] == [0.0, 0.5] and c["clean_drop"] == pytest.approx(0.005)
+    assert choose_kappa(sweep({0.0: 0.99, 0.5: 0.99, 1.0: 0.99}, {0.0: 0.1, 0.5: 0.4, 1.0: 0.4}), 0.01)["kappa"] == 0.5
 
 
 def test_adaptive_evaluation_is_a_per_image_worst_case(tiny_model, tiny_data):
     x, y = tiny_data[0][:80], tiny_data[1][:80]
     cfg = resolve(SPEC, "smoke", pgd_steps=10, square_queries=50, seeds=[0, 1], batch_size=32)
-    res = adaptive_evaluation(tiny_model, [0.3], x, y, [0.05, 0.1, 0.3, 1.0], 0.1, cfg, ddn_steps=10)
-    assert set(res) == {"0", "0.3"}
-    for k, r in res.items():
-        net = retrofit(tiny_model, float(k))
-        assert r["clean"]["value"] == pytest.approx(evaluate.accuracy(net, x, y))
-        wc = [c["robust"] for c in r["curve"]]
-        assert wc == sorted(wc, reverse=True) and wc[0] <= r["clean"]["value"]  # nested balls: never rises
+    res = adaptive_evaluation(cfg, tiny_model, [0.3], x, y, [0.05, 0.1, 0.3, 1.0], 0.1, dataset="mnist",
+                              model_name="tiny", ddn_steps=10)
+    check_records(res)
+    assert {r["setting"]["kappa"] for r in res} == {0.0, 0.3}
+    for k in (0.0, 0.3):
+        net = retrofit(tiny_model, k)
+        clean = one(res, kappa=k, attack="none")
+        assert clean["value"] == pytest.approx(evaluate.accuracy(net, x, y))
+        curve = select(res, kappa=k, attack="worst_case", nested=True)
+        assert [r["eps"] for r in curve] == [0.05, 0.1, 0.3, 1.0]
+        wc = [r["value"] for r in curve]
+        assert wc == sorted(wc, reverse=True) and wc[0] <= clean["value"]  # nested balls: never rises
         assert wc[-1] <= 0.1  # eps = 1 allows any image
-        for c in r["curve"]:
-            lo, hi = c["interval"]
-            assert lo <= c["robust"] <= hi
-        # the threat-radius rows: one per seed, the paper's gradient first
-        assert set(r["threat"]["seeds"]) == {"0", "1"} and r["threat"]["members"][0] == "pgd_true"
-        assert "rho_median" in r["min_norm"]
+        assert all(r["interval"][0] <= r["value"] <= r["interval"][1] for r in curve)
+        # the threat radius: one worst case per seed, the paper's gradient first and alone below the clean count
+        threat = select(res, kappa=k, attack="worst_case", nested=False)
+        assert [r["seed"] for r in threat] == [0, 1] and all(r["eps"] == 0.1 for r in threat)
+        added = select(res, kappa=k, metric="added", nested=False, seed=0)
+        assert added[0]["attack"] == "pgd_true"
+        alone = one(res, kappa=k, attack="pgd_true", metric="accuracy", seed=0)
+        assert threat[0]["value"] <= alone["value"] <= clean["value"]
+        assert alone["value"] == pytest.approx(clean["value"] - added[0]["value"] / 80)
+        assert select(res, kappa=k, attack="ddn_bpda", metric="rho") and select(res, kappa=k, metric="converged")
     # at kappa = 0 the BPDA and transfer members would repeat pgd_true and do not run
-    assert res["0"]["threat"]["members"] == ["pgd_true", "pgd_bpda_margin", "square"]
-    assert "transfer" in res["0.3"]["threat"]["members"]
+    assert [r["attack"] for r in select(res, kappa=0.0, metric="added", nested=False, seed=0)] == list(
+        MEMBERS_AT_ZERO)
+    assert select(res, kappa=0.3, attack="transfer", metric="added")
 
 
 def test_smooth_surrogate_sees_the_jump():
@@ -158,79 +203,174 @@ def test_smooth_surrogate_sees_the_jump():
 
 
 def test_bad_parameters_fail_in_resolve():
-    with pytest.raises(ValueError, match="mnist_kappas"):
-        resolve(SPEC, "smoke", mnist_kappas=[0.5, 1.0])
-    with pytest.raises(ValueError, match="cifar_n_val"):
-        resolve(SPEC, "smoke", cifar_n_val=5000)
-    with pytest.raises(ValueError, match="mnist_adv_ratio"):
-        resolve(SPEC, "smoke", mnist_adv_ratio=1.5)
+    with pytest.raises(ValueError, match=r"kappas\['mnist'\]=\[0.5, 1.0\] must contain 0"):
+        resolve(SPEC, "smoke", kappas={"mnist": [0.5, 1.0]})
+    with pytest.raises(ValueError, match=r"n_val\['cifar10'\]"):
+        resolve(SPEC, "smoke", n_val={"cifar10": 5000})
+    with pytest.raises(ValueError, match=r"adv_ratio\['mnist'\]"):
+        resolve(SPEC, "smoke", adv_ratio={"mnist": 1.5})
+    # sizes are checked against the data set's official split sizes
+    with pytest.raises(ValueError, match=r"train_size\['mnist'\]=70000 exceeds the 60,000"):
+        resolve(SPEC, "smoke", train_size={"mnist": 70000})
+    with pytest.raises(ValueError, match=r"train_size\['cifar10'\]=60000 exceeds the 50,000"):
+        resolve(SPEC, "smoke", train_size={"cifar10": 60000})
+    with pytest.raises(ValueError, match=r"n_clean\['fashion_mnist'\]=20000 exceeds the 10,000"):
+        resolve(SPEC, "smoke", datasets=["fashion_mnist"], n_clean=20000)
+    # data-set ids, never prefixes
+    with pytest.raises(ValueError, match="unknown data set"):
+        resolve(SPEC, "smoke", epochs={"cifar": 2})
+    with pytest.raises(ValueError, match="datasets=.*'mnist', 'fashion_mnist', 'cifar10'"):
+        resolve(SPEC, "smoke", datasets=["cifar"])
     # a member name that does not exist, or an ensemble that does not start with the paper's gradient
     with pytest.raises(ValueError, match="members=.*'pgd_true', 'transfer'"):
         resolve(SPEC, "smoke", members=["pgd_true", "fgsm_magic"])
     with pytest.raises(ValueError, match="must start with 'pgd_true'"):
         resolve(SPEC, "smoke", members=["square", "pgd_true"])
-    with pytest.raises(ValueError, match="datasets=.*'mnist', 'cifar'"):
-        resolve(SPEC, "smoke", datasets=["imagenet"])
+
+
+def test_profiles_give_every_data_set_its_values():
+    assert set(chapter.ARCH) == set(DATASETS) and chapter.ARCH["fashion_mnist"] == chapter.ARCH["mnist"]
     cfg = resolve(SPEC, "laptop")
-    assert cfg.mnist_kappas == [0.0, 0.5, 1.0, 1.5] and cfg.mnist_iter == 40 and cfg.cifar_iter == 7
-    # the adaptive ensemble's minimum strength and a radius beyond the threat model, in every profile
+    assert cfg.datasets == ["mnist", "cifar10"]
+    assert cfg.kappas["mnist"] == [0.0, 0.5, 1.0, 1.5] and cfg.attack_iter == {"mnist": 40, "cifar10": 7}
+    # one value for all data sets, or a partial mapping over the profile's
+    assert resolve(SPEC, "smoke", epochs=2).epochs == {"mnist": 2, "cifar10": 2}
+    assert resolve(SPEC, "smoke", epochs={"cifar10": 2}).epochs == {"mnist": 1, "cifar10": 2}
     for profile in ("smoke", "laptop", "paper"):
-        c = resolve(SPEC, profile)
-        assert c.restarts >= 2 and max(c.mnist_pgd_eps) > 0.3 and (profile == "smoke" or c.pgd_steps >= 100)
-    assert max(cfg.cifar_pgd_eps) > 8 / 255
+        c = resolve(SPEC, profile, datasets=list(DATASETS))
+        assert c.kappas["fashion_mnist"] == c.kappas["mnist"] and c.augment["fashion_mnist"] is False
+        # the adaptive ensemble's minimum strength, and a radius beyond each threat model (smoke CIFAR-10 aside)
+        assert c.restarts >= 2 and (profile == "smoke" or c.pgd_steps >= 100)
+        for d in DATASETS:
+            assert profile == "smoke" and d == "cifar10" or max(c.pgd_eps[d]) > threat_eps(d), (profile, d)
 
 
-def _record(value, n=200):
-    from robustness.evaluate.stats import wilson_interval
+# ---------------------------------------------------------------------------
+# The verdict and the tables, on hand-made records
 
-    return {"value": value, "n": n, "interval": list(wilson_interval(round(value * n), n))}
+CFG = {"chapter": "jumprelu", "profile": "laptop", "seed": 0}
 
 
-def _saved_one_model(paper_k: float, worst_k: float, clean_k: float = 0.98, n: int = 200,
-                     constant: bool = False) -> dict:
-    """A results file as ``load_results`` returns it, for one MNIST model with kappa grid {0, 1}: at the threat
-    radius kappa = 0 keeps 10% under the paper's gradient and 2% under the ensemble; kappa = 1 gets the values
-    passed (``paper_k``: accuracy under pgd_true alone, ``worst_k``: after every member)."""
-    def adaptive_row(clean, paper, worst):
+def _saved_one_model(paper_k: float, worst_k: float, clean_k: float = 0.98, n: int = 200, constant: bool = False,
+                     chosen: float = 1.0, grid=(0.0, 1.0)) -> dict:
+    """A results file as ``load_results`` returns it, for one MNIST network: at the threat radius kappa = 0 keeps
+    10% under the paper's gradient and 2% under the ensemble; the judged kappa (the chosen one, else the largest of
+    ``grid``) gets the values passed (``paper_k``: accuracy under pgd_true alone, ``worst_k``: after every
+    member)."""
+    d, m = "mnist", "lenet_like-baseline"
+    judged = chosen if chosen > 0 else max(grid)
+    records = [record(CFG, dataset=d, model=m, defense="jumprelu", attack="ifgsm", threat_model="linf_normalized",
+                      metric="chosen_kappa", value=chosen, protocol="validation", budget=0.01)]
+
+    def adaptive(kappa, clean, paper, worst):
+        def rec(**kw):
+            return record(CFG, dataset=d, model=m, defense="jumprelu", kappa=kappa, protocol="adaptive", **kw)
+
+        out = [rec(metric="accuracy", value=clean, n=n)]
         added = {"pgd_true": round((clean - paper) * n), "transfer": round((paper - worst) * n), "square": 0}
-        rec = {"eps": 0.3, "norm": "linf", "n": n, "robust": worst, "interval": _record(worst, n)["interval"],
-               "added": added}
-        return {"clean": _record(clean, n), "n": n, "curve": [rec],
-                "threat": {"eps": 0.3, "members": list(added), "seeds": {"0": rec, "1": {**rec, "robust": worst}}}}
+        for seed in (0, 1):
+            kw = dict(threat_model="linf", eps=0.3, nested=False, seed=seed)
+            out.append(rec(attack="worst_case", metric="accuracy", value=worst, n=n, members="pgd_true+transfer",
+                           **kw))
+            out += [rec(attack=a, metric="added", value=v, n=n, order=i, **kw) for i, (a, v) in
+                    enumerate(added.items())]
+            out.append(rec(attack="pgd_true", metric="accuracy", value=paper, n=n, **kw))
+        return out
 
-    key = "mnist_baseline"
-    health = [{"check": "not a near-constant classifier", "passed": not constant},
-              {"check": "accuracy reaches chance at a large eps", "passed": True}]
-    return {"profile": "laptop", "parameters": {"mnist_kappas": [0.0, 1.0], "seeds": [0, 1]},
-            "metrics": {"kappa_choice": {key: {"kappa": 1.0}},
-                        "adaptive": {key: {"0": adaptive_row(0.99, 0.10, 0.02),
-                                           "1": adaptive_row(clean_k, paper_k, worst_k)}}},
-            "health": {f"{key} κ=1": health}}
+    records += adaptive(0.0, 0.99, 0.10, 0.02) + adaptive(judged, clean_k, paper_k, worst_k)
+    health = [{"dataset": d, "model": m, "kappa": judged, "id": "near_constant",
+               "check": "classifier is not near-constant", "passed": not constant},
+              {"dataset": d, "model": m, "kappa": judged, "id": "chance", "check": "near chance at eps = 0.5",
+               "passed": True}]
+    return {"profile": "laptop", "parameters": {"kappas": {d: list(grid)}, "seeds": [0, 1]}, "records": records,
+            "health": health}
 
 
-def test_verdict_is_computed_from_the_numbers():
+def _category(saved) -> str:
+    (finding,) = verdict_summary(saved)
+    return finding["category"]
+
+
+def test_verdict_is_computed_from_the_records():
     # a 50-point gain under the paper's gradient that the adaptive ensemble takes back: masked
     masked = _saved_one_model(paper_k=0.60, worst_k=0.03)
-    assert verdict_summary(masked)["mnist_baseline"]["category"] == "masked"
+    assert _category(masked) == "masked"
     assert "claim does not hold" in verdict(masked)
     # the same gain, most of it surviving: real
     real = _saved_one_model(paper_k=0.60, worst_k=0.45)
-    assert verdict_summary(real)["mnist_baseline"]["category"] == "survives"
+    assert _category(real) == "survives"
     assert "holds in part" in verdict(real)
     # no gain under the paper's own gradient: nothing to test
-    assert verdict_summary(_saved_one_model(paper_k=0.11, worst_k=0.02))["mnist_baseline"]["category"] == "no_gain"
+    none = _saved_one_model(paper_k=0.11, worst_k=0.02)
+    assert _category(none) == "no_gain" and "nothing to confirm" in verdict(none)
     # a retrofit at chance accuracy, or flagged near-constant, is broken however robust it looks
-    assert verdict_summary(_saved_one_model(0.15, 0.15, clean_k=0.15))["mnist_baseline"]["category"] == "broken"
-    assert verdict_summary(_saved_one_model(0.6, 0.5, constant=True))["mnist_baseline"]["category"] == "broken"
+    assert _category(_saved_one_model(0.15, 0.15, clean_k=0.15)) == "broken"
+    broken = _saved_one_model(0.6, 0.5, constant=True)
+    assert _category(broken) == "broken" and "not measurable" in verdict(broken)
+    assert "classifier is not near-constant" in verdict(broken)
+
+
+def test_verdict_judges_the_largest_kappa_when_validation_chose_zero():
+    saved = _saved_one_model(paper_k=0.60, worst_k=0.03, chosen=0.0, grid=(0.0, 0.5, 1.5))
+    (finding,) = verdict_summary(saved)
+    assert finding["kappa"] == 1.5 and not finding["chosen"] and finding["category"] == "masked"
+    assert "validation chose κ = 0; the largest κ = 1.5 stands in" in verdict(saved)
 
 
 def test_verdict_compares_intervals_not_points():
     # a 3-point worst-case gain on 200 images is inside the noise: the intervals overlap, so not "survives"
-    small = _saved_one_model(paper_k=0.60, worst_k=0.05)
-    assert verdict_summary(small)["mnist_baseline"]["category"] == "masked"
+    assert _category(_saved_one_model(paper_k=0.60, worst_k=0.05)) == "masked"
     # the same gain on 20,000 images separates the intervals
-    big = _saved_one_model(paper_k=0.60, worst_k=0.05, n=20000)
-    assert verdict_summary(big)["mnist_baseline"]["category"] == "survives"
+    assert _category(_saved_one_model(paper_k=0.60, worst_k=0.05, n=20000)) == "survives"
+
+
+def test_paper_comparison_reads_the_anchors_and_matches_like_with_like():
+    paper = anchors("jumprelu")
+    assert {a["dataset"] for a in paper} == {"cifar10"}
+    d, m = chapter.PAPER_NETWORK
+    mine = [record(CFG, dataset=d, model=m, defense="jumprelu", attack="ifgsm", threat_model="linf_normalized",
+                   metric="chosen_kappa", value=0.4, protocol="validation", budget=0.03)]
+    for k in (0.0, 0.4):
+        def rec(**kw):
+            return record(CFG, dataset=d, model=m, defense="jumprelu", kappa=k, protocol="paper", **kw)
+
+        mine += [rec(metric="accuracy", value=0.5 + k, n=100),
+                 rec(attack="ifgsm", threat_model="linf_normalized", metric="accuracy", value=0.1 + k, n=100,
+                     box="white"),
+                 rec(attack="ifgsm", threat_model="linf_normalized", metric="accuracy", value=0.3, n=100, box="gray")]
+        mine += [rec(attack="deepfool", threat_model=t, metric="rho", value=0.05 + k, units=u, box=b)
+                 for t in ("l2", "linf") for u in ("normalized", "pixel") for b in ("white", "gray")]
+    rows = chapter.paper_comparison(mine, paper)
+    assert [r["anchor"] for r in rows] == paper and all(r["kappa"] == 0.4 for r in rows)
+    ours = {(r["anchor"]["attack"], r["anchor"]["threat_model"]): r["ours"] for r in rows}
+    assert ours["none", "none"]["value"] == pytest.approx(0.9)
+    assert ours["ifgsm", "linf_normalized"]["value"] == pytest.approx(0.5)
+    assert ours["deepfool", "l2"]["setting"]["units"] == "normalized" and ours["deepfool", "l2"]["setting"]["box"] \
+        == "white" and ours["deepfool", "l2"]["value"] == pytest.approx(0.45)
+    assert ours["trust_region", "none"] is None  # not implemented here
+    table = chapter.paper_comparison_table(mine, resolve(SPEC, "smoke"))
+    assert f"| {100 * one(paper, attack='none')['value']:.2f}% |" in table and "not run" in table
+    assert "no comparison" in chapter.paper_comparison_table(mine, resolve(SPEC, "smoke", datasets=["mnist"]))
+
+
+def test_adaptive_and_health_tables_render_hand_made_records():
+    saved = _saved_one_model(paper_k=0.60, worst_k=0.03)
+    table = chapter.adaptive_tables(saved["records"] + _curve())
+    assert "+ transfer" in table and "| 1 ← | 0.3 |" in table and "| 0 | 0.1 |" in table
+    assert "**MNIST lenet_like-baseline, κ = 1**" in chapter.health_tables(saved["health"])
+
+
+def _curve() -> list[dict]:
+    """The nested worst-case curve of :func:`_saved_one_model`'s network at kappa 0 and 1."""
+    d, m = "mnist", "lenet_like-baseline"
+    out = []
+    for k, vals in ((0.0, (0.5, 0.02)), (1.0, (0.7, 0.03))):
+        for eps, v in zip((0.1, 0.3), vals):
+            kw = dict(dataset=d, model=m, defense="jumprelu", threat_model="linf", eps=eps, n=200, kappa=k,
+                      protocol="adaptive", nested=True)
+            out += [record(CFG, attack="worst_case", metric="accuracy", value=v, **kw),
+                    record(CFG, attack="transfer", metric="added", value=3, **kw)]
+    return out
 
 
 @pytest.mark.notebook
@@ -242,31 +382,39 @@ def test_jumprelu_smoke_run_writes_its_results(isolated_outputs):
     assert notebook.exists()
     saved = json.loads((tmp_path / "results" / "smoke" / "jumprelu.json").read_text())
     assert saved["chapter"] == "jumprelu" and saved["profile"] == "smoke"
-    m = saved["metrics"]
-    keys = {"mnist_baseline", "mnist_robust", "cifar_baseline", "cifar_robust"}
-    assert set(m["models"]) == keys and set(m["adaptive"]) == keys and set(m["kappa_choice"]) == keys
-    for key in keys:
-        grid = saved["parameters"][f"{key.split('_')[0]}_kappas"]
-        per_k = m["models"][key]["kappa"]
-        assert set(per_k) == {f"{k:g}" for k in grid}
-        for row in per_k.values():
-            assert 0 <= row["clean"] <= 1
-            for setting in ("white_box", "gray_box"):
-                assert {"ifgsm_acc", "deepfool_l2_rho", "deepfool_l2_rho_paper", "deepfool_linf_rho_paper"} <= set(
-                row[setting])
-        assert per_k["0"]["white_box"] == per_k["0"]["gray_box"]
-        assert m["kappa_choice"][key]["kappa"] in grid
-        assert set(m["adaptive"][key]) == {f"{k:g}" for k in grid}  # smoke attacks every kappa
-        for r in m["adaptive"][key].values():
-            eps = [c["eps"] for c in r["curve"]]
-            assert eps == sorted(saved["parameters"][f"{key.split('_')[0]}_pgd_eps"])
-            worst = [c["robust"] for c in r["curve"]]
-            assert worst == sorted(worst, reverse=True) and worst[0] <= r["clean"]["value"] + 1e-9
-            assert set(r["threat"]["seeds"]) == {str(s) for s in saved["parameters"]["seeds"]}
-            assert "rho_median" in r["min_norm"] and "converged" in r["min_norm"]
-    for key in keys:  # health at the judged (chosen, else largest) and at the largest kappa of every model
-        grid = saved["parameters"][f"{key.split('_')[0]}_kappas"]
-        judged = m["kappa_choice"][key]["kappa"] or max(grid)
-        for k in {judged, max(grid)}:
-            assert f"{key} κ={k:g}" in saved["health"]
-    assert all({"check", "passed"} <= set(h) for rows in saved["health"].values() for h in rows)
+    recs, P = saved["records"], saved["parameters"]
+    check_records(recs)
+    nets = {(d, chapter.model_id(d, kind)) for d in ("mnist", "cifar10") for kind in chapter.KINDS}
+    assert {(r["dataset"], r["model"]) for r in recs} == nets
+    for d, m in nets:
+        grid = P["kappas"][d]
+        mine = select(recs, dataset=d, model=m)
+        assert 0 <= one(mine, protocol="training")["value"] <= 1
+        paper = select(mine, protocol="paper")
+        assert {r["setting"]["kappa"] for r in paper} == set(grid)
+        for k in grid:
+            assert 0 <= one(paper, kappa=k, attack="none")["value"] <= 1
+            for box in ("white", "gray"):
+                one(paper, kappa=k, attack="ifgsm", box=box)
+                one(paper, kappa=k, attack="deepfool", box=box, threat_model="l2", metric="rho", units="pixel")
+                one(paper, kappa=k, attack="deepfool", box=box, threat_model="linf", metric="rho", units="normalized")
+        assert [r["value"] for r in select(paper, kappa=0.0, box="white")] == [
+            r["value"] for r in select(paper, kappa=0.0, box="gray")]
+        chosen = one(mine, metric="chosen_kappa")["value"]
+        assert chosen in grid
+        adaptive = select(mine, protocol="adaptive")
+        assert {r["setting"]["kappa"] for r in adaptive} == set(grid)  # smoke attacks every kappa
+        for k in grid:
+            curve = select(adaptive, kappa=k, attack="worst_case", nested=True)
+            assert [r["eps"] for r in curve] == sorted(P["pgd_eps"][d])
+            worst = [r["value"] for r in curve]
+            assert worst == sorted(worst, reverse=True)
+            assert worst[0] <= one(adaptive, kappa=k, attack="none")["value"] + 1e-9
+            assert [r["seed"] for r in select(adaptive, kappa=k, attack="worst_case", nested=False)] == P["seeds"]
+            assert one(adaptive, kappa=k, attack="ddn_bpda", metric="converged")["value"] in (0.0, 1.0)
+        # health at the judged (chosen, else largest) and at the largest kappa of every network
+        judged = chosen or max(grid)
+        assert {h["kappa"] for h in saved["health"] if (h["dataset"], h["model"]) == (d, m)} == {judged, max(grid)}
+    assert len(select(recs, attack="autoattack")) == 2  # smoke: MNIST only
+    assert all({"check", "passed"} <= set(h) for h in saved["health"])
+    assert saved["timings"]["train"] and "train" not in saved["extra"]

@@ -1,4 +1,5 @@
-"""Adversarial attacks (torchattacks style: one small function per attack).
+"""Adversarial attacks in functional style (like advertorch's and foolbox's functional APIs): one attack per
+file (with its L∞ and L2 variants), each a function ``attack(model, x, y, ...)`` with its defaults in the signature.
 
 All attacks take ``(N, C, H, W)`` inputs in ``[0, 1]`` and a model returning logits, run the
 model in eval mode (restoring training flags afterwards), never leave ``.grad`` on parameters and

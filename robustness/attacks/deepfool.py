@@ -45,8 +45,7 @@ class DeepFoolResult:
 
 def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None, norm: float = 2,
              overshoot: float = 0.02, max_iter: int = 50, num_classes: Optional[int] = None,
-             keep_graph: bool = False, candidates: Optional[torch.Tensor] = None,
-             toward: Optional[torch.Tensor] = None, clip: Optional[bool] = None,
+             keep_graph: bool = False, toward: Optional[torch.Tensor] = None, clip: Optional[bool] = None,
              linearize_at: str = "overshot", resort: bool = False) -> DeepFoolResult:
     """DeepFool, L2 or L-infinity (Moosavi-Dezfooli, Fawzi & Frossard, "DeepFool: a simple and
     accurate method to fool deep neural networks", CVPR 2016).
@@ -75,7 +74,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
         resort: with ``num_classes``, choose the candidates afresh at every iterate from the logits there,
             as the JumpReLU code (``deep_fool`` sorts the outputs at each call) and the DeepFool code do;
             with fewer candidates than classes the greedy path can then differ from fixed candidates.
-            Not with ``candidates`` or ``toward``.
+            Not with ``toward``.
         keep_graph: keep the result a differentiable function of the model's parameters
             (``create_graph=True``, nothing detached), e.g. for Deep Defense's regularizer. In this
             mode the model's train/eval state is left to the caller (so training-mode BatchNorm /
@@ -84,8 +83,6 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
             clipped: ``x_adv = x + (1 + overshoot) * r_tot``.
             Otherwise the model runs in eval mode (flags restored after), outputs are detached and
             ``x_adv = clip(x + (1 + overshoot) * r_tot, 0, 1)``.
-        candidates: optional int64 candidate classes, ``(K,)`` shared or ``(N, K)`` per sample;
-            overrides ``num_classes``. ``orig`` is always excluded.
         toward: optional ``(N,)`` int64; rows with ``toward[i] >= 0`` are pushed *into* class
             ``toward[i]`` instead (Deep Defense uses this with the true label for misclassified
             samples): the step linearizes ``f_toward - f_j`` with ``j`` the currently highest
@@ -107,9 +104,9 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
     """
     if norm not in (2, math.inf):
         raise ValueError("norm must be 2 or float('inf')")
-    if resort and (candidates is not None or toward is not None):
+    if resort and toward is not None:
         raise ValueError("resort=True re-chooses the top num_classes candidates; it cannot be combined with "
-                         "candidates= or toward=")
+                         "toward=")
     if linearize_at not in LINEARIZE_AT:
         raise ValueError(f"linearize_at={linearize_at!r} is invalid: expected one of {', '.join(LINEARIZE_AT)}")
     x = x.detach()
@@ -146,7 +143,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
                 pred = f.argmax(1)
             if it == 0:
                 # the first pass is at x itself (r_tot = 0): set up labels and candidates
-                orig, cand, valid = _setup(f.detach(), y, candidates, num_classes, toward, tmask)
+                orig, cand, valid = _setup(f.detach(), y, num_classes, toward, tmask)
             t_a, tm_a = toward[active], tmask[active]
             done = torch.where(tm_a, pred == t_a, pred != orig[active])
             fooled[active] = done
@@ -210,15 +207,12 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None
     return DeepFoolResult(x_adv=x_adv, perturbation=pert, iterations=iterations, fooled=fooled, p=float(norm))
 
 
-def _setup(logits0, y, candidates, num_classes, toward, tmask):
+def _setup(logits0, y, num_classes, toward, tmask):
     """Original labels ``(N,)``, candidate classes ``(N, K)`` and their validity mask ``(N, K)``."""
     n, n_cls = logits0.shape
     dev = logits0.device
     orig = logits0.argmax(1) if y is None else y.to(dev).long()
-    if candidates is not None:
-        cand = candidates.to(dev).long()
-        cand = cand.expand(n, -1) if cand.dim() == 1 else cand
-    elif num_classes is None or num_classes >= n_cls:
+    if num_classes is None or num_classes >= n_cls:
         cand = torch.arange(n_cls, device=dev).expand(n, -1)
     else:
         cand = logits0.argsort(dim=1, descending=True)[:, :num_classes]

@@ -1,80 +1,131 @@
 """Chapter — Deep Defense, reproduced and stress-tested (chapter id ``deep_defense``).
 
-The chapter's SPEC (parameters and profiles), its training recipes (reference models, the three fine-tuning
-variants), its protocol (the paper's ρ_adv in the paper's units, the min-norm re-check, the adaptive L2 worst
-case built on :mod:`robustness.evaluate`, the health table in the claim's threat model), its tables and
-figures, and its verdict as a pure function of the results (:func:`verdict_summary`, :func:`verdict`).
+What lives here, in page order:
+
+- the SPEC (parameters and profiles; the data sets and, per data set, the paper's models are parameters);
+- the official recipe (read once from ``robustness/anchors/deep_defense.json``) and the training recipes built
+  on it: :func:`reference_model`, :func:`finetune_config`, :func:`variant_loss`, :func:`finetune`;
+- the protocol as steps on a :class:`Run` (:func:`train_references`, :func:`fine_tune_variants`,
+  :func:`evaluate_variants`, :func:`sweep_lambda`, :func:`check_health`, :func:`time_objectives`,
+  :func:`save`), each adding records (:func:`robustness.results.record`) to the run;
+- tables and figures, functions of the results (records, health rows, timings, parameters), whether the run is
+  live (:meth:`Run.results`) or read back (:func:`robustness.results.load_results`);
+- the verdict (:func:`verdict_summary`, :func:`verdict`), a pure function of the results.
+
+The record vocabulary: ``defense`` is the variant (``"none"`` = the reference model, ``"fine_tune"``,
+``"adversarial_fine_tune"``, ``"deep_defense"``); ρ records carry ``units`` (``"mean_image"``: the paper's
+‖δ‖/‖x − mean image‖; ``"pixel"``: [0, 1] pixels), ``clip``, ``iterations``, ``statistic`` (``"mean"`` over
+``"all"`` images as the official ``test()``, or ``"median"`` over the ``"correct"`` ones) and, for the per-epoch
+curve, ``epoch``; the λ sweep's records carry ``lam`` and ``sweep=True``.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import math
-import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from .. import attacks, evaluate
+from .. import results as R
 from ..config import ChapterSpec, Param, RunConfig
-from ..data import ArrayDataset, dataset_info, load_dataset
+from ..data import DATASETS, dataset_info, load_dataset
 from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.deep_defense import RHO_REFERENCES, DeepDefenseLoss
 from ..evaluate import members as M
-from ..evaluate.rho import deep_defense_rho, mean_subtraction_factor
-from ..evaluate.stats import accuracy_record, clearly_greater
-from ..models import build_model
-from ..report import markdown_table, pct
-from ..train import TrainConfig, cached_train, cross_entropy, trained_model
+from ..evaluate.rho import deep_defense_rho, mean_interval, mean_subtraction_factor
+from ..evaluate.stats import clearly_greater
+from ..models import build_model, check_model
+from ..report import health_markdown, markdown_table, pct
+from ..timing import StageTimer
+from ..train import TrainConfig, cached_train, cross_entropy, train, trained_model
 
-#: (model, dataset) pairs of the paper's code, in the order the page shows them.
-MODELS = (("mlp", "mnist"), ("lenet", "mnist"), ("convnet", "cifar10"))
-VARIANTS = ("reference", "fine-tune", "adversarial", "deep_defense")
-CONTROL = "fine-tune"
-#: DeepFool's Table 1 ρ_adv (L2; DeepFool run to convergence on matconvnet's models and inputs; NOTES.md §5).
-ANCHORS = {"mlp": 0.11, "lenet": 0.20, "convnet": 0.030}
-#: Whether our paper-unit ρ can be compared with the anchor: matconvnet's MNIST input is the image minus the
+CHAPTER = "deep_defense"
+#: The paper's architectures: the MLP 784-500-150-10 and LeNet on MNIST, the ConvNet on CIFAR-10.
+PAPER_MODELS = ("mlp", "lenet", "convnet")
+#: The variants, as the ``defense`` field of the records, in page order.
+VARIANTS = ("none", "fine_tune", "adversarial_fine_tune", "deep_defense")
+LABELS = {"none": "reference", "fine_tune": "plain fine-tuning", "adversarial_fine_tune": "adversarial fine-tuning",
+          "deep_defense": "Deep Defense"}
+#: The control Deep Defense is compared with: the same number of plain fine-tuning epochs.
+CONTROL = "fine_tune"
+#: FGSM radii as multiples of ε_ref.
+FGSM_FACTORS = (0.2, 0.5, 1.0)
+#: Reference training uses the loop's crop-and-flip augmentation on CIFAR-10 only.
+AUGMENT_REFERENCE = {"mnist": False, "fashion_mnist": False, "cifar10": True}
+#: Whether ρ in our paper units can be compared with the anchors: matconvnet's MNIST input is the image minus the
 #: per-pixel training mean (reproduced); its CIFAR-10 input was also contrast-normalized and ZCA-whitened
 #: (``cnn_cifar``: ``contrastNormalization = true``, ``whitenData = true``), a space not reproduced here.
-ANCHOR_COMPARABLE = {"mlp": True, "lenet": True, "convnet": False}
-FGSM_FACTORS = (0.2, 0.5, 1.0)
+ANCHOR_COMPARABLE = {"mnist": True, "fashion_mnist": False, "cifar10": False}
+
+# Record selectors (a value None matches a record without that setting key; see :func:`find`).
+CLEAN = {"metric": "accuracy", "attack": "none", "epoch": None, "sweep": None}
+PAPER_RHO = {"metric": "rho", "attack": "deepfool", "units": "mean_image", "clip": False, "statistic": "mean",
+             "epoch": None, "sweep": None}
+WORST = {"metric": "accuracy", "attack": "worst_case"}
+
+
+@functools.lru_cache(maxsize=1)
+def _anchor_file() -> dict:
+    return json.loads((Path(R.__file__).with_name("anchors") / f"{CHAPTER}.json").read_text())
+
+
+def official_recipe() -> dict:
+    """The official code's fine-tuning recipe and Deep Defense defaults (``deepdefense.py``), as stored once in
+    ``robustness/anchors/deep_defense.json`` next to the paper's published numbers."""
+    return dict(_anchor_file()["recipe"])
+
+
+# --------------------------------------------------------------------------- SPEC
 
 
 def _check(cfg: RunConfig) -> None:
-    if len(cfg.lambda_sweep) != len(set(cfg.lambda_sweep)):
-        raise ValueError(f"parameter lambda_sweep={cfg.lambda_sweep} must not repeat a value")
-    if cfg.n_epoch_eval > cfg.n_eval:
-        raise ValueError(f"parameter n_epoch_eval={cfg.n_epoch_eval} must not exceed n_eval={cfg.n_eval}")
-    for key in ("n_health", "n_adaptive"):
-        if cfg[key] > min(cfg.n_eval, cfg.n_eval_cifar):
-            raise ValueError(f"parameter {key}={cfg[key]} must not exceed n_eval={cfg.n_eval} "
-                             f"or n_eval_cifar={cfg.n_eval_cifar}")
-    if cfg.cost_batch_size > min(cfg.ref_size_mnist, cfg.ref_size_cifar):
-        raise ValueError(f"parameter cost_batch_size={cfg.cost_batch_size} exceeds the reference training sets")
-    if cfg.n_eval_cifar > 1000:
-        raise ValueError(f"parameter n_eval_cifar={cfg.n_eval_cifar} must be ≤ 1000 (the offline CIFAR-10 test set)")
-    for d in ("mnist", "cifar"):
-        grid = cfg[f"l2_eps_{d}"]
+    if len(cfg.lam_sweep) != len(set(cfg.lam_sweep)):
+        raise ValueError(f"parameter lam_sweep={cfg.lam_sweep} must not repeat a value")
+    for d in cfg.datasets:
+        info = dataset_info(d)
+        for m in cfg.models[d]:
+            try:
+                check_model(m, d)
+            except ValueError as err:
+                raise ValueError(f"parameter models[{d!r}]={cfg.models[d]}: {err}") from None
+        for key in ("ref_size", "ft_size"):
+            if cfg[key][d] > info.n_train:
+                raise ValueError(f"parameter {key}[{d!r}]={cfg[key][d]} exceeds the {info.n_train} training images")
+        if cfg.n_eval[d] > info.n_test:
+            raise ValueError(f"parameter n_eval[{d!r}]={cfg.n_eval[d]} exceeds the {info.n_test} test images")
+        for key in ("n_epoch_eval", "n_adaptive", "n_health"):
+            if cfg[key] > cfg.n_eval[d]:
+                raise ValueError(f"parameter {key}={cfg[key]} must not exceed n_eval[{d!r}]={cfg.n_eval[d]}")
+        if cfg.cost_batches * cfg.cost_batch_size > cfg.ref_size[d]:
+            raise ValueError(f"parameters cost_batches × cost_batch_size = {cfg.cost_batches * cfg.cost_batch_size} "
+                             f"exceed ref_size[{d!r}]={cfg.ref_size[d]} (the timed batches are reference images)")
+        grid = cfg.l2_eps[d]
         if len(set(grid)) != len(grid) or min(grid) <= 0:
-            raise ValueError(f"parameter l2_eps_{d}={grid} must hold distinct radii > 0")
-        if cfg[f"pgd_eps_{d}"] not in grid:
-            raise ValueError(f"parameter pgd_eps_{d}={cfg[f'pgd_eps_{d}']} (the claim's radius) must be one of "
-                             f"l2_eps_{d}={grid}")
+            raise ValueError(f"parameter l2_eps[{d!r}]={grid} must hold distinct radii > 0")
+        if cfg.claim_eps[d] not in grid:
+            raise ValueError(f"parameter claim_eps[{d!r}]={cfg.claim_eps[d]} (the claim's radius) must be one of "
+                             f"l2_eps[{d!r}]={grid}")
 
 
 PARAMS = {
-    "ref_size_mnist": Param("pos_int", "MNIST training images for the reference models (the first N)"),
-    "ref_size_cifar": Param("pos_int", "CIFAR-10 training images for the reference ConvNet (the first N)"),
-    "ref_epochs_mnist": Param("pos_int", "reference-model training epochs, MNIST"),
-    "ref_epochs_cifar": Param("pos_int", "reference-model training epochs, CIFAR-10"),
+    "datasets": Param("subset", "data sets the chapter runs on", DATASETS),
+    "models": Param("subset", "architectures fine-tuned on each data set (mlp and lenet take 28×28 grayscale, "
+                              "convnet CIFAR-10)", PAPER_MODELS, per_dataset=True),
+    "ref_size": Param("pos_int", "training images of the reference models (the first N)", per_dataset=True),
+    "ref_epochs": Param("pos_int", "reference-model training epochs", per_dataset=True),
     "ref_lr": Param("pos_float", "reference-model SGD learning rate"),
-    "ft_size_mlp": Param("pos_int", "MNIST images used to fine-tune the MLP (the first N)"),
-    "ft_size_lenet": Param("pos_int", "MNIST images used to fine-tune LeNet (the first N)"),
-    "ft_size_cifar": Param("pos_int", "CIFAR-10 images used for fine-tuning (the first N)"),
+    "ft_size": Param("pos_int", "training images used to fine-tune every variant of every model (the first N)",
+                     per_dataset=True),
     "ft_epochs": Param("pos_int", "fine-tuning epochs (same for every variant)"),
-    "ft_lr": Param("pos_float", "fine-tuning learning rate (official 5e-4)"),
-    "flip_cifar": Param("bool", "flip each CIFAR-10 fine-tuning image horizontally with probability 0.5, as the official "
-                                "data loader"),
+    "ft_lr": Param("pos_float", "fine-tuning learning rate (the official recipe's in the anchors file)"),
+    "flip": Param("bool", "flip each fine-tuning image horizontally with probability 0.5 (the official CIFAR-10 "
+                          "loader does)", per_dataset=True),
     "lam": Param("nonneg_float", "Deep Defense λ"),
     "c": Param("nonneg_float", "Deep Defense c (weight of ρ for correct samples)"),
     "d": Param("nonneg_float", "Deep Defense d (weight of ρ for misclassified samples)"),
@@ -83,68 +134,72 @@ PARAMS = {
                                      "per-pixel-mean-subtracted input, the paper's scale)", RHO_REFERENCES),
     "adv_attack": Param("choice", "examples for adversarial fine-tuning", ("fgsm", "deepfool")),
     "adv_eps_factor": Param("pos_float", "FGSM fine-tuning radius as a multiple of ε_ref"),
-    "lambda_sweep": Param("nonneg_float_list", "λ values for the trade-off sweep (on the MLP)"),
-    "n_eval": Param("pos_int", "MNIST test images for ρ_adv and attacks (the first N)"),
-    "n_eval_cifar": Param("pos_int", "CIFAR-10 test images for ρ_adv and attacks (the first N, ≤ 1000)"),
+    "lam_sweep": Param("nonneg_float_list", "λ values for the trade-off sweep (Deep Defense on the first model "
+                                               "of the first data set)"),
+    "n_eval": Param("pos_int", "test images for ρ_adv, DDN and FGSM (the first N)", per_dataset=True),
     "n_epoch_eval": Param("pos_int", "test images for ρ_adv after each epoch"),
     "ddn_steps": Param("pos_int", "DDN (minimum-norm L2 attack) steps; convergence is checked with twice as many"),
-    "l2_eps_mnist": Param("nonneg_float_list", "MNIST: L2 radii ([0, 1] pixels) of the adaptive worst-case curve"),
-    "l2_eps_cifar": Param("nonneg_float_list", "CIFAR-10: L2 radii ([0, 1] pixels) of the adaptive worst-case "
-                                               "curve"),
-    "pgd_eps_mnist": Param("pos_float", "MNIST: the claim's L2 radius (health checks, headline), one of "
-                                        "l2_eps_mnist"),
-    "pgd_eps_cifar": Param("pos_float", "CIFAR-10: the claim's L2 radius (health checks, headline), one of "
-                                        "l2_eps_cifar"),
+    "l2_eps": Param("nonneg_float_list", "L2 radii ([0, 1] pixels) of the adaptive worst-case curve",
+                    per_dataset=True),
+    "claim_eps": Param("pos_float", "the claim's L2 radius (health checks, headline), one of l2_eps",
+                       per_dataset=True),
     "pgd_steps": Param("pos_int", "steps of the PGD-L2 members (CE, margin, transfer) and of the cost table"),
     "restarts": Param("pos_int", "random restarts of the PGD members"),
     "square_queries": Param("pos_int", "queries per image of the Square-L2 member"),
     "n_adaptive": Param("pos_int", "test images for the adaptive worst case (the first N)"),
     "n_health": Param("pos_int", "test images for the evaluation-health checks (the first N)"),
     "health_steps": Param("pos_int", "PGD-L2 steps of the health checks"),
-    "cost_batches": Param("pos_int", "training batches timed per loss for the cost table"),
-    "cost_batch_size": Param("pos_int", "images per timed batch (the training batch is 100)"),
+    "cost_batches": Param("pos_int", "training steps timed per objective for the cost table"),
+    "cost_batch_size": Param("pos_int", "images per timed step (the fine-tuning batch is the recipe's)"),
     "eps_ref_iter": Param("pos_int", "DeepFool-L∞ iterations for ε_ref, and DeepFool-L2 iterations of the "
                                      "converged ρ compared with the anchors"),
     "batch_size": Param("pos_int", "attack batch size"),
     "seed": Param("nonneg_int", "random seed"),
 }
 
-_COMMON = {"ref_lr": 0.02, "ft_lr": 5e-4, "flip_cifar": True, "lam": 15.0, "c": 25.0, "d": 5.0, "df_iter": 5,
-           "rho_reference": "mean_image", "adv_attack": "fgsm", "adv_eps_factor": 0.5, "pgd_eps_mnist": 1.0,
-           "pgd_eps_cifar": 0.25, "batch_size": 250, "seed": 0}
+
+def _per(mnist, cifar10, fashion_mnist=None) -> dict:
+    """A per-data-set value; Fashion-MNIST takes MNIST's (same shape and architectures) unless given."""
+    return {"mnist": mnist, "fashion_mnist": mnist if fashion_mnist is None else fashion_mnist, "cifar10": cifar10}
+
+
+_COMMON = {
+    "datasets": ["mnist", "cifar10"], "models": _per(["mlp", "lenet"], ["convnet"]), "ref_lr": 0.02,
+    "ft_lr": 5e-4, "flip": _per(False, True), "lam": 15.0, "c": 25.0, "d": 5.0, "df_iter": 5,
+    "rho_reference": "mean_image", "adv_attack": "fgsm", "adv_eps_factor": 0.5,
+    # Fashion-MNIST's L∞ threat radius is a third of MNIST's (data.threat_eps), so its L2 radii are smaller too.
+    "claim_eps": _per(1.0, 0.25, 0.5), "batch_size": 250, "seed": 0,
+}
 
 PROFILES = {
     # CI: every cell runs, on a few images (≤ 2 min on 2 cores).
-    "smoke": {**_COMMON, "ref_size_mnist": 1000, "ref_size_cifar": 500, "ref_epochs_mnist": 1,
-              "ref_epochs_cifar": 1, "ft_size_mlp": 100, "ft_size_lenet": 100, "ft_size_cifar": 20, "ft_epochs": 1,
-              "lambda_sweep": [5.0, 15.0], "n_eval": 30, "n_eval_cifar": 20, "n_epoch_eval": 10,
-              "ddn_steps": 5, "l2_eps_mnist": [0.5, 1.0], "l2_eps_cifar": [0.25], "pgd_steps": 3, "restarts": 1,
-              "square_queries": 10, "n_adaptive": 10, "n_health": 10, "health_steps": 2, "cost_batches": 1,
-              "cost_batch_size": 10, "eps_ref_iter": 10},
-    # ≤ 15 min on 2 CPU cores. The official lr (5e-4) throughout: 10× that was measured to cost clean accuracy
-    # and, on LeNet, the ρ gain itself. A Deep Defense step costs ~40-55 plain steps on CPU (LeNet ≈ 3 s, the
-    # CIFAR ConvNet ≈ 7 s per batch of 100 on one loaded core), so fine-tuning runs on subsets: most batches go
-    # to the MLP (cheap, and where the λ sweep runs) and LeNet; the ConvNet gets 20 Deep Defense batches.
-    # References are trained briefly (60k MNIST images × 3 epochs, 10k CIFAR-10 images × 6 epochs); DDN and
-    # ρ run on the first 500 / 300 test images, the adaptive worst case and the health checks on the first 200.
-    "laptop": {**_COMMON, "ref_size_mnist": 60000, "ref_size_cifar": 10000, "ref_epochs_mnist": 3,
-               "ref_epochs_cifar": 6, "ft_size_mlp": 6000, "ft_size_lenet": 3000, "ft_size_cifar": 1000,
-               "ft_epochs": 2, "lambda_sweep": [5.0, 15.0, 45.0], "n_eval": 500, "n_eval_cifar": 300,
-               "n_epoch_eval": 300, "ddn_steps": 50, "l2_eps_mnist": [0.5, 1.0, 1.5, 2.0],
-               "l2_eps_cifar": [0.1, 0.25, 0.5], "pgd_steps": 50, "restarts": 1, "square_queries": 500,
-               "n_adaptive": 200, "n_health": 200, "health_steps": 10, "cost_batches": 2, "cost_batch_size": 100,
-               "eps_ref_iter": 50},
-    "paper": {**_COMMON, "ref_size_mnist": 60000, "ref_size_cifar": 50000, "ref_epochs_mnist": 10,
-              "ref_epochs_cifar": 60, "ft_size_mlp": 60000, "ft_size_lenet": 60000, "ft_size_cifar": 50000,
-              "ft_epochs": 5, "lambda_sweep": [5.0, 15.0, 45.0], "n_eval": 10000, "n_eval_cifar": 1000,
-              "n_epoch_eval": 1000, "ddn_steps": 1000, "l2_eps_mnist": [0.5, 1.0, 1.5, 2.0, 2.5],
-              "l2_eps_cifar": [0.1, 0.25, 0.5, 0.75], "pgd_steps": 100, "restarts": 2, "square_queries": 5000,
-              "n_adaptive": 1000, "n_health": 1000, "health_steps": 100, "cost_batches": 20,
-              "cost_batch_size": 100, "eps_ref_iter": 50},
+    "smoke": {**_COMMON, "ref_size": _per(1000, 500), "ref_epochs": 1, "ft_size": _per(100, 20), "ft_epochs": 1,
+              "lam_sweep": [5.0, 15.0], "n_eval": _per(30, 20), "n_epoch_eval": 10, "ddn_steps": 5,
+              "l2_eps": _per([0.5, 1.0], [0.25], [0.25, 0.5]), "pgd_steps": 3, "restarts": 1, "square_queries": 10,
+              "n_adaptive": 10, "n_health": 10, "health_steps": 2, "cost_batches": 1, "cost_batch_size": 10,
+              "eps_ref_iter": 10},
+    # ≤ 15 min on 2 CPU cores. The official lr throughout: 10× that was measured to cost clean accuracy and, on
+    # LeNet, the ρ gain itself. A Deep Defense step costs ~40-55 plain steps on CPU (LeNet ≈ 3 s, the CIFAR
+    # ConvNet ≈ 7 s per batch of 100 on one loaded core), so fine-tuning runs on subsets: one size per data set,
+    # 3,000 MNIST images for both MNIST models (LeNet's budget; the MLP's λ sweep runs on the same images) and
+    # 1,000 CIFAR-10 images (20 Deep Defense batches). References are trained briefly (60k MNIST images × 3
+    # epochs, 10k CIFAR-10 images × 6 epochs); DDN and ρ run on the first 500 / 300 test images, the adaptive
+    # worst case and the health checks on the first 200.
+    "laptop": {**_COMMON, "ref_size": _per(60000, 10000), "ref_epochs": _per(3, 6), "ft_size": _per(3000, 1000),
+               "ft_epochs": 2, "lam_sweep": [5.0, 15.0, 45.0], "n_eval": _per(500, 300), "n_epoch_eval": 300,
+               "ddn_steps": 50, "l2_eps": _per([0.5, 1.0, 1.5, 2.0], [0.1, 0.25, 0.5], [0.25, 0.5, 0.75, 1.0]),
+               "pgd_steps": 50, "restarts": 1, "square_queries": 500, "n_adaptive": 200, "n_health": 200,
+               "health_steps": 10, "cost_batches": 2, "cost_batch_size": 100, "eps_ref_iter": 50},
+    "paper": {**_COMMON, "ref_size": _per(60000, 50000), "ref_epochs": _per(10, 60), "ft_size": _per(60000, 50000),
+              "ft_epochs": 5, "lam_sweep": [5.0, 15.0, 45.0], "n_eval": _per(10000, 1000), "n_epoch_eval": 1000,
+              "ddn_steps": 1000,
+              "l2_eps": _per([0.5, 1.0, 1.5, 2.0, 2.5], [0.1, 0.25, 0.5, 0.75], [0.25, 0.5, 0.75, 1.0, 1.5]),
+              "pgd_steps": 100, "restarts": 2, "square_queries": 5000, "n_adaptive": 1000, "n_health": 1000,
+              "health_steps": 100, "cost_batches": 20, "cost_batch_size": 100, "eps_ref_iter": 50},
 }
 
 SPEC = ChapterSpec(
-    name="deep_defense",
+    name=CHAPTER,
     title="Deep Defense: the DeepFool-perturbation regularizer",
     notebook="notebooks/deep_defense.py",
     params=PARAMS,
@@ -153,64 +208,49 @@ SPEC = ChapterSpec(
 )
 
 
-# --------------------------------------------------------------------------- steps
+def pairs(cfg) -> list[tuple[str, str]]:
+    """The run's (data set, model) pairs, in page order."""
+    return [(d, m) for d in cfg["datasets"] for m in cfg["models"][d]]
 
 
-def ft_size(cfg: RunConfig, name: str) -> int:
-    """Fine-tuning images for model ``name`` (the first N of its training set)."""
-    return {"mlp": cfg.ft_size_mlp, "lenet": cfg.ft_size_lenet, "convnet": cfg.ft_size_cifar}[name]
+# --------------------------------------------------------------------------- training recipes
 
 
-def claim_eps(cfg: RunConfig, dataset: str) -> float:
-    """The L2 radius of the claim's threat model on ``dataset`` (health checks, headline of the verdict)."""
-    return cfg.pgd_eps_cifar if dataset == "cifar10" else cfg.pgd_eps_mnist
+def data_for(cfg: RunConfig, dataset: str) -> dict:
+    """Reference-training, fine-tuning, evaluation, per-epoch, adaptive and health-check sets of ``dataset``."""
+    train_set, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    ev = test.first(cfg.n_eval[dataset])
+    return {"ref": train_set.first(cfg.ref_size[dataset]), "ft": train_set.first(cfg.ft_size[dataset]), "eval": ev,
+            "epoch_eval": ev.first(cfg.n_epoch_eval), "adaptive": ev.first(cfg.n_adaptive),
+            "health": ev.first(cfg.n_health)}
 
 
-def l2_grid(cfg: RunConfig, dataset: str) -> list[float]:
-    return sorted(cfg.l2_eps_cifar if dataset == "cifar10" else cfg.l2_eps_mnist)
-
-
-def data_for(cfg: RunConfig, name: str, dataset: str) -> dict:
-    """Reference-training, fine-tuning, evaluation, adaptive and health-check sets for model ``name``."""
-    train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
-    cifar = dataset == "cifar10"
-    n_eval = cfg.n_eval_cifar if cifar else cfg.n_eval
-    return {"ref": train.first(cfg.ref_size_cifar if cifar else cfg.ref_size_mnist),
-            "ft": train.first(ft_size(cfg, name)),
-            "eval": test.first(n_eval), "epoch_eval": test.first(min(cfg.n_epoch_eval, n_eval)),
-            "adaptive": test.first(min(cfg.n_adaptive, n_eval)),
-            "health": test.first(min(cfg.n_health, n_eval)), "test_source": test.source}
-
-
-def scale_factors(x: torch.Tensor, dataset: str) -> dict:
-    """Mean over images of ‖x‖/‖x − m‖: with m the per-pixel training mean (the factor between our pixel ρ
-    and the paper's) and with m the per-channel mean μ_c (the factor a per-channel mean would give)."""
-    return {"mean_image": mean_subtraction_factor(x, dataset, "mean_image"),
-            "channel_mean": mean_subtraction_factor(x, dataset, "channel_mean")}
-
-
-def reference_model(cfg: RunConfig, name: str, dataset: str) -> tuple[nn.Module, dict]:
-    """The pretrained model every variant starts from (cached)."""
-    cifar = dataset == "cifar10"
-    epochs = cfg.ref_epochs_cifar if cifar else cfg.ref_epochs_mnist
-    config = TrainConfig(epochs=epochs, lr=cfg.ref_lr, batch_size=128, augment=cifar, seed=cfg.seed,
+def reference_model(cfg: RunConfig, dataset: str, model: str) -> tuple[nn.Module, dict]:
+    """The pretrained model every variant starts from (cached): plain cross-entropy, lr × 0.2 at half and three
+    quarters of the epochs."""
+    epochs = cfg.ref_epochs[dataset]
+    config = TrainConfig(epochs=epochs, lr=cfg.ref_lr, batch_size=128, augment=AUGMENT_REFERENCE[dataset],
+                         seed=cfg.seed,
                          milestones=tuple(m for m in (round(0.5 * epochs), round(0.75 * epochs)) if 0 < m < epochs))
-    return trained_model(name, dataset, config, train_size=cfg.ref_size_cifar if cifar else cfg.ref_size_mnist)
+    return trained_model(model, dataset, config, train_size=cfg.ref_size[dataset])
 
 
 def official_milestones(epochs: int) -> tuple[int, ...]:
-    """The official schedule: lr × 0.5 before epoch ``epoch_idx`` (0-based) when ``epoch_idx == 0.8 * epochs``
-    (``deepdefense.py``), i.e. only when 0.8·epochs is a whole number: epoch 4 of 5, never for 1 or 2 epochs."""
-    return tuple(i for i in range(1, epochs) if i == 0.8 * epochs)
+    """The official schedule: lr × ``lr_decay_factor`` before epoch ``epoch_idx`` (0-based) when
+    ``epoch_idx == lr_decay_at_fraction · epochs`` (``deepdefense.py``), i.e. only when that is a whole number:
+    epoch 4 of 5, never for 1 or 2 epochs."""
+    at = official_recipe()["lr_decay_at_fraction"]
+    return tuple(i for i in range(1, epochs) if i == at * epochs)
 
 
-def finetune_config(cfg: RunConfig, dataset: str) -> TrainConfig:
-    """The official fine-tuning recipe: SGD momentum 0.9, wd 5e-4, batch 100, lr × 0.5 as
-    :func:`official_milestones`, BN frozen. CIFAR-10's flips are in the loss (:class:`FlipAugmented`): the
-    training loop's own augmentation also crops, which the official loader does not."""
-    return TrainConfig(epochs=cfg.ft_epochs, batch_size=100, lr=cfg.ft_lr, momentum=0.9, weight_decay=5e-4,
-                       milestones=official_milestones(cfg.ft_epochs), gamma=0.5, freeze_bn=True,
-                       augment=False, seed=cfg.seed)
+def finetune_config(cfg: RunConfig) -> TrainConfig:
+    """The official fine-tuning recipe (batch, momentum, weight decay, schedule, frozen BN from
+    :func:`official_recipe`) with this run's epochs and lr. Flips are in the loss (:class:`FlipAugmented`):
+    the training loop's own augmentation also crops, which the official loader does not."""
+    o = official_recipe()
+    return TrainConfig(epochs=cfg.ft_epochs, batch_size=o["batch_size"], lr=cfg.ft_lr, momentum=o["momentum"],
+                       weight_decay=o["weight_decay"], milestones=official_milestones(cfg.ft_epochs),
+                       gamma=o["lr_decay_factor"], freeze_bn=o["freeze_bn"], augment=False, seed=cfg.seed)
 
 
 class FlipAugmented:
@@ -234,18 +274,19 @@ class FlipAugmented:
         return f"FlipAugmented({self.loss!r}, seed={self.seed})"
 
 
-def variant_loss(cfg: RunConfig, variant: str, eps_ref: float, dataset: str = "mnist", lam: float | None = None):
-    """The training objective of ``variant`` (flipped inputs on CIFAR-10 when ``flip_cifar``)."""
-    if variant == "fine-tune":
+def variant_loss(cfg: RunConfig, variant: str, eps_ref: float, dataset: str, lam: float | None = None):
+    """The training objective of ``variant`` (one of :data:`VARIANTS` but the reference), with flipped inputs
+    where ``cfg.flip[dataset]``."""
+    if variant == "fine_tune":
         loss = cross_entropy
-    elif variant == "adversarial":
+    elif variant == "adversarial_fine_tune":
         loss = AdversarialLoss(cfg.adv_attack, eps=cfg.adv_eps_factor * eps_ref, mix=0.5, steps=cfg.df_iter)
     elif variant == "deep_defense":
         loss = DeepDefenseLoss(lam=cfg.lam if lam is None else lam, c=cfg.c, d=cfg.d, max_iter=cfg.df_iter,
                                rho_reference=cfg.rho_reference, dataset=dataset)
     else:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS[1:])}")
-    return FlipAugmented(loss, cfg.seed) if dataset == "cifar10" and cfg.flip_cifar else loss
+    return FlipAugmented(loss, cfg.seed) if cfg.flip[dataset] else loss
 
 
 class PaperRho:
@@ -260,12 +301,16 @@ class PaperRho:
         return {"rho_paper": r["rho"], "deepfool_success": r["success"], "clean": r["clean"]}
 
 
-def finetune(cfg: RunConfig, name: str, dataset: str, ref: nn.Module, data: dict, loss) -> tuple[nn.Module, dict]:
-    """Fine-tune a copy of ``ref`` with ``loss`` (cached); the paper's ρ_adv is recorded after every epoch."""
+def finetune(cfg: RunConfig, dataset: str, model: str, ref: nn.Module, data: dict, loss) -> tuple[nn.Module, dict]:
+    """Fine-tune a copy of ``ref`` with ``loss`` through the book's one training loop (cached); the paper's ρ_adv
+    is recorded after every epoch."""
     callback = PaperRho(data["epoch_eval"].x, data["epoch_eval"].y, dataset, max_iter=cfg.df_iter)
-    recipe = {"model": name, "dataset": dataset, "subset": f"first {len(data['ft'])}", "stage": "finetune"}
-    return cached_train(recipe, lambda: build_model(name, dataset), data["ft"], finetune_config(cfg, dataset),
-                        loss=loss, init=ref, epoch_callback=callback)
+    recipe = {"model": model, "dataset": dataset, "subset": f"first {len(data['ft'])}", "stage": "finetune"}
+    return cached_train(recipe, lambda: build_model(model, dataset), data["ft"], finetune_config(cfg), loss=loss,
+                        init=ref, epoch_callback=callback)
+
+
+# --------------------------------------------------------------------------- measurements
 
 
 def eps_ref(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250, max_iter: int = 50) -> float:
@@ -276,8 +321,8 @@ def eps_ref(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     s = evaluate.min_norm_summary(x, x_adv, y, model, p=math.inf)
     if not math.isfinite(s["norm_median"]):
         raise ValueError(f"ε_ref is {s['norm_median']} ({s['n_correct']} of {len(x)} evaluation images correctly "
-                         f"classified, DeepFool success {s['success_rate']:.0%}): raise n_eval / n_eval_cifar or "
-                         "train the reference model longer")
+                         f"classified, DeepFool success {s['success_rate']:.0%}): raise n_eval or train the "
+                         "reference model longer")
     return s["norm_median"]
 
 
@@ -292,11 +337,6 @@ def adaptive_members(cfg: RunConfig, control: nn.Module | None = None) -> list:
     return out
 
 
-def _rho_record(r: dict) -> dict:
-    return {"mean": r["rho"], "interval": r["interval"], "n": r["n"], "success": r["success"],
-            "mean_pixels": r["rho_pixels"]}
-
-
 def _median_over_correct(per_image: torch.Tensor, fooled: torch.Tensor, correct: torch.Tensor) -> float:
     """Median over the correctly classified images, an image the attack did not fool counting as ∞ (as DDN's)."""
     if not correct.any():
@@ -304,70 +344,77 @@ def _median_over_correct(per_image: torch.Tensor, fooled: torch.Tensor, correct:
     return float(torch.where(fooled, per_image, torch.full_like(per_image, math.inf))[correct].median())
 
 
-def evaluate_model(cfg: RunConfig, model: nn.Module, data: dict, dataset: str, eps_reference: float,
-                   members: list, converged: bool = False) -> dict:
-    """Everything the page reports for one model, JSON-ready.
+def _rho_records(rec, r: dict, clip: bool, iterations: int) -> list[dict]:
+    """The paper's ρ (mean over all images, paper and pixel units) and DeepFool's success rate, as records."""
+    common = {"attack": "deepfool", "threat_model": "l2", "n": r["n"], "clip": clip, "iterations": iterations}
+    return [rec(metric="rho", value=r["rho"], interval=r["interval"], units="mean_image", statistic="mean",
+                over="all", **common),
+            rec(metric="rho", value=r["rho_pixels"], interval=mean_interval(r["per_image_pixels"]), units="pixel",
+                statistic="mean", over="all", **common),
+            rec(metric="success_rate", value=r["success"], **common)]
 
-    - ``clean``: accuracy with its 95% Wilson interval (``{"value", "k", "n", "interval"}``).
-    - ``rho_paper``: the paper's ρ_adv (official ``test()``: unclipped ``df_iter``-step DeepFool from the
-      predicted label on every image, ‖δ‖/‖x − mean image‖, failures included) with an approximate 95%
-      interval and DeepFool's success rate; ``rho_paper_clipped``: the same with every iterate clipped to
-      [0, 1]; with ``converged``, ``rho_paper_converged``: unclipped with ``eps_ref_iter`` iterations.
-    - ``min_norm``: box-constrained, pixel ρ medians over the correctly classified images (failure = ∞) of the
-      clipped DeepFool (``deepfool_clipped_median``) and of DDN (``ddn``, with its convergence check), the
-      like-for-like pair.
-    - ``fgsm``: accuracy (Wilson) at 0.2, 0.5, 1.0 × ε_ref.
-    - ``worst_case``: the adaptive L2 worst-case curve (:func:`robustness.evaluate.worst_case_curve` with
-      ``members`` over the radii of the data set) on the first ``n_adaptive`` images, as records.
+
+def _knobs(cfg: RunConfig, variant: str) -> dict:
+    return {"lam": cfg.lam} if variant == "deep_defense" else {}
+
+
+def evaluate_model(cfg: RunConfig, dataset: str, model: str, variant: str, net: nn.Module, data: dict,
+                   eps_reference: float, members: list, converged: bool = False) -> tuple[list[dict], list[dict]]:
+    """Every number the page reports for one model, as records, and its worst-case curve (for the health table).
+
+    - clean accuracy (Wilson interval);
+    - the paper's ρ_adv (official ``test()``: unclipped ``df_iter``-step DeepFool from the predicted label on every
+      image, ‖δ‖/‖x − mean image‖, failures included; also in pixel units) with DeepFool's success rate,
+      unclipped and with every iterate clipped to [0, 1]; with ``converged``, the same with ``eps_ref_iter`` iterations;
+    - the box-constrained minimum-norm pair: pixel ρ medians over the correctly classified images (failure = ∞)
+      of the clipped DeepFool and of DDN (with its convergence check);
+    - FGSM accuracy at :data:`FGSM_FACTORS` × ε_ref;
+    - the adaptive L2 worst-case curve (:func:`robustness.evaluate.worst_case_curve` with ``members`` over
+      ``l2_eps``) on the first ``n_adaptive`` images, with the images each member fooled.
     """
+    rec = functools.partial(R.record, cfg, dataset=dataset, model=model, defense=variant, **_knobs(cfg, variant))
     x, y = data["eval"].x, data["eval"].y
     bs = cfg.batch_size
-    paper = deep_defense_rho(model, x, dataset, y, max_iter=cfg.df_iter, batch_size=bs)
-    clipped = deep_defense_rho(model, x, dataset, y, max_iter=cfg.df_iter, clip=True, batch_size=bs)
-    correct = evaluate.predict(model, x) == y
-    out = {"clean": accuracy_record(correct), "rho_paper": _rho_record(paper),
-           "rho_paper_clipped": _rho_record(clipped)}
-    if converged:
-        out["rho_paper_converged"] = _rho_record(
-            deep_defense_rho(model, x, dataset, y, max_iter=cfg.eps_ref_iter, batch_size=bs))
-    ddn = evaluate.min_norm(model, x, y, steps=cfg.ddn_steps, batch_size=bs, seed=cfg.seed)
-    out["min_norm"] = {"deepfool_clipped_median": _median_over_correct(clipped["per_image_pixels"],
-                                                                       clipped["fooled"], correct),
-                       "ddn": ddn}
-    out["fgsm"] = {}
+    paper = deep_defense_rho(net, x, dataset, y, max_iter=cfg.df_iter, batch_size=bs)
+    clipped = deep_defense_rho(net, x, dataset, y, max_iter=cfg.df_iter, clip=True, batch_size=bs)
+    correct = evaluate.predict(net, x) == y
+    out = [rec(metric="accuracy", value=float(correct.float().mean()), n=len(y))]
+    out += _rho_records(rec, paper, False, cfg.df_iter) + _rho_records(rec, clipped, True, cfg.df_iter)
+    if converged and cfg.eps_ref_iter != cfg.df_iter:  # the converged ρ the anchors are compared with
+        conv = deep_defense_rho(net, x, dataset, y, max_iter=cfg.eps_ref_iter, batch_size=bs)
+        out += _rho_records(rec, conv, False, cfg.eps_ref_iter)
+    median = {"metric": "rho", "threat_model": "l2", "n": len(y), "units": "pixel", "clip": True,
+              "statistic": "median", "over": "correct"}
+    out.append(rec(attack="deepfool", value=_median_over_correct(clipped["per_image_pixels"], clipped["fooled"],
+                                                                 correct), iterations=cfg.df_iter, **median))
+    ddn = evaluate.min_norm(net, x, y, steps=cfg.ddn_steps, batch_size=bs, seed=cfg.seed)
+    out.append(rec(attack="ddn", value=ddn["rho_median"], steps=cfg.ddn_steps,
+                   converged=bool(ddn.get("converged", True)), **median))
     for f in FGSM_FACTORS:
-        adv = evaluate.run_attack(attacks.fgsm, model, x, y, bs, eps=f * eps_reference)
-        out["fgsm"][f"{f:g}"] = accuracy_record(evaluate.predict(model, adv) == y)
+        adv = evaluate.run_attack(attacks.fgsm, net, x, y, bs, eps=f * eps_reference)
+        out.append(rec(metric="accuracy", attack="fgsm", threat_model="linf", eps=f * eps_reference, n=len(y),
+                       value=float((evaluate.predict(net, adv) == y).float().mean()), eps_factor=f))
     xa, ya = data["adaptive"].x, data["adaptive"].y
-    curve = evaluate.worst_case_curve(model, xa, ya, l2_grid(cfg, dataset), members, norm="l2", batch_size=bs,
-                                      seed=cfg.seed)
-    out["worst_case"] = evaluate.to_record(curve)
-    return out
-
-
-def evaluate_variants(cfg: RunConfig, name: str, dataset: str, nets: dict, data: dict, eps_reference: float,
-                      histories: dict) -> dict:
-    """:func:`evaluate_model` for every variant of ``nets`` (the reference with the converged ρ for the anchors;
-    every model but the control with the transfer member from the control), plus ``rho_per_epoch``: the paper's
-    ρ_adv of the reference, then after each fine-tuning epoch (from ``histories[variant]``)."""
-    start = PaperRho(data["epoch_eval"].x, data["epoch_eval"].y, dataset, cfg.df_iter)(0, nets["reference"])
-    control = nets[CONTROL]
-    rows = {}
-    for variant, net in nets.items():
-        members = adaptive_members(cfg, None if variant == CONTROL else control)
-        rows[variant] = evaluate_model(cfg, net, data, dataset, eps_reference, members,
-                                       converged=variant == "reference")
-        rows[variant]["rho_per_epoch"] = [start["rho_paper"]] + [e["rho_paper"] for e in histories.get(variant, [])]
-    return rows
+    curve = evaluate.to_record(evaluate.worst_case_curve(net, xa, ya, sorted(cfg.l2_eps[dataset]), members,
+                                                         norm="l2", batch_size=bs, seed=cfg.seed))
+    for p in curve:
+        at = {"threat_model": "l2", "eps": p["eps"], "n": p["n"]}
+        out.append(rec(metric="accuracy", attack="worst_case", value=p["robust"], interval=p["interval"],
+                       members="+".join(p["members"]), steps=cfg.pgd_steps, restarts=cfg.restarts,
+                       queries=cfg.square_queries, **at))
+        out += [rec(metric="images_fooled", attack=name, value=k, within="worst_case", **at)
+                for name, k in p["added"].items()]
+        out.append(rec(metric="images_fooled", attack="smaller_eps", value=p["carried"], within="worst_case", **at))
+    return out, curve
 
 
 def health(cfg: RunConfig, model: nn.Module, control: nn.Module, data: dict, dataset: str,
            worst: dict | None) -> list[dict]:
-    """The health table of the Deep Defense model in the claim's threat model (L2 at :func:`claim_eps`), with
-    a transfer check from the plain fine-tuned control and, given ``worst`` (the worst case at that radius),
-    the gradient-free check."""
+    """The health table of the Deep Defense model in the claim's threat model (L2 at ``claim_eps``), with a
+    transfer check from the plain fine-tuned control and, given ``worst`` (the worst case at that radius), the
+    gradient-free check."""
     ev = data["health"]
-    eps = claim_eps(cfg, dataset)
+    eps = cfg.claim_eps[dataset]
     gen = torch.Generator(evaluate.model_device(control)).manual_seed(cfg.seed)
     transfer = evaluate.run_attack(attacks.pgd_l2, control, ev.x, ev.y, cfg.batch_size, eps=eps,
                                    steps=cfg.health_steps, generator=gen, early_stop=False)
@@ -376,235 +423,475 @@ def health(cfg: RunConfig, model: nn.Module, control: nn.Module, data: dict, dat
                                   worst=worst, batch_size=cfg.batch_size, seed=cfg.seed)
 
 
-def worst_at(record: dict, eps: float) -> dict:
-    """The point of a stored worst-case curve at radius ``eps``."""
-    return min(record["worst_case"], key=lambda r: abs(float(r["eps"]) - eps))
+def seconds_per_step(model: nn.Module, loss, data, config: TrainConfig, batches: int, batch_size: int) -> float:
+    """Mean wall-clock seconds of one step of the book's training loop (:func:`robustness.train.train`: loss,
+    backward, SGD step) with ``config``'s optimizer, over ``batches`` steps of ``batch_size`` images, timed with
+    :func:`robustness.evaluate.timed` after one untimed warm-up step, on a throw-away copy of ``model``."""
+    net = copy.deepcopy(model)
+    one_epoch = replace(config, epochs=1, batch_size=batch_size, milestones=())
+    train(net, data.first(batch_size), one_epoch, loss=loss, desc="warm-up")
+    _, seconds = evaluate.timed(train, net, data.first(batches * batch_size), one_epoch, loss=loss, desc="timed")
+    return seconds / batches
 
 
-def lambda_sweep_point(cfg: RunConfig, net: nn.Module, data: dict, lam: float) -> dict:
-    r = deep_defense_rho(net, data["eval"].x, "mnist", data["eval"].y, max_iter=cfg.df_iter,
-                         batch_size=cfg.batch_size)
-    return {"lam": lam, "clean": r["clean"], "rho_paper": r["rho"], "interval": r["interval"]}
+def cost_rows(cfg: RunConfig, dataset: str, model: nn.Module, data, eps_reference: float) -> dict:
+    """Seconds per training step of ``cost_batch_size`` images for each objective, timed back to back in this
+    run, with the extrapolated seconds per epoch of the full training set and the ratio to the plain step."""
+    objectives = {
+        "fine_tune": (LABELS["fine_tune"], variant_loss(cfg, "fine_tune", eps_reference, dataset)),
+        "adversarial_fine_tune": (f"adversarial fine-tuning ({cfg.adv_attack})",
+                                  variant_loss(cfg, "adversarial_fine_tune", eps_reference, dataset)),
+        "pgd_training": (f"PGD-{cfg.pgd_steps} L2 adversarial training",
+                         AdversarialLoss("pgd_l2", eps=cfg.claim_eps[dataset], mix=1.0, steps=cfg.pgd_steps,
+                                         seed=cfg.seed)),
+        "deep_defense": (LABELS["deep_defense"], variant_loss(cfg, "deep_defense", eps_reference, dataset)),
+    }
+    config = finetune_config(cfg)
+    per_step = {k: seconds_per_step(model, loss, data, config, cfg.cost_batches, cfg.cost_batch_size)
+                for k, (_, loss) in objectives.items()}
+    n_full = dataset_info(dataset).n_train
+    return {k: {"label": objectives[k][0], "seconds_per_batch": v,
+                "seconds_per_epoch_full": v * n_full / cfg.cost_batch_size, "ratio_to_plain": v / per_step["fine_tune"]}
+            for k, v in per_step.items()}
 
 
-def seconds_per_batch(model: nn.Module, loss, x: torch.Tensor, y: torch.Tensor, batches: int) -> float:
-    """Median wall-clock seconds of one training step (loss, backward, SGD step) over ``batches`` steps,
-    after one warm-up step, on a throw-away copy of ``model``."""
-    net = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(net.parameters(), lr=1e-6)  # the weights barely move: every step costs the same
-    times = []
-    for i in range(batches + 1):
-        start = time.perf_counter()
-        value = loss(net, x, y)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+# --------------------------------------------------------------------------- the run, step by step
 
 
-def cost_table(cfg: RunConfig, model: nn.Module, data: ArrayDataset, eps_reference: float, pgd_eps: float) -> dict:
-    """Seconds per batch of ``cost_batch_size`` images for each training objective, timed back to back in
-    this run, and the extrapolated seconds per epoch of the full 50-60k training set."""
-    x, y = data.x[:cfg.cost_batch_size], data.y[:cfg.cost_batch_size]
-    losses = {"plain fine-tuning": cross_entropy,
-              f"adversarial ({cfg.adv_attack})": variant_loss(cfg, "adversarial", eps_reference, data.name),
-              f"PGD-{cfg.pgd_steps} L2 adversarial training": AdversarialLoss("pgd_l2", eps=pgd_eps, mix=1.0,
-                                                                          steps=cfg.pgd_steps, seed=cfg.seed),
-              "Deep Defense": variant_loss(cfg, "deep_defense", eps_reference, data.name)}
-    per_batch = {k: seconds_per_batch(model, fn, x, y, cfg.cost_batches) for k, fn in losses.items()}
-    n_full = 50000 if data.name == "cifar10" else 60000
-    base = per_batch["plain fine-tuning"]
-    return {k: {"seconds_per_batch": v, "seconds_per_epoch_full": v * n_full / len(x), "ratio_to_plain": v / base}
-            for k, v in per_batch.items()}
+@dataclass
+class Run:
+    """One run of the chapter: its parameters, the records and health rows measured so far, the timings, and
+    the live models and data the next steps need."""
+
+    cfg: RunConfig
+    records: list = field(default_factory=list)
+    health: list = field(default_factory=list)
+    timings: dict = field(default_factory=lambda: {"train_seconds": {}, "finetune_seconds_per_epoch": {},
+                                                   "cost": {}})
+    timer: StageTimer = field(default_factory=StageTimer)
+    data: dict = field(default_factory=dict)  # data set -> data_for(...)
+    nets: dict = field(default_factory=dict)  # (data set, model, variant) -> model
+    eps_ref: dict = field(default_factory=dict)  # (data set, model) -> ε_ref
+    worst: dict = field(default_factory=dict)  # (data set, model, variant) -> worst-case curve
+
+    def results(self) -> dict:
+        """The run so far in the shape of a results file (what the tables, figures and the verdict read)."""
+        return {"chapter": self.cfg.chapter, "profile": self.cfg.profile,
+                "parameters": {k: v for k, v in self.cfg.items() if k not in ("chapter", "profile")},
+                "records": self.records, "health": self.health, "timings": self.timings}
+
+
+def train_references(run: Run) -> None:
+    """Load the data, train (or load) each reference model, and record ε_ref and the ρ scale factors."""
+    cfg = run.cfg
+    for d in cfg.datasets:
+        run.data[d] = data_for(cfg, d)
+        x = run.data[d]["eval"].x
+        for reference in ("mean_image", "channel_mean"):
+            run.records.append(R.record(cfg, dataset=d, model="none", metric="norm_ratio", n=len(x),
+                                        value=mean_subtraction_factor(x, d, reference), reference=reference))
+    for d, m in pairs(cfg):
+        with run.timer(f"reference {d}/{m}"):
+            run.nets[d, m, "none"], meta = reference_model(cfg, d, m)
+            ev = run.data[d]["eval"]
+            run.eps_ref[d, m] = eps_ref(run.nets[d, m, "none"], ev.x, ev.y, cfg.batch_size, cfg.eps_ref_iter)
+        run.timings["train_seconds"][f"{d}/{m}/none"] = meta["train_seconds"]
+        run.records.append(R.record(cfg, dataset=d, model=m, metric="eps_ref", value=run.eps_ref[d, m],
+                                    attack="deepfool", threat_model="linf", n=len(ev), iterations=cfg.eps_ref_iter,
+                                    statistic="median", over="correct"))
+
+
+def fine_tune_variants(run: Run) -> None:
+    """Fine-tune every variant from its reference model; record the paper's ρ after each epoch (epoch 0: the
+    reference)."""
+    cfg = run.cfg
+    for d, m in pairs(cfg):
+        ref, data = run.nets[d, m, "none"], run.data[d]
+        start = PaperRho(data["epoch_eval"].x, data["epoch_eval"].y, d, cfg.df_iter)(0, ref)
+        per_epoch = {"metric": "rho", "attack": "deepfool", "threat_model": "l2", "n": len(data["epoch_eval"]),
+                     "units": "mean_image", "clip": False, "iterations": cfg.df_iter, "statistic": "mean",
+                     "over": "all"}
+        run.records.append(R.record(cfg, dataset=d, model=m, value=start["rho_paper"], epoch=0, **per_epoch))
+        secs = run.timings["finetune_seconds_per_epoch"].setdefault(f"{d}/{m}", {})
+        for v in VARIANTS[1:]:
+            with run.timer(f"fine-tune {d}/{m} {v}"):
+                run.nets[d, m, v], meta = finetune(cfg, d, m, ref, data, variant_loss(cfg, v, run.eps_ref[d, m], d))
+            history = meta["history"]["epochs"]
+            run.timings["train_seconds"][f"{d}/{m}/{v}"] = meta["train_seconds"]
+            secs[v] = [e["seconds"] for e in history]
+            run.records += [R.record(cfg, dataset=d, model=m, defense=v, value=e["rho_paper"], epoch=e["epoch"],
+                                     **per_epoch, **_knobs(cfg, v)) for e in history]
+
+
+def evaluate_variants(run: Run) -> None:
+    """:func:`evaluate_model` for every variant of every model (the reference also with the converged ρ for the
+    anchors; every model but the control with the transfer member from the control)."""
+    cfg = run.cfg
+    for d, m in pairs(cfg):
+        control = run.nets[d, m, CONTROL]
+        for v in VARIANTS:
+            with run.timer(f"evaluate {d}/{m} {v}"):
+                recs, run.worst[d, m, v] = evaluate_model(
+                    cfg, d, m, v, run.nets[d, m, v], run.data[d], run.eps_ref[d, m],
+                    adaptive_members(cfg, None if v == CONTROL else control), converged=v == "none")
+            run.records += recs
+
+
+def sweep_lambda(run: Run) -> None:
+    """Deep Defense with each λ of ``lam_sweep`` (all else fixed) on the first model of the first data set:
+    clean accuracy and the paper's ρ, as records with ``lam`` and ``sweep=True``."""
+    cfg = run.cfg
+    d, m = pairs(cfg)[0]
+    data, ref = run.data[d], run.nets[d, m, "none"]
+    x, y = data["eval"].x, data["eval"].y
+    with run.timer("lambda sweep"):
+        for lam in cfg.lam_sweep:
+            net, _ = finetune(cfg, d, m, ref, data, variant_loss(cfg, "deep_defense", run.eps_ref[d, m], d, lam=lam))
+            r = deep_defense_rho(net, x, d, y, max_iter=cfg.df_iter, batch_size=cfg.batch_size)
+            rec = functools.partial(R.record, cfg, dataset=d, model=m, defense="deep_defense", n=r["n"], lam=lam,
+                                    sweep=True)
+            run.records += [rec(metric="accuracy", value=r["clean"]),
+                            rec(metric="rho", attack="deepfool", threat_model="l2", value=r["rho"],
+                                interval=r["interval"], units="mean_image", clip=False, iterations=cfg.df_iter,
+                                statistic="mean", over="all")]
+
+
+def check_health(run: Run) -> None:
+    """The health table of every Deep Defense model at its data set's ``claim_eps``."""
+    cfg = run.cfg
+    with run.timer("health checks"):
+        for d, m in pairs(cfg):
+            worst = min(run.worst[d, m, "deep_defense"], key=lambda p: abs(p["eps"] - cfg.claim_eps[d]))
+            rows = health(cfg, run.nets[d, m, "deep_defense"], run.nets[d, m, CONTROL], run.data[d], d, worst)
+            run.health += [{"dataset": d, "model": m, "defense": "deep_defense", "eps": cfg.claim_eps[d], **row}
+                           for row in rows]
+
+
+def time_objectives(run: Run) -> None:
+    """The cost table: seconds per training step of each objective, into ``timings`` (never into records)."""
+    cfg = run.cfg
+    with run.timer("cost"):
+        for d, m in pairs(cfg):
+            run.timings["cost"][f"{d}/{m}"] = cost_rows(cfg, d, run.nets[d, m, "none"], run.data[d]["ref"],
+                                                        run.eps_ref[d, m])
+
+
+def save(run: Run) -> dict:
+    """Write the results file and return it as read back (non-finite numbers restored)."""
+    R.write_results(run.cfg, run.records, health=run.health, timer=run.timer, timings=run.timings)
+    return R.load_results(run.cfg.chapter, run.cfg.profile, R.overrides_of(run.cfg))
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+def _field(rec: dict, key: str):
+    return rec[key] if key in R.FIELDS else rec["setting"].get(key)
+
+
+def find(records: list[dict], **match) -> list[dict]:
+    """:func:`robustness.results.select`, where a value ``None`` matches a record that lacks that setting key
+    (``epoch=None``: not a per-epoch record)."""
+    given = {k: v for k, v in match.items() if v is not None}
+    absent = [k for k, v in match.items() if v is None]
+    return [r for r in R.select(records, **given) if all(_field(r, k) is None for k in absent)]
+
+
+def find_one(records: list[dict], **match) -> dict | None:
+    """The record matching ``match`` (as :func:`find`); None when there is none; an error when several."""
+    found = find(records, **match)
+    if len(found) > 1:
+        raise KeyError(f"{len(found)} records match {match}")
+    return found[0] if found else None
+
+
+def _pairs_of(records: list[dict]) -> list[tuple[str, str]]:
+    """(data set, model) pairs with model records, in the order of the records."""
+    out = []
+    for r in records:
+        if r["model"] != "none" and (r["dataset"], r["model"]) not in out:
+            out.append((r["dataset"], r["model"]))
+    return out
+
+
+def _variants_of(records: list[dict], d: str, m: str) -> list[str]:
+    present = {r["defense"] for r in records if r["dataset"] == d and r["model"] == m}
+    return [v for v in VARIANTS if v in present]
+
+
+def iv(rec: dict | None) -> str:
+    """An accuracy record as ``97.0% [95.2, 98.2] (n=500)``."""
+    if rec is None:
+        return "–"
+    lo, hi = rec["interval"]
+    return f"{pct(rec['value'])} [{100 * lo:.1f}, {100 * hi:.1f}] (n={rec['n']})"
+
+
+def rho_iv(rec: dict | None) -> str:
+    """A ρ record as ``0.2031 [0.1950, 0.2112]``."""
+    if rec is None:
+        return "–"
+    if not rec.get("interval"):
+        return f"{rec['value']:.4f}"
+    lo, hi = rec["interval"]
+    return f"{rec['value']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def _num(rec: dict | None, fmt: str = ".4f") -> str:
+    return "–" if rec is None else format(rec["value"], fmt)
+
+
+def _heading(d: str, m: str) -> str:
+    return f"**{m}** on {d}"
 
 
 # --------------------------------------------------------------------------- tables and figures
 
 
-def _f(v) -> float:
-    """A number from a results file (JSON writes non-finite floats as strings)."""
-    return float(v)
+def recipe_table(results: dict) -> str:
+    """The official code's recipe next to this run's values (fine-tuning images per data set included)."""
+    o, p = official_recipe(), results["parameters"]
+    rows = [("λ", o["lam"], p["lam"]), ("c", o["c"], p["c"]), ("d", o["d"], p["d"]),
+            ("DeepFool iterations (training and ρ_adv)", o["df_iter"], p["df_iter"]),
+            ("DeepFool overshoot", o["overshoot"], DeepDefenseLoss(rho_reference="pixels").overshoot),
+            ("fine-tuning epochs", o["ft_epochs"], p["ft_epochs"]), ("learning rate", o["ft_lr"], p["ft_lr"])]
+    rows += [(f"fine-tuning images, {d}", o["ft_images"], f"{p['ft_size'][d]:,} of {dataset_info(d).n_train:,}")
+             for d in p["datasets"]]
+    c = finetune_config(RunConfig(ft_epochs=p["ft_epochs"], ft_lr=p["ft_lr"], seed=p["seed"]))
+    rows += [("batch", o["batch_size"], c.batch_size), ("momentum", o["momentum"], c.momentum),
+             ("weight decay", o["weight_decay"], c.weight_decay),
+             ("lr schedule", f"× {o['lr_decay_factor']:g} at epoch {o['lr_decay_at_fraction']:g}·epochs (0-based)",
+              f"× {c.gamma:g} before epoch(s) {list(c.milestones) or 'none'} of {c.epochs}"),
+             ("batch-norm statistics", "frozen" if o["freeze_bn"] else "updated",
+              "frozen" if c.freeze_bn else "updated")]
+    rows += [(f"horizontal flips, {d}", {True: "yes", False: "no"}.get(o["flip"].get(d), "not in the code"),
+              "yes" if p["flip"][d] else "no") for d in p["datasets"]]
+    return markdown_table([{"what": a, "official": f"{b:g}" if isinstance(b, float) else b,
+                            "run": f"{v:g}" if isinstance(v, float) else v} for a, b, v in rows],
+                          {"what": "", "official": "official code", "run": "this run"})
 
 
-def iv(rec: dict) -> str:
-    """An accuracy record as ``97.0% [95.2, 98.2] (n=500)``."""
-    lo, hi = (_f(v) for v in rec["interval"])
-    return f"{pct(_f(rec['value']))} [{100 * lo:.1f}, {100 * hi:.1f}] (n={rec['n']})"
-
-
-def rho_iv(rec: dict) -> str:
-    """A ρ record as ``0.2031 [0.1950, 0.2112]``."""
-    lo, hi = (_f(v) for v in rec["interval"])
-    return f"{_f(rec['mean']):.4f} [{lo:.4f}, {hi:.4f}]"
-
-
-def setup_table(cfg: RunConfig, datas: dict, metrics: dict) -> str:
-    rows = [{"model": n, "data": ds, "ref": len(datas[n]["ref"]), "ft": len(datas[n]["ft"]),
-             "batches": cfg.ft_epochs * math.ceil(len(datas[n]["ft"]) / 100), "eval": len(datas[n]["eval"]),
-             "adaptive": len(datas[n]["adaptive"]), "eps": metrics["eps_ref"][n],
-             "mi": metrics["scale_factors"][n]["mean_image"], "cm": metrics["scale_factors"][n]["channel_mean"]}
-            for n, ds in MODELS]
+def setup_table(results: dict) -> str:
+    """Per model: the training and evaluation sizes, ε_ref and the two ρ scale factors."""
+    recs, p = results["records"], results["parameters"]
+    batch = official_recipe()["batch_size"]
+    rows = []
+    for d, m in _pairs_of(recs):
+        ratio = {r["setting"]["reference"]: r for r in find(recs, dataset=d, model="none", metric="norm_ratio")}
+        n_eval = ratio["mean_image"]["n"]
+        rows.append({"model": m, "data": d, "ref": min(p["ref_size"][d], dataset_info(d).n_train),
+                     "ft": p["ft_size"][d], "steps": p["ft_epochs"] * math.ceil(p["ft_size"][d] / batch),
+                     "eval": n_eval, "adaptive": min(p["n_adaptive"], n_eval),
+                     "eps": _num(find_one(recs, dataset=d, model=m, metric="eps_ref"), ".3f"),
+                     "mi": _num(ratio["mean_image"], ".3f"), "cm": _num(ratio["channel_mean"], ".3f")})
     return markdown_table(
         rows, {"model": "model", "data": "data set", "ref": "reference train images", "ft": "fine-tuning images",
-               "batches": f"fine-tuning steps ({cfg.ft_epochs} epochs × batches of 100)",
-               "eval": "test images (ρ, DDN, FGSM)", "adaptive": "test images (worst case)",
-               "eps": "ε_ref (L∞)", "mi": "‖x‖ / ‖x − mean image‖", "cm": "‖x‖ / ‖x − μ_c‖"},
-        {"eps": lambda v: f"{v:.3f}", "mi": lambda v: f"{v:.3f}", "cm": lambda v: f"{v:.3f}"})
+               "steps": f"fine-tuning steps (epochs × batches of {batch})", "eval": "test images (ρ, DDN, FGSM)",
+               "adaptive": "test images (worst case)", "eps": "ε_ref (L∞)", "mi": "‖x‖ / ‖x − mean image‖",
+               "cm": "‖x‖ / ‖x − μ_c‖"})
 
 
-def scale_sentence(cfg: RunConfig, datas: dict) -> str:
-    full = {"mnist": 60000, "cifar10": 50000}
-    reduced = not (cfg.ft_epochs >= 5 and all(len(datas[n]["ft"]) == full[ds] for n, ds in MODELS))
-    return (f"Profile `{cfg.profile}`: every variant is fine-tuned for {cfg.ft_epochs} epoch(s) at lr {cfg.ft_lr:g} on "
-            + ", ".join(f"{len(datas[n]['ft']):,} images for {n} ({len(datas[n]['ft']) / full[ds]:.1%} of the "
-                        f"training set)" for n, ds in MODELS)
-            + f"; the paper: 5 epochs on all of it at lr 5e-4. ρ_adv, DDN and FGSM run on the first {cfg.n_eval:,} "
-            f"MNIST / {cfg.n_eval_cifar:,} CIFAR-10 test images, the adaptive worst case on the first "
-            f"{cfg.n_adaptive:,}, the health checks on the first {cfg.n_health:,}."
+def scale_sentence(results: dict) -> str:
+    """What this run fine-tunes on, against the official recipe, and whether it is a reduced-scale run."""
+    p, o = results["parameters"], official_recipe()
+    sizes = {d: (p["ft_size"][d], dataset_info(d).n_train) for d in p["datasets"]}
+    reduced = p["ft_epochs"] < o["ft_epochs"] or any(n < full for n, full in sizes.values())
+    return (f"Profile `{results['profile']}`: every variant is fine-tuned for {p['ft_epochs']} epoch(s) at lr "
+            f"{p['ft_lr']:g} on " + ", ".join(f"{n:,} {d} images ({100 * n / full:.2g}% of the training set)"
+                                              for d, (n, full) in sizes.items())
+            + f"; the official recipe: {o['ft_epochs']} epochs on {o['ft_images']} at lr {o['ft_lr']:g}. ρ_adv, DDN "
+            "and FGSM run on the first " + ", ".join(f"{p['n_eval'][d]:,} {d}" for d in p["datasets"])
+            + f" test images, the adaptive worst case on the first {p['n_adaptive']:,}, the health checks on the "
+            f"first {p['n_health']:,}."
             + (" **This is a reduced-scale run: Deep Defense gets fewer steps than in the paper, and the ρ gains "
                "below are those of this budget, not the paper's.**" if reduced else ""))
 
 
-def model_table(metrics: dict, name: str) -> str:
-    """Per variant: clean accuracy, the paper's ρ (unclipped and clipped DeepFool) with DeepFool's success, the
-    box-constrained min-norm pair and FGSM, every accuracy with n and its Wilson interval."""
-    rows = []
-    for v, s in metrics["models"][name].items():
-        mn = s["min_norm"]
-        rows.append({"variant": v, "clean": iv(s["clean"]), "rho": rho_iv(s["rho_paper"]),
-                     "succ": pct(_f(s["rho_paper"]["success"])), "rhoc": rho_iv(s["rho_paper_clipped"]),
-                     "succc": pct(_f(s["rho_paper_clipped"]["success"])),
-                     "dfc": f"{_f(mn['deepfool_clipped_median']):.4f}", "ddn": f"{_f(mn['ddn']['rho_median']):.4f}"
-                     + ("" if mn["ddn"].get("converged", True) else " (not converged)"),
-                     **{f"f{k}": iv(r) for k, r in s["fgsm"].items()}})
+def model_tables(results: dict) -> str:
+    """Per model, one row per variant: clean accuracy, the paper's ρ (unclipped and clipped DeepFool) with
+    DeepFool's success, the box-constrained min-norm pair and FGSM; accuracies with n and Wilson interval."""
+    recs = [r for r in results["records"] if _field(r, "sweep") is None and _field(r, "epoch") is None]
     cols = {"variant": "variant", "clean": "clean acc.", "rho": "ρ_adv, paper units (DeepFool, unclipped)",
             "succ": "DeepFool success", "rhoc": "ρ_adv, paper units (DeepFool clipped to [0, 1])",
             "succc": "success (clipped)", "dfc": "median ρ px, DeepFool clipped", "ddn": "median ρ px, DDN"}
     cols.update({f"f{f:g}": f"FGSM {f:g}·ε_ref" for f in FGSM_FACTORS})
-    return markdown_table(rows, cols)
-
-
-def worst_case_table(metrics: dict, name: str) -> str:
-    """Per variant and L2 radius: the adaptive worst-case robust accuracy (Wilson) and what each member added."""
-    rows = []
-    for v, s in metrics["models"][name].items():
-        for r in s["worst_case"]:
-            added = ", ".join(f"{m} {c}" for m, c in r["added"].items() if c) or "—"
-            rows.append({"variant": v, "eps": f"{_f(r['eps']):g}",
-                         "robust": iv({"value": r["robust"], "interval": r["interval"], "n": r["n"]}),
-                         "added": added, "carried": r.get("carried", 0)})
-    return markdown_table(rows, {"variant": "variant", "eps": "L2 ε", "robust": "worst-case robust accuracy",
-                                 "added": "images fooled per member (this ε)",
-                                 "carried": "fooled at a smaller ε"})
-
-
-def anchor_rows(metrics: dict) -> list[dict]:
-    """The reference models' ρ in the paper's units next to DeepFool's Table 1 (only where comparable)."""
     out = []
-    for n, _ in MODELS:
-        ref = metrics["models"][n]["reference"]
-        conv = ref.get("rho_paper_converged", ref["rho_paper"])
-        ratio = _f(conv["mean"]) / ANCHORS[n] if ANCHOR_COMPARABLE[n] else None
-        out.append({"model": n, "anchor": ANCHORS[n], "rho5": _f(ref["rho_paper"]["mean"]),
-                    "rho_conv": _f(conv["mean"]), "succ": _f(conv["success"]), "ratio": ratio,
-                    "acc": _f(ref["clean"]["value"]), "comparable": ANCHOR_COMPARABLE[n]})
-    return out
+    for d, m in _pairs_of(recs):
+        iters = results["parameters"]["df_iter"] if "parameters" in results else None
+        rows = []
+        for v in _variants_of(recs, d, m):
+            at = find(recs, dataset=d, model=m, defense=v)
+            rho = {c: find_one(at, iterations=iters, **{**PAPER_RHO, "clip": c}) for c in (False, True)}
+            succ = {c: find_one(at, metric="success_rate", clip=c, iterations=iters) for c in (False, True)}
+            ddn = find_one(at, attack="ddn", metric="rho")
+            rows.append({"variant": LABELS[v], "clean": iv(find_one(at, **CLEAN)), "rho": rho_iv(rho[False]),
+                         "succ": "–" if succ[False] is None else pct(succ[False]["value"]), "rhoc": rho_iv(rho[True]),
+                         "succc": "–" if succ[True] is None else pct(succ[True]["value"]),
+                         "dfc": _num(find_one(at, attack="deepfool", metric="rho", statistic="median")),
+                         "ddn": _num(ddn) + ("" if ddn is None or ddn["setting"]["converged"] else " (not converged)"),
+                         **{f"f{f:g}": iv(find_one(at, attack="fgsm", eps_factor=f)) for f in FGSM_FACTORS}})
+        eps = find_one(recs, dataset=d, model=m, metric="eps_ref")
+        out.append(f"{_heading(d, m)} (ε_ref = {_num(eps, '.3f')})\n\n" + markdown_table(rows, cols))
+    return "\n\n".join(out)
 
 
-def anchor_table(metrics: dict, converged_iter: int, df_iter: int) -> str:
-    return markdown_table(
-        metrics["anchors_comparison"],
-        {"model": "model", "anchor": "DeepFool Table 1 ρ_adv", "rho_conv": f"ours, {converged_iter} it. (paper units)",
-         "succ": "DeepFool success", "rho5": f"ours, {df_iter} it. (paper units)", "ratio": "ours / anchor",
-         "acc": "our reference clean acc."},
-        {"anchor": lambda v: f"{v:.3f}", "rho5": lambda v: f"{v:.4f}", "rho_conv": lambda v: f"{v:.4f}",
-         "succ": pct, "acc": pct,
-         "ratio": lambda v: "not comparable (whitened inputs)" if v is None else f"{v:.2f}"})
+def anchor_table(results: dict) -> str:
+    """The reference models' ρ in the paper's units next to DeepFool's Table 1 (the ratio only where the units
+    are comparable), and their clean accuracy next to the published one."""
+    recs, p = results["records"], results["parameters"]
+    published = R.anchors(CHAPTER)
+    rows = []
+    for d, m in _pairs_of(recs):
+        ref = find(recs, dataset=d, model=m, defense="none")
+        a_rho = find_one(published, dataset=d, model=m, metric="rho")
+        a_acc = find_one(published, dataset=d, model=m, metric="accuracy")
+        conv = find_one(ref, iterations=p["eps_ref_iter"], **PAPER_RHO)
+        short = find_one(ref, iterations=p["df_iter"], **PAPER_RHO)
+        succ = find_one(ref, metric="success_rate", clip=False, iterations=p["eps_ref_iter"])
+        ratio = ("no published value" if a_rho is None else "not comparable (whitened inputs)"
+                 if not ANCHOR_COMPARABLE[d] else "–" if conv is None else f"{conv['value'] / a_rho['value']:.2f}")
+        rows.append({"model": f"{m} ({d})", "anchor": _num(a_rho, ".3f"), "conv": _num(conv),
+                     "succ": "–" if succ is None else pct(succ["value"]), "short": _num(short), "ratio": ratio,
+                     "a_acc": "–" if a_acc is None else pct(a_acc["value"]),
+                     "acc": iv(find_one(ref, **CLEAN))})
+    return markdown_table(rows, {"model": "model", "anchor": "DeepFool Table 1 ρ_adv",
+                                 "conv": f"ours, {p['eps_ref_iter']} it. (paper units)", "succ": "DeepFool success",
+                                 "short": f"ours, {p['df_iter']} it. (paper units)", "ratio": "ours / published",
+                                 "a_acc": "DeepFool Table 1 clean acc.", "acc": "our reference clean acc."})
 
 
-def plot_rho_per_epoch(metrics: dict):
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3.3))
-    for ax, (name, _) in zip(axes, MODELS):
-        for variant in VARIANTS[1:]:
-            curve = metrics["models"][name][variant]["rho_per_epoch"]
-            ax.plot(range(len(curve)), [_f(v) for v in curve], marker="o", label=variant)
-        ax.set(title=name, xlabel="fine-tuning epoch (0 = reference)", ylabel="ρ_adv (paper units)")
+def _axes(n: int):
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.3), squeeze=False)
+    return fig, axes[0]
+
+
+def plot_rho_per_epoch(results: dict):
+    """The paper's ρ_adv after each fine-tuning epoch (epoch 0: the reference), one panel per model."""
+    recs = [r for r in results["records"] if r["metric"] == "rho" and _field(r, "epoch") is not None]
+    pairs_ = _pairs_of(recs)
+    fig, axes = _axes(len(pairs_))
+    for ax, (d, m) in zip(axes, pairs_):
+        start = find_one(recs, dataset=d, model=m, defense="none", epoch=0)
+        for v in VARIANTS[1:]:
+            curve = sorted(find(recs, dataset=d, model=m, defense=v), key=lambda r: r["setting"]["epoch"])
+            points = ([start] if start else []) + curve
+            ax.plot([r["setting"]["epoch"] for r in points], [r["value"] for r in points], marker="o",
+                    label=LABELS[v])
+        ax.set(title=f"{m} ({d})", xlabel="fine-tuning epoch (0 = reference)", ylabel="ρ_adv (paper units)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_worst_case(metrics: dict):
+def worst_case_tables(results: dict) -> str:
+    """Per model, variant and L2 radius: the worst-case robust accuracy (Wilson) and what each member added."""
+    recs = results["records"]
+    out = []
+    for d, m in _pairs_of(recs):
+        rows = []
+        for v in _variants_of(recs, d, m):
+            for w in sorted(find(recs, dataset=d, model=m, defense=v, **WORST), key=lambda r: r["eps"]):
+                fooled = find(recs, dataset=d, model=m, defense=v, metric="images_fooled", eps=w["eps"])
+                added = ", ".join(f"{r['attack']} {r['value']:.0f}" for r in fooled
+                                  if r["attack"] != "smaller_eps" and r["value"]) or "—"
+                carried = find_one(fooled, attack="smaller_eps")
+                rows.append({"variant": LABELS[v], "eps": f"{w['eps']:g}", "robust": iv(w), "added": added,
+                             "carried": "–" if carried is None else f"{carried['value']:.0f}"})
+        out.append(f"{_heading(d, m)}\n\n" + markdown_table(
+            rows, {"variant": "variant", "eps": "L2 ε", "robust": "worst-case robust accuracy",
+                   "added": "images fooled per member (this ε)", "carried": "fooled at a smaller ε"}))
+    return "\n\n".join(out)
+
+
+def plot_worst_case(results: dict):
     """Adaptive worst-case robust accuracy vs L2 ε per model, one line per variant, 95% Wilson bands."""
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3.3))
-    for ax, (name, _) in zip(axes, MODELS):
-        for variant, s in metrics["models"][name].items():
-            pts = s["worst_case"]
-            e = [_f(r["eps"]) for r in pts]
-            ax.plot(e, [_f(r["robust"]) for r in pts], marker="o", label=variant)
-            ax.fill_between(e, [_f(r["interval"][0]) for r in pts], [_f(r["interval"][1]) for r in pts], alpha=0.15)
-        ax.set(title=name, xlabel="L2 ε ([0, 1] pixels)", ylabel="worst-case robust accuracy", ylim=(-0.02, 1.02))
+    recs = find(results["records"], **WORST)
+    pairs_ = _pairs_of(recs)
+    fig, axes = _axes(len(pairs_))
+    for ax, (d, m) in zip(axes, pairs_):
+        for v in _variants_of(recs, d, m):
+            pts = sorted(find(recs, dataset=d, model=m, defense=v), key=lambda r: r["eps"])
+            e = [r["eps"] for r in pts]
+            ax.plot(e, [r["value"] for r in pts], marker="o", label=LABELS[v])
+            ax.fill_between(e, [r["interval"][0] for r in pts], [r["interval"][1] for r in pts], alpha=0.15)
+        ax.set(title=f"{m} ({d})", xlabel="L2 ε ([0, 1] pixels)", ylabel="worst-case robust accuracy",
+               ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_lambda_sweep(sweep: list[dict], ref_row: dict):
+def plot_lambda_sweep(results: dict):
+    """Clean accuracy against the paper's ρ_adv for each λ of the sweep, with the reference model for scale."""
+    recs = results["records"]
+    sweep = find(recs, defense="deep_defense", sweep=True)
+    d, m = sweep[0]["dataset"], sweep[0]["model"]
+    lams = sorted({r["setting"]["lam"] for r in sweep})
+    rho = [find_one(sweep, metric="rho", lam=lam)["value"] for lam in lams]
+    acc = [find_one(sweep, metric="accuracy", lam=lam)["value"] for lam in lams]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([s["rho_paper"] for s in sweep], [s["clean"] for s in sweep], marker="o")
-    for s in sweep:
-        ax.annotate(f"λ={s['lam']:g}", (s["rho_paper"], s["clean"]), fontsize=8)
-    ax.scatter([_f(ref_row["rho_paper"]["mean"])], [_f(ref_row["clean"]["value"])], color="k", marker="x",
-               label="reference")
-    ax.set(xlabel="ρ_adv (paper units)", ylabel="clean accuracy", title="MLP: λ trade-off")
+    ax.plot(rho, acc, marker="o", label="Deep Defense")
+    for lam, r, a in zip(lams, rho, acc):
+        ax.annotate(f"λ={lam:g}", (r, a), fontsize=8)
+    iters = find_one(sweep, metric="rho", lam=lams[0])["setting"]["iterations"]
+    ref_rho = find_one(recs, dataset=d, model=m, defense="none", iterations=iters, **PAPER_RHO)
+    ref_acc = find_one(recs, dataset=d, model=m, defense="none", **CLEAN)
+    if ref_rho and ref_acc:
+        ax.scatter([ref_rho["value"]], [ref_acc["value"]], color="k", marker="x", label="reference")
+    ax.set(xlabel="ρ_adv (paper units)", ylabel="clean accuracy", title=f"{m} ({d}): λ trade-off")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
 
-def cost_markdown(timings: dict) -> str:
+def health_tables(results: dict) -> str:
+    """The health table of each Deep Defense model (failed checks marked, never hidden)."""
+    rows = results["health"]
+    out = []
+    for d, m in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
+        mine = [r for r in rows if r["dataset"] == d and r["model"] == m]
+        out.append(f"{_heading(d, m)} (L2 ε = {mine[0]['eps']:g})\n\n" + health_markdown(mine))
+    return "\n\n".join(out)
+
+
+def cost_table(results: dict) -> str:
+    """Seconds per training step of each objective, per model, from the timings."""
     return markdown_table(
-        [{"model": n, "loss": k, **v} for n, t in timings["cost"].items() for k, v in t.items()],
-        {"model": "model", "loss": "objective", "seconds_per_batch": "s / batch",
-         "seconds_per_epoch_full": "s / epoch", "ratio_to_plain": "× plain"},
+        [{"model": key.replace("/", ", "), **row} for key, t in results["timings"]["cost"].items()
+         for row in t.values()],
+        {"model": "data set, model", "label": "objective", "seconds_per_batch": "s / step",
+         "seconds_per_epoch_full": "s / epoch (full training set)", "ratio_to_plain": "× plain"},
         {"seconds_per_batch": lambda v: f"{v:.3f}", "seconds_per_epoch_full": lambda v: f"{v:.0f}",
          "ratio_to_plain": lambda v: f"{v:.1f}"})
 
 
-def finetune_time_markdown(timings: dict) -> str:
+def finetune_time_table(results: dict) -> str:
+    """The fine-tuning runs' own mean seconds per epoch, per variant (ρ measurement after each epoch included)."""
     rows = []
-    for name, _ in MODELS:
-        per = {v: sum(secs) / len(secs) for v, secs in timings["finetune_seconds_per_epoch"][name].items()}
-        rows.append({"model": name, "plain": per["fine-tune"], "adv": per["adversarial"],
-                     "dd": per["deep_defense"], "ratio": per["deep_defense"] / per["fine-tune"]})
+    for key, per in results["timings"]["finetune_seconds_per_epoch"].items():
+        mean = {v: sum(s) / len(s) for v, s in per.items() if s}
+        rows.append({"model": key.replace("/", ", "), **mean,
+                     "ratio": mean["deep_defense"] / mean["fine_tune"] if mean.get("fine_tune") else float("nan")})
     return markdown_table(
-        rows, {"model": "model", "plain": "plain s / epoch", "adv": "adversarial s / epoch",
-               "dd": "Deep Defense s / epoch", "ratio": "Deep Defense × plain"},
-        {k: (lambda v: f"{v:.1f}") for k in ("plain", "adv", "dd", "ratio")})
+        rows, {"model": "data set, model", "fine_tune": "plain s / epoch",
+               "adversarial_fine_tune": "adversarial s / epoch",
+               "deep_defense": "Deep Defense s / epoch", "ratio": "Deep Defense × plain"},
+        {k: (lambda v: f"{v:.1f}") for k in ("fine_tune", "adversarial_fine_tune", "deep_defense", "ratio")})
 
 
 # --------------------------------------------------------------------------- verdict
 
-
-def _rec(r: dict) -> dict:
-    """A record with float interval (JSON may hold "nan" strings)."""
-    return {**r, "interval": [_f(v) for v in r["interval"]]}
+#: Deep Defense is *broken* when the upper end of its clean-accuracy interval is at most chance plus this margin.
+BROKEN_MARGIN = 0.10
 
 
-def _robust(r: dict) -> dict:
-    """A worst-case point as an accuracy record ``{"value", "interval", "n"}``."""
-    return {"value": _f(r["robust"]), "interval": [_f(v) for v in r["interval"]], "n": r["n"]}
-
-
-def _compare(a: dict, b: dict) -> str:
-    """``"higher"`` / ``"lower"`` when ``a``'s interval lies entirely above / below ``b``'s, else ``"overlap"``."""
-    a, b = _rec(a), _rec(b)
+def _compare(a: dict | None, b: dict | None) -> str:
+    """``"higher"`` / ``"lower"`` when ``a``'s interval lies entirely above / below ``b``'s, else ``"overlap"``
+    (also when an interval is missing or not a number: no interval, no claim)."""
+    if a is None or b is None or not a.get("interval") or not b.get("interval"):
+        return "overlap"
     if clearly_greater(a, b):
         return "higher"
     if clearly_greater(b, a):
@@ -612,41 +899,53 @@ def _compare(a: dict, b: dict) -> str:
     return "overlap"
 
 
-def verdict_summary(saved: dict) -> dict:
-    """Per model, from a results file as read back (or hand-made results of the same shape), the category of
-    Deep Defense's claimed gain over the plain fine-tuned control. Intervals are compared, never point values.
+def _word_vs_adversarial(words: list[str]) -> str | None:
+    if not words:
+        return None
+    if "higher" in words:
+        return "is mixed against" if "lower" in words else "beats"
+    return "loses to" if "lower" in words else "is indistinguishable from"
 
-    Reads ``saved["metrics"]["models"][name][variant]`` for ``variant`` in ``"fine-tune"``, ``"deep_defense"``
-    (and ``"adversarial"`` when present), each with ``clean`` (``{"value", "interval", "n"}``), ``rho_paper``
-    (``{"mean", "interval", ...}``) and ``worst_case`` (a list of ``{"eps", "robust", "interval", "n"}``), plus
-    optional ``saved["metrics"]["num_classes"][name]`` (default 10) and ``saved["health"][name]``.
 
-    Categories: ``broken`` (Deep Defense's clean accuracy has an upper 95% bound ≤ chance + 10 points, or the
-    health table flags a near-constant classifier), ``no_gain`` (its ρ_adv interval does not lie above the
+def verdict_summary(results: dict) -> dict:
+    """Per (data set, model), from results (live or read back, or hand-made records of the same shape), the
+    category of Deep Defense's claimed gain over the plain fine-tuned control. Intervals are compared, never
+    point values.
+
+    Reads the records of the variants ``"fine_tune"`` and ``"deep_defense"`` (and ``"adversarial_fine_tune"``
+    when present): clean accuracy (:data:`CLEAN`), the paper's ρ (:data:`PAPER_RHO`), the worst-case accuracies
+    (:data:`WORST`) and, for a point-value remark, the min-norm medians; ``results["health"]`` rows (with
+    ``dataset`` and ``model``) and, if present, ``results["timings"]["cost"]``.
+
+    Categories: ``broken`` (Deep Defense's clean accuracy has an upper 95% bound ≤ chance + :data:`BROKEN_MARGIN`,
+    or the health table flags a near-constant classifier), ``no_gain`` (its ρ_adv interval does not lie above the
     control's), ``masked`` (it does, but at no radius does its worst-case interval lie above the control's),
     ``real`` (both).
     """
-    m = saved["metrics"]
+    recs = [r for r in results["records"] if _field(r, "sweep") is None]
     out = {}
-    for name, rows in m["models"].items():
-        ctl, dd, adv = rows[CONTROL], rows["deep_defense"], rows.get("adversarial")
-        chance = 1.0 / m.get("num_classes", {}).get(name, 10)
-        checks = saved.get("health", {}).get(name, [])
+    for d, m in _pairs_of(recs):
+        at = {v: find(recs, dataset=d, model=m, defense=v) for v in VARIANTS}
+        if not at["deep_defense"] or not at[CONTROL]:
+            continue
+        dd, ctl, adv = at["deep_defense"], at[CONTROL], at["adversarial_fine_tune"]
+        chance = 1.0 / dataset_info(d).num_classes
+        checks = [h for h in results.get("health", []) if h.get("dataset") == d and h.get("model") == m]
         failed = [h["check"] for h in checks if not h["passed"]]
         constant = any(h.get("id") == "near_constant" and not h["passed"] for h in checks)
-        rho = _compare(dd["rho_paper"], ctl["rho_paper"])
+        rho_dd, rho_ctl = find_one(dd, **PAPER_RHO), find_one(ctl, **PAPER_RHO)
+        clean_dd, clean_ctl = find_one(dd, **CLEAN), find_one(ctl, **CLEAN)
         worst = []
-        by_eps = {_f(r["eps"]): r for r in ctl["worst_case"]}
-        by_eps_adv = {_f(r["eps"]): r for r in adv["worst_case"]} if adv else {}
-        for r in dd["worst_case"]:
-            e = _f(r["eps"])
-            if e not in by_eps:
+        for w in sorted(find(dd, **WORST), key=lambda r: r["eps"]):
+            c = find_one(ctl, eps=w["eps"], **WORST)
+            if c is None:
                 continue
-            worst.append({"eps": e, "deep_defense": _robust(r), "control": _robust(by_eps[e]),
-                          "vs_control": _compare(r, by_eps[e]),
-                          "vs_adversarial": _compare(r, by_eps_adv[e]) if e in by_eps_adv else None})
+            a = find_one(adv, eps=w["eps"], **WORST)
+            worst.append({"eps": w["eps"], "deep_defense": w, "control": c, "vs_control": _compare(w, c),
+                          "vs_adversarial": _compare(w, a) if a else None})
         worst_up = [w["eps"] for w in worst if w["vs_control"] == "higher"]
-        if _f(_rec(dd["clean"])["interval"][1]) <= chance + 0.1 or constant:
+        rho = _compare(rho_dd, rho_ctl)
+        if clean_dd is None or clean_dd["interval"][1] <= chance + BROKEN_MARGIN or constant:
             category = "broken"
         elif rho != "higher":
             category = "no_gain"
@@ -654,14 +953,21 @@ def verdict_summary(saved: dict) -> dict:
             category = "masked"
         else:
             category = "real"
-        vs_adv = [w["vs_adversarial"] for w in worst if w["vs_adversarial"]]
-        adv_word = (None if not vs_adv else "beats" if "higher" in vs_adv and "lower" not in vs_adv
-                    else "loses to" if "lower" in vs_adv and "higher" not in vs_adv
-                    else "is mixed against" if "higher" in vs_adv else "is indistinguishable from")
-        out[name] = {"category": category, "rho": rho, "rho_dd": dd["rho_paper"], "rho_control": ctl["rho_paper"],
-                     "clean": _compare(dd["clean"], ctl["clean"]), "clean_dd": dd["clean"],
-                     "clean_control": ctl["clean"], "worst": worst, "worst_up_at": worst_up,
-                     "vs_adversarial": adv_word, "failed_checks": failed}
+        ddn = find_one(dd, attack="ddn", metric="rho")
+        dfc = find_one(dd, attack="deepfool", metric="rho", statistic="median")
+        ratio = (ddn["value"] / dfc["value"] if ddn and dfc and math.isfinite(ddn["value"])
+                 and math.isfinite(dfc["value"]) and dfc["value"] > 0 else None)
+        cost = results.get("timings", {}).get("cost", {}).get(f"{d}/{m}")
+        out[d, m] = {"category": category, "rho": rho, "rho_dd": rho_dd, "rho_control": rho_ctl,
+                     "clean": _compare(clean_dd, clean_ctl), "clean_dd": clean_dd, "clean_control": clean_ctl,
+                     "worst": worst, "worst_up_at": worst_up,
+                     "vs_adversarial": _word_vs_adversarial([w["vs_adversarial"] for w in worst
+                                                             if w["vs_adversarial"]]),
+                     "health_checked": bool(checks), "failed_checks": failed,
+                     "ddn_over_deepfool": ratio, "ddn_converged": None if ddn is None else ddn["setting"]["converged"],
+                     "cost_ratio": None if not cost else cost["deep_defense"]["ratio_to_plain"],
+                     "pgd_cost_ratio": None if not cost or "pgd_training" not in cost
+                     else cost["pgd_training"]["ratio_to_plain"]}
     return out
 
 
@@ -673,56 +979,60 @@ _SAY = {
               "the attack the model was trained against, not a gain in robustness that stronger attacks can see.",
     "real": "the gain survives the adaptive worst case: Deep Defense is more robust than its control at this scale.",
 }
+_COMPARED = {"higher": "clearly higher", "lower": "clearly lower", "overlap": "intervals overlap"}
+_CLEAN_WORD = {"higher": "clearly higher than", "lower": "clearly lower than", "overlap": "indistinguishable from"}
 
 
-def verdict(saved: dict) -> str:
-    """The chapter's verdict in markdown, computed by :func:`verdict_summary` from a results file."""
-    summary = verdict_summary(saved)
-    m = saved["metrics"]
+def _sentences(d: str, m: str, v: dict) -> list[str]:
+    worst = "; ".join(f"ε = {w['eps']:g}: {iv(w['deep_defense'])} vs {iv(w['control'])} ({_COMPARED[w['vs_control']]})"
+                      for w in v["worst"]) or "not measured"
+    lines = [f"- **{m}** on {d}: Deep Defense's ρ_adv (paper units, every image) is {rho_iv(v['rho_dd'])} against "
+             f"{rho_iv(v['rho_control'])} for plain fine-tuning ({_COMPARED[v['rho']]}). Adaptive L2 worst case "
+             f"(Deep Defense vs control): {worst}. So {_SAY[v['category']]} Clean accuracy {iv(v['clean_dd'])} is "
+             f"{_CLEAN_WORD[v['clean']]} the control's {iv(v['clean_control'])}."
+             + (f" On the worst case, Deep Defense {v['vs_adversarial']} adversarial fine-tuning."
+                if v["vs_adversarial"] else "")
+             + (f" Failed health checks: {'; '.join(v['failed_checks'])}." if v["failed_checks"] else
+                " All health checks passed." if v["health_checked"] else "")]
+    r = v["ddn_over_deepfool"]
+    if r is not None:
+        lines.append(f"  Box-constrained minimum norm (medians over correct images, pixels; point values, not used "
+                     f"above): DDN's median perturbation is {r:.2f}× the clipped DeepFool's"
+                     + (" (DDN not converged: twice the steps moved its median by more than 2%)"
+                        if v["ddn_converged"] is False
+                        else "; below 1, the paper's DeepFool overstates the distance to the boundary"
+                        if r < 1 else "") + ".")
+    if v["cost_ratio"] is not None:
+        lines.append(f"  Cost: a Deep Defense step takes {v['cost_ratio']:.1f}× a plain step"
+                     + (f" (PGD adversarial training: {v['pgd_cost_ratio']:.1f}×)." if v["pgd_cost_ratio"] else "."))
+    return lines
+
+
+def verdict(results: dict) -> str:
+    """The chapter's verdict in Markdown, computed by :func:`verdict_summary` from the results, with the λ sweep
+    and the anchors (point values) as context."""
     lines = []
-    for name, v in summary.items():
-        say = {"higher": "clearly higher", "lower": "clearly lower", "overlap": "intervals overlap"}
-        worst = "; ".join(f"ε = {w['eps']:g}: {iv(w['deep_defense'])} vs {iv(w['control'])} ({say[w['vs_control']]})"
-                          for w in v["worst"])
-        clean_word = {"higher": "clearly higher than", "lower": "clearly lower than",
-                      "overlap": "indistinguishable from"}[v["clean"]]
-        lines.append(
-            f"- **{name}**: Deep Defense's ρ_adv (paper units, every image) is {rho_iv(v['rho_dd'])} against "
-            f"{rho_iv(v['rho_control'])} for plain fine-tuning ("
-            + say[v["rho"]]
-            + f"). Adaptive L2 worst case (Deep Defense vs control): {worst}. So {_SAY[v['category']]}"
-            + f" Clean accuracy {iv(v['clean_dd'])} is {clean_word} the control's {iv(v['clean_control'])}."
-            + (f" On the worst case, Deep Defense {v['vs_adversarial']} adversarial fine-tuning."
-               if v["vs_adversarial"] else "")
-            + (f" Failed health checks: {'; '.join(v['failed_checks'])}." if v["failed_checks"] else
-               " All health checks passed." if name in saved.get("health", {}) else ""))
-        mn = m["models"][name]["deep_defense"].get("min_norm")
-        if mn:
-            dfc, ddn = _f(mn["deepfool_clipped_median"]), _f(mn["ddn"]["rho_median"])
-            if math.isfinite(dfc) and math.isfinite(ddn) and dfc > 0:
-                lines.append(f"  Box-constrained minimum norm (medians over correct images, pixels; point values, not "
-                             f"used above): DDN's median perturbation is {ddn / dfc:.2f}× the clipped DeepFool's"
-                             + (" (DDN not converged: twice the steps moved its median by more than 2%)"
-                                if not mn["ddn"].get("converged", True)
-                                else "; below 1, the paper's DeepFool overstates the distance to the boundary"
-                                if ddn < dfc else "") + ".")
-        cost = saved.get("timings", {}).get("cost", {}).get(name)
-        if cost:
-            pgd_cost = next((c["ratio_to_plain"] for k, c in cost.items() if k.startswith("PGD")), float("nan"))
-            lines.append(f"  Cost: a Deep Defense step takes {cost['Deep Defense']['ratio_to_plain']:.1f}× a plain "
-                         f"step (PGD adversarial training: {pgd_cost:.1f}×).")
-    sw = sorted(m.get("lambda_sweep", []), key=lambda row: row["lam"])
-    if len(sw) > 1:
-        rhos, accs = [_f(r["rho_paper"]) for r in sw], [_f(r["clean"]) for r in sw]
-        lams = ", ".join(f"{r['lam']:g}" for r in sw)
-        lines.append(f"- λ sweep (MLP, λ = {lams}): ρ_adv "
-                     + " → ".join(f"{v:.4f}" for v in rhos) + ", clean accuracy " + " → ".join(pct(v) for v in accs)
-                     + " (point values).")
-    if m.get("anchors_comparison"):
-        lines.append("- Anchors (reference models, paper units / DeepFool's Table 1): "
-                     + ", ".join(f"{a['model']} {a['ratio']:.2f}×" if a["ratio"] is not None
-                                 else f"{a['model']} not comparable (whitened inputs)"
-                                 for a in m["anchors_comparison"]) + ".")
-    if saved.get("profile") == "smoke":
+    for (d, m), v in verdict_summary(results).items():
+        lines += _sentences(d, m, v)
+    sweep = find(results["records"], defense="deep_defense", sweep=True)
+    lams = sorted({r["setting"]["lam"] for r in sweep})
+    if len(lams) > 1:
+        rho = [find_one(sweep, metric="rho", lam=lam)["value"] for lam in lams]
+        acc = [find_one(sweep, metric="accuracy", lam=lam)["value"] for lam in lams]
+        where = f"{sweep[0]['model']} on {sweep[0]['dataset']}, λ = {', '.join(f'{x:g}' for x in lams)}"
+        lines.append(f"- λ sweep ({where}): ρ_adv " + " → ".join(f"{x:.4f}" for x in rho) + ", clean accuracy "
+                     + " → ".join(pct(x) for x in acc) + " (point values).")
+    if "parameters" in results:
+        p, published, parts = results["parameters"], R.anchors(CHAPTER), []
+        for d, m in _pairs_of(results["records"]):
+            a = find_one(published, dataset=d, model=m, metric="rho")
+            ours = find_one(results["records"], dataset=d, model=m, defense="none", iterations=p["eps_ref_iter"],
+                            **PAPER_RHO)
+            if a and ours:
+                parts.append(f"{m} ({d}) {ours['value'] / a['value']:.2f}×" if ANCHOR_COMPARABLE[d]
+                             else f"{m} ({d}) not comparable (whitened inputs)")
+        if parts:
+            lines.append("- Anchors (reference models, paper units / DeepFool's Table 1): " + ", ".join(parts) + ".")
+    if results.get("profile") == "smoke":
         lines.append("- This is the smoke profile: the numbers only show that every cell runs.")
     return "\n".join(lines)

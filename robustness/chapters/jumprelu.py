@@ -1,9 +1,28 @@
 """Chapter 2 — JumpReLU, reproduced and re-evaluated (chapter id ``jumprelu``).
 
-The chapter's SPEC (parameters, profiles), its training recipes, the paper's protocol (a sweep over kappa in
-the gray-box and white-box settings, in the official code's normalized units, and the validation rule that
-picks kappa), the adaptive re-evaluation built on :mod:`robustness.evaluate`, the figures, and the verdict as a
-pure function of the results.
+The chapter's SPEC (parameters, profiles), its two training recipes, the paper's protocol (a sweep over kappa in
+the gray-box and white-box settings, in the official code's normalized units, and the validation rule that picks
+kappa), the adaptive re-evaluation built on :mod:`robustness.evaluate`, the tables and figures, and the verdict.
+
+Every measurement is a record of :mod:`robustness.results` (one flat list), with ``dataset`` a data-set id,
+``model`` the trained network (:func:`model_id`, e.g. ``"lenet_like-baseline"``), ``defense`` ``"jumprelu"``
+with ``kappa`` in the setting for a retrofitted copy (``"none"`` for the network as trained), and a ``protocol``
+setting naming the step that measured it:
+
+- ``"training"``: clean test accuracy of each trained network;
+- ``"validation"``: the kappa sweep on the held-out validation images (clean, IFGSM white- and gray-box) and
+  the ``chosen_kappa`` record (metric ``"chosen_kappa"``, setting ``budget``);
+- ``"paper"``: the kappa sweep on test images: clean, IFGSM (``box`` ``"white"``/``"gray"``) and DeepFool in L2
+  and L∞ (accuracy, ``success_rate``, and ``rho`` with ``units`` ``"normalized"``, the official code's mean
+  over all attacked images, or ``"pixel"``, the book's mean over the correctly classified images it fools);
+- ``"adaptive"``: clean accuracy, the worst case over the ensemble (``attack="worst_case"``) at each radius
+  (``nested=True``: the curve) and at the threat radius once per attack seed (``nested=False``, the record's
+  ``seed``), per member the images it fooled beyond the earlier ones (metric ``"added"``, ``attack`` the
+  member), the paper's gradient alone (``attack="pgd_true"``, accuracy), and the adaptive min-norm attack
+  (``attack="ddn_bpda"``: ``rho`` medians at ``steps`` and twice the steps, ``success_rate``, ``converged``);
+- ``"autoattack"``: AutoAttack (standard) at the threat radius.
+
+Tables, figures and the verdict are functions of those records (and of the run's parameters).
 """
 from __future__ import annotations
 
@@ -15,39 +34,59 @@ from torch import nn
 
 from .. import attacks, evaluate
 from ..config import ChapterSpec, Param, RunConfig
-from ..data import dataset_info, normalized_to_pixels, threat_eps
+from ..data import DATASETS, dataset_info, normalized_to_pixels, threat_eps
 from ..defenses.jumprelu import bpda_relu, bpda_smooth, retrofit
-from ..report import pct, show_image
+from ..report import markdown_table, pct, show_image
+from ..results import anchors, one, record, select
 
-#: The paper's models: (dataset, architecture) per data-set prefix of the parameters.
-ARCH = {"mnist": "lenet_like", "cifar": "alex_like"}
-DATASET = {"mnist": "mnist", "cifar": "cifar10"}
-NAME = {"mnist": "MNIST", "cifar": "CIFAR-10"}
+#: The paper's architecture per data set: LeNetLike for the grayscale 28×28 sets, AlexLike for CIFAR-10.
+ARCH = {"mnist": "lenet_like", "fashion_mnist": "lenet_like", "cifar10": "alex_like"}
+#: Display names of the data sets.
+NAME = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+#: The two trained networks per data set, as the paper names them: plain training and the FGSM mix.
+KINDS = ("baseline", "robust")
 #: Members of the adaptive ensemble, in the order they run (each attacks only the images still standing).
 #: ``pgd_true`` (PGD with autograd's gradient of the retrofit, the one the paper's white-box attacks follow) comes
 #: first: alone it is the paper's own gradient under an eps bound, the like-for-like baseline of the verdict.
 MEMBERS = ("pgd_true", "transfer", "pgd_bpda", "pgd_bpda_margin", "pgd_smooth", "square")
+#: The members that also run at kappa = 0 (there BPDA is exact and the transfer source is the network itself).
+MEMBERS_AT_ZERO = ("pgd_true", "pgd_bpda_margin", "square")
+#: The official training length (epochs) of both architectures.
+OFFICIAL_EPOCHS = 90
+#: DeepFool's overshoot, as the official code.
+DEEPFOOL_OVERSHOOT = 0.02
+#: A retrofit whose clean accuracy is at most chance + this margin is a broken classifier, not a defense.
+BROKEN_MARGIN = 0.1
+
+
+def model_id(dataset: str, kind: str) -> str:
+    """The record ``model`` of a trained network: its architecture and the paper's name of its training."""
+    return f"{ARCH[dataset]}-{kind}"
+
+
 def _check(cfg: RunConfig) -> None:
-    for d in ("mnist", "cifar"):
-        if 0.0 not in cfg[f"{d}_kappas"]:
-            raise ValueError(f"parameter {d}_kappas={cfg[f'{d}_kappas']} must contain 0 (the unmodified model)")
-        if cfg[f"{d}_adv_ratio"] > 1:
-            raise ValueError(f"parameter {d}_adv_ratio={cfg[f'{d}_adv_ratio']} must be in [0, 1]")
-        if cfg[f"{d}_n_val"] >= cfg[f"{d}_train_size"]:
-            raise ValueError(f"parameter {d}_n_val={cfg[f'{d}_n_val']} must be smaller than "
-                             f"{d}_train_size={cfg[f'{d}_train_size']}")
-        if cfg[f"{d}_n_attack"] > cfg[f"{d}_n_val"]:
-            raise ValueError(f"parameter {d}_n_attack={cfg[f'{d}_n_attack']} must not exceed "
-                             f"{d}_n_val={cfg[f'{d}_n_val']} (kappa is chosen by attacking validation images)")
+    for d in cfg.datasets:
+        info = dataset_info(d)
+        if 0.0 not in cfg.kappas[d]:
+            raise ValueError(f"parameter kappas[{d!r}]={cfg.kappas[d]} must contain 0 (the unmodified model)")
+        if cfg.adv_ratio[d] > 1:
+            raise ValueError(f"parameter adv_ratio[{d!r}]={cfg.adv_ratio[d]} must be in [0, 1]")
+        if cfg.train_size[d] > info.n_train:
+            raise ValueError(f"parameter train_size[{d!r}]={cfg.train_size[d]} exceeds the {info.n_train:,} "
+                             f"{NAME[d]} training images")
+        if cfg.n_val[d] >= cfg.train_size[d]:
+            raise ValueError(f"parameter n_val[{d!r}]={cfg.n_val[d]} must be smaller than "
+                             f"train_size[{d!r}]={cfg.train_size[d]}")
+        if cfg.n_attack[d] > cfg.n_val[d]:
+            raise ValueError(f"parameter n_attack[{d!r}]={cfg.n_attack[d]} must not exceed n_val[{d!r}]="
+                             f"{cfg.n_val[d]} (kappa is chosen by attacking validation images)")
+        if cfg.n_clean[d] > info.n_test:
+            raise ValueError(f"parameter n_clean[{d!r}]={cfg.n_clean[d]} exceeds the {info.n_test:,} {NAME[d]} "
+                             "test images")
         for small in ("n_attack", "n_deepfool", "n_adaptive", "n_autoattack"):
-            if cfg[f"{d}_{small}"] > cfg[f"{d}_n_clean"]:
-                raise ValueError(f"parameter {d}_{small}={cfg[f'{d}_{small}']} must not exceed "
-                                 f"{d}_n_clean={cfg[f'{d}_n_clean']}")
-    if cfg.mnist_train_size > 60000:
-        raise ValueError(f"parameter mnist_train_size={cfg.mnist_train_size} exceeds the 60,000 MNIST training images")
-    if cfg.cifar_train_size > 50000:
-        raise ValueError(f"parameter cifar_train_size={cfg.cifar_train_size} exceeds the 50,000 CIFAR-10 "
-                         "training images")
+            if cfg[small][d] > cfg.n_clean[d]:
+                raise ValueError(f"parameter {small}[{d!r}]={cfg[small][d]} must not exceed "
+                                 f"n_clean[{d!r}]={cfg.n_clean[d]}")
     if cfg.deepfool_classes < 2 or cfg.deepfool_classes > 10:
         raise ValueError(f"parameter deepfool_classes={cfg.deepfool_classes} must be in 2..10")
     if cfg.members[0] != "pgd_true":
@@ -55,35 +94,29 @@ def _check(cfg: RunConfig) -> None:
                          "ensemble with the paper's own gradient under the same eps)")
 
 
-def _per(prefix_help: dict[str, tuple[str, str]]) -> dict[str, Param]:
-    out = {}
-    for d, name in NAME.items():
-        for key, (kind, text) in prefix_help.items():
-            out[f"{d}_{key}"] = Param(kind, f"{name}: {text}")
-    return out
+def _each(kind: str, text: str) -> Param:
+    return Param(kind, text, per_dataset=True)
 
 
 PARAMS = {
-    "datasets": Param("subset", "data sets the chapter runs on", tuple(DATASET)),
-    **_per({
-        "train_size": ("pos_int", "training images used (the first N), validation included"),
-        "n_val": ("pos_int", "of those, images held out at random to choose kappa"),
-        "epochs": ("pos_int", "training epochs"),
-        "adv_ratio": ("nonneg_float", "fraction of each batch replaced by FGSM examples (robust model)"),
-        "adv_eps_normalized": ("nonneg_float", "robust model's FGSM radius, official normalized units (× σ_c)"),
-        "n_clean": ("pos_int", "test images for clean accuracy (the first N)"),
-        "n_attack": ("pos_int", "test (and validation) images attacked with IFGSM (the first N)"),
-        "n_deepfool": ("pos_int", "test images attacked with DeepFool (the first N)"),
-        "n_adaptive": ("pos_int", "test images for the adaptive attacks and health checks (the first N)"),
-        "n_autoattack": ("nonneg_int", "test images for AutoAttack (standard) at the chosen kappa (0: not run)"),
-        "kappas": ("nonneg_float_list", "kappa grid (must contain 0)"),
-        "iter": ("pos_int", "IFGSM and DeepFool iterations (official: 40 MNIST, 7 CIFAR)"),
-        "pgd_eps": ("eps_linf_list", "L∞ radii on [0, 1] pixels of the adaptive attack ensemble"),
-        "lr": ("pos_float", "initial SGD learning rate (× 0.2 at the official milestones, scaled to the epochs)"),
-        "budget": ("nonneg_float", "largest clean-accuracy drop (fraction) allowed when choosing kappa"),
-        "ddn_steps": ("nonneg_int", "iterations of the min-norm attack (DDN through BPDA; 0: not run)"),
-    }),
-    "cifar_augment": Param("bool", "CIFAR-10: random crops (pad 4) and flips in training, as the official code"),
+    "datasets": Param("subset", "data sets the chapter runs on", DATASETS),
+    "train_size": _each("pos_int", "training images used (the first N), validation included"),
+    "n_val": _each("pos_int", "of those, images held out at random to choose kappa"),
+    "epochs": _each("pos_int", "training epochs"),
+    "lr": _each("pos_float", "initial SGD learning rate (× 0.2 at the official milestones, scaled to the epochs)"),
+    "augment": _each("bool", "random crops (pad 4) and flips in training (the official code: CIFAR-10 only)"),
+    "adv_ratio": _each("nonneg_float", "fraction of each batch replaced by FGSM examples (robust model)"),
+    "adv_eps_normalized": _each("nonneg_float", "robust model's FGSM radius, official normalized units (× σ_c)"),
+    "n_clean": _each("pos_int", "test images for clean accuracy (the first N)"),
+    "n_attack": _each("pos_int", "test (and validation) images attacked with IFGSM (the first N)"),
+    "n_deepfool": _each("pos_int", "test images attacked with DeepFool (the first N)"),
+    "n_adaptive": _each("pos_int", "test images for the adaptive attacks and health checks (the first N)"),
+    "n_autoattack": _each("nonneg_int", "test images for AutoAttack (standard) at the chosen kappa (0: not run)"),
+    "kappas": _each("nonneg_float_list", "kappa grid (must contain 0)"),
+    "budget": _each("nonneg_float", "largest clean-accuracy drop (fraction) allowed when choosing kappa"),
+    "attack_iter": _each("pos_int", "IFGSM and DeepFool iterations (official: 40 on MNIST, 7 on CIFAR-10)"),
+    "pgd_eps": _each("eps_linf_list", "L∞ radii on [0, 1] pixels of the adaptive attack ensemble"),
+    "ddn_steps": _each("nonneg_int", "iterations of the min-norm attack (DDN through BPDA; 0: not run)"),
     "ifgsm_step": Param("pos_float", "IFGSM step, official normalized units (× σ_c on pixels)"),
     "deepfool_classes": Param("pos_int", "DeepFool candidate classes (10: all, as the official code)"),
     "members": Param("subset", "adaptive-ensemble members in order, pgd_true first", MEMBERS),
@@ -99,28 +132,33 @@ PARAMS = {
     "seed": Param("nonneg_int", "random seed of training, the validation split and the attacks"),
 }
 
+
+def _gray_color(gray, color) -> dict:
+    """A per-data-set profile value: ``gray`` for the 28×28 grayscale sets (MNIST's value serves Fashion-MNIST,
+    which shares its format and architecture), ``color`` for CIFAR-10."""
+    return {"mnist": gray, "fashion_mnist": gray, "cifar10": color}
+
+
 _COMMON = {
-    "datasets": ["mnist", "cifar"],
-    "mnist_adv_ratio": 0.3, "mnist_adv_eps_normalized": 0.3, "cifar_adv_ratio": 0.6,
-    "cifar_adv_eps_normalized": 0.031,
-    "mnist_kappas": [0.0, 0.5, 1.0, 1.5], "cifar_kappas": [round(0.1 * i, 1) for i in range(9)],
-    "mnist_iter": 40, "cifar_iter": 7, "ifgsm_step": 0.01, "mnist_lr": 0.02, "cifar_lr": 0.02,
-    # the threat-model radii (0.3, 8/255) and a larger one, where a sound evaluation must approach 0
-    "mnist_pgd_eps": [0.1, 0.2, 0.3, 0.4], "cifar_pgd_eps": [8 / 255, 16 / 255], "smooth_temperature": 0.1,
-    "mnist_budget": 0.01, "cifar_budget": 0.03, "cifar_augment": True, "members": list(MEMBERS),
-    "batch_size": 250, "seed": 0,
+    "datasets": ["mnist", "cifar10"],
+    "lr": 0.02, "augment": _gray_color(False, True),
+    "adv_ratio": _gray_color(0.3, 0.6), "adv_eps_normalized": _gray_color(0.3, 0.031),
+    "kappas": _gray_color([0.0, 0.5, 1.0, 1.5], [round(0.1 * i, 1) for i in range(9)]),
+    "budget": _gray_color(0.01, 0.03), "attack_iter": _gray_color(40, 7),
+    # the threat-model radii (MNIST 0.3, Fashion-MNIST 0.1, CIFAR-10 8/255) and a larger one, where a sound
+    # evaluation must approach 0
+    "pgd_eps": _gray_color([0.1, 0.2, 0.3, 0.4], [8 / 255, 16 / 255]),
+    "ifgsm_step": 0.01, "smooth_temperature": 0.1, "members": list(MEMBERS), "batch_size": 250, "seed": 0,
 }
 
 PROFILES = {
-    "smoke": {**_COMMON, "mnist_train_size": 3000, "mnist_n_val": 500, "mnist_epochs": 1,
-              "cifar_train_size": 1500, "cifar_n_val": 300, "cifar_epochs": 1,
-              "mnist_n_clean": 500, "mnist_n_attack": 100, "mnist_n_deepfool": 50, "mnist_n_adaptive": 50,
-              "cifar_n_clean": 300, "cifar_n_attack": 40, "cifar_n_deepfool": 16, "cifar_n_adaptive": 16,
-              "mnist_n_autoattack": 20, "cifar_n_autoattack": 0,
-              "mnist_kappas": [0.0, 1.0], "cifar_kappas": [0.0, 0.4], "mnist_iter": 10, "cifar_iter": 3,
-              "mnist_pgd_eps": [0.1, 0.4], "cifar_pgd_eps": [8 / 255], "deepfool_classes": 3, "pgd_steps": 10,
-              "restarts": 2, "square_queries": 100, "mnist_ddn_steps": 20, "cifar_ddn_steps": 20,
-              "health_steps": 5, "adaptive_all_kappas": True, "seeds": [0, 1]},
+    "smoke": {**_COMMON, "train_size": _gray_color(3000, 1500), "n_val": _gray_color(500, 300), "epochs": 1,
+              "n_clean": _gray_color(500, 300), "n_attack": _gray_color(100, 40), "n_deepfool": _gray_color(50, 16),
+              "n_adaptive": _gray_color(50, 16), "n_autoattack": _gray_color(20, 0),
+              "kappas": _gray_color([0.0, 1.0], [0.0, 0.4]), "attack_iter": _gray_color(10, 3),
+              "pgd_eps": _gray_color([0.1, 0.4], [8 / 255]), "deepfool_classes": 3, "pgd_steps": 10,
+              "restarts": 2, "square_queries": 100, "ddn_steps": 20, "health_steps": 5,
+              "adaptive_all_kappas": True, "seeds": [0, 1]},
     # Sized for 2 CPU cores (≤ 15 min). CIFAR-10 training is the expensive part: 9,000 training images for 4 of the
     # 90 epochs, without crops and flips and with a larger initial learning rate (in a 4-epoch trial on 10,000
     # images, crops and flips cost 8 points of clean accuracy, and lr 0.1 reached 49% where 0.05 reached 43%); the
@@ -128,23 +166,20 @@ PROFILES = {
     # undertrained model is at chance), small attack subsets and no DDN. DeepFool keeps 3 of the official 9
     # candidate classes (its cost grows with them) and the official iterations; the adaptive ensemble runs on
     # kappa = 0, the chosen and the largest kappa.
-    "laptop": {**_COMMON, "mnist_train_size": 60000, "mnist_n_val": 5000, "mnist_epochs": 3,
-               "cifar_train_size": 10000, "cifar_n_val": 1000, "cifar_epochs": 4, "cifar_lr": 0.1,
-               "cifar_augment": False,
-               "mnist_n_clean": 10000, "mnist_n_attack": 1000, "mnist_n_deepfool": 500, "mnist_n_adaptive": 200,
-               "cifar_n_clean": 1000, "cifar_n_attack": 200, "cifar_n_deepfool": 100, "cifar_n_adaptive": 100,
-               "mnist_n_autoattack": 500, "cifar_n_autoattack": 0,
-               "cifar_kappas": [0.0, 0.2, 0.4, 0.6], "deepfool_classes": 4,
-               "pgd_steps": 100, "restarts": 2, "square_queries": 1000, "mnist_ddn_steps": 100,
-               "cifar_ddn_steps": 0, "health_steps": 20, "adaptive_all_kappas": False, "seeds": [0, 1, 2]},
-    "paper": {**_COMMON, "mnist_train_size": 60000, "mnist_n_val": 5000, "mnist_epochs": 90,
-              "cifar_train_size": 50000, "cifar_n_val": 5000, "cifar_epochs": 90,
-              "mnist_n_clean": 10000, "mnist_n_attack": 5000, "mnist_n_deepfool": 5000, "mnist_n_adaptive": 1000,
-              "cifar_n_clean": 1000, "cifar_n_attack": 1000, "cifar_n_deepfool": 1000, "cifar_n_adaptive": 1000,
-              "mnist_n_autoattack": 1000, "cifar_n_autoattack": 1000,
+    "laptop": {**_COMMON, "train_size": _gray_color(60000, 10000), "n_val": _gray_color(5000, 1000),
+               "epochs": _gray_color(3, 4), "lr": _gray_color(0.02, 0.1), "augment": False,
+               "n_clean": _gray_color(10000, 1000), "n_attack": _gray_color(1000, 200),
+               "n_deepfool": _gray_color(500, 100), "n_adaptive": _gray_color(200, 100),
+               "n_autoattack": _gray_color(500, 0),
+               "kappas": _gray_color([0.0, 0.5, 1.0, 1.5], [0.0, 0.2, 0.4, 0.6]), "deepfool_classes": 4,
+               "pgd_steps": 100, "restarts": 2, "square_queries": 1000, "ddn_steps": _gray_color(100, 0),
+               "health_steps": 20, "adaptive_all_kappas": False, "seeds": [0, 1, 2]},
+    # The official recipe. The offline CIFAR-10 mirror holds the first 1,000 test images, hence n_clean.
+    "paper": {**_COMMON, "train_size": _gray_color(60000, 50000), "n_val": 5000, "epochs": 90,
+              "n_clean": _gray_color(10000, 1000), "n_attack": _gray_color(5000, 1000),
+              "n_deepfool": _gray_color(5000, 1000), "n_adaptive": 1000, "n_autoattack": 1000,
               "deepfool_classes": 10, "pgd_steps": 100, "restarts": 5, "square_queries": 5000,
-              "mnist_ddn_steps": 1000, "cifar_ddn_steps": 1000, "health_steps": 100,
-              "adaptive_all_kappas": True, "seeds": [0, 1, 2]},
+              "ddn_steps": 1000, "health_steps": 100, "adaptive_all_kappas": True, "seeds": [0, 1, 2]},
 }
 
 SPEC = ChapterSpec(
@@ -157,125 +192,158 @@ SPEC = ChapterSpec(
 )
 
 
-# ---------------------------------------------------------------------------
-# Glue the notebook calls
+def datasets_of(cfg) -> list[str]:
+    """The run's data sets in the book's order (``robustness.data.DATASETS``)."""
+    return [d for d in DATASETS if d in cfg["datasets"]]
 
 
-def step_pixels(cfg: RunConfig, d: str) -> torch.Tensor:
+def step_pixels(cfg, d: str) -> torch.Tensor:
     """The official IFGSM step (normalized units) on [0, 1] pixels, per channel: ``ifgsm_step × σ_c``."""
-    return normalized_to_pixels(DATASET[d], cfg.ifgsm_step)
+    return normalized_to_pixels(d, cfg["ifgsm_step"])
 
 
-def adv_eps_pixels(cfg: RunConfig, d: str) -> torch.Tensor:
+def adv_eps_pixels(cfg, d: str) -> torch.Tensor:
     """The robust model's FGSM radius on [0, 1] pixels, per channel: the official normalized radius × σ_c."""
-    return normalized_to_pixels(DATASET[d], cfg[f"{d}_adv_eps_normalized"])
+    return normalized_to_pixels(d, cfg["adv_eps_normalized"][d])
 
 
-def train_models(cfg: RunConfig, d: str) -> tuple[dict, dict, dict]:
-    """Train (or load) the baseline and FGSM-mix models of data set prefix ``d`` on the training split
-    minus a random validation hold-out. Returns ``(models, metas, splits)``; ``splits`` has ``val``."""
+# ---------------------------------------------------------------------------
+# The training recipes: the official SGD schedule, on the training split minus a random validation hold-out
+
+
+def splits(cfg: RunConfig, d: str) -> dict:
+    """The first ``train_size`` training images of ``d``, split into ``train`` and a random ``val`` hold-out."""
     from ..data import load_dataset, train_val_split
-    from ..defenses.adversarial_training import AdversarialLoss
-    from ..models import build_model
-    from ..train import TrainConfig, cached_train, cross_entropy, official_milestones
 
-    dataset, arch = DATASET[d], ARCH[d]
-    full = load_dataset(dataset, "train").first(cfg[f"{d}_train_size"])
-    train_part, val = train_val_split(full, cfg[f"{d}_n_val"], seed=cfg.seed)
-    config = TrainConfig(epochs=cfg[f"{d}_epochs"], lr=cfg[f"{d}_lr"], milestones=official_milestones(cfg[f"{d}_epochs"]),
-                         augment=d == "cifar" and cfg.cifar_augment, seed=cfg.seed)
-    recipe = {"model": arch, "dataset": dataset, "train_size": len(full), "split": "train minus val",
-              "n_val": cfg[f"{d}_n_val"], "val_seed": cfg.seed}
-    # FGSM in the official normalized units: a per-channel radius on pixels, crafted in eval mode
-    losses = {"baseline": cross_entropy,
-              "robust": AdversarialLoss("fgsm", adv_eps_pixels(cfg, d), mix=cfg[f"{d}_adv_ratio"], replace=True)}
-    models, metas = {}, {}
-    for kind, loss in losses.items():
-        models[kind], metas[kind] = cached_train(recipe, lambda: build_model(arch, dataset), train_part, config,
-                                                 loss=loss)
-    return models, metas, {"train": train_part, "val": val}
+    full = load_dataset(d, "train").first(cfg.train_size[d])
+    train, val = train_val_split(full, cfg.n_val[d], seed=cfg.seed)
+    return {"train": train, "val": val}
+
+
+def _train(cfg: RunConfig, d: str, loss) -> tuple[nn.Module, dict]:
+    from ..models import build_model
+    from ..train import TrainConfig, cached_train, official_milestones
+
+    config = TrainConfig(epochs=cfg.epochs[d], lr=cfg.lr[d], milestones=official_milestones(cfg.epochs[d]),
+                         augment=cfg.augment[d], seed=cfg.seed)
+    # the checkpoint cache is keyed by this recipe, the training config and the loss
+    recipe = {"model": ARCH[d], "dataset": d, "train_size": cfg.train_size[d], "split": "train minus val",
+              "n_val": cfg.n_val[d], "val_seed": cfg.seed}
+    return cached_train(recipe, lambda: build_model(ARCH[d], d), splits(cfg, d)["train"], config, loss=loss)
+
+
+def train_baseline(cfg: RunConfig, d: str) -> tuple[nn.Module, dict]:
+    """The paper's "baseline": plain cross-entropy with the official schedule. Returns ``(model, meta)``."""
+    from ..train import cross_entropy
+
+    return _train(cfg, d, cross_entropy)
+
+
+def train_robust(cfg: RunConfig, d: str) -> tuple[nn.Module, dict]:
+    """The paper's "robust" model: the first ``adv_ratio`` of every batch replaced by FGSM examples of the
+    current weights (crafted in eval mode), at the official normalized radius on pixels, per channel."""
+    from ..defenses.adversarial_training import AdversarialLoss
+
+    return _train(cfg, d, AdversarialLoss("fgsm", adv_eps_pixels(cfg, d), mix=cfg.adv_ratio[d], replace=True))
+
+
+RECIPES = {"baseline": train_baseline, "robust": train_robust}
 
 
 # ---------------------------------------------------------------------------
 # The paper's protocol: a sweep over kappa in the gray-box and white-box settings
 
 
-def _deepfool_stats(model, x, y, x_adv, dataset) -> dict:
-    out = {}
-    for p, key in ((2, "l2"), (math.inf, "linf")):
-        s = evaluate.min_norm_summary(x, x_adv[key], y, model, p=p)
-        out[f"deepfool_{key}_acc"] = evaluate.accuracy(model, x_adv[key], y)
-        out[f"deepfool_{key}_rho"] = s["rho_mean"]  # the book's pixel ρ: mean over correct ∧ fooled
-        out[f"deepfool_{key}_rho_paper"] = evaluate.jumprelu_rho(x, x_adv[key], dataset, p=p)["mean"]
-        out[f"deepfool_{key}_success"] = s["success_rate"]
-    return out
-
-
 def _deepfool_both(model, x, y, *, max_iter, num_classes, batch_size) -> dict:
     return {key: evaluate.run_attack(attacks.deepfool, model, x, y, batch_size, desc=f"deepfool {key}", norm=p,
-                                     max_iter=max_iter, num_classes=num_classes)
+                                     max_iter=max_iter, num_classes=num_classes, overshoot=DEEPFOOL_OVERSHOOT)
             for p, key in ((2, "l2"), (math.inf, "linf"))}
 
 
-def kappa_sweep(model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y: torch.Tensor, *,
-                ifgsm_step, ifgsm_steps: int, dataset: str, deepfool_iter: int = 0, deepfool_classes: int = 10,
-                n_deepfool: int | None = None, x_clean: torch.Tensor | None = None,
-                y_clean: torch.Tensor | None = None, batch_size: int = 256) -> dict:
-    """The paper's measurements for each kappa, on the retrofitted copies of ``model``.
+def _deepfool_records(rec, model, x, y, x_adv: dict, dataset: str) -> list[dict]:
+    out = []
+    for p, key in ((2, "l2"), (math.inf, "linf")):
+        s = evaluate.min_norm_summary(x, x_adv[key], y, model, p=p)
+        official = evaluate.jumprelu_rho(x, x_adv[key], dataset, p=p)
+        kw = dict(attack="deepfool", threat_model=key)
+        out += [rec(metric="accuracy", value=evaluate.accuracy(model, x_adv[key], y), n=len(y), **kw),
+                rec(metric="rho", value=official["mean"], n=official["n"], interval=official["interval"],
+                    units="normalized", statistic="mean over all attacked images", **kw),
+                rec(metric="rho", value=s["rho_mean"], n=s["n_correct"], units="pixel",
+                    statistic="mean over correct and fooled", **kw),
+                rec(metric="success_rate", value=s["success_rate"], n=s["n_correct"], **kw)]
+    return out
 
-    Per kappa (keys ``f"{kappa:g}"``): ``clean`` accuracy (on ``x_clean``/``y_clean`` when given, else on
-    ``x``), and for ``white_box`` (attacks crafted on the retrofitted model, with autograd's gradient, as
-    the paper) and ``gray_box`` (crafted once on the kappa = 0 model, evaluated on the retrofitted one):
-    IFGSM accuracy (``ifgsm_step`` on pixels, per channel) and, when ``deepfool_iter > 0``, DeepFool L2 / L∞
-    accuracy, the book's pixel ρ (mean over the correctly classified images it fools), the official code's ρ
-    (normalized space, averaged as the official code averages) and the success rate, on the first
-    ``n_deepfool`` images of ``x`` (all when ``None``).
+
+def kappa_sweep(cfg, model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y: torch.Tensor, *,
+                dataset: str, model_name: str, protocol: str, ifgsm_steps: int,
+                deepfool_iter: int = 0, deepfool_classes: int = 10, n_deepfool: int | None = None,
+                x_clean: torch.Tensor | None = None, y_clean: torch.Tensor | None = None,
+                batch_size: int = 256) -> list[dict]:
+    """The paper's measurements for each kappa on the retrofitted copies of ``model``, as records.
+
+    Per kappa (``defense="jumprelu"``, setting ``kappa``, ``protocol``): clean accuracy (on ``x_clean``/
+    ``y_clean`` when given, else on ``x``); and in the ``box="white"`` setting (attacks crafted on the
+    retrofitted model, with autograd's gradient, as the paper) and the ``box="gray"`` one (crafted once on the
+    kappa = 0 model, evaluated on the retrofit): IFGSM accuracy (``ifgsm_steps`` steps of ``cfg["ifgsm_step"]``
+    in ``dataset``'s normalized units, i.e. × σ_c per channel on pixels; ``threat_model="linf_normalized"``)
+    and, when ``deepfool_iter > 0``, DeepFool L2 / L∞ accuracy, success rate and ρ in both units, on the first
+    ``n_deepfool`` images of ``x`` (all when ``None``). ``dataset`` names the normalization of the official ρ.
     """
     x_clean, y_clean = (x, y) if x_clean is None else (x_clean, y_clean)
-    ifgsm_kw = dict(step=ifgsm_step, steps=ifgsm_steps)
+    step_normalized = float(cfg["ifgsm_step"])
+    ifgsm_kw = dict(step=step_pixels(cfg, dataset), steps=ifgsm_steps)
     df_kw = dict(max_iter=deepfool_iter, num_classes=deepfool_classes, batch_size=batch_size)
     gray_ifgsm = evaluate.run_attack(attacks.ifgsm, model, x, y, batch_size, desc="ifgsm (kappa=0)", **ifgsm_kw)
     xd, yd = (x, y) if n_deepfool is None else (x[:n_deepfool], y[:n_deepfool])
     gray_df = _deepfool_both(model, xd, yd, **df_kw) if deepfool_iter > 0 else None
-    out = {}
+    out = []
     for kappa in kappas:
         net = retrofit(model, kappa)
-        row = {"clean": evaluate.accuracy(net, x_clean, y_clean), "n_clean": len(y_clean),
-               "clean_attack_subset": evaluate.accuracy(net, x, y)}
+
+        def rec(**kw):
+            return record(cfg, dataset=dataset, model=model_name, defense="jumprelu", kappa=float(kappa),
+                          protocol=protocol, **kw)
+
+        out.append(rec(metric="accuracy", value=evaluate.accuracy(net, x_clean, y_clean), n=len(y_clean)))
         white_ifgsm = (gray_ifgsm if kappa == 0 else
                        evaluate.run_attack(attacks.ifgsm, net, x, y, batch_size, desc=f"ifgsm kappa={kappa:g}",
                                            **ifgsm_kw))
-        row["white_box"] = {"ifgsm_acc": evaluate.accuracy(net, white_ifgsm, y)}
-        row["gray_box"] = {"ifgsm_acc": evaluate.accuracy(net, gray_ifgsm, y)}
+        for box, adv in (("white", white_ifgsm), ("gray", gray_ifgsm)):
+            out.append(rec(attack="ifgsm", threat_model="linf_normalized", metric="accuracy",
+                           value=evaluate.accuracy(net, adv, y), n=len(y), box=box, step=step_normalized,
+                           steps=ifgsm_steps))
         if deepfool_iter > 0:
             white_df = gray_df if kappa == 0 else _deepfool_both(net, xd, yd, **df_kw)
-            row["white_box"].update(_deepfool_stats(net, xd, yd, white_df, dataset))
             # gray box: the perturbation is the kappa = 0 one; whether it still fools the retrofit is the question
-            row["gray_box"].update(_deepfool_stats(net, xd, yd, gray_df, dataset))
-        out[f"{kappa:g}"] = row
+            for box, adv in (("white", white_df), ("gray", gray_df)):
+                out += _deepfool_records(
+                    lambda **kw: rec(box=box, steps=deepfool_iter, classes=deepfool_classes,
+                                     overshoot=DEEPFOOL_OVERSHOOT, **kw), net, xd, yd, adv, dataset)
     return out
 
 
-def choose_kappa(sweep: dict, budget: float) -> dict:
-    """The validation rule: among the kappas whose clean accuracy is at most ``budget`` (a fraction)
-    below kappa = 0's, the one with the highest white-box IFGSM accuracy (ties: the smaller kappa).
+def choose_kappa(records: Sequence[dict], budget: float) -> dict:
+    """The validation rule: among the kappas whose clean accuracy is at most ``budget`` (a fraction) below
+    kappa = 0's, the one with the highest white-box IFGSM accuracy (ties: the smaller kappa).
 
-    ``sweep`` is a :func:`kappa_sweep` result on validation data and must contain kappa = 0.
-    Returns ``{"kappa", "clean_drop", "ifgsm_acc", "admissible"}``.
+    ``records`` are one model's :func:`kappa_sweep` records (clean and white-box IFGSM accuracy per kappa);
+    the grid must contain kappa = 0. Returns ``{"kappa", "clean_drop", "ifgsm_acc", "admissible", "budget"}``.
     """
-    if "0" not in sweep:
+    clean = {r["setting"]["kappa"]: r["value"] for r in select(records, attack="none", metric="accuracy")}
+    ifgsm = {r["setting"]["kappa"]: r["value"]
+             for r in select(records, attack="ifgsm", box="white", metric="accuracy")}
+    if 0.0 not in clean:
         raise ValueError("the kappa grid must contain 0 (the unmodified model is the reference)")
-    base = sweep["0"]["clean"]
-    admissible = sorted((float(k) for k, r in sweep.items() if base - r["clean"] <= budget + 1e-12))
-    best = max(admissible, key=lambda k: (sweep[f"{k:g}"]["white_box"]["ifgsm_acc"], -k))
-    row = sweep[f"{best:g}"]
-    return {"kappa": best, "clean_drop": base - row["clean"], "ifgsm_acc": row["white_box"]["ifgsm_acc"],
+    admissible = sorted(k for k, v in clean.items() if clean[0.0] - v <= budget + 1e-12)
+    best = max(admissible, key=lambda k: (ifgsm[k], -k))
+    return {"kappa": best, "clean_drop": clean[0.0] - clean[best], "ifgsm_acc": ifgsm[best],
             "admissible": admissible, "budget": budget}
 
 
-def evaluated_kappa(choice: dict, grid: Sequence[float]) -> float:
+def evaluated_kappa(chosen: float, grid: Sequence[float]) -> float:
     """The kappa the verdict judges: the chosen one, or the largest of the grid when validation chose 0."""
-    return choice["kappa"] if choice["kappa"] > 0 else max(grid)
+    return chosen if chosen > 0 else max(grid)
 
 
 # ---------------------------------------------------------------------------
@@ -287,7 +355,7 @@ def ensemble(net: nn.Module, source: nn.Module, kappa: float, names: Sequence[st
     """The adaptive members for one retrofit ``net`` (``source``: the kappa = 0 network, for transfer).
 
     At kappa = 0 BPDA's backward is exact and the transfer source is the network itself, so those members
-    would repeat ``pgd_true``; only ``pgd_true``, the margin-loss PGD and Square run there.
+    would repeat ``pgd_true``; only :data:`MEMBERS_AT_ZERO` run there.
     """
     from ..evaluate import members as wc
 
@@ -302,366 +370,499 @@ def ensemble(net: nn.Module, source: nn.Module, kappa: float, names: Sequence[st
                                       name="pgd_smooth"),
         "square": lambda: wc.square(queries=queries, restarts=1, name="square"),
     }
-    at_zero = ("pgd_true", "pgd_bpda_margin", "square")
-    return [make[m]() for m in names if kappa > 0 or m in at_zero]
+    return [make[m]() for m in names if kappa > 0 or m in MEMBERS_AT_ZERO]
 
 
-def adaptive_evaluation(model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y: torch.Tensor,
-                        eps_list: Sequence[float], threat: float, cfg: RunConfig, ddn_steps: int = 0) -> dict:
-    """Per kappa: clean accuracy, the worst case over ``cfg.members`` at every radius (nested balls: an image
-    fooled at a smaller eps is fooled at a larger one), at the threat radius what each member added, the
-    worst case rerun with each of ``cfg.seeds``, and (``ddn_steps`` > 0) the adaptive min-norm attack
-    (DDN through BPDA, with its convergence check). Every accuracy carries n and a 95% Wilson interval."""
-    kw = dict(steps=cfg.pgd_steps, restarts=cfg.restarts, queries=cfg.square_queries,
-              temperature=cfg.smooth_temperature)
-    source = retrofit(model, 0.0)
-    out = {}
-    for kappa in sorted({0.0, *(float(k) for k in kappas)}):
-        net = retrofit(model, kappa)
-        members = ensemble(net, source, kappa, cfg.members, **kw)
-        correct = evaluate.predict(net, x) == y
-        curve = evaluate.worst_case_curve(net, x, y, sorted(eps_list), members, batch_size=cfg.batch_size,
-                                          seed=cfg.seed)
-        at_threat = {s: evaluate.worst_case(net, x, y, threat, members, batch_size=cfg.batch_size, seed=s)
-                     for s in cfg.seeds}
-        row = {"clean": evaluate.accuracy_record(correct), "n": len(y),
-               "curve": [evaluate.to_record(r) for r in curve],
-               "threat": {"eps": threat, "members": [m.name for m in members],
-                          "seeds": {str(s): evaluate.to_record(r) for s, r in at_threat.items()}}}
-        if ddn_steps > 0:
-            row["min_norm"] = evaluate.min_norm(net, x, y, attack_model=bpda_relu(net), steps=ddn_steps,
-                                                batch_size=cfg.batch_size, seed=cfg.seed)
-        out[f"{kappa:g}"] = row
+def _worst_case_records(rec, result: dict, nested: bool, seed: int) -> list[dict]:
+    """A :func:`evaluate.worst_case` result as records: the worst case, and per member what it added; at the
+    threat radius also ``pgd_true`` alone (it runs first, so what it fooled is what it fools standalone)."""
+    kw = dict(threat_model="linf", eps=result["eps"], nested=nested, seed=seed)
+    out = [rec(attack="worst_case", metric="accuracy", value=result["robust"], n=result["n"],
+               interval=result["interval"], members="+".join(result["members"]), **kw)]
+    out += [rec(attack=m, metric="added", value=result["added"][m], n=result["n"], order=i, **kw)
+            for i, m in enumerate(result["members"])]
+    if not nested:
+        clean_k = round(result["clean"] * result["n"])
+        alone = evaluate.accuracy_record(clean_k - result["added"]["pgd_true"], result["n"])
+        out.append(rec(attack="pgd_true", metric="accuracy", value=alone["value"], n=alone["n"],
+                       interval=alone["interval"], **kw))
     return out
 
 
-def autoattack_at(model: nn.Module, kappa: float, x: torch.Tensor, y: torch.Tensor, eps: float,
-                  cfg: RunConfig) -> dict:
-    """AutoAttack (standard) on the ``kappa``-retrofit: the field's reference number. It follows the
-    retrofit's own (masked) gradient and adds Square, so it is a reference, not an adaptive attack."""
-    res = evaluate.autoattack_accuracy(retrofit(model, kappa), x, y, eps, norm="linf", batch_size=cfg.batch_size,
-                                       seed=cfg.seed)
-    return {"kappa": kappa, **{k: v for k, v in res.items() if k != "seconds"}}  # seconds are not a metric
+def _min_norm_records(rec, r: dict) -> list[dict]:
+    kw = dict(attack="ddn_bpda", threat_model="l2")
+    out = []
+    for steps, suffix in ((r["steps"], ""), (r.get("steps_double"), "_double")):
+        if steps is None:
+            continue
+        out += [rec(metric="rho", value=r[f"rho_median{suffix}"], n=r["n_correct"], units="pixel",
+                    statistic="median (not fooled = ∞)", steps=steps, **kw),
+                rec(metric="success_rate", value=r[f"success_rate{suffix}"], n=r["n_correct"], steps=steps, **kw)]
+    if "converged" in r:
+        out.append(rec(metric="converged", value=float(r["converged"]), steps=r["steps"], **kw))
+    return out
 
 
-def health(model: nn.Module, kappa: float, x: torch.Tensor, y: torch.Tensor, d: str, cfg: RunConfig,
+def adaptive_evaluation(cfg, model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y: torch.Tensor,
+                        eps_list: Sequence[float], threat: float, *, dataset: str, model_name: str,
+                        ddn_steps: int = 0) -> list[dict]:
+    """Records (``protocol="adaptive"``) per kappa of ``{0} ∪ kappas``: clean accuracy; the worst case over
+    ``cfg.members`` at every radius of ``eps_list``, nested (an image fooled at a smaller eps is fooled at a
+    larger one); at the ``threat`` radius the worst case rerun with each of ``cfg.seeds`` with what each member
+    added and the paper's gradient alone; and (``ddn_steps`` > 0) the adaptive min-norm attack (DDN through
+    BPDA) with its convergence check. Every accuracy carries n and a 95% Wilson interval."""
+    kw = dict(steps=cfg["pgd_steps"], restarts=cfg["restarts"], queries=cfg["square_queries"],
+              temperature=cfg["smooth_temperature"])
+    batch = cfg["batch_size"]
+    source = retrofit(model, 0.0)
+    out = []
+    for kappa in sorted({0.0, *(float(k) for k in kappas)}):
+        net = retrofit(model, kappa)
+        members = ensemble(net, source, kappa, cfg["members"], **kw)
+
+        def rec(**fields):
+            return record(cfg, dataset=dataset, model=model_name, defense="jumprelu", kappa=kappa,
+                          protocol="adaptive", **fields)
+
+        clean = evaluate.accuracy_record(evaluate.predict(net, x) == y)
+        out.append(rec(metric="accuracy", value=clean["value"], n=clean["n"], interval=clean["interval"]))
+        for r in evaluate.worst_case_curve(net, x, y, sorted(eps_list), members, batch_size=batch, seed=cfg["seed"]):
+            out += _worst_case_records(rec, r, nested=True, seed=cfg["seed"])
+        for s in cfg["seeds"]:
+            r = evaluate.worst_case(net, x, y, threat, members, batch_size=batch, seed=s)
+            out += _worst_case_records(rec, r, nested=False, seed=s)
+        if ddn_steps > 0:
+            out += _min_norm_records(rec, evaluate.min_norm(net, x, y, attack_model=bpda_relu(net), steps=ddn_steps,
+                                                            batch_size=batch, seed=cfg["seed"]))
+    return out
+
+
+def autoattack_at(cfg, model: nn.Module, kappa: float, x: torch.Tensor, y: torch.Tensor, eps: float, *,
+                  dataset: str, model_name: str) -> dict:
+    """AutoAttack (standard) on the ``kappa``-retrofit, as a record: the field's reference number. It follows
+    the retrofit's own (masked) gradient and adds Square, so it is a reference, not an adaptive attack."""
+    res = evaluate.autoattack_accuracy(retrofit(model, kappa), x, y, eps, norm="linf", batch_size=cfg["batch_size"],
+                                       seed=cfg["seed"])
+    return record(cfg, dataset=dataset, model=model_name, defense="jumprelu", attack="autoattack",
+                  threat_model="linf", eps=eps, metric="accuracy", value=res["robust"], n=res["n"],
+                  interval=res["interval"], kappa=float(kappa), protocol="autoattack", version=res["version"])
+
+
+def _worst_for_health(records: Sequence[dict], d: str, m: str, kappa: float, seed: int) -> dict | None:
+    """The threat-radius worst case of one seed in the shape the gradient-free health check reads."""
+    added = select(records, dataset=d, model=m, protocol="adaptive", kappa=kappa, metric="added", nested=False,
+                   seed=seed)
+    if not added:
+        return None
+    names = [r["attack"] for r in added]
+    return {"members": names, "kinds": {n: "square" if n == "square" else "pgd" for n in names},
+            "added": {r["attack"]: int(r["value"]) for r in added}, "n": added[0]["n"], "eps": added[0]["eps"]}
+
+
+def health(cfg, model: nn.Module, kappa: float, x: torch.Tensor, y: torch.Tensor, d: str,
            worst: dict | None = None) -> list[dict]:
     """The health table of one retrofit at the threat radius: attacks follow the BPDA copy, gradients are
     measured on the exact retrofit, the transfer check uses PGD examples of the kappa = 0 network."""
-    eps = threat_eps(DATASET[d])
-    gen = torch.Generator(evaluate.model_device(model)).manual_seed(cfg.seed)
-    transfer = evaluate.run_attack(attacks.pgd_linf, model, x, y, cfg.batch_size, eps=eps, steps=cfg.health_steps,
-                                   generator=gen, early_stop=False)
+    eps = threat_eps(d)
+    gen = torch.Generator(evaluate.model_device(model)).manual_seed(cfg["seed"])
+    transfer = evaluate.run_attack(attacks.pgd_linf, model, x, y, cfg["batch_size"], eps=eps,
+                                   steps=cfg["health_steps"], generator=gen, early_stop=False)
     jump = retrofit(model, kappa)
-    return evaluate.health_checks(jump, x, y, eps=eps, norm="linf", steps=cfg.health_steps,
-                                  num_classes=dataset_info(DATASET[d]).num_classes, attack_model=bpda_relu(jump),
-                                  transfer_x_adv=transfer, worst=worst, batch_size=cfg.batch_size, seed=cfg.seed)
+    return evaluate.health_checks(jump, x, y, eps=eps, norm="linf", steps=cfg["health_steps"],
+                                  num_classes=dataset_info(d).num_classes, attack_model=bpda_relu(jump),
+                                  transfer_x_adv=transfer, worst=worst, batch_size=cfg["batch_size"],
+                                  seed=cfg["seed"])
 
 
 # ---------------------------------------------------------------------------
-# The chapter's steps, one call each from the notebook, and their tables
+# The chapter's steps, one call each from the notebook; each returns records
 
 
-def _datasets(cfg: RunConfig) -> list[str]:
-    return [d for d in DATASET if d in cfg.datasets]
-
-
-def train_all(cfg: RunConfig) -> tuple[dict, dict, dict, dict]:
-    """Train (or load) every model of ``cfg.datasets``. Returns ``(nets, data, train_metrics, timings)``:
-    ``nets[f"{d}_{kind}"]``, ``data[d] = {"test", "val", "info"}``; wall-clock seconds go to ``timings``."""
+def train_all(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
+    """Train (or load) both networks of every data set of the run. Returns ``(nets, data, records, timings)``:
+    ``nets[(d, model)]``; ``data[d] = {"test", "val", "info"}``; the clean test accuracy of each network as
+    records (``protocol="training"``); training seconds and cache hits in ``timings["train"]``."""
     from ..data import load_dataset
 
-    nets, data, rows, timings = {}, {}, {}, {"train": {}}
-    for d in _datasets(cfg):
-        models, metas, splits = train_models(cfg, d)
-        data[d] = {"test": load_dataset(DATASET[d], "test"), "val": splits["val"], "info": dataset_info(DATASET[d])}
-        clean = data[d]["test"].first(cfg[f"{d}_n_clean"])
-        for kind, net in models.items():
-            key = f"{d}_{kind}"
-            nets[key] = net
-            rows[key] = {"architecture": ARCH[d], "train_images": len(splits["train"]), "epochs": cfg[f"{d}_epochs"],
-                         "clean": evaluate.accuracy_record(evaluate.predict(net, clean.x) == clean.y),
-                         "test_source": clean.source}
-            timings["train"][key] = {"seconds": metas[kind]["train_seconds"], "cached": metas[kind]["cached"]}
-    return nets, data, rows, timings
+    nets, data, records, timings = {}, {}, [], {"train": {}}
+    for d in datasets_of(cfg):
+        data[d] = {"test": load_dataset(d, "test"), "val": splits(cfg, d)["val"], "info": dataset_info(d)}
+        clean = data[d]["test"].first(cfg.n_clean[d])
+        for kind in KINDS:
+            m = model_id(d, kind)
+            nets[d, m], meta = RECIPES[kind](cfg, d)
+            acc = evaluate.accuracy_record(evaluate.predict(nets[d, m], clean.x) == clean.y)
+            records.append(record(cfg, dataset=d, model=m, metric="accuracy", value=acc["value"], n=acc["n"],
+                                  interval=acc["interval"], protocol="training"))
+            timings["train"][f"{d}/{m}"] = {"seconds": meta["train_seconds"], "cached": meta["cached"]}
+    return nets, data, records, timings
 
 
-def training_table(rows: dict, timings: dict, cfg: RunConfig) -> str:
-    """The models, their clean accuracy with its interval, and what the profile cut from the official recipe."""
-    from ..report import markdown_table
-    from ..train import official_milestones
-
-    table = markdown_table(
-        [{"model": k, **r, "seconds": timings["train"][k]["seconds"], "cached": timings["train"][k]["cached"]}
-         for k, r in rows.items()],
-        {"model": "model", "architecture": "architecture", "train_images": "train images", "epochs": "epochs",
-         "clean": "clean test accuracy [95% CI]", "seconds": "train s", "cached": "from cache"},
-        {"clean": lambda r: f"{_iv(r)} (n = {r['n']:,})", "seconds": lambda v: f"{v:.0f}"})
-    cuts = []
-    for d in _datasets(cfg):
-        full_n = 60000 if d == "mnist" else 50000
-        n_train, ep = cfg[f"{d}_train_size"] - cfg[f"{d}_n_val"], cfg[f"{d}_epochs"]
-        if ep < 90 or cfg[f"{d}_train_size"] < full_n:
-            cuts.append(f"{NAME[d]}: {n_train:,} training images × {ep} epochs = {n_train * ep / (full_n * 90):.1%} of "
-                        f"the official {full_n:,} × 90 image-passes, initial learning rate {cfg[f'{d}_lr']:g} (× 0.2 "
-                        f"at epochs {', '.join(str(e) for e in official_milestones(ep)) or 'none'})"
-                        + (" (the paper's CIFAR-10 AlexLike reaches 87.52% clean)" if d == "cifar" else "")
-                        + (", without the official crops and flips" if d == "cifar" and not cfg.cifar_augment else ""))
-    sources = "; ".join(f"{NAME[k.split('_')[0]]} — {r['test_source']}" for k, r in rows.items()
-                        if k.endswith("baseline"))
-    note = ("\n\n**Shortened training.** " + "; ".join(cuts) + ". Robustness numbers of an undertrained model are "
-            "not the paper's; the comparisons below are within this run." if cuts else "")
-    return table + f"\n\nTest sets: {sources}." + note
-
-
-def choose_all(nets: dict, data: dict, cfg: RunConfig) -> tuple[dict, dict]:
-    """The kappa sweep on validation images and the chosen kappa, per model."""
-    sweeps, choice = {}, {}
-    for key, net in nets.items():
-        d = key.split("_")[0]
-        v, n = data[d]["val"], cfg[f"{d}_n_attack"]
-        sweeps[key] = kappa_sweep(net, cfg[f"{d}_kappas"], v.x[:n], v.y[:n], ifgsm_step=step_pixels(cfg, d),
-                                  ifgsm_steps=cfg[f"{d}_iter"], dataset=DATASET[d], x_clean=v.x, y_clean=v.y,
-                                  batch_size=cfg.batch_size)
-        choice[key] = choose_kappa(sweeps[key], cfg[f"{d}_budget"])
-    return sweeps, choice
-
-
-def choice_table(choice: dict) -> str:
-    from ..report import markdown_table
-
-    return markdown_table(
-        [{"model": k, **c, "admissible": ", ".join(f"{a:g}" for a in c["admissible"])} for k, c in choice.items()],
-        {"model": "model", "budget": "clean-accuracy budget", "admissible": "admissible κ", "kappa": "chosen κ",
-         "clean_drop": "val clean drop", "ifgsm_acc": "val IFGSM acc (white-box)"},
-        {"budget": pct, "clean_drop": pct, "ifgsm_acc": pct, "kappa": lambda k: f"{k:g}"})
-
-
-def protocol_all(nets: dict, data: dict, cfg: RunConfig) -> dict:
-    """The paper's protocol on the test set for every model: the kappa sweep with IFGSM and DeepFool."""
-    out = {}
-    for key, net in nets.items():
-        d = key.split("_")[0]
-        clean, att = data[d]["test"].first(cfg[f"{d}_n_clean"]), data[d]["test"].first(cfg[f"{d}_n_attack"])
-        sweep = kappa_sweep(net, cfg[f"{d}_kappas"], att.x, att.y, ifgsm_step=step_pixels(cfg, d),
-                            ifgsm_steps=cfg[f"{d}_iter"], dataset=DATASET[d], deepfool_iter=cfg[f"{d}_iter"],
-                            deepfool_classes=cfg.deepfool_classes, n_deepfool=cfg[f"{d}_n_deepfool"],
-                            x_clean=clean.x, y_clean=clean.y, batch_size=cfg.batch_size)
-        out[key] = {"kappa": sweep, "n_clean": cfg[f"{d}_n_clean"], "n_attack": cfg[f"{d}_n_attack"],
-                    "n_deepfool": cfg[f"{d}_n_deepfool"]}
+def choose_all(nets: dict, data: dict, cfg: RunConfig) -> list[dict]:
+    """The kappa sweep on validation images and the chosen kappa (metric ``chosen_kappa``), per network."""
+    out = []
+    for (d, m), net in nets.items():
+        v, n = data[d]["val"], cfg.n_attack[d]
+        sweep = kappa_sweep(cfg, net, cfg.kappas[d], v.x[:n], v.y[:n], dataset=d, model_name=m,
+                            protocol="validation", ifgsm_steps=cfg.attack_iter[d],
+                            x_clean=v.x, y_clean=v.y, batch_size=cfg.batch_size)
+        choice = choose_kappa(sweep, cfg.budget[d])
+        out += sweep + [record(cfg, dataset=d, model=m, defense="jumprelu", attack="ifgsm",
+                               threat_model="linf_normalized", metric="chosen_kappa", value=choice["kappa"],
+                               protocol="validation", budget=cfg.budget[d])]
     return out
 
 
-def deepfool_note(cfg: RunConfig) -> str:
-    ds = _datasets(cfg)
-    return (f"DeepFool here: the {cfg.deepfool_classes - 1} highest-scoring other classes at the clean image as "
-            "candidates (the official code takes all 9 and re-sorts them at every iterate), "
-            + ", ".join(f"{cfg[f'{d}_iter']} iterations on {NAME[d]}" for d in ds)
-            + " (official: 40 MNIST, 7 CIFAR-10), overshoot 0.02, on the first "
-            + " / ".join(f"{cfg[f'{d}_n_deepfool']:,}" for d in ds) + " test images; IFGSM on the first "
-            + " / ".join(f"{cfg[f'{d}_n_attack']:,}" for d in ds) + "."
-            + (" Fewer candidates usually make DeepFool's perturbations larger (it may miss the nearest "
-               "boundary), though for a greedy path this is not guaranteed." if cfg.deepfool_classes < 10 else ""))
+def protocol_all(nets: dict, data: dict, cfg: RunConfig) -> list[dict]:
+    """The paper's protocol on the test set for every network: the kappa sweep with IFGSM and DeepFool."""
+    out = []
+    for (d, m), net in nets.items():
+        clean, att = data[d]["test"].first(cfg.n_clean[d]), data[d]["test"].first(cfg.n_attack[d])
+        out += kappa_sweep(cfg, net, cfg.kappas[d], att.x, att.y, dataset=d, model_name=m, protocol="paper",
+                           ifgsm_steps=cfg.attack_iter[d], deepfool_iter=cfg.attack_iter[d],
+                           deepfool_classes=cfg.deepfool_classes, n_deepfool=cfg.n_deepfool[d], x_clean=clean.x,
+                           y_clean=clean.y, batch_size=cfg.batch_size)
+    return out
+
+
+def chosen_kappa(records: Sequence[dict], d: str, m: str) -> float:
+    """The kappa validation chose for network ``m`` of data set ``d``."""
+    return one(records, dataset=d, model=m, metric="chosen_kappa")["value"]
+
+
+def _adaptive_kappas(records, d: str, m: str, cfg) -> list[float]:
+    grid = cfg["kappas"][d]
+    return grid if cfg["adaptive_all_kappas"] else sorted({0.0, chosen_kappa(records, d, m), max(grid)})
+
+
+def adaptive_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
+    """The adaptive evaluation of every network (on every kappa, or on 0, the chosen and the largest)."""
+    out = []
+    for (d, m), net in nets.items():
+        sub = data[d]["test"].first(cfg.n_adaptive[d])
+        out += adaptive_evaluation(cfg, net, _adaptive_kappas(records, d, m, cfg), sub.x, sub.y, cfg.pgd_eps[d],
+                                   threat_eps(d), dataset=d, model_name=m, ddn_steps=cfg.ddn_steps[d])
+    return out
+
+
+def autoattack_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
+    """AutoAttack at the threat radius on every network at its judged kappa (where ``n_autoattack`` > 0)."""
+    out = []
+    for (d, m), net in nets.items():
+        if cfg.n_autoattack[d] == 0:
+            continue
+        sub = data[d]["test"].first(cfg.n_autoattack[d])
+        out.append(autoattack_at(cfg, net, evaluated_kappa(chosen_kappa(records, d, m), cfg.kappas[d]), sub.x,
+                                 sub.y, threat_eps(d), dataset=d, model_name=m))
+    return out
+
+
+def health_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
+    """Health rows of every network at its judged and at the largest kappa, each row tagged with ``dataset``,
+    ``model`` and ``kappa``; the gradient-free check reads what Square added in the worst case."""
+    out = []
+    for (d, m), net in nets.items():
+        sub = data[d]["test"].first(cfg.n_adaptive[d])
+        judged = evaluated_kappa(chosen_kappa(records, d, m), cfg.kappas[d])
+        for k in sorted({judged, max(cfg.kappas[d])}):
+            worst = _worst_for_health(records, d, m, k, cfg.seeds[0]) if "square" in cfg.members else None
+            out += [{"dataset": d, "model": m, "kappa": k, **row}
+                    for row in health(cfg, net, k, sub.x, sub.y, d, worst=worst)]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Tables of the records
+
+
+def _models(records: Sequence[dict]) -> list[tuple[str, str]]:
+    """The (data set, model) pairs of the records, in order of first appearance."""
+    return list(dict.fromkeys((r["dataset"], r["model"]) for r in records))
+
+
+def _label(d: str, m: str) -> str:
+    return f"{NAME[d]} {m}"
+
+
+def _iv(rec: dict) -> str:
+    lo, hi = rec["interval"]
+    return f"{pct(rec['value'])} [{pct(lo)}, {pct(hi)}]"
 
 
 def _rho(v) -> str:
-    if isinstance(v, str):
-        v = float(v)
-    if not isinstance(v, float) or v != v:
+    if v is None or not isinstance(v, (int, float)) or v != v:
         return "—"
-    return "∞ (not all fooled)" if v == float("inf") else f"{100 * v:.2f}%"
+    return "∞ (not all fooled)" if v == math.inf else f"{100 * v:.2f}%"
 
 
-def protocol_table(key: str, model_metrics: dict, choice: dict) -> str:
-    from ..report import markdown_table
-
-    rows = [{"kappa": k + (" ←" if float(k) == choice["kappa"] else ""), "clean": r["clean"],
-             "w_ifgsm": r["white_box"]["ifgsm_acc"], "g_ifgsm": r["gray_box"]["ifgsm_acc"],
-             "w_df2p": r["white_box"]["deepfool_l2_rho_paper"], "w_dfip": r["white_box"]["deepfool_linf_rho_paper"],
-             "w_df2": r["white_box"]["deepfool_l2_rho"], "w_dfs": r["white_box"]["deepfool_l2_success"],
-             "g_df2": r["gray_box"]["deepfool_l2_acc"], "g_dfi": r["gray_box"]["deepfool_linf_acc"]}
-            for k, r in model_metrics["kappa"].items()]
-    return f"**{key}** (← = κ chosen on validation)\n\n" + markdown_table(
-        rows, {"kappa": "κ", "clean": "clean", "w_ifgsm": "IFGSM acc (white)", "g_ifgsm": "IFGSM acc (gray)",
-               "w_df2p": "DF L2 ρ, paper units (white)", "w_dfip": "DF L∞ ρ, paper units (white)",
-               "w_df2": "DF L2 ρ, pixels (white)", "w_dfs": "DF L2 success (white)",
-               "g_df2": "DF L2 acc (gray)", "g_dfi": "DF L∞ acc (gray)"},
-        {"clean": pct, "w_ifgsm": pct, "g_ifgsm": pct, "w_df2p": _rho, "w_dfip": _rho, "w_df2": _rho,
-         "w_dfs": pct, "g_df2": pct, "g_dfi": pct})
+def _value(records, **match):
+    found = select(records, **match)
+    return found[0]["value"] if len(found) == 1 else None
 
 
-#: The paper's one public row (CIFAR-10 AlexLike, "JumpReLU (Base)", white-box); ρ in the official units.
-PAPER_ROW = {"clean": 0.8752, "ifgsm": 0.1856, "df_linf": 0.098, "df_l2": 0.106, "tr": 0.017}
+def _paper_pct(v: float) -> str:
+    """A published percentage, with the two decimals the paper prints."""
+    return f"{100 * v:.2f}%"
 
 
-def paper_comparison(metrics: dict, cfg: RunConfig) -> dict:
-    ck = metrics["kappa_choice"]["cifar_baseline"]["kappa"]
-    ours = metrics["models"]["cifar_baseline"]["kappa"][f"{ck:g}"]
-    return {"paper": PAPER_ROW, "kappa": ck,
-            "ours": {"clean": ours["clean"], "ifgsm": ours["white_box"]["ifgsm_acc"],
-                     "df_linf": ours["white_box"]["deepfool_linf_rho_paper"],
-                     "df_l2": ours["white_box"]["deepfool_l2_rho_paper"], "tr": float("nan")}}
+def _pct_or_dash(v) -> str:
+    return "—" if v is None else pct(v)
 
 
-def paper_comparison_table(comparison: dict, cfg: RunConfig) -> str:
-    from ..report import markdown_table
+def training_table(records: Sequence[dict], timings: dict, cfg) -> str:
+    """The networks, their clean test accuracy with its interval, the robust recipe's FGSM radius in both
+    units, and what the profile cut from the official recipe (against the paper's clean accuracy)."""
+    from ..train import official_milestones
 
-    ck = comparison["kappa"]
-    return markdown_table(
-        [{"source": "paper (Table 2B)", **comparison["paper"]},
-         {"source": f"this run, κ = {ck:g} ({cfg.profile} profile: {cfg.cifar_train_size - cfg.cifar_n_val:,} "
-                    f"training images × {cfg.cifar_epochs} epochs; clean on {cfg.cifar_n_clean:,}, IFGSM on "
-                    f"{cfg.cifar_n_attack:,}, DeepFool on {cfg.cifar_n_deepfool:,} test images)",
-          **comparison["ours"]}],
-        {"source": "", "clean": "clean", "ifgsm": "IFGSM acc", "df_linf": "DeepFool L∞ ρ (paper units)",
-         "df_l2": "DeepFool L2 ρ (paper units)", "tr": "trust region ρ"},
-        {"clean": pct, "ifgsm": pct, "df_linf": _rho, "df_l2": _rho,
-         "tr": lambda v: "not run" if v != v else _rho(v)})
-
-
-def _judged_kappas(key: str, choice: dict, cfg: RunConfig) -> list[float]:
-    grid = cfg[f"{key.split('_')[0]}_kappas"]
-    return grid if cfg.adaptive_all_kappas else sorted({0.0, choice["kappa"], max(grid)})
-
-
-def adaptive_all(nets: dict, data: dict, choice: dict, cfg: RunConfig) -> dict:
-    out = {}
-    for key, net in nets.items():
-        d = key.split("_")[0]
-        sub = data[d]["test"].first(cfg[f"{d}_n_adaptive"])
-        out[key] = adaptive_evaluation(net, _judged_kappas(key, choice[key], cfg), sub.x, sub.y,
-                                       cfg[f"{d}_pgd_eps"], threat_eps(DATASET[d]), cfg,
-                                       ddn_steps=cfg[f"{d}_ddn_steps"])
-    return out
-
-
-def adaptive_table(key: str, per_k: dict, choice: dict) -> str:
-    """Per kappa and eps: clean, the worst case with its interval, and how many images each member added."""
-    from ..report import markdown_table
-
-    names = [m for m in MEMBERS if any(m in c["added"] for r in per_k.values() for c in r["curve"])]
     rows = []
-    for k, r in per_k.items():
-        for c in r["curve"]:
-            rows.append({"kappa": k + (" ←" if float(k) == choice["kappa"] else ""), "eps": c["eps"],
-                         "clean": r["clean"], **{m: c["added"].get(m) for m in names},
-                         "worst": {"value": c["robust"], "interval": c["interval"]}})
-    n = next(iter(per_k.values()))["n"]
-    return (f"**{key}** — {n} test images (← = chosen κ; + n = images that member fooled beyond the earlier ones; "
-            "— = not run at this κ)\n\n" + markdown_table(
-                rows, {"kappa": "κ", "eps": "ε", "clean": "clean", **{m: f"+ {m}" for m in names},
-                       "worst": "**worst case** [95% CI]"},
-                {"eps": lambda e: f"{e:.3g}", "clean": _iv, **{m: (lambda v: "—" if v is None else f"+{v}")
-                                                               for m in names},
-                 "worst": lambda w: f"**{_iv(w)}**"}))
+    for d, m in _models(select(records, protocol="training")):
+        acc, t = one(records, dataset=d, model=m, protocol="training"), timings["train"][f"{d}/{m}"]
+        fgsm = ("—" if m.endswith("baseline") else
+                f"{pct(cfg['adv_ratio'][d])} of each batch at ε = {cfg['adv_eps_normalized'][d]:g} normalized = "
+                + "/".join(f"{float(e):.4f}" for e in adv_eps_pixels(cfg, d).flatten()) + " on pixels")
+        rows.append({"model": _label(d, m), "train": cfg["train_size"][d] - cfg["n_val"][d],
+                     "epochs": cfg["epochs"][d], "fgsm": fgsm, "clean": acc, "seconds": t["seconds"],
+                     "cached": t["cached"]})
+    table = markdown_table(
+        rows, {"model": "network", "train": "train images", "epochs": "epochs", "fgsm": "FGSM mix (robust)",
+               "clean": "clean test accuracy [95% CI]", "seconds": "train s", "cached": "from cache"},
+        {"clean": lambda r: f"{_iv(r)} (n = {r['n']:,})", "train": lambda v: f"{v:,}",
+         "seconds": lambda v: f"{v:.0f}"})
+    paper_clean = select(anchors(SPEC.name), dataset="cifar10", attack="none", metric="accuracy")
+    cuts = []
+    for d in datasets_of(cfg):
+        full_n, ep = dataset_info(d).n_train, cfg["epochs"][d]
+        n_train = cfg["train_size"][d] - cfg["n_val"][d]
+        if ep < OFFICIAL_EPOCHS or cfg["train_size"][d] < full_n:
+            share = n_train * ep / (full_n * OFFICIAL_EPOCHS)
+            milestones = ", ".join(str(e) for e in official_milestones(ep))
+            text = (f"{NAME[d]}: {n_train:,} training images × {ep} epoch{'s' if ep > 1 else ''} = {100 * share:.2g}% "
+                    f"of the official {full_n:,} × {OFFICIAL_EPOCHS} image-passes, "
+                    + (f"initial learning rate {cfg['lr'][d]:g} (× 0.2 at epochs {milestones})" if milestones
+                       else f"learning rate {cfg['lr'][d]:g} throughout"))
+            if d == PAPER_NETWORK[0] and paper_clean:
+                text += f" (the paper's CIFAR-10 AlexLike reaches {_paper_pct(paper_clean[0]['value'])} clean)"
+            if cfg["augment"][d] != (d == "cifar10"):
+                text += f", {'with' if cfg['augment'][d] else 'without'} crops and flips, unlike the official code"
+            cuts.append(text)
+    note = ("\n\n**Shortened training.** " + "; ".join(cuts) + ". Robustness numbers of an undertrained model are "
+            "not the paper's; the comparisons below are within this run." if cuts else "")
+    return table + note
 
 
-def plot_worst_case(adaptive: dict):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(adaptive), figsize=(3.2 * len(adaptive), 3), squeeze=False)
-    for ax, (key, per_k) in zip(axes[0], adaptive.items()):
-        for k, r in per_k.items():
-            eps = [0.0] + [c["eps"] for c in r["curve"]]
-            val = [r["clean"]["value"]] + [c["robust"] for c in r["curve"]]
-            lo = [r["clean"]["interval"][0]] + [c["interval"][0] for c in r["curve"]]
-            hi = [r["clean"]["interval"][1]] + [c["interval"][1] for c in r["curve"]]
-            line, = ax.plot(eps, val, "o-", label=f"κ={k}")
-            ax.fill_between(eps, lo, hi, color=line.get_color(), alpha=0.15)
-        ax.axhline(0.1, color="gray", ls=":", lw=1, label="chance")
-        ax.set(title=f"{key}: worst case", xlabel="L∞ radius ε", ylim=(-0.02, 1.02))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel("accuracy")
-    fig.tight_layout()
-    return fig
+def choice_table(records: Sequence[dict]) -> str:
+    """Per network: the validation rule's budget, the admissible kappas, the chosen one and its numbers."""
+    rows = []
+    for d, m in _models(select(records, protocol="validation")):
+        budget = one(records, dataset=d, model=m, metric="chosen_kappa")["setting"]["budget"]
+        c = choose_kappa(select(records, dataset=d, model=m, protocol="validation"), budget)
+        rows.append({"model": _label(d, m), **c, "admissible": ", ".join(f"{a:g}" for a in c["admissible"])})
+    return markdown_table(
+        rows, {"model": "network", "budget": "clean-accuracy budget", "admissible": "admissible κ",
+               "kappa": "chosen κ", "clean_drop": "val clean drop", "ifgsm_acc": "val IFGSM acc (white-box)"},
+        {"budget": pct, "clean_drop": pct, "ifgsm_acc": pct, "kappa": lambda k: f"{k:g}"})
 
 
-def min_norm_table(adaptive: dict, models: dict) -> str:
-    from ..report import markdown_table
+def deepfool_note(cfg) -> str:
+    """What this run's IFGSM and DeepFool are, in the run's numbers (pixel budgets from the normalized steps)."""
+    ds = datasets_of(cfg)
+    budgets = ", ".join(
+        f"{NAME[d]} {cfg['attack_iter'][d]} steps of {cfg['ifgsm_step']:g} normalized reach at most "
+        + "/".join(f"{cfg['attack_iter'][d] * float(s):.3f}" for s in step_pixels(cfg, d).flatten())
+        + " in L∞ on pixels"
+        for d in ds)
+    return (f"IFGSM here: {budgets}, on the first " + " / ".join(f"{cfg['n_attack'][d]:,}" for d in ds)
+            + f" test images. DeepFool: the same iterations, overshoot {DEEPFOOL_OVERSHOOT:g}, the "
+            f"{cfg['deepfool_classes'] - 1} highest-scoring other classes at the clean image as candidates (the "
+            "official code takes all 9 and re-sorts them at every iterate), on the first "
+            + " / ".join(f"{cfg['n_deepfool'][d]:,}" for d in ds) + " test images."
+            + (" Fewer candidates usually make DeepFool's perturbations larger (it may miss the nearest "
+               "boundary), though for a greedy path this is not guaranteed." if cfg["deepfool_classes"] < 10 else ""))
 
-    rows = [{"model": key, "kappa": k, **r["min_norm"], "df": models[key]["kappa"][k]["white_box"]["deepfool_l2_rho"]}
-            for key, per_k in adaptive.items() for k, r in per_k.items() if "min_norm" in r]
+
+def protocol_tables(records: Sequence[dict]) -> str:
+    """One table per network: the paper's measurements per kappa on the test set (← = chosen kappa)."""
+    out = []
+    for d, m in _models(select(records, protocol="paper")):
+        mine = select(records, dataset=d, model=m, protocol="paper")
+        chosen = chosen_kappa(records, d, m)
+        rows = []
+        for k in dict.fromkeys(r["setting"]["kappa"] for r in mine):
+            at = select(mine, kappa=k)
+            df = dict(attack="deepfool")
+            rows.append({
+                "kappa": f"{k:g}" + (" ←" if k == chosen else ""),
+                "clean": _value(at, attack="none"),
+                "w_ifgsm": _value(at, attack="ifgsm", box="white"), "g_ifgsm": _value(at, attack="ifgsm", box="gray"),
+                "w_df2p": _value(at, **df, box="white", threat_model="l2", metric="rho", units="normalized"),
+                "w_dfip": _value(at, **df, box="white", threat_model="linf", metric="rho", units="normalized"),
+                "w_df2": _value(at, **df, box="white", threat_model="l2", metric="rho", units="pixel"),
+                "w_dfs": _value(at, **df, box="white", threat_model="l2", metric="success_rate"),
+                "g_df2": _value(at, **df, box="gray", threat_model="l2", metric="accuracy"),
+                "g_dfi": _value(at, **df, box="gray", threat_model="linf", metric="accuracy")})
+        out.append(f"**{_label(d, m)}** (← = κ chosen on validation)\n\n" + markdown_table(
+            rows, {"kappa": "κ", "clean": "clean", "w_ifgsm": "IFGSM acc (white)", "g_ifgsm": "IFGSM acc (gray)",
+                   "w_df2p": "DF L2 ρ, paper units (white)", "w_dfip": "DF L∞ ρ, paper units (white)",
+                   "w_df2": "DF L2 ρ, pixels (white)", "w_dfs": "DF L2 success (white)",
+                   "g_df2": "DF L2 acc (gray)", "g_dfi": "DF L∞ acc (gray)"},
+            {"clean": _pct_or_dash, "w_ifgsm": _pct_or_dash, "g_ifgsm": _pct_or_dash, "w_df2p": _rho,
+             "w_dfip": _rho, "w_df2": _rho, "w_dfs": _pct_or_dash, "g_df2": _pct_or_dash, "g_dfi": _pct_or_dash}))
+    return "\n\n".join(out)
+
+
+#: The paper's one public row is the CIFAR-10 AlexLike baseline retrofitted, white-box.
+PAPER_NETWORK = ("cifar10", model_id("cifar10", "baseline"))
+
+
+def paper_comparison(records: Sequence[dict], paper: Sequence[dict]) -> list[dict]:
+    """Each published number of :func:`robustness.results.anchors` beside this run's measurement of the same
+    thing (the same network, attack, metric and units, white-box, at the chosen kappa), ``None`` where this run
+    has none (the trust-region attack, or a data set not run). Rows ``{"anchor", "ours", "kappa"}``."""
+    d, m = PAPER_NETWORK
+    found = select(records, dataset=d, model=m, metric="chosen_kappa")
+    k = found[0]["value"] if found else None
+    rows = []
+    for a in paper:
+        ours = None
+        if k is not None:
+            match = {key: a[key] for key in ("dataset", "model", "attack", "threat_model", "metric")}
+            hits = select(records, protocol="paper", kappa=k, **match, **a["setting"])
+            ours = hits[0] if len(hits) == 1 else None
+        rows.append({"anchor": a, "ours": ours, "kappa": k})
+    return rows
+
+
+def _anchor_label(a: dict) -> str:
+    attack = {"none": "clean", "ifgsm": "IFGSM", "deepfool": "DeepFool", "trust_region": "trust region"}
+    norm = {"l2": " L2", "linf": " L∞"}.get(a["threat_model"], "")
+    what = "accuracy" if a["metric"] == "accuracy" else "ρ, paper units" if a["metric"] == "rho" else a["metric"]
+    return f"{attack.get(a['attack'], a['attack'])}{norm} {what}"
+
+
+def paper_comparison_table(records: Sequence[dict], cfg) -> str:
+    """The paper's published row (read from the anchors file) against this run's closest row."""
+    d = PAPER_NETWORK[0]
+    if d not in cfg["datasets"]:
+        return f"{NAME[d]} is not among this run's `datasets`; no comparison."
+    rows = paper_comparison(records, anchors(SPEC.name))
+
+    def show(rec, published=False):
+        if rec is None:
+            return "not run"
+        return _rho(rec["value"]) if rec["metric"] != "accuracy" else (_paper_pct if published else pct)(rec["value"])
+
+    table = markdown_table(
+        [{"what": _anchor_label(r["anchor"]), "paper": show(r["anchor"], True), "ours": show(r["ours"]),
+          "source": r["anchor"]["source"]} for r in rows],
+        {"what": "measurement (white-box)", "paper": "paper", "ours": f"this run, κ = {rows[0]['kappa']:g}",
+         "source": "paper's source"})
+    return (table + f"\n\nThis run: {cfg['train_size'][d] - cfg['n_val'][d]:,} training images, "
+            f"{cfg['epochs'][d]} epoch(s) (profile `{cfg['profile']}`); clean accuracy on {cfg['n_clean'][d]:,}, "
+            f"IFGSM on {cfg['n_attack'][d]:,}, DeepFool on {cfg['n_deepfool'][d]:,} test images.")
+
+
+def adaptive_tables(records: Sequence[dict]) -> str:
+    """Per network, kappa and eps: clean, the worst case with its interval, and the images each member added."""
+    out = []
+    for d, m in _models(select(records, protocol="adaptive")):
+        mine = select(records, dataset=d, model=m, protocol="adaptive")
+        chosen = chosen_kappa(records, d, m)
+        names = [n for n in MEMBERS if select(mine, attack=n, metric="added")]
+        rows = []
+        for r in select(mine, attack="worst_case", nested=True):
+            k, eps = r["setting"]["kappa"], r["eps"]
+            at = select(mine, kappa=k, eps=eps, nested=True, metric="added")
+            rows.append({"kappa": f"{k:g}" + (" ←" if k == chosen else ""), "eps": eps,
+                         "clean": one(mine, kappa=k, attack="none"),
+                         **{n: _value(at, attack=n) for n in names}, "worst": r})
+        n_img = one(mine, kappa=0.0, attack="none")["n"]
+        out.append(f"**{_label(d, m)}**, {n_img:,} test images (← = chosen κ; + n = images that member fooled "
+                   "beyond the earlier ones; — = not run at this κ)\n\n" + markdown_table(
+                       rows, {"kappa": "κ", "eps": "ε", "clean": "clean", **{n: f"+ {n}" for n in names},
+                              "worst": "**worst case** [95% CI]"},
+                       {"eps": lambda e: f"{e:.3g}", "clean": _iv,
+                        **{n: (lambda v: "—" if v is None else f"+{v:.0f}") for n in names},
+                        "worst": lambda w: f"**{_iv(w)}**"}))
+    return "\n\n".join(out)
+
+
+def min_norm_table(records: Sequence[dict]) -> str:
+    """DDN through BPDA: median ρ (pixels) with its convergence check, beside DeepFool's white-box mean ρ."""
+    rows = []
+    for r in select(records, attack="ddn_bpda", metric="converged"):
+        d, m, k, steps = r["dataset"], r["model"], r["setting"]["kappa"], r["setting"]["steps"]
+        mine = select(records, dataset=d, model=m, kappa=k, attack="ddn_bpda")
+        rows.append({"model": _label(d, m), "kappa": f"{k:g}",
+                     "median": _value(mine, metric="rho", steps=steps),
+                     "double": _value(mine, metric="rho", steps=2 * steps), "converged": r["value"] == 1.0,
+                     "success": _value(mine, metric="success_rate", steps=steps),
+                     "df": _value(records, dataset=d, model=m, protocol="paper", kappa=k, attack="deepfool",
+                                  box="white", threat_model="l2", metric="rho", units="pixel")})
     if not rows:
         return "The min-norm attack is off in this profile (`ddn_steps` = 0)."
     return markdown_table(
-        rows, {"model": "model", "kappa": "κ", "rho_median": "DDN-BPDA median ρ (pixels)",
-               "rho_median_double": "with 2× steps", "converged": "converged (< 2%)", "success_rate": "DDN success",
+        rows, {"model": "network", "kappa": "κ", "median": "DDN-BPDA median ρ (pixels)",
+               "double": "with 2× steps", "converged": "converged (< 2%)", "success": "DDN success",
                "df": "DeepFool L2 mean ρ (pixels, white)"},
-        {"rho_median": _rho, "rho_median_double": _rho, "success_rate": pct, "df": _rho,
+        {"median": _rho, "double": _rho, "success": _pct_or_dash, "df": _rho,
          "converged": lambda c: "yes" if c else "**no**"})
 
 
-def autoattack_all(nets: dict, data: dict, choice: dict, cfg: RunConfig) -> dict:
-    """AutoAttack at the threat radius on every model at its judged kappa (where ``n_autoattack`` > 0)."""
-    out = {}
-    for key, net in nets.items():
-        d = key.split("_")[0]
-        n = cfg[f"{d}_n_autoattack"]
-        if n == 0:
-            continue
-        sub = data[d]["test"].first(n)
-        out[key] = autoattack_at(net, evaluated_kappa(choice[key], cfg[f"{d}_kappas"]), sub.x, sub.y,
-                                 threat_eps(DATASET[d]), cfg)
-    return out
-
-
-def autoattack_table(autoattack: dict, adaptive: dict) -> str:
-    from ..report import markdown_table
-
-    if not autoattack:
-        return "AutoAttack is off in this profile (`n_autoattack` = 0)."
+def autoattack_table(records: Sequence[dict]) -> str:
+    """AutoAttack against the book's worst case (first attack seed) at the same radius and kappa."""
     rows = []
-    for key, a in autoattack.items():
-        k = f"{a['kappa']:g}"
-        ens = adaptive[key][k]["threat"]["seeds"]
-        first = next(iter(ens.values()))
-        rows.append({"model": key, "kappa": k, "aa": {"value": a["robust"], "n": a["n"], "interval": a["interval"]},
-                     "ens": {"value": first["robust"], "n": first["n"],
-                                                                "interval": first["interval"]}})
+    for a in select(records, attack="autoattack"):
+        d, m, k = a["dataset"], a["model"], a["setting"]["kappa"]
+        ens = select(records, dataset=d, model=m, kappa=k, attack="worst_case", nested=False)[0]
+        rows.append({"model": _label(d, m), "kappa": f"{k:g}", "aa": a, "ens": ens})
+    if not rows:
+        return "AutoAttack is off in this profile (`n_autoattack` = 0)."
     return markdown_table(
-        rows, {"model": "model", "kappa": "κ", "aa": "AutoAttack (standard) [95% CI]",
+        rows, {"model": "network", "kappa": "κ", "aa": "AutoAttack (standard) [95% CI]",
                "ens": "book's worst case [95% CI]"},
         {"aa": lambda r: f"{_iv(r)} (n = {r['n']:,})", "ens": lambda r: f"{_iv(r)} (n = {r['n']:,})"})
 
 
-def health_all(nets: dict, data: dict, metrics: dict, cfg: RunConfig) -> dict:
-    out = {}
-    for key, net in nets.items():
-        d = key.split("_")[0]
-        sub = data[d]["test"].first(cfg[f"{d}_n_adaptive"])
-        judged = evaluated_kappa(metrics["kappa_choice"][key], cfg[f"{d}_kappas"])
-        for k in sorted({judged, max(cfg[f"{d}_kappas"])}):
-            row = metrics["adaptive"][key].get(f"{k:g}")
-            # the gradient-free check reads what Square added after the gradient members
-            worst = row["threat"]["seeds"][str(cfg.seeds[0])] if row and "square" in cfg.members else None
-            out[f"{key} κ={k:g}"] = health(net, k, sub.x, sub.y, d, cfg, worst=worst)
-    return out
+def health_tables(rows: Sequence[dict]) -> str:
+    """The health rows of :func:`health_all`, one table per network and kappa."""
+    from ..report import health_markdown
+
+    groups = dict.fromkeys((r["dataset"], r["model"], r["kappa"]) for r in rows)
+    return "\n\n".join(f"**{_label(d, m)}, κ = {k:g}**\n\n" + health_markdown(
+        [r for r in rows if (r["dataset"], r["model"], r["kappa"]) == (d, m, k)]) for d, m, k in groups)
 
 
-def plot_tradeoff(models_metrics: dict, kappa_choice: dict | None = None):
-    """Accuracy vs kappa (clean, IFGSM white/gray) and DeepFool rho (paper units) vs kappa, one column per model."""
+# ---------------------------------------------------------------------------
+# Figures
+
+
+def plot_tradeoff(records: Sequence[dict]):
+    """Per network (columns): clean and IFGSM accuracy against kappa (top), DeepFool's white-box ρ in paper
+    units against kappa (bottom), on the test set; the dotted red line marks the kappa chosen on validation."""
     import matplotlib.pyplot as plt
 
-    keys = list(models_metrics)
+    keys = _models(select(records, protocol="paper"))
     fig, axes = plt.subplots(2, len(keys), figsize=(3.3 * len(keys), 6), squeeze=False)
-    for j, key in enumerate(keys):
-        rows = models_metrics[key]["kappa"]
-        ks = [float(k) for k in rows]
+    for j, (d, m) in enumerate(keys):
+        mine = select(records, dataset=d, model=m, protocol="paper")
+
+        def curve(**match):
+            rs = select(mine, **match)
+            return [r["setting"]["kappa"] for r in rs], [r["value"] for r in rs]
+
         ax = axes[0, j]
-        ax.plot(ks, [r["clean"] for r in rows.values()], "o-", label="clean")
-        for setting, ls in (("white_box", "-"), ("gray_box", "--")):
-            ax.plot(ks, [r[setting]["ifgsm_acc"] for r in rows.values()], "s" + ls,
-                    label=f"IFGSM {setting.replace('_', '-')}")
-        if kappa_choice and key in kappa_choice:
-            ax.axvline(kappa_choice[key]["kappa"], color="red", lw=1, ls=":", label="chosen κ")
-        ax.set(title=key, xlabel="κ", ylim=(-0.02, 1.02), ylabel="accuracy" if j == 0 else None)
+        ax.plot(*curve(attack="none"), "o-", label="clean")
+        for box, ls in (("white", "-"), ("gray", "--")):
+            ax.plot(*curve(attack="ifgsm", box=box), "s" + ls, label=f"IFGSM {box}-box")
+        ax.axvline(chosen_kappa(records, d, m), color="red", lw=1, ls=":", label="chosen κ")
+        ax.set_title(_label(d, m), fontsize=9)
+        ax.set(xlabel="κ", ylim=(-0.02, 1.02), ylabel="accuracy" if j == 0 else None)
         ax.grid(alpha=0.3)
         ax = axes[1, j]
         for norm, marker in (("l2", "o"), ("linf", "^")):
-            vals = [r["white_box"].get(f"deepfool_{norm}_rho_paper") for r in rows.values()]
-            ax.plot(ks, [float("nan") if v is None or isinstance(v, str) else 100 * v for v in vals],
-                    marker + "-", label=f"DeepFool {'L2' if norm == 'l2' else 'L∞'} (white-box)")
+            ks, vals = curve(attack="deepfool", box="white", threat_model=norm, metric="rho", units="normalized")
+            ax.plot(ks, [100 * v for v in vals], marker + "-",
+                    label=f"DeepFool {'L2' if norm == 'l2' else 'L∞'} (white-box)")
         ax.set(xlabel="κ", ylabel="mean ρ, paper units (%)" if j == 0 else None)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
@@ -670,33 +871,62 @@ def plot_tradeoff(models_metrics: dict, kappa_choice: dict | None = None):
     return fig
 
 
-def kappa_examples_for(nets: dict, data: dict, models_metrics: dict, cfg: RunConfig) -> dict:
-    """For the first model: one white-box IFGSM example of test image 0 per kappa, with the arguments
-    :func:`kappa_strip` and :func:`kappa_slider` take."""
-    key = next(iter(nets))
-    d = key.split("_")[0]
+def plot_worst_case(records: Sequence[dict]):
+    """Per network: the adaptive worst case against eps (eps = 0: clean) for each attacked kappa, with its
+    95% interval as a band; the dotted line is chance."""
+    import matplotlib.pyplot as plt
+
+    keys = _models(select(records, protocol="adaptive"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, (d, m) in zip(axes[0], keys):
+        mine = select(records, dataset=d, model=m, protocol="adaptive")
+        for k in dict.fromkeys(r["setting"]["kappa"] for r in mine):
+            pts = [one(mine, kappa=k, attack="none")] + select(mine, kappa=k, attack="worst_case", nested=True)
+            eps = [0.0 if r["eps"] is None else r["eps"] for r in pts]
+            line, = ax.plot(eps, [r["value"] for r in pts], "o-", label=f"κ={k:g}")
+            ax.fill_between(eps, [r["interval"][0] for r in pts], [r["interval"][1] for r in pts],
+                            color=line.get_color(), alpha=0.15)
+        ax.axhline(1 / dataset_info(d).num_classes, color="gray", ls=":", lw=1, label="chance")
+        ax.set_title(_label(d, m), fontsize=9)
+        ax.set(xlabel="L∞ radius ε", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("worst-case accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def kappa_examples_for(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> dict:
+    """For the first network: one white-box IFGSM example of test image 0 per kappa, with the arguments
+    :func:`kappa_strip` and :func:`kappa_slider` take (accuracies from the paper-protocol records)."""
+    (d, m), net0 = next(iter(nets.items()))
     first = data[d]["test"].first(1)
-    out = {}
-    for k in cfg[f"{d}_kappas"]:
-        net = retrofit(nets[key], k)
+    rows, examples = {}, {}
+    for k in cfg.kappas[d]:
+        net = retrofit(net0, k)
         adv = evaluate.run_attack(attacks.ifgsm, net, first.x, first.y, 1, step=step_pixels(cfg, d),
-                                  steps=cfg[f"{d}_iter"])
-        out[f"{k:g}"] = {"x_adv": adv[0], "pred_adv": int(evaluate.predict(net, adv)[0])}
-    return {"rows": models_metrics[key]["kappa"], "examples": out, "classes": data[d]["info"].classes,
-            "label": int(first.y[0]), "title": f"{key}: white-box IFGSM example of test image 0 per κ"}
+                                  steps=cfg.attack_iter[d])
+        examples[f"{k:g}"] = {"x_adv": adv[0], "pred_adv": int(evaluate.predict(net, adv)[0])}
+        at = select(records, dataset=d, model=m, protocol="paper", kappa=k)
+        rows[f"{k:g}"] = {"clean": one(at, attack="none")["value"],
+                          "ifgsm": one(at, attack="ifgsm", box="white")["value"]}
+    return {"rows": rows, "examples": examples, "classes": data[d]["info"].classes, "label": int(first.y[0]),
+            "title": f"{_label(d, m)}:\nwhite-box IFGSM example of test image 0 per κ"}
+
+
+def _example_title(k: str, row: dict, example: dict, classes, label: int) -> str:
+    return (f"κ = {k}: clean {pct(row['clean'])}, IFGSM {pct(row['ifgsm'])}\n"
+            f"{classes[label]} → {classes[example['pred_adv']]}")
 
 
 def kappa_strip(rows: dict, examples: dict, classes, label: int, title: str = ""):
     """Static stand-in for the slider: per kappa, the adversarial example with clean and IFGSM accuracy."""
     import matplotlib.pyplot as plt
 
-    ks = list(rows)
-    fig, axes = plt.subplots(1, len(ks), figsize=(1.7 * len(ks), 2.4), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-        e = examples[k]
-        show_image(ax, e["x_adv"])
-        ax.set_title(f"κ={k}\nclean {100 * rows[k]['clean']:.0f}% / adv {100 * rows[k]['white_box']['ifgsm_acc']:.0f}%"
-                     f"\n{classes[label]}→{classes[e['pred_adv']]}", fontsize=7)
+    fig, axes = plt.subplots(1, len(rows), figsize=(max(1.9 * len(rows), 3.8), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], rows):
+        show_image(ax, examples[k]["x_adv"])
+        ax.set_title(_example_title(k, rows[k], examples[k], classes, label).replace(": ", "\n", 1), fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -713,65 +943,56 @@ def kappa_slider(rows: dict, examples: dict, classes, label: int, title: str = "
         k = ks[i]
         fig, ax = plt.subplots(figsize=(2.4, 2.6))
         show_image(ax, examples[k]["x_adv"])
-        ax.set_title(f"κ = {k}: clean {100 * rows[k]['clean']:.1f}%, IFGSM {100 * rows[k]['white_box']['ifgsm_acc']:.1f}%"
-                     f"\n{classes[label]} → {classes[examples[k]['pred_adv']]}", fontsize=7)
+        ax.set_title(_example_title(k, rows[k], examples[k], classes, label), fontsize=7)
         plt.show()
 
     return widgets.interact(show, i=widgets.IntSlider(min=0, max=len(ks) - 1, value=0, description="κ index"))
 
 
-def _threat_row(adaptive_k: dict, seed: int) -> dict:
-    """At the threat radius, for one attack seed: the ensemble's worst case and the paper's gradient alone
-    (``pgd_true`` runs first, so what it fooled is exactly what it fools standalone), each with its interval."""
-    from ..evaluate.stats import accuracy_record
-
-    n = adaptive_k["n"]
-    clean_k = round(adaptive_k["clean"]["value"] * n)
-    rec = adaptive_k["threat"]["seeds"][str(seed)]
-    return {"worst": {"value": rec["robust"], "n": n, "interval": rec["interval"]},
-            "paper_gradient": accuracy_record(clean_k - rec["added"]["pgd_true"], n),
-            "added": rec["added"], "eps": adaptive_k["threat"]["eps"]}
+# ---------------------------------------------------------------------------
+# The verdict: a pure function of the results file
 
 
-def verdict_summary(saved: dict) -> dict:
-    """Per model, from a results file as read back: the category of its retrofit's robustness and the numbers
-    behind it. Categories: ``broken`` (near-chance clean accuracy, or flagged near-constant by the health
-    table), ``no_gain`` (the paper's own gradient under the eps bound shows no gain whose 95% interval clears
-    kappa = 0's), ``masked`` (it does, but the adaptive worst case does not), ``survives`` (the worst case's
-    interval clears kappa = 0's). Intervals are compared, never point values."""
-    P, m = saved["parameters"], saved["metrics"]
+def verdict_summary(saved: dict) -> list[dict]:
+    """Per network, from a results file as read back: the category of its retrofit's robustness and the
+    numbers behind it (the records themselves). Categories: ``broken`` (clean accuracy at most chance +
+    :data:`BROKEN_MARGIN`, or flagged near-constant by the health table), ``no_gain`` (the paper's own gradient
+    under the eps bound shows no gain whose 95% interval clears kappa = 0's), ``masked`` (it does, but the
+    adaptive worst case does not), ``survives`` (the worst case's interval clears kappa = 0's). Intervals are
+    compared, never point values; the judged kappa is the chosen one, else the largest of the grid."""
+    recs, P = saved["records"], saved["parameters"]
     seed = P["seeds"][0]
-    out = {}
-    for key, choice in m["kappa_choice"].items():
-        d = key.split("_")[0]
-        k = f"{evaluated_kappa(choice, P[f'{d}_kappas']):g}"
-        a0, ak = m["adaptive"][key]["0"], m["adaptive"][key][k]
-        t0, tk = _threat_row(a0, seed), _threat_row(ak, seed)
-        checks = saved["health"].get(f"{key} κ={k}", [])
-        failed = [h["check"] for h in checks if not h["passed"]]
-        constant = any("constant" in h["check"] and not h["passed"] for h in checks)
-        clean = ak["clean"]
-        chance = 1 / 10
-        if clean["value"] <= chance + 0.1 or constant:
+    out = []
+    for d, m in _models(select(recs, metric="chosen_kappa")):
+        chosen = chosen_kappa(recs, d, m)
+        k = evaluated_kappa(chosen, P["kappas"][d])
+        mine = select(recs, dataset=d, model=m, protocol="adaptive")
+
+        def at(kappa, **match):
+            return one(mine, kappa=kappa, **match)
+
+        threat = dict(nested=False, seed=seed, metric="accuracy")
+        clean, clean_0 = at(k, attack="none"), at(0.0, attack="none")
+        paper, paper_0 = at(k, attack="pgd_true", **threat), at(0.0, attack="pgd_true", **threat)
+        worst, worst_0 = at(k, attack="worst_case", **threat), at(0.0, attack="worst_case", **threat)
+        checks = [h for h in saved["health"] if (h["dataset"], h["model"]) == (d, m) and math.isclose(h["kappa"], k)]
+        constant = any(h["id"] == "near_constant" and not h["passed"] for h in checks)
+        if clean["value"] <= 1 / dataset_info(d).num_classes + BROKEN_MARGIN or constant:
             category = "broken"
-        elif not t0["paper_gradient"]["interval"][1] < tk["paper_gradient"]["interval"][0]:
+        elif not evaluate.clearly_greater(paper["interval"], paper_0["interval"]):
             category = "no_gain"
-        elif not t0["worst"]["interval"][1] < tk["worst"]["interval"][0]:
+        elif not evaluate.clearly_greater(worst["interval"], worst_0["interval"]):
             category = "masked"
         else:
             category = "survives"
-        spread = [ak["threat"]["seeds"][str(s)]["robust"] for s in P["seeds"]]
-        out[key] = {"kappa": float(k), "chosen": choice["kappa"] > 0, "category": category, "clean": clean,
-                    "clean_0": a0["clean"], "paper_gradient_0": t0["paper_gradient"],
-                    "paper_gradient": tk["paper_gradient"], "worst_0": t0["worst"], "worst": tk["worst"],
-                    "eps": tk["eps"], "added": tk["added"], "failed_checks": failed,
-                    "seed_spread": [min(spread), max(spread)], "n_seeds": len(spread)}
+        spread = [r["value"] for r in select(mine, kappa=k, attack="worst_case", nested=False)]
+        added = {r["attack"]: int(r["value"]) for r in select(mine, kappa=k, metric="added", nested=False, seed=seed)}
+        out.append({"dataset": d, "model": m, "kappa": k, "chosen": chosen > 0, "category": category,
+                    "clean": clean, "clean_0": clean_0, "paper_gradient": paper, "paper_gradient_0": paper_0,
+                    "worst": worst, "worst_0": worst_0, "eps": worst["eps"], "added": added,
+                    "failed_checks": [h["check"] for h in checks if not h["passed"]],
+                    "seed_spread": [min(spread), max(spread)], "n_seeds": len(spread)})
     return out
-
-
-def _iv(rec: dict) -> str:
-    lo, hi = rec["interval"]
-    return f"{pct(rec['value'])} [{pct(lo)}, {pct(hi)}]"
 
 
 _SAY = {
@@ -787,14 +1008,15 @@ _SAY = {
 
 
 def verdict(saved: dict) -> str:
-    """The chapter's verdict in markdown, computed by :func:`verdict_summary` from a results file."""
+    """The chapter's verdict in Markdown: a headline and one sentence per network, from :func:`verdict_summary`."""
     summary = verdict_summary(saved)
     lines = []
-    for key, v in summary.items():
+    for v in summary:
         added = ", ".join(f"{name} {count}" for name, count in v["added"].items() if count)
         lines.append(
-            f"- **{key}**, " + (f"chosen κ = {v['kappa']:g}" if v["chosen"] else
-                                f"validation chose κ = 0; the largest κ = {v['kappa']:g} stands in")
+            f"- **{_label(v['dataset'], v['model'])}**, "
+            + (f"chosen κ = {v['kappa']:g}" if v["chosen"] else
+               f"validation chose κ = 0; the largest κ = {v['kappa']:g} stands in")
             + f": clean {_iv(v['clean'])} (κ = 0: {_iv(v['clean_0'])}). At ε = {v['eps']:.3g}, the paper's "
             f"gradient (PGD, true gradient) leaves {_iv(v['paper_gradient'])} (κ = 0: {_iv(v['paper_gradient_0'])}); "
             f"the adaptive worst case leaves {_iv(v['worst'])} (κ = 0: {_iv(v['worst_0'])})"
@@ -804,18 +1026,16 @@ def verdict(saved: dict) -> str:
             + f". So {_SAY[v['category']]}"
             + (f" Failed health checks: {'; '.join(v['failed_checks'])}." if v["failed_checks"] else
                " All health checks passed."))
-    cats = {v["category"] for v in summary.values()}
-    usable = [k for k, v in summary.items() if v["category"] != "broken"]
-    if "survives" in cats:
-        head = ("**Verdict: the claim holds in part.** On " + ", ".join(k for k, v in summary.items()
-                                                                       if v["category"] == "survives")
-                + " the retrofit's gain survives adaptive attack.")
-    elif "masked" in cats:
-        head = ("**Verdict: the claim does not hold.** Where the paper's gradient sees a gain ("
-                + ", ".join(k for k, v in summary.items() if v["category"] == "masked")
-                + "), the adaptive ensemble removes it: JumpReLU's robustness is masked gradients.")
-    elif usable:
-        head = "**Verdict: nothing to confirm.** No usable model shows a gain under the paper's own gradient."
+    by = {c: [_label(v["dataset"], v["model"]) for v in summary if v["category"] == c] for c in _SAY}
+    if by["survives"]:
+        head = f"**Verdict: the claim holds in part.** On {', '.join(by['survives'])} the retrofit's gain survives " \
+               "adaptive attack."
+    elif by["masked"]:
+        head = (f"**Verdict: the claim does not hold.** Where the paper's gradient sees a gain "
+                f"({', '.join(by['masked'])}), the adaptive ensemble removes it: JumpReLU's robustness is masked "
+                "gradients.")
+    elif by["no_gain"]:
+        head = "**Verdict: nothing to confirm.** No usable network shows a gain under the paper's own gradient."
     else:
         head = "**Verdict: not measurable.** Every retrofit judged here is a near-constant classifier."
     scale = (f"\n\nScale: profile `{saved['profile']}`" + (" — smoke-scale numbers only exercise the code and mean "

@@ -1,11 +1,11 @@
-"""Evaluation basics: predictions, clean and robust accuracy, minimum-norm statistics, timing.
+"""Evaluation basics: predictions, clean and robust accuracy, minimum-norm statistics (``timed`` is
+:func:`robustness.timing.timed`, re-exported).
 
 Everything here works in batches on the model's device and returns plain
 Python numbers or CPU tensors, ready for a results JSON.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Sequence
 
 import torch
@@ -13,6 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import eval_mode, input_gradient
+from ..timing import timed  # noqa: F401  (re-exported as evaluate.timed)
+from ..runtime import progress_disabled
 from .rho import pixel_rho
 
 
@@ -22,13 +24,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels (CPU, int64) for images ``x`` (N, C, H, W) in [0, 1]; model in eval mode."""
-    was_training = model.training
-    model.eval()
+    """Predicted labels (CPU, int64) for images ``x`` (N, C, H, W) in [0, 1]; model in eval mode (each
+    submodule's own training flag is restored afterwards, see :func:`robustness.attacks.eval_mode`)."""
     dev = model_device(model)
-    out = torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
@@ -45,7 +45,7 @@ def run_attack(attack: Callable, model: nn.Module, x: torch.Tensor, y: torch.Ten
     dev = model_device(model)
     outs = []
     for i in tqdm(range(0, len(x), batch_size), desc=desc or getattr(attack, "__name__", "attack"),
-                  disable=None, leave=False):
+                  disable=progress_disabled(), leave=False):
         out = attack(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), **kwargs)
         outs.append(getattr(out, "x_adv", out).detach().cpu())
     return torch.cat(outs)
@@ -113,14 +113,3 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str
             g = input_gradient(model, x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev), loss=loss)
             norms.append(g.flatten(1).norm(dim=1).cpu())
     return torch.cat(norms) if norms else torch.zeros(0)
-
-
-def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:
-    """(result, seconds) of one call, synchronizing CUDA so GPU time is counted."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import attacks
+from ..runtime import progress_disabled
 from .autoattack import run_autoattack
 from .core import model_device, predict, run_attack
 from .members import (MEMBER_KINDS, MEMBER_NAMES, NORMS, Member, autoattack, bpda, check_members,  # noqa: F401
@@ -88,7 +89,7 @@ def _same_function(m: Member, model: nn.Module, x: torch.Tensor, batch_size: int
 def _run(model, x, y, eps, members, norm, batch_size, seed, standing, x_adv):
     """Attack the images of ``standing`` with each member in turn; updates ``standing`` and ``x_adv``."""
     added, seconds = {}, {}
-    for m in tqdm(members, desc=f"worst case eps={eps:g}", disable=None, leave=False):
+    for m in tqdm(members, desc=f"worst case eps={eps:g}", disable=progress_disabled(), leave=False):
         idx = standing.nonzero().flatten()
         _same_function(m, model, x[idx], batch_size)
         start = time.perf_counter()
