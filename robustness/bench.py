@@ -25,6 +25,7 @@ from . import attacks, evaluate
 from .chapters import baselines, get_chapter
 from .config import resolve
 from .data import load_dataset, threat_eps
+from .runtime import thread_count
 from .timing import calls_per_second, timed
 
 
@@ -60,6 +61,7 @@ def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def main(batch_size: int = 256, profile: str = "smoke", repeats: int = 3, worst_case: bool = False, n: int = 300,
          eps: list[float] | None = None, norm: str = "linf", steps: int = 100, queries: int = 5000) -> int:
+    torch.set_num_threads(thread_count())
     cfg = resolve(get_chapter("baselines"), profile=profile)
     model, _ = baselines.train_model(cfg)  # the chapter's own recipe, so the cache holds one model, not two
     device = next(model.parameters()).device

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 
 from .chapters import CHAPTER_IDS
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="override one parameter, e.g. -p eps 0.1 -p eps_grid_linf '[0, 0.1]'")
     run.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/executed)")
     run.add_argument("--log-output", action="store_true", help="stream the notebook's output")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads of the run (default: $ROBUSTNESS_THREADS, else every core); "
+                          "give two runs side by side on a 2-core machine 1 each")
     params = sub.add_parser("params", help="every parameter of a chapter: help, allowed values, per-profile values")
     params.add_argument("chapter", choices=CHAPTER_IDS)
     sub.add_parser("results", help="list the results files that exist (profile, chapter, overrides, records)")
@@ -54,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(CHAPTER_IDS)}")
         from .runner import run_chapters
 
+        if args.threads is not None:
+            if args.threads < 1:
+                parser.error("--threads must be a positive integer")
+            os.environ["ROBUSTNESS_THREADS"] = str(args.threads)
         params = {name: parse_value(value) for name, value in args.param}
         try:
             run_chapters([] if args.all else args.chapters, args.profile, params, args.output_dir, args.log_output)

@@ -20,6 +20,7 @@ from ._io import atomic_path
 from .chapters import CHAPTER_IDS, get_chapter
 from .config import resolve
 from .results import repo_root
+from .runtime import thread_count
 
 
 #: Cells papermill uses for parameters; bookkeeping, not content, so they are hidden from the book.
@@ -54,8 +55,11 @@ _KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "ROBUS
 
 @contextmanager
 def _kernel_environment():
-    old = {k: os.environ.get(k) for k in _KERNEL_ENV}
-    os.environ.update(_KERNEL_ENV)
+    # torch reads its thread count when the kernel imports it: the thread policy goes in through OpenMP's variable
+    threads = str(thread_count())
+    env = {**_KERNEL_ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:
@@ -100,6 +104,7 @@ def run_chapters(chapters: list[str], profile: str = "auto", parameters: Mapping
                  output_dir: Path | None = None, log_output: bool = False) -> list[Path]:
     """Validate every chapter's parameters first, then run them in order."""
     chapters = list(CHAPTER_IDS) if not chapters else chapters
+    thread_count()  # a bad ROBUSTNESS_THREADS fails here, before any kernel starts
     for chapter in chapters:
         resolve(get_chapter(chapter), profile=profile, **dict(parameters or {}))
     paths = []

@@ -38,3 +38,21 @@ def progress_disabled() -> bool | None:
     executes, whose pages should not carry hundreds of frozen progress bars), else ``None`` (tqdm's own rule:
     shown on a terminal or in Jupyter, quiet when output is not a terminal)."""
     return True if os.environ.get("ROBUSTNESS_PROGRESS") == "0" else None
+
+
+THREADS_ENV = "ROBUSTNESS_THREADS"
+
+
+def thread_count() -> int:
+    """Torch's CPU threads for a run: ``$ROBUSTNESS_THREADS``, else every core.
+
+    Two runs that each use every core of a small machine slow each other down about tenfold (the threads fight
+    for the cores); two runs with ``ROBUSTNESS_THREADS=1`` on a 2-core machine each keep their own core.
+    A value that is not a positive integer raises ``ValueError`` naming the variable.
+    """
+    text = os.environ.get(THREADS_ENV)
+    if text is None or text == "":
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{THREADS_ENV}={text!r} is invalid: expected a positive integer (threads per run)")
+    return int(text)
