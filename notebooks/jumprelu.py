@@ -47,9 +47,10 @@
 profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
 datasets = None  # data sets the chapter runs on: mnist, fashion_mnist, cifar10
 train_size = None  # training images used (the first N), validation included (per data set)
-n_val = None  # of those, images held out at random to choose kappa (per data set)
+n_val = None  # of those, the last N: held out (never trained on) to choose kappa (per data set)
 epochs = None  # training epochs (per data set)
-lr = None  # initial SGD learning rate (× 0.2 at the official milestones, scaled to the epochs) (per data set)
+robust_epochs = None  # training epochs of the robust (FGSM-mixed) network (official: as the baseline) (per data set)
+lr = None  # SGD learning rate: the initial one of a step schedule, the peak of a one-cycle one (per data set)
 augment = None  # random crops (pad 4) and flips in training (the official code: CIFAR-10 only) (per data set)
 adv_ratio = None  # fraction of each batch replaced by FGSM examples (robust model) (per data set)
 adv_eps_normalized = None  # robust model's FGSM radius, official normalized units (× σ_c) (per data set)
@@ -74,7 +75,7 @@ health_steps = None  # PGD steps of the health checks
 adaptive_all_kappas = None  # adaptive attacks on every kappa (else on 0, the chosen and the largest)
 seeds = None  # attack seeds: the worst case at the threat radius is rerun with each and the page shows the spread
 batch_size = None  # attack batch size
-seed = None  # random seed of training, the validation split and the attacks
+seed = None  # random seed of training and of the attacks
 
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
@@ -109,8 +110,8 @@ display(Markdown(cfg.markdown()))
 # AlexLike trains 120 epochs (milestones 30/60/90) where we use the baseline's schedule, and the official loader
 # drops the last partial batch where ours keeps it.
 #
-# A random validation split is held out of the training images *before* training; it is the only data used to
-# choose $\kappa$. Weights are cached under a hash of the whole recipe, so a second run loads them. The table
+# The last `n_val` of the first `train_size` training images are held out *before* training (no network trains
+# on them); they are the only data used to choose $\kappa$. Weights are cached under a hash of the whole recipe, so a second run loads them. The table
 # reports clean test accuracy with its 95% Wilson interval and, when the profile shortens training, how much of
 # the official schedule this run used.
 

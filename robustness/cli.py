@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     params = sub.add_parser("params", help="every parameter of a chapter: help, allowed values, per-profile values")
     params.add_argument("chapter", choices=CHAPTER_IDS)
     sub.add_parser("results", help="list the results files that exist (profile, chapter, overrides, records)")
+    models = sub.add_parser("models", help="the model zoo: list the shared trained models (cached or not), or "
+                                           "`models train NAME` to train (or load) one")
+    models.add_argument("action", nargs="?", default="list", choices=("list", "train"))
+    models.add_argument("name", nargs="?", default=None, metavar="NAME", help="train: a zoo model name")
+    models.add_argument("--profile", default="laptop", choices=PROFILES, help="whose recipes (default laptop)")
     bench = sub.add_parser("bench", help="attack throughput benchmark on the chapter-1 model")
     bench.add_argument("--batch-size", type=int, default=256)
     bench.add_argument("--profile", default="smoke", choices=PROFILES, help="which chapter-1 model to load/train")
@@ -86,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             status = row.get("error") or f"{row['records']} records, commit {row['commit'] or '?'}"
             print(f"{row['profile']:>7}  {row['chapter']:<22} {set_by_hand:<40} {status}  {row['path']}")
         return 0
+    if args.command == "models":
+        from .zoo import models_command
+
+        return models_command(args.action, args.name, args.profile)
     from .bench import main as bench_main
 
     for flag in ("n", "steps", "queries"):

@@ -60,7 +60,7 @@ def overrides_of(cfg: dict) -> dict:
     return {name: cfg[name] for name in cfg.get("overridden", [])}
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or None
@@ -77,7 +77,7 @@ def provenance(cfg: dict, timer: StageTimer | None = None) -> dict:
 
     device = cfg.get("device", "cpu")
     return {
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "versions": {"robustness": __version__, "torch": torch.__version__,
                      "torchvision": import_torchvision().__version__, "numpy": numpy.__version__,
                      "python": platform.python_version()},

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Layers from the bottom up: (name, modules). A module name ending in ``.*`` covers a subpackage (its
 #: ``__init__`` and every module in it). Entry points sit above the chapters because they choose and run a
-#: chapter by its SPEC; ``config`` and ``results`` sit below them because chapters build on them.
+#: chapter by its SPEC; ``config`` and ``results`` sit below them because chapters build on them, and so does
+#: ``zoo`` (the named recipes of the models chapters share): it trains through ``train`` and measures the listed
+#: models' accuracy with ``evaluate``, so it sits above both, and chapters and the command line ask it for models.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("utilities", ("robustness", "robustness._io", "robustness._torchvision", "robustness.runtime",
                    "robustness.report", "robustness.timing")),
@@ -34,9 +36,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("train", ("robustness.train",)),
     ("defenses", ("robustness.defenses.*",)),
     ("evaluate", ("robustness.evaluate.*",)),
-    ("runner", ("robustness.config", "robustness.results")),
+    ("runner", ("robustness.config", "robustness.results", "robustness.zoo")),
     ("chapters", ("robustness.chapters.*",)),
-    ("entry points", ("robustness.cli", "robustness.runner", "robustness.bench", "robustness.__main__")),
+    ("entry points", ("robustness.cli", "robustness.runner", "robustness.bench", "robustness.recipe_study",
+                      "robustness.__main__")),
 )
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 

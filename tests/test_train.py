@@ -120,3 +120,47 @@ def test_fine_tuning_starts_from_the_given_weights(blobs, tmp_path):
     assert meta["recipe"]["init"] is not None
     for a, b in zip(base.parameters(), tuned.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_onecycle_schedule_warms_up_then_decays_to_zero(blobs):
+    from robustness.train import _scheduler
+
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.1, schedule="onecycle", warmup=0.25)
+    opt = torch.optim.SGD(TinyNet().parameters(), lr=config.lr)
+    sched, per_batch = _scheduler(opt, config, steps_per_epoch=8)
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert per_batch and lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1)
+    peak = lrs.index(max(lrs))
+    assert peak == 4 and all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # rises for a quarter
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # then falls
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # and ends at 0 after the last step
+
+
+@pytest.mark.parametrize("options", [dict(precision="bf16"), dict(channels_last=True), dict(nesterov=True)])
+def test_speed_options_still_train_reproducibly_and_leave_a_plain_model(blobs, options):
+    config = TrainConfig(epochs=3, batch_size=32, lr=0.05, schedule="onecycle", seed=1, **options)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = TinyNet()
+        runs.append((train(model, blobs, config, device="cpu"), model))
+    losses = [e["loss"] for e in runs[0][0]["epochs"]]
+    assert losses[-1] < losses[0] and losses == [e["loss"] for e in runs[1][0]["epochs"]]
+    assert all(p.dtype == torch.float32 for p in runs[0][1].parameters())  # bf16 is autocast only
+
+
+def test_bad_training_options_fail_naming_them():
+    with pytest.raises(ValueError, match="schedule='cosine'"):
+        TrainConfig(epochs=1, schedule="cosine")
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        TrainConfig(epochs=1, precision="fp16")
+
+
+def test_new_options_at_their_defaults_keep_old_cache_keys():
+    key = TrainConfig(epochs=2).key()
+    assert "precision" not in key and "schedule" not in key and key["epochs"] == 2
+    assert TrainConfig(epochs=2, precision="bf16").key()["precision"] == "bf16"

@@ -4,7 +4,7 @@ Everything the chapter's page calls, in the order the page calls it:
 
 * the parameters (:data:`SPEC`, with the profiles ``smoke``, ``laptop``, ``paper``);
 * the one training recipe of the chapter's model (:func:`train_recipe`, :func:`train_model`), also used by
-  ``python -m robustness bench``;
+  ``python -m robustness bench``: the model zoo's (:mod:`robustness.zoo`) unless a reader changes it;
 * the measurements, each returning result records (:mod:`robustness.results`): :func:`clean_records`,
   :func:`attack_curves`, :func:`threat_radius_records` (the headline: PGD at the threat radius, measured as its
   own record), :func:`min_norm_records`, :func:`worst_case_records`, :func:`evaluation_health` (health rows)
@@ -26,13 +26,12 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from .. import attacks, evaluate
+from .. import attacks, evaluate, zoo
 from ..config import ChapterSpec, Param, RunConfig
 from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..models import MODELS, check_model
 from ..report import markdown_table, pct, plot_curves, plot_examples, records_table
 from ..results import record, select
-from ..train import TrainConfig, official_milestones, trained_model
 
 
 def _check(cfg: RunConfig) -> None:
@@ -46,7 +45,7 @@ PARAMS = {
     "model": Param("choice", "architecture from robustness.models", tuple(MODELS), per_dataset=True),
     "train_size": Param("pos_int", "training images used (the first N)", per_dataset=True),
     "epochs": Param("pos_int", "training epochs", per_dataset=True),
-    "lr": Param("pos_float", "SGD learning rate"),
+    "lr": Param("pos_float", "SGD learning rate", per_dataset=True),
     "n_clean": Param("pos_int", "test images for clean accuracy (the first N)", per_dataset=True),
     "n_attack": Param("pos_int", "test images attacked (the first N)", per_dataset=True),
     "eps": Param("eps_linf", "L∞ threat-model radius on [0, 1] pixels", per_dataset=True),
@@ -62,30 +61,37 @@ PARAMS = {
 }
 
 _COMMON = {
-    "dataset": "mnist", "model": {"mnist": "lenet_like", "fashion_mnist": "lenet_like", "cifar10": "alex_like"},
-    "lr": 0.02, "eps": {d: threat_eps(d) for d in DATASETS},
+    "dataset": "mnist", "model": dict(zoo.ARCH), "eps": {d: threat_eps(d) for d in DATASETS},
     "batch_size": 256, "seed": 0,
 }
+
+
+def _training(profile: str) -> dict:
+    """The training parameters of ``profile``, read from the model zoo (:mod:`robustness.zoo`): its recipe of
+    each data set's architecture, which JumpReLU's baseline networks share, so both chapters train (and cache)
+    one model."""
+    recipes = {d: zoo.for_dataset(d, profile) for d in DATASETS}
+    return {"train_size": {d: r.train_size for d, r in recipes.items()},
+            "epochs": {d: r.config.epochs for d, r in recipes.items()},
+            "lr": {d: r.config.lr for d, r in recipes.items()}}
+
+
 _GRID_LINF = {"mnist": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4],
               "fashion_mnist": [0.0, 0.025, 0.05, 0.1, 0.15, 0.2],
               "cifar10": [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]}
 _GRID_L2 = {"mnist": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0], "fashion_mnist": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0],
             "cifar10": [0.0, 0.125, 0.25, 0.5, 1.0]}
-_ALL_TRAIN = {d: dataset_info(d).n_train for d in DATASETS}
-
 PROFILES = {
-    "smoke": {**_COMMON, "train_size": 10000, "epochs": 1, "n_clean": 1000, "n_attack": 100,
+    "smoke": {**_COMMON, **_training("smoke"), "n_clean": 1000, "n_attack": 100,
               "eps_grid_linf": {k: v[::2] for k, v in _GRID_LINF.items()},
               "eps_grid_l2": {k: v[::2] for k, v in _GRID_L2.items()},
               "pgd_steps": 10, "restarts": 1, "deepfool_iter": 20, "ddn_steps": 30, "square_queries": 500},
-    "laptop": {**_COMMON, "train_size": {**_ALL_TRAIN, "cifar10": 10000},
-               "epochs": {"mnist": 6, "fashion_mnist": 6, "cifar10": 10},
+    "laptop": {**_COMMON, **_training("laptop"),
                "n_clean": {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 1000}, "n_attack": 1000,
                "eps_grid_linf": _GRID_LINF, "eps_grid_l2": _GRID_L2,
                "pgd_steps": 40, "restarts": 1, "deepfool_iter": 50, "ddn_steps": 100,
                "square_queries": 5000},
-    "paper": {**_COMMON, "train_size": _ALL_TRAIN,
-              "epochs": 90, "n_clean": {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 1000},
+    "paper": {**_COMMON, **_training("paper"), "n_clean": {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 1000},
               "n_attack": {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 1000},
               "eps_grid_linf": _GRID_LINF, "eps_grid_l2": _GRID_L2,
               "pgd_steps": 40, "restarts": 5, "deepfool_iter": 50, "ddn_steps": 1000,
@@ -108,24 +114,27 @@ SPEC = ChapterSpec(
 def train_recipe(cfg: Mapping[str, Any], seed: int | None = None) -> dict:
     """Chapter 1's training recipe: the keyword arguments of :func:`robustness.train.trained_model`.
 
-    The registry model ``cfg["model"]`` on the first ``cfg["train_size"]`` training images of ``cfg["dataset"]``,
-    plain cross-entropy, SGD (momentum 0.9, weight decay 5e-4, batch 128) at learning rate ``cfg["lr"]`` for
-    ``cfg["epochs"]`` epochs, × 0.2 at a third, two thirds and eight ninths of training (JumpReLU's schedule,
-    :func:`robustness.train.official_milestones`); CIFAR-10 adds random crops and flips. ``seed`` (default
-    ``cfg["seed"]``) seeds the initialization and the batch order: another seed gives an independent copy of the
-    same recipe (the transfer source of the health checks). ``trained_model(**train_recipe(cfg))`` trains it, or
-    loads it from the checkpoint cache, which is keyed by this whole recipe.
+    The zoo recipe of the data set at the run's profile (:func:`robustness.zoo.for_dataset`: plain
+    cross-entropy, SGD with momentum 0.9, weight decay 5e-4 and batch 128, JumpReLU's step schedule scaled to
+    the epochs, :func:`robustness.train.official_milestones`), with the run's ``model``, ``train_size`` (the
+    first N training images), ``epochs`` and ``lr``; the profile's values are the zoo's, so an unchanged run
+    asks for the zoo's model. ``seed`` (default ``cfg["seed"]``) seeds the initialization and the batch order:
+    another seed gives an independent copy of the same recipe (the transfer source of the health checks).
+    ``trained_model(**train_recipe(cfg))`` trains it, or loads it from the checkpoint cache, which is keyed by
+    this whole recipe.
     """
-    epochs = cfg["epochs"]
-    config = TrainConfig(epochs=epochs, lr=cfg["lr"], milestones=official_milestones(epochs),
-                         augment=cfg["dataset"] == "cifar10", seed=cfg["seed"] if seed is None else seed)
-    return {"model": cfg["model"], "dataset": cfg["dataset"], "config": config, "train_size": cfg["train_size"]}
+    return zoo.variant(zoo.for_dataset(cfg["dataset"], cfg["profile"]), model=cfg["model"],
+                       train_size=cfg["train_size"], epochs=cfg["epochs"], lr=cfg["lr"],
+                       seed=cfg["seed"] if seed is None else seed)
 
 
 def train_model(cfg: Mapping[str, Any], seed: int | None = None) -> tuple[nn.Module, dict]:
-    """``(model, meta)``: :func:`train_recipe` trained (or loaded from the cache); ``meta`` as
-    :func:`robustness.train.cached_train` returns it (``cached``, ``train_seconds``, ``history``)."""
-    return trained_model(**train_recipe(cfg, seed))
+    """``(model, meta)``: :func:`train_recipe` trained (or loaded from the cache). When the recipe is a zoo
+    recipe (the profile's training parameters, the data set's architecture, the profile's seed) the model is
+    the zoo's (:func:`robustness.zoo.get`), shared with JumpReLU's baseline; ``meta`` as
+    :func:`robustness.train.cached_train` returns it (``cached``, ``train_seconds``, ``history``), with ``zoo``
+    (the zoo name, or ``None`` for the chapter's own recipe)."""
+    return zoo.model_for(**train_recipe(cfg, seed))
 
 
 @dataclass(frozen=True)

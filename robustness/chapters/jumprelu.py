@@ -32,15 +32,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .. import attacks, evaluate
+from .. import attacks, evaluate, zoo
 from ..config import ChapterSpec, Param, RunConfig
 from ..data import DATASETS, dataset_info, normalized_to_pixels, threat_eps
 from ..defenses.jumprelu import bpda_relu, bpda_smooth, retrofit
 from ..report import markdown_table, pct, show_image
 from ..results import anchors, one, record, select
 
-#: The paper's architecture per data set: LeNetLike for the grayscale 28×28 sets, AlexLike for CIFAR-10.
-ARCH = {"mnist": "lenet_like", "fashion_mnist": "lenet_like", "cifar10": "alex_like"}
+#: The paper's architecture per data set: LeNetLike for the grayscale 28×28 sets, AlexLike for CIFAR-10 (the
+#: model zoo's, :data:`robustness.zoo.ARCH`: the baseline networks are the zoo's, shared with chapter 1).
+ARCH = zoo.ARCH
 #: Display names of the data sets.
 NAME = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 #: The two trained networks per data set, as the paper names them: plain training and the FGSM mix.
@@ -101,9 +102,10 @@ def _each(kind: str, text: str) -> Param:
 PARAMS = {
     "datasets": Param("subset", "data sets the chapter runs on", DATASETS),
     "train_size": _each("pos_int", "training images used (the first N), validation included"),
-    "n_val": _each("pos_int", "of those, images held out at random to choose kappa"),
+    "n_val": _each("pos_int", "of those, the last N: held out (never trained on) to choose kappa"),
     "epochs": _each("pos_int", "training epochs"),
-    "lr": _each("pos_float", "initial SGD learning rate (× 0.2 at the official milestones, scaled to the epochs)"),
+    "robust_epochs": _each("pos_int", "training epochs of the robust (FGSM-mixed) network (official: as the baseline)"),
+    "lr": _each("pos_float", "SGD learning rate: the initial one of a step schedule, the peak of a one-cycle one"),
     "augment": _each("bool", "random crops (pad 4) and flips in training (the official code: CIFAR-10 only)"),
     "adv_ratio": _each("nonneg_float", "fraction of each batch replaced by FGSM examples (robust model)"),
     "adv_eps_normalized": _each("nonneg_float", "robust model's FGSM radius, official normalized units (× σ_c)"),
@@ -129,7 +131,7 @@ PARAMS = {
     "seeds": Param("nonneg_int_list", "attack seeds: the worst case at the threat radius is rerun with each "
                                       "and the page shows the spread"),
     "batch_size": Param("pos_int", "attack batch size"),
-    "seed": Param("nonneg_int", "random seed of training, the validation split and the attacks"),
+    "seed": Param("nonneg_int", "random seed of training and of the attacks"),
 }
 
 
@@ -139,9 +141,21 @@ def _gray_color(gray, color) -> dict:
     return {"mnist": gray, "fashion_mnist": gray, "cifar10": color}
 
 
+def _training(profile: str, n_val: dict) -> dict:
+    """The training parameters of ``profile``, read from the model zoo (:mod:`robustness.zoo`), whose recipes
+    the baseline networks are (shared with chapter 1): epochs, learning rate and crops/flips of each data set's
+    zoo recipe, and ``train_size`` = the zoo's training images plus the ``n_val`` validation images after them."""
+    recipes = {d: zoo.for_dataset(d, profile) for d in DATASETS}
+    return {"train_size": {d: r.train_size + n_val[d] for d, r in recipes.items()},
+            "n_val": n_val,
+            "epochs": {d: r.config.epochs for d, r in recipes.items()},
+            "robust_epochs": {d: r.config.epochs for d, r in recipes.items()},
+            "lr": {d: r.config.lr for d, r in recipes.items()},
+            "augment": {d: r.config.augment for d, r in recipes.items()}}
+
+
 _COMMON = {
     "datasets": ["mnist", "cifar10"],
-    "lr": 0.02, "augment": _gray_color(False, True),
     "adv_ratio": _gray_color(0.3, 0.6), "adv_eps_normalized": _gray_color(0.3, 0.031),
     "kappas": _gray_color([0.0, 0.5, 1.0, 1.5], [round(0.1 * i, 1) for i in range(9)]),
     "budget": _gray_color(0.01, 0.03), "attack_iter": _gray_color(40, 7),
@@ -152,22 +166,21 @@ _COMMON = {
 }
 
 PROFILES = {
-    "smoke": {**_COMMON, "train_size": _gray_color(3000, 1500), "n_val": _gray_color(500, 300), "epochs": 1,
+    "smoke": {**_COMMON, **_training("smoke", _gray_color(500, 300)),
               "n_clean": _gray_color(500, 300), "n_attack": _gray_color(100, 40), "n_deepfool": _gray_color(50, 16),
               "n_adaptive": _gray_color(50, 16), "n_autoattack": _gray_color(20, 0),
               "kappas": _gray_color([0.0, 1.0], [0.0, 0.4]), "attack_iter": _gray_color(10, 3),
               "pgd_eps": _gray_color([0.1, 0.4], [8 / 255]), "deepfool_classes": 3, "pgd_steps": 10,
               "restarts": 2, "square_queries": 100, "ddn_steps": 20, "health_steps": 5,
               "adaptive_all_kappas": True, "seeds": [0, 1]},
-    # Sized for 2 CPU cores (≤ 15 min). CIFAR-10 training is the expensive part: 9,000 training images for 4 of the
-    # 90 epochs, without crops and flips and with a larger initial learning rate (in a 4-epoch trial on 10,000
-    # images, crops and flips cost 8 points of clean accuracy, and lr 0.1 reached 49% where 0.05 reached 43%); the
-    # official step schedule is scaled to the 4 epochs. CIFAR-10 also gets the paper's grid up to 0.6 (at 0.8 this
-    # undertrained model is at chance), small attack subsets and no DDN. DeepFool keeps 3 of the official 9
-    # candidate classes (its cost grows with them) and the official iterations; the adaptive ensemble runs on
-    # kappa = 0, the chosen and the largest kappa.
-    "laptop": {**_COMMON, "train_size": _gray_color(60000, 10000), "n_val": _gray_color(5000, 1000),
-               "epochs": _gray_color(3, 4), "lr": _gray_color(0.02, 0.1), "augment": False,
+    # Sized for 2 CPU cores (≤ 15 min once the models are cached). Training comes from the zoo: MNIST in full, and
+    # the book's fast CIFAR-10 recipe (robustness.zoo.CIFAR10_LAPTOP: one-cycle, bfloat16, 8 epochs on 49,000
+    # images, about 80% clean); the robust CIFAR-10 network, whose FGSM examples make each step ~1.5× dearer, trains
+    # 4 epochs of it, so both train in ≤ 20 minutes. CIFAR-10 gets the paper's grid up to 0.6, small attack subsets
+    # and no DDN. DeepFool keeps 4 of the official 9 candidate classes (its cost grows with them) and the official
+    # iterations; the adaptive ensemble runs on kappa = 0, the chosen and the largest kappa.
+    "laptop": {**_COMMON, **_training("laptop", _gray_color(5000, 1000)),
+               "robust_epochs": {**_training("laptop", _gray_color(5000, 1000))["epochs"], "cifar10": 4},
                "n_clean": _gray_color(10000, 1000), "n_attack": _gray_color(1000, 200),
                "n_deepfool": _gray_color(500, 100), "n_adaptive": _gray_color(200, 100),
                "n_autoattack": _gray_color(500, 0),
@@ -175,7 +188,7 @@ PROFILES = {
                "pgd_steps": 100, "restarts": 2, "square_queries": 1000, "ddn_steps": _gray_color(100, 0),
                "health_steps": 20, "adaptive_all_kappas": False, "seeds": [0, 1, 2]},
     # The official recipe. The offline CIFAR-10 mirror holds the first 1,000 test images, hence n_clean.
-    "paper": {**_COMMON, "train_size": _gray_color(60000, 50000), "n_val": 5000, "epochs": 90,
+    "paper": {**_COMMON, **_training("paper", _gray_color(5000, 5000)),
               "n_clean": _gray_color(10000, 1000), "n_attack": _gray_color(5000, 1000),
               "n_deepfool": _gray_color(5000, 1000), "n_adaptive": 1000, "n_autoattack": 1000,
               "deepfool_classes": 10, "pgd_steps": 100, "restarts": 5, "square_queries": 5000,
@@ -208,43 +221,47 @@ def adv_eps_pixels(cfg, d: str) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# The training recipes: the official SGD schedule, on the training split minus a random validation hold-out
+# The training recipes (the zoo's for the profile's values), on the training images minus the validation hold-out
 
 
 def splits(cfg: RunConfig, d: str) -> dict:
-    """The first ``train_size`` training images of ``d``, split into ``train`` and a random ``val`` hold-out."""
-    from ..data import load_dataset, train_val_split
+    """The first ``train_size`` training images of ``d``: ``train``, the first ``train_size - n_val`` of them (the
+    images the networks train on, the zoo's for the profile's values), and ``val``, the last ``n_val`` (held out,
+    never trained on; only they choose kappa)."""
+    from ..data import ArrayDataset, load_dataset
 
     full = load_dataset(d, "train").first(cfg.train_size[d])
-    train, val = train_val_split(full, cfg.n_val[d], seed=cfg.seed)
-    return {"train": train, "val": val}
+    n_train = cfg.train_size[d] - cfg.n_val[d]
+    val = ArrayDataset(full.name, "val", full.x[n_train:], full.y[n_train:],
+                       f"{full.source}; images {n_train + 1:,}–{len(full):,}, held out")
+    return {"train": full.first(n_train), "val": val}
 
 
-def _train(cfg: RunConfig, d: str, loss) -> tuple[nn.Module, dict]:
-    from ..models import build_model
-    from ..train import TrainConfig, cached_train, official_milestones
-
-    config = TrainConfig(epochs=cfg.epochs[d], lr=cfg.lr[d], milestones=official_milestones(cfg.epochs[d]),
-                         augment=cfg.augment[d], seed=cfg.seed)
-    # the checkpoint cache is keyed by this recipe, the training config and the loss
-    recipe = {"model": ARCH[d], "dataset": d, "train_size": cfg.train_size[d], "split": "train minus val",
-              "n_val": cfg.n_val[d], "val_seed": cfg.seed}
-    return cached_train(recipe, lambda: build_model(ARCH[d], d), splits(cfg, d)["train"], config, loss=loss)
+def train_arguments(cfg: RunConfig, d: str, epochs: int | None = None) -> dict:
+    """The :func:`robustness.train.trained_model` keyword arguments of both networks of ``d`` (the loss aside):
+    the zoo recipe of ``d`` at the run's profile (:func:`robustness.zoo.for_dataset`) with the run's
+    ``epochs``, ``lr``, ``augment`` and ``seed``, on the first ``train_size - n_val`` training images
+    (:func:`splits`). With the profile's values this is the zoo's recipe, so the baseline network is the zoo's."""
+    return zoo.variant(zoo.for_dataset(d, cfg.profile), train_size=cfg.train_size[d] - cfg.n_val[d],
+                       epochs=cfg.epochs[d] if epochs is None else epochs, lr=cfg.lr[d], augment=cfg.augment[d],
+                       seed=cfg.seed)
 
 
 def train_baseline(cfg: RunConfig, d: str) -> tuple[nn.Module, dict]:
-    """The paper's "baseline": plain cross-entropy with the official schedule. Returns ``(model, meta)``."""
-    from ..train import cross_entropy
-
-    return _train(cfg, d, cross_entropy)
+    """The paper's "baseline": plain cross-entropy with the official schedule, the model zoo's network when the
+    run keeps the profile's training parameters (:func:`robustness.zoo.model_for`), the run's own recipe (cached
+    all the same) otherwise. Returns ``(model, meta)``."""
+    return zoo.model_for(**train_arguments(cfg, d))
 
 
 def train_robust(cfg: RunConfig, d: str) -> tuple[nn.Module, dict]:
     """The paper's "robust" model: the first ``adv_ratio`` of every batch replaced by FGSM examples of the
     current weights (crafted in eval mode), at the official normalized radius on pixels, per channel."""
     from ..defenses.adversarial_training import AdversarialLoss
+    from ..train import trained_model
 
-    return _train(cfg, d, AdversarialLoss("fgsm", adv_eps_pixels(cfg, d), mix=cfg.adv_ratio[d], replace=True))
+    loss = AdversarialLoss("fgsm", adv_eps_pixels(cfg, d), mix=cfg.adv_ratio[d], replace=True)
+    return trained_model(**{**train_arguments(cfg, d, epochs=cfg.robust_epochs[d]), "loss": loss})
 
 
 RECIPES = {"baseline": train_baseline, "robust": train_robust}
@@ -612,8 +629,6 @@ def _pct_or_dash(v) -> str:
 def training_table(records: Sequence[dict], timings: dict, cfg) -> str:
     """The networks, their clean test accuracy with its interval, the robust recipe's FGSM radius in both
     units, and what the profile cut from the official recipe (against the paper's clean accuracy)."""
-    from ..train import official_milestones
-
     rows = []
     for d, m in _models(select(records, protocol="training")):
         acc, t = one(records, dataset=d, model=m, protocol="training"), timings["train"][f"{d}/{m}"]
@@ -621,7 +636,7 @@ def training_table(records: Sequence[dict], timings: dict, cfg) -> str:
                 f"{pct(cfg['adv_ratio'][d])} of each batch at ε = {cfg['adv_eps_normalized'][d]:g} normalized = "
                 + "/".join(f"{float(e):.4f}" for e in adv_eps_pixels(cfg, d).flatten()) + " on pixels")
         rows.append({"model": _label(d, m), "train": cfg["train_size"][d] - cfg["n_val"][d],
-                     "epochs": cfg["epochs"][d], "fgsm": fgsm, "clean": acc, "seconds": t["seconds"],
+                     "epochs": cfg["robust_epochs" if m.endswith("robust") else "epochs"][d], "fgsm": fgsm, "clean": acc, "seconds": t["seconds"],
                      "cached": t["cached"]})
     table = markdown_table(
         rows, {"model": "network", "train": "train images", "epochs": "epochs", "fgsm": "FGSM mix (robust)",
@@ -635,11 +650,11 @@ def training_table(records: Sequence[dict], timings: dict, cfg) -> str:
         n_train = cfg["train_size"][d] - cfg["n_val"][d]
         if ep < OFFICIAL_EPOCHS or cfg["train_size"][d] < full_n:
             share = n_train * ep / (full_n * OFFICIAL_EPOCHS)
-            milestones = ", ".join(str(e) for e in official_milestones(ep))
             text = (f"{NAME[d]}: {n_train:,} training images × {ep} epoch{'s' if ep > 1 else ''} = {100 * share:.2g}% "
-                    f"of the official {full_n:,} × {OFFICIAL_EPOCHS} image-passes, "
-                    + (f"initial learning rate {cfg['lr'][d]:g} (× 0.2 at epochs {milestones})" if milestones
-                       else f"learning rate {cfg['lr'][d]:g} throughout"))
+                    f"of the official {full_n:,} × {OFFICIAL_EPOCHS} image-passes; the book's recipe: "
+                    + train_arguments(cfg, d)["config"].describe())
+            if cfg["robust_epochs"][d] != ep:
+                text += f"; the robust network trains {cfg['robust_epochs'][d]} epochs of the same recipe"
             if d == PAPER_NETWORK[0] and paper_clean:
                 text += f" (the paper's CIFAR-10 AlexLike reaches {_paper_pct(paper_clean[0]['value'])} clean)"
             if cfg["augment"][d] != (d == "cifar10"):
