@@ -18,10 +18,12 @@ notebooks: $(VENV)/.installed
 	$(PY) -m robustness run --all --profile $(PROFILE)
 
 book: notebooks
+	# figures drawn from committed measurements (not executed notebooks): the CIFAR-10 recipe study
+	$(PY) -m robustness.recipe_study --figure book/_generated/recipe-study.png
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
 bench: $(VENV)/.installed
 	$(PY) -m robustness bench
 
 clean:
-	rm -rf _build book/executed
+	rm -rf _build book/executed book/_generated
