@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 
-.PHONY: test book notebooks bench clean
+.PHONY: test book notebooks bench bench-peers clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ book: notebooks
 
 bench: $(VENV)/.installed
 	$(PY) -m robustness bench
+
+# The peers (torchattacks, foolbox) live in their own venv: torchattacks pins an old requests. One pip command,
+# so torch and torchvision resolve together as in the main venv.
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+
+$(PEERS_VENV)/.installed: requirements-peers.txt pyproject.toml
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install -r requirements-peers.txt -e .
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.installed
+	$(PEERS_PY) -m robustness bench --peers --profile laptop --json reference/bench/peers.json
 
 clean:
 	rm -rf _build book/executed book/_generated

@@ -1,6 +1,6 @@
 """Command line: ``python -m robustness run CHAPTER... [--all] [--profile P] [-p NAME VALUE]...``,
 ``params CHAPTER`` (every parameter with its help and per-profile values), ``results`` (the results files that
-exist) and ``bench``."""
+exist) and ``bench`` (speed near the limit; ``--worst-case``, ``--peers``, ``--chapters``, ``--page``)."""
 from __future__ import annotations
 
 import argparse
@@ -42,12 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("action", nargs="?", default="list", choices=("list", "train"))
     models.add_argument("name", nargs="?", default=None, metavar="NAME", help="train: a zoo model name")
     models.add_argument("--profile", default="laptop", choices=PROFILES, help="whose recipes (default laptop)")
-    bench = sub.add_parser("bench", help="attack throughput benchmark on the chapter-1 model")
+    bench = sub.add_parser("bench", help="speed near the machine's limit, peers, chapter budgets, the page")
     bench.add_argument("--batch-size", type=int, default=256)
-    bench.add_argument("--profile", default="smoke", choices=PROFILES, help="which chapter-1 model to load/train")
+    bench.add_argument("--profile", default=None, choices=PROFILES,
+                       help="--chapters: the profile the chapters run (default laptop); otherwise which chapter-1 "
+                            "model to load/train (default smoke)")
+    bench.add_argument("--chapters", nargs="*", default=None, metavar="CHAPTER",
+                       help="instead: run each chapter (default: all) twice, without and with the checkpoint cache, "
+                            "and check its time and memory budget")
+    bench.add_argument("--peers", action="store_true",
+                       help="instead: PGD and DeepFool beside torchattacks and foolbox (needs make bench-peers)")
+    bench.add_argument("--page", action="store_true",
+                       help="instead: write book/performance.md from the JSON files under reference/bench/")
+    bench.add_argument("--json", default=None, metavar="PATH", help="also write the figures, with provenance, here")
+    bench.add_argument("--seconds", type=float, default=2.0,
+                       help="default mode: seconds per timing round (best of 3 rounds)")
     bench.add_argument("--worst-case", action="store_true",
                        help="instead: the adaptive worst case (PGD-CE, PGD-margin, Square) beside AutoAttack standard")
-    bench.add_argument("--n", type=int, default=300, help="--worst-case: test images (the first N)")
+    bench.add_argument("--n", type=int, default=300, help="--worst-case, --peers: test images (the first N)")
     bench.add_argument("--eps", type=float, nargs="+", default=None,
                        help="--worst-case: radii (default: the chapter-1 threat radius)")
     bench.add_argument("--norm", default="linf", choices=("linf", "l2"), help="--worst-case: threat-model norm")
@@ -104,8 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--eps values must be finite and >= 0")
     if args.worst_case and args.norm == "l2" and args.eps is None:
         parser.error("--norm l2 needs --eps (the default radius is the L∞ one)")
+    modes = [flag for flag in ("worst_case", "peers", "page") if getattr(args, flag)] + (
+        ["chapters"] if args.chapters is not None else [])
+    if len(modes) > 1:
+        parser.error(f"choose one mode: {', '.join('--' + m.replace('_', '-') for m in modes)}")
+    unknown = [c for c in args.chapters or [] if c not in CHAPTER_IDS]
+    if unknown:
+        parser.error(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(CHAPTER_IDS)}")
+    if args.chapters is not None and args.profile == "auto":
+        parser.error("--chapters needs a concrete profile: smoke, laptop or paper")
+    if not args.seconds > 0:
+        parser.error("--seconds must be a positive number")
     return bench_main(batch_size=args.batch_size, profile=args.profile, worst_case=args.worst_case, n=args.n,
-                      eps=args.eps, norm=args.norm, steps=args.steps, queries=args.queries)
+                      eps=args.eps, norm=args.norm, steps=args.steps, queries=args.queries, chapters=args.chapters,
+                      peers=args.peers, page=args.page, json_path=args.json, min_seconds=args.seconds)
 
 
 if __name__ == "__main__":

@@ -119,14 +119,14 @@ def record(cfg: dict, *, dataset: str, model: str, metric: str, value: float, de
             "profile": cfg["profile"], "seed": cfg.get("seed") if seed is None else seed, "setting": dict(setting)}
 
 
+_MISSING = object()
+
+
 def _matches(rec: dict, key: str, want: Any) -> bool:
     have = rec[key] if key in FIELDS else rec["setting"].get(key, _MISSING)
     if isinstance(want, float) and isinstance(have, (int, float)) and not isinstance(have, bool):
         return math.isclose(have, want, rel_tol=1e-9, abs_tol=1e-12)
     return have == want
-
-
-_MISSING = object()
 
 
 def select(records: list[dict], **match: Any) -> list[dict]:

@@ -37,7 +37,9 @@ def _linf_stepper(x, eps, step_size):
     def step(x_adv, grad, idx):
         # idx: the images of x that x_adv holds (None: all of them, in order)
         b_lo, b_hi = (lo, hi) if idx is None else (lo[idx], hi[idx])
-        return torch.clamp(x_adv + step_size * grad.sign(), b_lo, b_hi)
+        # clamp(x_adv + step_size * sign(grad), lo, hi), in place on the one new tensor: an image-sized
+        # allocation costs page faults on a CPU, and a step is otherwise a few cheap passes
+        return grad.sign().mul_(step_size).add_(x_adv).clamp_(b_lo, b_hi)
     return step
 
 
@@ -63,17 +65,23 @@ def _pgd(model, x, y, eps, steps, step_size, random_start, restarts, generator, 
     best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     best_loss = torch.full((n,), -float("inf"), device=x.device, dtype=x.dtype)
 
-    def record(idx, x_adv, logits):
+    def record(idx, x_adv, logits, full):
+        # full: idx holds every image, in order (then the best so far is updated in place, with no copies)
         fooled = logits.argmax(1) != y[idx]
         value = attack_loss(logits, y[idx], loss).to(best_loss.dtype)
         was = best_fooled[idx]
         # a fooling point is never replaced by a non-fooling one; with early stop a fooled image leaves
         # the batch right after, so its first fooling iterate is the one kept
         take = (fooled & ~was) | ((fooled == was) & (value > best_loss[idx]))
-        # where + index_copy_ rather than boolean indexing: no host-device sync per step
-        best.index_copy_(0, idx, torch.where(_per_sample(take, x_adv), x_adv, best[idx]))
-        best_loss.index_copy_(0, idx, torch.where(take, value, best_loss[idx]))
-        best_fooled.index_copy_(0, idx, was | fooled & take)
+        # where (+ index_copy_) rather than boolean indexing: no host-device sync per step
+        if full:
+            torch.where(_per_sample(take, x_adv), x_adv, best, out=best)
+            torch.where(take, value, best_loss, out=best_loss)
+            best_fooled.copy_(was | fooled & take)
+        else:
+            best.index_copy_(0, idx, torch.where(_per_sample(take, x_adv), x_adv, best[idx]))
+            best_loss.index_copy_(0, idx, torch.where(take, value, best_loss[idx]))
+            best_fooled.index_copy_(0, idx, was | fooled & take)
         return fooled
 
     with eval_mode(model):
@@ -89,11 +97,11 @@ def _pgd(model, x, y, eps, steps, step_size, random_start, restarts, generator, 
             for t in range(steps + 1):
                 if t == steps:  # the last iterate is only judged, so no backward
                     with torch.no_grad():
-                        record(idx, x_adv, model(x_adv))
+                        record(idx, x_adv, model(x_adv), full)
                     break
                 # one forward per iterate: its logits judge the iterate and its backward gives the step
                 grad, logits = input_gradient(model, x_adv, y[idx], loss=loss, return_logits=True)
-                fooled = record(idx, x_adv, logits)
+                fooled = record(idx, x_adv, logits, full)
                 if early_stop and fooled.any():
                     live = ~fooled
                     idx, x_adv, grad, full = idx[live], x_adv[live], grad[live], False
