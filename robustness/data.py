@@ -17,11 +17,17 @@ Where the files come from, in order:
 
 Every file is checked against a known checksum before use; a file that fails is
 reported and never used.
+
+Adversary sets -- adversarial versions of a split, written once by a chapter with the
+recipe that made them -- live in :func:`adversary_dir` and load like any data set as
+``load_dataset("adversary:<name>", "test")`` (see :func:`write_adversary_set`).
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import shutil
 import tarfile
 import warnings
@@ -31,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustness._io import atomic_path, md5_file, sha256_file
+from robustness._io import atomic_path, atomic_write_text, md5_file, sha256_file
 from robustness.runtime import cache_root
 
 __all__ = [
@@ -41,8 +47,11 @@ __all__ = [
     "CorruptDataWarning",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "StaleAdversarySetError",
+    "adversary_dir",
     "clear_cache",
     "dataset_info",
+    "load_adversary_set",
     "load_dataset",
     "mean_image",
     "normalized_to_pixels",
@@ -50,10 +59,14 @@ __all__ = [
     "resolve_root",
     "threat_eps",
     "train_val_split",
+    "write_adversary_set",
 ]
 
 ENV_ROOT = "ROBUSTNESS_DATA"
 ENV_MIRROR = "ROBUSTNESS_DATA_MIRROR"
+ENV_ADVERSARIES = "ROBUSTNESS_ADVERSARIES"
+#: ``load_dataset`` names of the form ``"adversary:<name>"`` load a stored adversary set.
+ADVERSARY_PREFIX = "adversary:"
 SPLITS = ("train", "test")
 
 
@@ -171,9 +184,10 @@ def _mean_image_cached(name: str, split: str, root: str, mirror: str | None) -> 
     return (total / len(x)).to(torch.float32)
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, adversaries: bool = False) -> None:
     if name not in _INFO:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        also = f", or '{ADVERSARY_PREFIX}<name>' (a stored adversary set, split='test')" if adversaries else ""
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}{also}")
 
 
 # --------------------------------------------------------------------------- errors
@@ -185,6 +199,10 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class CorruptDataError(RuntimeError):
     """A data file exists but fails its checksum (or cannot be read); it is not used."""
+
+
+class StaleAdversarySetError(CorruptDataError):
+    """A stored adversary set was made by another recipe than the one asked for; it is not used."""
 
 
 class CorruptDataWarning(UserWarning):
@@ -279,10 +297,19 @@ def load_dataset(
     Results are cached per process on (name, split, root, mirror): a second
     call returns the same object, so do not modify its tensors in place.
 
+    ``name = "adversary:<set>"`` with ``split="test"`` loads the stored adversary set ``<set>`` through
+    :func:`load_adversary_set` (not cached: its checksum is verified on every load), from
+    ``<root>/adversaries`` when ``root`` is given, else from :func:`adversary_dir`; ``mirror`` plays no part.
+
     Raises :class:`DatasetNotFoundError` when no source has the data and
     :class:`CorruptDataError` when the mirror's CIFAR-10 file fails its sha256.
     """
-    _check_name(name)
+    if isinstance(name, str) and name.startswith(ADVERSARY_PREFIX):
+        if split != "test":
+            raise ValueError(f"split={split!r}: an adversary set ({name!r}) is a test split; use split='test'")
+        folder = None if root is None else resolve_root(root) / "adversaries"
+        return load_adversary_set(name[len(ADVERSARY_PREFIX):], root=folder)
+    _check_name(name, adversaries=True)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     mirror_path = resolve_mirror(mirror)
@@ -509,3 +536,141 @@ def _load_cifar10(split: str, root: Path, mirror: Path | None) -> ArrayDataset:
             err,
         ) from err
     return _from_torchvision_cifar(ds, split, root, cls)
+
+
+# --------------------------------------------------------------------------- adversary sets
+
+# a file name on every system: no separators, no leading dot
+_ADVERSARY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ADVERSARY_FORMAT = 1
+
+
+def adversary_dir(root: str | os.PathLike | None = None) -> Path:
+    """The folder of adversary sets: ``root``, else ``$ROBUSTNESS_ADVERSARIES``, else ``<data root>/adversaries``
+    (the data root of :func:`resolve_root`)."""
+    if root is None:
+        root = os.environ.get(ENV_ADVERSARIES) or None
+    if root is None:
+        root = resolve_root() / "adversaries"
+    return Path(root).expanduser().absolute()
+
+
+def _adversary_files(name: str, root: str | os.PathLike | None) -> tuple[Path, Path]:
+    """The tensor file and its JSON sidecar for the set ``name``."""
+    if not isinstance(name, str) or not _ADVERSARY_NAME.fullmatch(name):
+        raise ValueError(f"adversary set name={name!r} is invalid: use letters, digits, '.', '_' and '-', "
+                         f"starting with a letter or digit")
+    path = adversary_dir(root) / f"{name}.pt"
+    return path, path.with_suffix(".json")
+
+
+def _canonical_recipe(recipe: dict) -> dict:
+    """``recipe`` as it reads back from JSON (tuples become lists, keys strings); ``ValueError`` if not JSON-able."""
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe must be a JSON-able dict, got {type(recipe).__name__}")
+    try:
+        return json.loads(json.dumps(recipe, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"recipe must be a JSON-able dict: {err}") from err
+
+
+def write_adversary_set(name: str, x: torch.Tensor, y: torch.Tensor, recipe: dict,
+                        root: str | os.PathLike | None = None) -> Path:
+    """Store adversarial images ``x`` with labels ``y`` as the adversary set ``name``, with the ``recipe`` (a
+    JSON-able dict: attack, eps, surrogates, seeds...) that made them; returns the tensor file's path.
+
+    Writes ``<adversary_dir(root)>/<name>.pt`` (``{"x", "y"}`` via ``torch.save``) atomically (a temporary file
+    renamed into place, so nothing is ever half-written), then the sidecar ``<name>.json`` with the file's
+    sha256, its size and the recipe. An existing set of that name is replaced.
+
+    Args:
+        name: letters, digits, ``.``, ``_`` and ``-``; load it back with :func:`load_adversary_set` or
+            ``load_dataset("adversary:<name>", "test")``.
+        x: float32 ``(N, C, H, W)`` images in ``[0, 1]``.
+        y: int64 ``(N,)`` true labels.
+        recipe: JSON-able dict describing how ``x`` was made; a later load can insist on it.
+        root: the adversary folder (default: :func:`adversary_dir`).
+    """
+    path, sidecar = _adversary_files(name, root)
+    recipe = _canonical_recipe(recipe)
+    problem = _adversary_tensor_problem(x, y)
+    if problem:
+        raise ValueError(problem)
+    x, y = x.detach().cpu().contiguous(), y.detach().cpu().contiguous()
+    with atomic_path(path) as tmp:
+        torch.save({"x": x, "y": y}, tmp)
+        digest = sha256_file(tmp)
+    meta = {"format": _ADVERSARY_FORMAT, "name": name, "file": path.name, "sha256": digest, "n": len(y),
+            "shape": list(x.shape[1:]), "recipe": recipe}
+    atomic_write_text(sidecar, json.dumps(meta, indent=1, sort_keys=True))
+    return path
+
+
+def _adversary_tensor_problem(x, y) -> str | None:
+    """What is wrong with ``x``/``y`` as an adversary set (``None``: x float32 (N, C, H, W) in [0, 1], y int64
+    (N,))."""
+    def described(t):
+        return f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}"
+
+    if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() == 4):
+        return f"x must be a float32 (N, C, H, W) tensor, got {described(x)}"
+    if not (isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == x.shape[:1]):
+        return f"y must be an int64 (N,) tensor with N = {x.shape[0]}, got {described(y)}"
+    if not bool(((x >= 0) & (x <= 1)).all()):  # NaN fails both comparisons
+        return "x must lie in [0, 1] everywhere (and hold no NaN)"
+    return None
+
+
+def _recipe_difference(stored: dict, wanted: dict) -> str:
+    keys = sorted(set(stored) | set(wanted))
+    diff = [f"{k}: stored {stored.get(k, '<missing>')!r}, asked {wanted.get(k, '<missing>')!r}"
+            for k in keys if stored.get(k, object()) != wanted.get(k, object())]
+    return "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+
+
+def load_adversary_set(name: str, recipe: dict | None = None,
+                       root: str | os.PathLike | None = None) -> ArrayDataset:
+    """Load the adversary set ``name`` written by :func:`write_adversary_set`, after checking its sha256.
+
+    Returns an :class:`ArrayDataset` named ``"adversary:<name>"``, split ``"test"``. With ``recipe``, the stored
+    recipe must equal it (compared as JSON). Loading uses ``weights_only=True``: the file can never run code.
+
+    Raises:
+        DatasetNotFoundError: no such set (the ``.pt`` file is missing).
+        StaleAdversarySetError: ``recipe`` is given and differs from the stored one.
+        CorruptDataError: the sidecar is missing or unreadable, the checksum does not match, or the file's
+            contents are not ``x`` float32 (N, C, H, W) in [0, 1] and ``y`` int64 (N,).
+    """
+    path, sidecar = _adversary_files(name, root)
+    rebuild = f"Delete {path} and {sidecar.name}, then rebuild the set by rerunning the chapter that wrote it."
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"adversary set {name!r} not found: {path} does not exist. To fix: run the chapter that writes it, "
+            f"or set {ENV_ADVERSARIES} to the folder that holds it.")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        expected = meta["sha256"]
+        stored_recipe = meta["recipe"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptDataError(f"adversary set {path}: its sidecar {sidecar} is missing or unreadable "
+                               f"({type(err).__name__}: {err}), so its checksum cannot be verified. {rebuild}") from err
+    if recipe is not None:
+        wanted = _canonical_recipe(recipe)
+        if stored_recipe != wanted:
+            raise StaleAdversarySetError(
+                f"adversary set {path} was made by another recipe ({_recipe_difference(stored_recipe, wanted)}); "
+                f"it will not be used. {rebuild}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CorruptDataError(f"adversary set {path} has sha256 {actual}, expected {expected} (from {sidecar.name}); "
+                               f"it will not be used. {rebuild}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        x, y = blob["x"], blob["y"]
+    except Exception as err:  # noqa: BLE001 -- any unpickling failure means the file is unusable
+        raise CorruptDataError(f"adversary set {path} is unreadable ({type(err).__name__}: {err}). {rebuild}") from err
+    problem = _adversary_tensor_problem(x, y)
+    if problem:
+        raise CorruptDataError(f"adversary set {path} is malformed: {problem}. {rebuild}")
+    return ArrayDataset(f"{ADVERSARY_PREFIX}{name}", "test", x, y, f"adversary set {name!r} ({path}, sha256 "
+                        f"{actual[:12]})")

@@ -145,6 +145,46 @@ def resnet20(dataset: str = "cifar10") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def entropic_cnn(dataset: str = "cifar10") -> nn.Sequential:
+    """Sperl & Böttinger's entropic-retraining CNN, as their AutoAttack submission describes it (auto-attack
+    issues #41/#42): conv 32-32, max-pool, conv 64-64, max-pool, dense 512-256-128-128-84-10, ReLU after every
+    layer but the last. Not given there, so the book's choice: 3x3 kernels and the padding of Keras'
+    ``cifar10_cnn`` example (the first conv of each pair ``same``, the second ``valid``), whose conv widths the
+    submission's match (the first author's A3 code points to the keras.io examples); no dropout.
+    CIFAR-10: 32→32→30→15→15→13→6, so 64·6·6 = 2304 features; 28x28 input gives 64·5·5."""
+    info = dataset_info(dataset)
+    side = info.shape[1]
+    for _ in range(2):  # each pair: a same conv, a valid conv (−2), then pool (÷2, floored)
+        side = (side - 2) // 2
+    return nn.Sequential(
+        Normalize(info.mean, info.std),
+        nn.Conv2d(info.shape[0], 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * side * side, 512), nn.ReLU(),
+        nn.Linear(512, 256), nn.ReLU(),
+        nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(128, 128), nn.ReLU(),
+        nn.Linear(128, 84), nn.ReLU(),
+        nn.Linear(84, info.num_classes),
+    )
+
+
+def resnet18(dataset: str = "cifar10") -> nn.Sequential:
+    """torchvision's ResNet-18 (ImageNet stem: 7x7 stride-2 conv and max-pool), trained from scratch, as the
+    fragile-neurons authors' later code builds it (``torchvision.models.resnet18(num_classes=10)``, the first
+    conv replaced by a 1-channel one for MNIST). Meant for the GPU (paper) profile."""
+    from ._torchvision import import_torchvision
+
+    info = dataset_info(dataset)
+    net = import_torchvision().models.resnet18(num_classes=info.num_classes)
+    if info.shape[0] != 3:
+        net.conv1 = nn.Conv2d(info.shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return nn.Sequential(Normalize(info.mean, info.std), net)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     builder: Callable[[str], nn.Module]
@@ -158,6 +198,8 @@ MODELS: dict[str, ModelSpec] = {
     "lenet": ModelSpec(lenet, ("mnist", "fashion_mnist")),  # Deep Defense (Yan et al.)
     "convnet": ModelSpec(convnet, ("cifar10",)),  # Deep Defense (Yan et al.)
     "resnet20": ModelSpec(resnet20, ("cifar10",)),  # He et al.; JumpReLU's CIFAR ResNet
+    "resnet18": ModelSpec(resnet18, ("mnist", "fashion_mnist", "cifar10")),  # fragile neurons (Pravin et al.)
+    "entropic_cnn": ModelSpec(entropic_cnn, ("cifar10", "mnist", "fashion_mnist")),  # entropic retraining (Sperl & Böttinger)
 }
 
 

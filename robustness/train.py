@@ -39,7 +39,7 @@ cross_entropy.spec = {"name": "cross_entropy"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimizer and schedule: SGD with momentum, lr × ``gamma`` at each epoch in ``milestones``."""
+    """Optimizer and schedule: SGD with momentum (or Adam), lr × ``gamma`` at each epoch in ``milestones``."""
 
     epochs: int
     batch_size: int = 128
@@ -60,19 +60,27 @@ class TrainConfig:
     #: AVX512-BF16 about twice the images per second. Evaluation and attacks always run in float32.
     precision: str = "fp32"
     channels_last: bool = False  # NHWC memory layout: faster convolutions on CPU (oneDNN)
+    #: "sgd" (momentum, nesterov, weight_decay as above) or "adam" (Kingma & Ba; betas (0.9, 0.999), L2
+    #: ``weight_decay`` as torch's Adam applies it, momentum ignored): the fragile-neurons authors' optimizer
+    optimizer: str = "sgd"
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup={self.warmup!r}: expected a fraction in [0, 1)")
 
     def describe(self) -> str:
         """The recipe in words, for a page: optimizer, schedule, batch, precision, augmentation."""
-        opt = (f"SGD with {'Nesterov ' if self.nesterov else ''}momentum {self.momentum:g}, "
-               f"weight decay {self.weight_decay:g}")
+        if self.optimizer == "adam":
+            opt = "Adam" + (f" with weight decay {self.weight_decay:g}" if self.weight_decay else "")
+        else:
+            opt = (f"SGD with {'Nesterov ' if self.nesterov else ''}momentum {self.momentum:g}, "
+                   f"weight decay {self.weight_decay:g}")
         if self.schedule == "onecycle":
             sched = (f"one-cycle learning rate (linear warm-up to {self.lr:g} over the first {100 * self.warmup:.0f}% "
                      "of the steps, then linear decay to 0)")
@@ -99,8 +107,10 @@ class TrainConfig:
 
 SCHEDULES = ("step", "onecycle")
 PRECISIONS = ("fp32", "bf16")
-_LATER_OPTIONS = ("nesterov", "schedule", "warmup", "precision", "channels_last")
-_DEFAULTS = {"nesterov": False, "schedule": "step", "warmup": 0.2, "precision": "fp32", "channels_last": False}
+OPTIMIZERS = ("sgd", "adam")
+_LATER_OPTIONS = ("nesterov", "schedule", "warmup", "precision", "channels_last", "optimizer")
+_DEFAULTS = {"nesterov": False, "schedule": "step", "warmup": 0.2, "precision": "fp32", "channels_last": False,
+             "optimizer": "sgd"}
 
 
 def _scheduler(opt: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -159,8 +169,11 @@ def train(
     torch.manual_seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
     model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay, nesterov=config.nesterov)
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay, nesterov=config.nesterov)
     sched, per_batch = _scheduler(opt, config, -(-len(data) // config.batch_size))
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=layout)

@@ -1,4 +1,5 @@
 """The one training loop and its checkpoint cache."""
+import copy
 import json
 import warnings
 
@@ -158,9 +159,33 @@ def test_bad_training_options_fail_naming_them():
         TrainConfig(epochs=1, schedule="cosine")
     with pytest.raises(ValueError, match="precision='fp16'"):
         TrainConfig(epochs=1, precision="fp16")
+    with pytest.raises(ValueError, match="optimizer='rmsprop'"):
+        TrainConfig(epochs=1, optimizer="rmsprop")
 
 
 def test_new_options_at_their_defaults_keep_old_cache_keys():
     key = TrainConfig(epochs=2).key()
     assert "precision" not in key and "schedule" not in key and key["epochs"] == 2
     assert TrainConfig(epochs=2, precision="bf16").key()["precision"] == "bf16"
+    assert "optimizer" not in key and TrainConfig(epochs=2, optimizer="adam").key()["optimizer"] == "adam"
+
+
+def test_adam_option_trains_with_adam(tiny_data):
+    # one Adam step from a fixed start equals torch's Adam applied by hand to the same batch gradient
+    x, y = tiny_data
+    data = ArrayDataset("blobs", "train", x[:64], y[:64], "synthetic")
+    config = TrainConfig(epochs=1, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0)
+    torch.manual_seed(0)
+    model = TinyNet()
+    start = copy.deepcopy(model)
+    train(model, data, config, device="cpu")
+    ref = copy.deepcopy(start)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    torch.manual_seed(config.seed)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(config.seed))
+    ref.train()
+    nn.functional.cross_entropy(ref(x[:64][order]), y[:64][order]).backward()
+    opt.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+    assert "Adam" in config.describe()

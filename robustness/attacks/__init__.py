@@ -10,13 +10,16 @@ from ._core import (LOSSES, MinNormResult, attack_loss, eval_mode, grad_or_zero,
 from .bpda import BPDA, with_bpda
 from .ddn import ddn
 from .deepfool import DeepFoolResult, deepfool
+from .ensemble_pgd import COMBINES, ensemble_pgd
 from .fgsm import fgsm
 from .ifgsm import ifgsm
+from .input_diversity import input_diversity
+from .mi_fgsm import mi_fgsm
 from .pgd import pgd_l2, pgd_linf
 from .square import square_l2, square_linf
 
 __all__ = [
-    "BPDA", "DeepFoolResult", "LOSSES", "MinNormResult", "attack_loss", "ddn", "deepfool", "eval_mode", "fgsm",
-    "ifgsm", "grad_or_zero", "input_gradient", "l2_norm", "pgd_l2", "pgd_linf", "project_l2", "project_linf",
-    "square_l2", "square_linf", "with_bpda",
+    "BPDA", "COMBINES", "DeepFoolResult", "LOSSES", "MinNormResult", "attack_loss", "ddn", "deepfool",
+    "ensemble_pgd", "eval_mode", "fgsm", "ifgsm", "grad_or_zero", "input_diversity", "input_gradient", "l2_norm",
+    "mi_fgsm", "pgd_l2", "pgd_linf", "project_l2", "project_linf", "square_l2", "square_linf", "with_bpda",
 ]

@@ -38,7 +38,7 @@ def is_zero(value: Radius) -> bool:
     return bool((value == 0).all()) if isinstance(value, torch.Tensor) else value == 0
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Radius = 0.3) -> torch.Tensor:
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Radius = 0.3, clip: bool = True) -> torch.Tensor:
     """FGSM, L-infinity (Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial
     Examples", ICLR 2015).
 
@@ -54,9 +54,12 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Radius = 0.3) 
             since the sign of the gradient is the same in both spaces, the step is then exactly the
             official normalized-space FGSM, clipped to the normalized image of ``[0, 1]``.
             ``eps=0`` returns ``x`` unchanged.
+        clip: clip the result to ``[0, 1]`` (the standard threat model). ``clip=False`` reproduces codes that
+            attack in normalized space without clipping (the fragile-neurons authors'); such images can leave
+            the valid pixel range, so they are no threat-model attack.
 
     Returns:
-        ``(N, C, H, W)`` detached adversarial images in ``[0, 1]``, on ``x``'s device.
+        ``(N, C, H, W)`` detached adversarial images (in ``[0, 1]`` when ``clip``), on ``x``'s device.
     """
     x = x.detach()
     eps = as_radius(eps, x)
@@ -64,4 +67,5 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Radius = 0.3) 
         return x.clone()
     with eval_mode(model):
         grad = input_gradient(model, x, y)
-    return (x + eps * grad.sign()).clamp(0, 1)
+    x_adv = x + eps * grad.sign()
+    return x_adv.clamp(0, 1) if clip else x_adv

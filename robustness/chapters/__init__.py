@@ -6,7 +6,7 @@ import importlib
 from ..config import ChapterSpec
 
 #: Chapter ids in book order; each is a module ``robustness.chapters.<id>``.
-CHAPTER_IDS = ("baselines", "jumprelu", "deep_defense")
+CHAPTER_IDS = ("baselines", "jumprelu", "deep_defense", "fragile_neurons")
 
 
 def get_chapter(name: str) -> ChapterSpec:

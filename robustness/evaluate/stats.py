@@ -12,7 +12,7 @@ from typing import Mapping, Sequence, Union
 
 import torch
 
-__all__ = ["accuracy_record", "clearly_greater", "intervals_overlap", "wilson_interval"]
+__all__ = ["accuracy_record", "clearly_greater", "intervals_overlap", "ranks", "spearman", "wilson_interval"]
 
 Interval = Union[Sequence[float], Mapping[str, object]]
 
@@ -76,3 +76,38 @@ def intervals_overlap(a: Interval, b: Interval) -> bool:
 def clearly_greater(a: Interval, b: Interval) -> bool:
     """``a`` is clearly above ``b``: ``a``'s interval lies entirely above ``b``'s (no overlap)."""
     return _interval(a)[0] > _interval(b)[1]
+
+
+def ranks(values: Sequence[float]) -> torch.Tensor:
+    """Ranks 1..n of ``values`` (float64), ties sharing their average rank (as Spearman's ρ needs)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    order = torch.argsort(v, stable=True)
+    out = torch.empty_like(v)
+    out[order] = torch.arange(1, len(v) + 1, dtype=torch.float64)
+    for value in torch.unique(v):  # average the ranks of tied values
+        tied = v == value
+        if int(tied.sum()) > 1:
+            out[tied] = out[tied].mean()
+    return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float], permutations: int = 10_000, seed: int = 0) -> dict:
+    """Spearman's rank correlation of ``a`` and ``b`` with a two-sided permutation p-value.
+
+    ``rho`` is Pearson's correlation of the (tie-averaged) ranks; ``p`` = (1 + #{|ρ_perm| ≥ |ρ|}) / (1 +
+    ``permutations``) over random permutations of ``b`` (seeded), which is exact in the limit and valid for the
+    few tens of channels a layer has, where the t approximation is not. A constant input has no ranking:
+    ``rho`` is NaN and ``p`` is 1. Returns ``{"rho", "p", "n", "permutations"}``."""
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) != len(rb) or len(ra) < 3:
+        raise ValueError(f"need two sequences of the same length ≥ 3, got {len(ra)} and {len(rb)}")
+    ca, cb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ca.norm() * cb.norm())
+    if denom == 0:
+        return {"rho": float("nan"), "p": 1.0, "n": len(ra), "permutations": permutations}
+    rho = float(ca @ cb) / denom
+    g = torch.Generator().manual_seed(seed)
+    perms = torch.argsort(torch.rand(permutations, len(cb), generator=g), dim=1)
+    null = (cb[perms] @ ca) / denom
+    extreme = int((null.abs() >= abs(rho) - 1e-12).sum())
+    return {"rho": rho, "p": (1 + extreme) / (1 + permutations), "n": len(ra), "permutations": permutations}

@@ -1,0 +1,246 @@
+"""robustness.defenses.fragile_neurons: nodal dropout, fragility, targeting, compress/amplify (tiny models, seconds)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustness.defenses.fragile_neurons import (channel_count, compress_amplify, compress_amplify_scales,
+                                                 drop_channel, first_conv_name, fragility, scale_channels, targeting)
+from robustness.models import build_model
+
+
+def one_channel_classifier(channels: int = 4, decisive: int = 2) -> nn.Sequential:
+    """A 2-class model on 1x6x6 images whose decision runs through first-layer channel ``decisive`` only: that
+    channel computes the image's mean brightness minus 0.5; the others compute a constant (zero weights, bias
+    0.3) that the linear head ignores, so dropping them changes nothing."""
+    conv = nn.Conv2d(1, channels, 6)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.fill_(0.3)
+        conv.weight[decisive].fill_(1 / 36)
+        conv.bias[decisive] = -0.5
+    head = nn.Linear(channels, 2)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1, decisive] = 10.0
+        head.weight[0, decisive] = -10.0
+    return nn.Sequential(conv, nn.Flatten(), head).eval()
+
+
+def bright_dark_images(n: int = 200, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    level = torch.where(y == 1, 0.65, 0.35).view(-1, 1, 1, 1)
+    x = (level + 0.05 * torch.randn(n, 1, 6, 6, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def test_first_conv_is_found_in_sequential_and_resnet():
+    assert first_conv_name(build_model("lenet_like", "mnist")) == "1"
+    assert first_conv_name(build_model("resnet18", "mnist")) == "1.conv1"
+    assert channel_count(build_model("alex_like", "cifar10")) == 64
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        first_conv_name(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+def test_dropping_no_channel_and_strength_zero_leave_outputs_identical():
+    torch.manual_seed(0)
+    model = build_model("lenet_like", "mnist").eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(drop_channel(model, None)(x), ref)
+        assert torch.equal(compress_amplify(model, torch.rand(10), 0.0)(x), ref)
+        assert torch.equal(scale_channels(model, torch.ones(10))(x), ref)
+
+
+def test_a_view_leaves_the_original_untouched_and_zeroes_the_channel():
+    torch.manual_seed(0)
+    model = build_model("lenet_like", "mnist").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 1, 28, 28)
+    view = drop_channel(model, 3)
+    captured = []
+    view[1].register_forward_hook(lambda m, i, o: captured.append(o))  # the conv and its scale, wrapped
+    with torch.no_grad():
+        view(x)
+    assert torch.all(captured[0][:, 3] == 0) and captured[0][:, 2].abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model[1], nn.Conv2d)  # the original's layer was not wrapped
+
+
+def test_the_decisive_channel_is_ranked_most_fragile():
+    model = one_channel_classifier(channels=4, decisive=2)
+    x, y = bright_dark_images()
+    r = fragility(model, x, y, eps=0.05)
+    assert r["clean_base"] == 1.0
+    assert int(torch.argmax(r["clean_drop"])) == 2
+    assert r["clean_drop"][2] >= 0.4  # without it the model answers one class: about half wrong
+    assert torch.all(r["clean_drop"][[0, 1, 3]] == 0)  # the others change nothing
+    # FGSM at 0.05 cannot move the mean brightness across 0.5 for these images (margin 0.15)
+    assert r["fgsm_base"] == 1.0 and int(torch.argmax(r["fgsm_drop"])) == 2
+
+
+def test_targeting_finds_the_only_channel_the_perturbation_reaches():
+    model = one_channel_classifier(channels=4, decisive=1)
+    x, y = bright_dark_images(n=50)
+    r = targeting(model, x, y, eps=0.1)
+    assert int(r["top"][1]) == 50 and int(r["top"].sum()) == 50
+    assert r["change"][1] > 0 and torch.all(r["change"][[0, 2, 3]] == 0)
+    # the change of a linear filter is exact: |mean of an eps-sign pattern| = eps for every image
+    assert r["change"][1].item() == pytest.approx(0.1, abs=1e-5)
+
+
+def test_compress_amplify_scales_in_proportion():
+    s = compress_amplify_scales([0.0, 0.1, 0.2, 0.5], 0.5)
+    # centred scores (-0.2, -0.1, 0, 0.3), divided by 0.3, times 0.5, plus 1
+    assert torch.allclose(s, torch.tensor([1 - 1 / 3, 1 - 1 / 6, 1.0, 1.5]), atol=1e-6)
+    assert torch.equal(compress_amplify_scales([0.2, 0.2, 0.2], 3.0), torch.ones(3))
+    assert compress_amplify_scales([0.0, 1.0], 2.0).min() == 0  # clamped: a scale never turns negative
+    with pytest.raises(ValueError, match="strength"):
+        compress_amplify_scales([0.0, 1.0], -1.0)
+
+
+def test_bad_scales_fail_naming_the_layer():
+    model = build_model("lenet_like", "mnist")
+    with pytest.raises(ValueError, match="10 channels"):
+        scale_channels(model, torch.ones(3))
+    with pytest.raises(ValueError, match="≥ 0"):
+        scale_channels(model, -torch.ones(10))
+    with pytest.raises(ValueError, match="out of range"):
+        drop_channel(model, 10)
+
+
+# --------------------------------------------------------------------------- the chapter: rule, verdict, smoke run
+
+from robustness.chapters import fragile_neurons as chapter  # noqa: E402
+from robustness.results import record  # noqa: E402
+
+CFG = {"chapter": "fragile_neurons", "profile": "laptop", "seed": 0}
+D, MODEL = "mnist", "lenet_like"
+
+
+def _saved(*, dropped=(0.98, 0.60, 0.97, 0.99), base=0.98, change=(0.1, 0.9, 0.2, 0.05), rho_p=0.01,
+           fgsm=(0.40, 0.70), worst=(0.02, 0.03), chosen=1.0, n=2000, n_adaptive=500):
+    """Hand-made results of one data set: held-out fragility, targeting correlation, test FGSM at strength 0 and at
+    the chosen strength, and the worst case at the threat radius of both models."""
+    def rec(**kw):
+        return record(CFG, dataset=D, model=MODEL, **kw)
+
+    out = [rec(metric="accuracy", value=base, n=n, split="val", channel=None),
+           rec(metric="accuracy", value=0.5, n=n, split="val", channel=None, attack="fgsm",
+               threat_model="linf_normalized", eps=0.38, clip=False)]
+    for j, acc in enumerate(dropped):
+        out.append(rec(metric="accuracy", value=acc, n=n, split="val", channel=j, defense="nodal_dropout"))
+        out.append(rec(metric="accuracy", value=0.5 - (base - acc) / 2, n=n, split="val", channel=j,
+                       defense="nodal_dropout", attack="fgsm", threat_model="linf_normalized", eps=0.38, clip=False))
+        out.append(rec(metric="targeting_change", value=change[j], channel=j, attack="fgsm",
+                       threat_model="linf_normalized", eps=0.38, n=n, split="val"))
+    out.append(rec(metric="rank_correlation", value=0.8, n=4, x="targeting_change", y="fragility_clean", p=rho_p,
+                   permutations=10000))
+    for s, f in dict(zip((0.0, chosen), fgsm)).items():
+        kw = dict(defense="compress_amplify", strength=s, score="clean", split="test", n=n)
+        out += [rec(metric="accuracy", value=0.98, **kw),
+                rec(metric="accuracy", value=f, attack="fgsm", threat_model="linf_normalized", eps=0.38, clip=False,
+                    **kw)]
+    out.append(rec(metric="chosen_strength", value=chosen, defense="compress_amplify", budget=0.01, score="clean"))
+    labels = ("none", "compress_amplify") if chosen > 0 else ("none",)
+    for lab, w in zip(labels, worst):
+        out.append(rec(metric="accuracy", attack="worst_case", value=w, n=n_adaptive, defense=lab,
+                       threat_model="linf", eps=0.3, strength=0.0 if lab == "none" else chosen))
+    return {"records": out, "health": [], "profile": "laptop"}
+
+
+def test_verdict_fgsm_gain_that_the_worst_case_removes_is_an_artefact():
+    v = chapter.verdict_summary(_saved())[D]
+    assert v["neurons"] and v["fragile"] == [1] and v["targeting"] and v["fgsm_gain"]
+    assert not v["adaptive_gain"] and v["category"] == "fgsm_only"
+    assert "FGSM artefact" in chapter.verdict(_saved())
+
+
+def test_verdict_gain_that_survives_is_real():
+    assert chapter.verdict_summary(_saved(worst=(0.02, 0.40)))[D]["category"] == "real"
+
+
+def test_verdict_compares_intervals_and_p_values_not_points():
+    # a 2-point FGSM gain on 2,000 images is inside the noise
+    assert chapter.verdict_summary(_saved(fgsm=(0.40, 0.42)))[D]["category"] == "no_gain"
+    # a correlation with p above ALPHA does not count; a channel within the interval of the full model is robust
+    v = chapter.verdict_summary(_saved(rho_p=0.2, dropped=(0.979, 0.975, 0.98, 0.98)))[D]
+    assert not v["targeting"] and not v["neurons"] and v["fragile"] == []
+
+
+def test_verdict_when_validation_kept_strength_zero():
+    saved = _saved(chosen=0.0, fgsm=(0.40, 0.40))
+    v = chapter.verdict_summary(saved)[D]
+    assert v["strength"] == 0 and v["category"] == "no_gain" and not v["fgsm_gain"]
+    assert "kept the unmodified model" in chapter.verdict(saved)
+
+
+def test_strength_rule_respects_the_clean_budget_and_prefers_the_smaller_strength():
+    def rec(s, clean, fgsm_acc):
+        kw = dict(dataset=D, model=MODEL, defense="compress_amplify", strength=s, split="val", n=1000)
+        return [record(CFG, metric="accuracy", value=clean, **kw),
+                record(CFG, metric="accuracy", value=fgsm_acc, attack="fgsm", threat_model="linf_normalized",
+                       eps=0.38, clip=False, **kw)]
+
+    recs = rec(0.0, 0.99, 0.50) + rec(0.5, 0.985, 0.60) + rec(1.0, 0.95, 0.90) + rec(2.0, 0.985, 0.60)
+    # strength 1 is best under FGSM but costs 4 points of clean accuracy; 0.5 and 2 tie: the smaller wins
+    assert chapter.choose_strength(recs, D, budget=0.01)["strength"] == 0.5
+    assert chapter.choose_strength(recs, D, budget=0.05)["strength"] == 1.0
+    assert chapter.choose_strength(rec(0.0, 0.99, 0.5) + rec(1.0, 0.99, 0.5), D, 0.01)["strength"] == 0.0
+
+
+def test_bad_parameters_fail_before_any_work():
+    from robustness.config import resolve
+
+    with pytest.raises(ValueError, match="must contain 0"):
+        resolve(chapter.SPEC, "smoke", strengths=[0.5, 1.0])
+    with pytest.raises(ValueError, match="n_fragility"):
+        resolve(chapter.SPEC, "smoke", n_fragility=10**5)
+    with pytest.raises(ValueError, match="recipe\\['mnist'\\]='zoo'"):
+        resolve(chapter.SPEC, "smoke", model={"mnist": "lenet", "cifar10": "alex_like"})
+    with pytest.raises(ValueError, match="exceed"):
+        resolve(chapter.SPEC, "smoke", train_size=59_900)
+    with pytest.raises(ValueError, match="score"):
+        resolve(chapter.SPEC, "smoke", score="entropy")
+
+
+def test_authors_radius_is_converted_with_their_normalization():
+    cfg = {"authors_eps": {"mnist": 0.38, "cifar10": 0.015}}
+    assert chapter.authors_eps_pixels(cfg, "mnist") == pytest.approx(0.38 * 0.3081)
+    assert chapter.authors_eps_pixels(cfg, "cifar10") == pytest.approx(0.0075)
+
+
+def test_paper_profile_is_the_authors_recipe():
+    from robustness.config import resolve
+
+    cfg = resolve(chapter.SPEC, "paper")
+    kw = chapter.train_recipe(cfg, "cifar10")
+    assert kw["model"] == "resnet18" and kw["config"].optimizer == "adam" and kw["config"].lr == 1e-3
+    assert kw["config"].batch_size == 100 and kw["config"].weight_decay == 0
+
+
+@pytest.mark.notebook
+def test_fragile_neurons_smoke_run_writes_its_results(isolated_outputs):
+    from robustness.results import FIELDS, load_results
+    from robustness.runner import run_chapter
+
+    notebook = run_chapter("fragile_neurons", "smoke", output_dir=isolated_outputs / "executed")
+    assert notebook.exists()
+    saved = load_results("fragile_neurons", "smoke")
+    recs, p = saved["records"], saved["parameters"]
+    assert all(tuple(r) == FIELDS for r in recs)
+    for d in p["datasets"]:
+        channels = {"mnist": 10, "cifar10": 64}[d]
+        dropped = [r for r in recs if r["dataset"] == d and r["defense"] == "nodal_dropout"
+                   and r["setting"].get("epoch") is None]
+        assert len(dropped) == 2 * channels  # clean and FGSM per channel
+        assert len([r for r in recs if r["dataset"] == d and r["metric"] == "targeting_share"]) == channels
+        assert sum(r["value"] for r in recs if r["dataset"] == d and r["metric"] == "targeting_share") \
+            == pytest.approx(1.0)
+        assert any(r["dataset"] == d and r["attack"] == "worst_case" for r in recs)
+    assert {h["dataset"] for h in saved["health"]} == set(p["datasets"])
+    assert chapter.verdict_summary(saved).keys() == set(p["datasets"])
