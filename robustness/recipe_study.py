@@ -10,6 +10,7 @@ The recipes are the book's, not the papers' (the paper profile keeps the officia
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_write_text
-from .data import load_dataset
+from .data import dataset_info, load_dataset
 from .evaluate import accuracy
 from .models import build_model
 from .results import git_commit, repo_root
@@ -46,7 +47,15 @@ def whiten_first_conv(model: nn.Sequential, x: torch.Tensor, eps: float = 1e-2) 
 
 
 def _epochs_for(budget_s: float, images_per_s: float, n: int) -> int:
-    return max(1, int(budget_s * images_per_s / n))
+    """Whole epochs of ``n`` images that fit ``budget_s`` seconds at ``images_per_s``; a budget that cannot hold
+    one epoch is refused (the study compares recipes at equal time, so it would not be met)."""
+    if not (budget_s > 0 and math.isfinite(budget_s)):
+        raise ValueError(f"budget {budget_s!r} s must be a finite number of seconds > 0")
+    epochs = int(budget_s * images_per_s / n)
+    if epochs < 1:
+        raise ValueError(f"a budget of {budget_s:g} s cannot be met: one epoch of {n:,} images takes about "
+                         f"{n / images_per_s:.0f} s at this recipe's {images_per_s:g} images/s; give at least that")
+    return epochs
 
 
 #: The candidates, in the order of the study. ``rate`` is the images/s the recipe reaches on the reference
@@ -101,9 +110,16 @@ def study_path(model_name: str = "alex_like", dataset: str = "cifar10") -> Path:
 def run_study(names: list[str] | None = None, budget_s: float = 600, model_name: str = "alex_like",
               dataset: str = "cifar10") -> Path:
     """Run the candidates one after the other, rewriting the JSON after each (a cut-off study keeps its runs)."""
+    names = names or list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {', '.join(unknown)}; the study has: {', '.join(CANDIDATES)}")
+    n_train = dataset_info(dataset).n_train
+    for name in names:  # every budget checked before the first run starts
+        _epochs_for(budget_s, CANDIDATES[name]["rate"], n_train)
     path = study_path(model_name, dataset)
     done = json.loads(path.read_text())["runs"] if path.exists() else []
-    for name in names or list(CANDIDATES):
+    for name in names:
         print(f"[recipes] {name}: budget {budget_s:.0f} s ...", flush=True)
         run = run_candidate(name, model_name, dataset, budget_s)
         print(f"[recipes] {name}: {run['final_accuracy']:.1%} after {run['train_minutes']:.1f} min "
