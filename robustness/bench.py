@@ -622,8 +622,9 @@ def run_chapter_budgets(chapters: list[str], profile: str = "laptop") -> dict:
     for chapter in chapters:
         with tempfile.TemporaryDirectory(prefix=f"bench-{chapter}-") as tmp:
             tmp = Path(tmp)
+            # nothing the chapter may reuse comes from the user's folders: checkpoints, results, adversary sets
             env = {**os.environ, "ROBUSTNESS_CHECKPOINTS": str(tmp / "checkpoints"),
-                   "ROBUSTNESS_RESULTS": str(tmp / "results")}
+                   "ROBUSTNESS_RESULTS": str(tmp / "results"), "ROBUSTNESS_ADVERSARIES": str(tmp / "adversaries")}
             runs = {}
             for label in ("uncached", "cached"):
                 print(f"[bench] {chapter}: run {'with an empty' if label == 'uncached' else 'with the filled'} "

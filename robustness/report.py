@@ -13,6 +13,15 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def pct_interval(rec: Mapping[str, Any] | None) -> str:
+    """A record's value with its 95% interval, ``81.8% [79.3%, 84.0%]``; the value alone without an interval;
+    ``–`` for no record."""
+    if rec is None:
+        return "–"
+    bounds = rec.get("interval")
+    return pct(rec["value"]) + (f" [{pct(bounds[0])}, {pct(bounds[1])}]" if bounds else "")
+
+
 def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Mapping[str, str],
                    formats: Mapping[str, Callable[[Any], str]] | None = None) -> str:
     """A Markdown table: ``columns`` maps row keys to headers; ``formats`` maps keys to formatters."""

@@ -104,3 +104,19 @@ def test_spearman_constant_input_has_no_ranking():
     assert math.isnan(r["rho"]) and r["p"] == 1.0
     with pytest.raises(ValueError, match="same length"):
         spearman([1, 2, 3], [1, 2])
+
+
+def test_compare_reads_intervals_and_makes_no_claim_without_them():
+    from robustness.evaluate import compare
+
+    a, b = {"value": 0.8, "interval": [0.75, 0.85]}, {"value": 0.6, "interval": [0.55, 0.65]}
+    assert compare(a, b) == "higher" and compare(b, a) == "lower"
+    assert compare(a, {"value": 0.82, "interval": [0.78, 0.86]}) == "same"
+    assert compare(a, None) is None and compare(a, {"value": 0.1}) is None
+
+
+def test_pct_interval_formats_a_record():
+    from robustness.report import pct_interval
+
+    assert pct_interval({"value": 0.818, "interval": [0.793, 0.84]}) == "81.8% [79.3%, 84.0%]"
+    assert pct_interval({"value": 0.5}) == "50.0%" and pct_interval(None) == "–"

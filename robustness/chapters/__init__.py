@@ -6,7 +6,8 @@ import importlib
 from ..config import ChapterSpec
 
 #: Chapter ids in book order; each is a module ``robustness.chapters.<id>``.
-CHAPTER_IDS = ("baselines", "jumprelu", "deep_defense", "fragile_neurons")
+CHAPTER_IDS = ("baselines", "jumprelu", "deep_defense", "fragile_neurons", "entropic_retraining",
+               "transferable_adversaries")
 
 
 def get_chapter(name: str) -> ChapterSpec:

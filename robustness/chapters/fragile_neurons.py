@@ -30,7 +30,7 @@ from ..data import DATASETS, ArrayDataset, dataset_info, load_dataset, threat_ep
 from ..defenses import fragile_neurons as fn
 from ..evaluate import members as M
 from ..models import MODELS, check_model
-from ..report import markdown_table, pct
+from ..report import markdown_table, pct, pct_interval
 from ..results import one, record, select
 from ..train import TrainConfig, trained_model
 
@@ -447,15 +447,6 @@ def health_all(nets: dict, data: dict, records: Sequence[dict], raw: dict, cfg: 
 # --------------------------------------------------------------------------- tables
 
 
-def _iv(r: dict | None) -> str:
-    if r is None:
-        return "–"
-    text = pct(r["value"])
-    if r.get("interval"):
-        text += f" [{pct(r['interval'][0])}, {pct(r['interval'][1])}]"
-    return text
-
-
 def training_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
     """Per data set and model: the recipe in words, clean test accuracy with its interval, training time."""
     rows = []
@@ -471,7 +462,7 @@ def training_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Ma
             took = "cached" if t.get("cached") else (f"{t['seconds'] / 60:.1f} min" if t.get("seconds") else "–")
             rows.append({"data": d, "model": cfg["model"][d], "seed": seed, "recipe": where,
                          "training": f"{kw['train_size']:,} images, {kw['config'].describe()}",
-                         "clean": _iv(acc[0]), "time": took})
+                         "clean": pct_interval(acc[0]), "time": took})
     return markdown_table(rows, {"data": "data set", "model": "model", "seed": "seed", "recipe": "model",
                                  "training": "training", "clean": "clean test accuracy [95% CI]",
                                  "time": "training time"})
@@ -513,7 +504,7 @@ def fragility_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
     for d in cfg["datasets"]:
         s = fragility_summary(records, d)
         w = s["most_fragile"]
-        rows.append({"data": d, "base": _iv(s["base"]), "top": f"#{w['setting']['channel']}: {_iv(w)}",
+        rows.append({"data": d, "base": pct_interval(s["base"]), "top": f"#{w['setting']['channel']}: {pct_interval(w)}",
                      "counts": f"{len(s['fragile'])} / {len(s['robust'])} of {s['channels']}"})
     return markdown_table(rows, {"data": "data set", "base": "held-out accuracy [95% CI]",
                                  "top": "most fragile channel: accuracy without it",
@@ -548,7 +539,7 @@ def strength_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
         for s in sorted({r["setting"]["strength"] for r in test}):
             at = [r for r in test if r["setting"]["strength"] == s]
             row = {"s": f"{s:g}" + (" (chosen)" if s == chosen else ""),
-                   "clean": _iv(one(at, attack="none")), "authors": _iv(one(at, attack="fgsm", clip=False))}
+                   "clean": pct_interval(one(at, attack="none")), "authors": pct_interval(one(at, attack="fgsm", clip=False))}
             for r in select(at, attack="fgsm", clip=True):
                 row[f"{r['eps']:.4f}"] = pct(r["value"])
             rows.append(row)
@@ -570,7 +561,7 @@ def adaptive_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
             fooled = select(records, dataset=d, defense=r["defense"], eps=r["eps"], metric="images_fooled")
             rows.append({"data": d, "model": "unmodified" if r["defense"] == "none"
                          else f"compress/amplify, strength {r['setting']['strength']:g}",
-                         "eps": f"{r['eps']:.4f}", "worst": _iv(r),
+                         "eps": f"{r['eps']:.4f}", "worst": pct_interval(r),
                          "added": ", ".join(f"{x['attack']} {int(x['value'])}" for x in fooled)})
     return markdown_table(rows, {"data": "data set", "model": "model", "eps": "ε (pixels)",
                                  "worst": "worst-case accuracy [95% CI]", "added": "images each member fooled"})
@@ -684,16 +675,6 @@ def strength_figure(records: Sequence[dict]):
 # --------------------------------------------------------------------------- verdict
 
 
-def _compare(a: dict | None, b: dict | None) -> str | None:
-    if a is None or b is None:
-        return None
-    if evaluate.clearly_greater(a, b):
-        return "higher"
-    if evaluate.clearly_greater(b, a):
-        return "lower"
-    return "same"
-
-
 def verdict_summary(results: Mapping[str, Any]) -> dict:
     """Per data set, from the results (live, read back, or hand-made records of the same shape), the four claims:
 
@@ -719,8 +700,8 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
         threat = float(threat_eps(d))
         worst = {lab: next((r for r in select(recs, dataset=d, attack="worst_case", defense=lab)
                             if math.isclose(r["eps"], threat)), None) for lab in ("none", "compress_amplify")}
-        fgsm_gain = chosen > 0 and _compare(fg[chosen], fg[0.0]) == "higher"
-        adaptive_gain = chosen > 0 and _compare(worst["compress_amplify"], worst["none"]) == "higher"
+        fgsm_gain = chosen > 0 and evaluate.compare(fg[chosen], fg[0.0]) == "higher"
+        adaptive_gain = chosen > 0 and evaluate.compare(worst["compress_amplify"], worst["none"]) == "higher"
         checks = [h for h in results.get("health", []) if h.get("dataset") == d]
         out[d] = {"neurons": bool(s["fragile"]) and bool(s["robust"]), "fragile": s["fragile"],
                   "robust": s["robust"], "channels": s["channels"],
@@ -728,7 +709,7 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
                   and rho["setting"]["p"] < ALPHA, "targeting_rho": rho,
                   "seed_rho": _correlation(recs, d, "fragility_clean_seed2", "fragility_clean"),
                   "strength": chosen, "fgsm": fg, "clean": clean, "fgsm_gain": fgsm_gain,
-                  "clean_cost": _compare(clean[0.0], clean[chosen]) == "higher" if chosen > 0 else False,
+                  "clean_cost": evaluate.compare(clean[0.0], clean[chosen]) == "higher" if chosen > 0 else False,
                   "worst": worst, "adaptive_gain": adaptive_gain,
                   "category": "real" if fgsm_gain and adaptive_gain else "fgsm_only" if fgsm_gain else "no_gain",
                   "failed_checks": [h["check"] for h in checks if not h["passed"]]}
@@ -755,10 +736,10 @@ def verdict(results: Mapping[str, Any]) -> str:
         else:
             f0, f1 = v["fgsm"][0.0], v["fgsm"][v["strength"]]
             w0, w1 = v["worst"]["none"], v["worst"]["compress_amplify"]
-            lines.append(f"Compress/amplify at strength {v['strength']:g}: the authors' FGSM {_iv(f0)} → {_iv(f1)} "
-                         f"({'a clear gain' if v['fgsm_gain'] else 'no clear gain'}; clean {_iv(v['clean'][0.0])} → "
-                         f"{_iv(v['clean'][v['strength']])}). Adaptive worst case at the threat radius: {_iv(w0)} → "
-                         f"{_iv(w1)}.")
+            lines.append(f"Compress/amplify at strength {v['strength']:g}: the authors' FGSM {pct_interval(f0)} → {pct_interval(f1)} "
+                         f"({'a clear gain' if v['fgsm_gain'] else 'no clear gain'}; clean {pct_interval(v['clean'][0.0])} → "
+                         f"{pct_interval(v['clean'][v['strength']])}). Adaptive worst case at the threat radius: {pct_interval(w0)} → "
+                         f"{pct_interval(w1)}.")
         words = {"real": "the gain survives the adaptive evaluation.",
                  "fgsm_only": "the gain is an FGSM artefact: it does not survive the adaptive worst case.",
                  "no_gain": "no robustness gain to audit."}

@@ -132,9 +132,9 @@ class EntropyEstimator:
             hi = a.new_full((units,), self.value_range[1])
             a = torch.maximum(torch.minimum(a, hi), lo)
         width = (hi - lo) / (bins - 1)
-        spread = width > 0
+        constant = width == 0  # not `width > 0`: a NaN width (a diverged network) must give NaN, not 0
         # a constant unit: one full bin (entropy 0); width 1 there keeps its (masked) gradient finite
-        position = (a - lo) / torch.where(spread, width, torch.ones_like(width))  # in [0, bins − 1]
+        position = (a - lo) / torch.where(constant, torch.ones_like(width), width)  # in [0, bins − 1]
         base = position.detach().floor()
         if self.kernel == "triangular":
             offsets = range(0, 2)
@@ -152,7 +152,8 @@ class EntropyEstimator:
                 w = torch.exp(-0.5 * (distance / self.bandwidth) ** 2)
             inside = (k >= 0) & (k < bins)
             weight.append(w * inside)
-            index.append(column + k.clamp(0, bins - 1).long())
+            # NaN → bin 0: a non-finite activation then yields a NaN weight and entropy, not an index out of range
+            index.append(column + k.nan_to_num(0.0).clamp(0, bins - 1).long())
         weight_all = torch.stack(weight)
         if self.kernel == "gaussian":  # the triangular weights already sum to 1 on [0, bins − 1]
             weight_all = weight_all / weight_all.sum(0, keepdim=True)
@@ -160,7 +161,7 @@ class EntropyEstimator:
         hist = hist.index_add(0, torch.stack(index).flatten(), weight_all.flatten())
         p = hist.view(units, bins) / n
         entropy = -(p * torch.log(p.clamp_min(_LOG_FLOOR))).sum(1)
-        return torch.where(spread, entropy, torch.zeros_like(entropy))
+        return torch.where(constant, torch.zeros_like(entropy), entropy)
 
 
 def entropy_layers(model: nn.Module) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence, Union
 
 import torch
 
-__all__ = ["accuracy_record", "clearly_greater", "intervals_overlap", "ranks", "spearman", "wilson_interval"]
+__all__ = ["accuracy_record", "clearly_greater", "compare", "intervals_overlap", "ranks", "spearman", "wilson_interval"]
 
 Interval = Union[Sequence[float], Mapping[str, object]]
 
@@ -76,6 +76,14 @@ def intervals_overlap(a: Interval, b: Interval) -> bool:
 def clearly_greater(a: Interval, b: Interval) -> bool:
     """``a`` is clearly above ``b``: ``a``'s interval lies entirely above ``b``'s (no overlap)."""
     return _interval(a)[0] > _interval(b)[1]
+
+
+def compare(a: Mapping[str, object] | None, b: Mapping[str, object] | None) -> str | None:
+    """``a`` against ``b`` by their 95% intervals: ``"higher"`` (``a``'s lies entirely above), ``"lower"``, or
+    ``"same"`` (they overlap); ``None`` when a record or its interval is missing (no interval, no claim)."""
+    if a is None or b is None or not a.get("interval") or not b.get("interval"):
+        return None
+    return "higher" if clearly_greater(a, b) else "lower" if clearly_greater(b, a) else "same"
 
 
 def ranks(values: Sequence[float]) -> torch.Tensor:

@@ -1,0 +1,1130 @@
+"""Chapter — transferable adversaries and superimposition training (Seiler, Trautmann & Kerschke, IJCNN 2020),
+reconstructed and attacked adaptively (id ``transferable_adversaries``).
+
+Everything the page calls, in page order:
+
+* :data:`SPEC` (parameters, profiles ``smoke``/``laptop``/``paper``) and the model pool's recipes
+  (:func:`pool_recipes`: the zoo's architecture with several seeds, a second architecture beside it);
+* the transfer matrix: :data:`GENERATORS` (FGSM, PGD, MI-FGSM, ensemble PGD, with and without input diversity),
+  :func:`craft`, :func:`fooling_counts` and :func:`transfer_matrix` (tested on tiny models), and
+  :func:`transfer_all` (records, on held-out training images);
+* the adversary set (:func:`adversary_sets`: written once with :func:`robustness.data.write_adversary_set`, with its
+  recipe, and loaded back by name and checksum);
+* the defenses (:func:`defense_loss`, :func:`train_defenses`: normal training, FGSM and PGD adversarial training,
+  defensive distillation with :class:`DistillationLoss`, superimposition training with ``a`` resampled per batch
+  and fixed); their cost (:class:`PassCounter`, :func:`cost_all`); every model scored on the adversary set and by
+  the toolkit's white-box worst case (:func:`score_all`, with the other chapters' defenses of the shared model:
+  :func:`book_models`) and the health table (:func:`health_all`);
+* tables and figures as functions of the records; the verdict (:func:`verdict_summary`, :func:`verdict`), a pure
+  function of the results with its thresholds as module constants.
+
+The record vocabulary: the setting ``group`` is ``"pool"`` (the pool's own clean accuracy), ``"transfer"`` (a cell
+of the matrix: ``metric="fooling_rate"``, ``model`` the target, ``attack`` the generator, ``source`` the surrogate
+or ``"others"`` for a leave-one-out ensemble), ``"set"`` (the adversary set), ``"chapter"`` (this chapter's
+defenses, ``defense`` one of :data:`DEFENSES` with normal training as ``"none"``) or ``"book"`` (the shared
+reference model and the other chapters' defenses of it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import attacks, evaluate, zoo
+from ..config import ChapterSpec, Param, RunConfig
+from ..data import (DATASETS, ArrayDataset, CorruptDataError, DatasetNotFoundError, dataset_info, load_adversary_set,
+                    load_dataset, threat_eps, write_adversary_set)
+from ..defenses import fragile_neurons as fn
+from ..defenses.adversarial_training import AdversarialLoss
+from ..defenses.jumprelu import bpda_relu, retrofit
+from ..defenses.superimposition import SuperimpositionLoss
+from ..evaluate import members as M
+from ..models import MODELS, build_model, check_model
+from ..report import markdown_table, pct, pct_interval
+from ..results import overrides_of, record, run_id, select
+from ..train import TrainConfig, cross_entropy, state_hash, train, trained_model
+
+CHAPTER = "transferable_adversaries"
+
+
+@dataclass(frozen=True)
+class Generator:
+    """One way to craft transferable examples: ``kind`` ``"fgsm"`` (one step), ``"pgd"`` (random start, ``steps``
+    signed-gradient steps, the last iterate) or ``"mi_fgsm"`` (momentum, no random start); ``ensemble``: crafted on
+    every pool model but the target (leave-one-out) instead of one source; ``diversity``: input diversity at each
+    step."""
+
+    name: str
+    kind: str
+    ensemble: bool = False
+    diversity: bool = False
+    label: str = ""
+
+
+#: The generators of the transfer matrix, in page order (the stand-ins for the paper's unpublished generator).
+GENERATORS = {g.name: g for g in (
+    Generator("fgsm", "fgsm", label="FGSM"),
+    Generator("pgd", "pgd", label="PGD"),
+    Generator("pgd_di", "pgd", diversity=True, label="PGD + input diversity"),
+    Generator("mi_fgsm", "mi_fgsm", label="MI-FGSM"),
+    Generator("mi_fgsm_di", "mi_fgsm", diversity=True, label="MI-FGSM + input diversity (M-DI²-FGSM)"),
+    Generator("ensemble_pgd", "pgd", ensemble=True, label="ensemble PGD"),
+    Generator("ensemble_pgd_di", "pgd", ensemble=True, diversity=True, label="ensemble PGD + input diversity"),
+    Generator("ensemble_mi_fgsm_di", "mi_fgsm", ensemble=True, diversity=True,
+              label="ensemble MI-FGSM + input diversity"),
+)}
+#: The two generators every run needs: the verdict compares multi-step PGD with single-step FGSM.
+REQUIRED_GENERATORS = ("fgsm", "pgd")
+#: The defenses trained here (``"normal"`` is plain cross-entropy; its records carry ``defense="none"``).
+DEFENSES = ("normal", "fgsm_at", "distillation", "superimposition", "superimposition_fixed", "pgd_at")
+LABELS = {"normal": "normal training", "fgsm_at": "FGSM adversarial training",
+          "distillation": "defensive distillation", "superimposition": "superimposition + KL (a resampled)",
+          "superimposition_fixed": "superimposition + KL (fixed a)", "pgd_at": "PGD adversarial training",
+          "none": "shared reference model (undefended)", "jumprelu": "JumpReLU retrofit (JumpReLU chapter)",
+          "compress_amplify": "compress/amplify rescaling (fragile-neurons chapter)"}
+#: Short names for figure axes.
+SHORT = {"normal": "normal", "fgsm_at": "FGSM training", "distillation": "distillation",
+         "superimposition": "superimposition\n(a ~ Beta)", "superimposition_fixed": "superimposition\n(fixed a)",
+         "pgd_at": "PGD training", "none": "reference", "jumprelu": "JumpReLU", "compress_amplify": "compress/amplify"}
+#: The established defenses of the third-party comparison set, against which "comparable" is judged.
+ESTABLISHED = ("fgsm_at", "distillation")
+#: FGSM adversarial training: Goodfellow et al.'s 50/50 objective (the third-party baseline weighs both halves 0.5).
+FGSM_AT_MIX = 0.5
+
+#: Verdict thresholds. Fooling rates and accuracies are compared by their 95% Wilson intervals
+#: (robustness.evaluate.clearly_greater), never as points. Multi-step attacks "transfer worse" when FGSM clearly
+#: beats PGD on more than this share of the (source, target) pairs.
+MAJORITY = 0.5
+
+
+def model_name(arch: str, seed: int) -> str:
+    """A pool model's name: architecture and training seed (``lenet_like-seed1``)."""
+    return f"{arch}-seed{seed}"
+
+
+def reference_name(cfg: Mapping[str, Any], d: str) -> str:
+    """The reference model of data set ``d``: the zoo's architecture with the first seed (the shared model with the
+    zoo's own seed). It is a target of the matrix, the model the other chapters' defenses modify, and never a
+    surrogate of the adversary set."""
+    return model_name(zoo.ARCH[d], cfg["seeds"][d][0])
+
+
+def _training_size(cfg: Mapping[str, Any], d: str) -> int:
+    return zoo.for_dataset(d, cfg["profile"]).train_size
+
+
+def _check(cfg: RunConfig) -> None:
+    for name in REQUIRED_GENERATORS:
+        if name not in cfg.generators:
+            raise ValueError(f"parameter generators={cfg.generators} must contain {name!r} (the verdict compares "
+                             f"{' and '.join(REQUIRED_GENERATORS)})")
+    if cfg.set_generator != "best" and cfg.set_generator not in cfg.generators:
+        raise ValueError(f"parameter set_generator={cfg.set_generator!r} must be 'best' or one of generators="
+                         f"{cfg.generators}")
+    for name in ("normal", "superimposition"):
+        if name not in cfg.defenses:
+            raise ValueError(f"parameter defenses={cfg.defenses} must contain {name!r} (the claim compares "
+                             "superimposition training with normal training)")
+    for name in ("diversity", "fixed_a"):
+        if cfg[name] > 1:
+            raise ValueError(f"parameter {name}={cfg[name]} must be in [0, 1]")
+    if cfg.at_mix > 1:
+        raise ValueError(f"parameter at_mix={cfg.at_mix} must be in (0, 1]")
+    for d in cfg.datasets:
+        info = dataset_info(d)
+        check_model(cfg.second_arch[d], d)
+        if cfg.second_arch[d] == zoo.ARCH[d]:
+            raise ValueError(f"parameter second_arch['{d}']={cfg.second_arch[d]!r} is the zoo architecture; "
+                             f"choose another one (the pool needs two architectures)")
+        for key in ("seeds", "second_seeds"):
+            if len(set(cfg[key][d])) != len(cfg[key][d]):
+                raise ValueError(f"parameter {key}['{d}']={cfg[key][d]} repeats a seed")
+        if len(cfg.seeds[d]) + len(cfg.second_seeds[d]) < 3:
+            raise ValueError(f"parameters seeds['{d}'] and second_seeds['{d}'] give "
+                             f"{len(cfg.seeds[d]) + len(cfg.second_seeds[d])} models; the pool needs at least 3 "
+                             "(a target and a leave-one-out ensemble of two)")
+        need, have = _training_size(cfg, d) + cfg.n_transfer[d], info.n_train
+        if need > have:
+            raise ValueError(f"parameter n_transfer['{d}']={cfg.n_transfer[d]}: with the {_training_size(cfg, d):,} "
+                             f"training images of the pool it needs {need:,} of the {have:,} {d} training images")
+        if cfg.n_set[d] > info.n_test:
+            raise ValueError(f"parameter n_set['{d}']={cfg.n_set[d]} exceeds the {info.n_test:,} test images")
+        if cfg.n_adaptive[d] > cfg.n_set[d]:
+            raise ValueError(f"parameter n_adaptive['{d}']={cfg.n_adaptive[d]} must not exceed n_set['{d}']="
+                             f"{cfg.n_set[d]} (the health check compares with the adversary set of those images)")
+        if cfg.train_defenses[d] and cfg.defense_train_size[d] > info.n_train:
+            raise ValueError(f"parameter defense_train_size['{d}']={cfg.defense_train_size[d]} exceeds the "
+                             f"{info.n_train:,} training images")
+
+
+PARAMS = {
+    "datasets": Param("subset", "data sets the chapter runs on", DATASETS),
+    "seeds": Param("nonneg_int_list", "training seeds of the zoo architecture in the model pool (the first gives "
+                   "the reference model, never a surrogate of the adversary set)", per_dataset=True),
+    "second_arch": Param("choice", "second architecture of the model pool (robustness.models)", tuple(MODELS),
+                         per_dataset=True),
+    "second_seeds": Param("nonneg_int_list", "training seeds of the second architecture", per_dataset=True),
+    "second_lr": Param("pos_float", "learning rate of the second architecture (the rest of the recipe is the zoo "
+                       "one)", per_dataset=True),
+    "n_transfer": Param("pos_int", "held-out training images (after the pool training images) for the transfer "
+                        "matrix and the fragility scores", per_dataset=True),
+    "generators": Param("subset", "generators of the transfer matrix", tuple(GENERATORS)),
+    "steps": Param("pos_int", "iterations of the multi-step generators"),
+    "momentum": Param("nonneg_float", "decay factor of MI-FGSM"),
+    "diversity": Param("nonneg_float", "probability of input diversity at each step of the diversity generators"),
+    "set_generator": Param("choice", "generator of the adversary set: best (highest held-out fooling rate) or one "
+                           "of the generators", ("best", *GENERATORS)),
+    "n_set": Param("pos_int", "test images turned into the adversary set (the first N)", per_dataset=True),
+    "train_defenses": Param("bool", "train and score the defenses on this data set", per_dataset=True),
+    "defenses": Param("subset", "defenses trained (normal and superimposition are required)", DEFENSES),
+    "defense_train_size": Param("pos_int", "training images of the defended models (the first N)",
+                                per_dataset=True),
+    "defense_epochs": Param("pos_int", "training epochs of every defended model", per_dataset=True),
+    "lam": Param("nonneg_float", "weight of the KL term of superimposition training"),
+    "fixed_a": Param("nonneg_float", "superimposition weight a of the fixed-a variant"),
+    "temperature": Param("pos_float", "temperature of defensive distillation"),
+    "at_steps": Param("pos_int", "PGD steps of PGD adversarial training", per_dataset=True),
+    "at_mix": Param("pos_float", "share of PGD examples in the PGD adversarial training loss (1 is Madry et al.)"),
+    "cost_batches": Param("pos_int", "training steps timed and counted per defense for the cost table"),
+    "jumprelu_kappa": Param("nonneg_float", "JumpReLU threshold of the retrofitted reference model",
+                            per_dataset=True),
+    "rescale_strength": Param("nonneg_float", "compress/amplify strength of the rescaled reference model"),
+    "n_adaptive": Param("pos_int", "test images for the white-box worst case and the health checks (the first N)",
+                        per_dataset=True),
+    "pgd_steps": Param("pos_int", "steps of the PGD members of the worst case"),
+    "restarts": Param("pos_int", "random restarts of the PGD members"),
+    "square_queries": Param("pos_int", "queries per image of the Square member"),
+    "health_steps": Param("pos_int", "PGD steps of the health checks"),
+    "batch_size": Param("pos_int", "attack batch size"),
+    "seed": Param("nonneg_int", "random seed of the attacks and of the superimposition draws"),
+}
+
+
+def _per(gray, color) -> dict:
+    return {"mnist": gray, "fashion_mnist": gray, "cifar10": color}
+
+
+_COMMON = {
+    "datasets": ["mnist", "cifar10"], "second_arch": _per("mlp", "convnet"), "second_lr": 0.02,
+    "generators": list(GENERATORS), "momentum": 1.0, "diversity": 0.5, "set_generator": "best",
+    "defenses": list(DEFENSES), "lam": 10.0, "fixed_a": 1 / 6, "temperature": 100.0, "at_mix": 0.5,
+    # the JumpReLU chapter's laptop run chose kappa 1.0 on MNIST and 0.2 on CIFAR-10 for the shared models
+    "jumprelu_kappa": _per(1.0, 0.2), "rescale_strength": 1.0, "batch_size": 250, "seed": 0,
+}
+
+PROFILES = {
+    # CI: every cell runs on a few hundred images; the defenses train one epoch on 5,000 MNIST images.
+    "smoke": {**_COMMON, "seeds": _per([0, 1], [0]), "second_seeds": _per([0], [0, 1]), "n_transfer": _per(200, 50),
+              "steps": 5, "n_set": _per(200, 50), "train_defenses": _per(True, False),
+              "defense_train_size": 5000, "defense_epochs": 1, "at_steps": 2, "cost_batches": 2,
+              "n_adaptive": _per(40, 10), "pgd_steps": 5, "restarts": 1, "square_queries": 50, "health_steps": 3},
+    # 2 CPU cores. Pool: the zoo's models (LeNetLike 6 epochs on 55,000 MNIST images, AlexLike 8 epochs on 49,000
+    # CIFAR-10 images, both cached by the other chapters), two more LeNetLike seeds and one MLP (~3 min to train),
+    # two ConvNets (~2 min each: a quarter of AlexLike's work per image). Defenses on MNIST only, 3 epochs each on
+    # 55,000 images (~11 min in all: PGD-5 training at half PGD, half clean costs ~7 plain epochs per epoch).
+    # Evaluation with everything cached: ~8 min (the CIFAR-10 matrix, AlexLike at ~670 images/s, is half of it).
+    "laptop": {**_COMMON, "seeds": _per([0, 1, 2], [0]), "second_seeds": _per([0], [0, 1]),
+               "n_transfer": _per(1000, 500), "steps": 10, "n_set": _per(10000, 1000),
+               "train_defenses": _per(True, False), "defense_train_size": _per(55000, 49000), "defense_epochs": 3,
+               "at_steps": 5, "cost_batches": 5, "n_adaptive": _per(500, 100), "pgd_steps": 50, "restarts": 1,
+               "square_queries": 1000, "health_steps": 20},
+    # For a GPU (CIFAR-10: the 1,000 test images of the offline mirror): the zoo's official 90-epoch recipes (so normal training is the shared model), a pool of five models
+    # per data set, defenses on both data sets, Madry et al.'s 40 (MNIST) and 7 (CIFAR-10) PGD training steps.
+    "paper": {**_COMMON, "seeds": _per([0, 1, 2], [0, 1, 2]), "second_arch": _per("lenet", "convnet"),
+              "second_seeds": [0, 1], "n_transfer": 5000, "steps": 10, "n_set": _per(10000, 1000),
+              "train_defenses": True, "defense_train_size": _per(55000, 45000), "defense_epochs": 90,
+              "at_steps": _per(40, 7), "cost_batches": 20, "n_adaptive": 1000, "pgd_steps": 100, "restarts": 3,
+              "square_queries": 5000, "health_steps": 100},
+}
+
+SPEC = ChapterSpec(
+    name=CHAPTER,
+    title="Transferable adversaries and superimposition training",
+    notebook="notebooks/transferable_adversaries.py",
+    params=PARAMS,
+    profiles=PROFILES,
+    check=_check,
+)
+
+
+# --------------------------------------------------------------------------- the model pool
+
+
+def pool_recipes(cfg: Mapping[str, Any], d: str) -> dict[str, dict]:
+    """``{name: trained_model keyword arguments}`` of data set ``d``'s pool, reference first: the zoo recipe of the
+    profile with each seed of ``seeds`` (the first seed 0 is the zoo's own model, shared with the other chapters),
+    and the second architecture with each of ``second_seeds`` and its learning rate ``second_lr``."""
+    base = zoo.for_dataset(d, cfg["profile"])
+    out = {model_name(base.model, s): zoo.variant(base, seed=s) for s in cfg["seeds"][d]}
+    arch = cfg["second_arch"][d]
+    out.update({model_name(arch, s): zoo.variant(base, model=arch, seed=s, lr=cfg["second_lr"][d])
+                for s in cfg["second_seeds"][d]})
+    return out
+
+
+def splits(cfg: Mapping[str, Any], d: str) -> dict:
+    """``val``: the ``n_transfer`` training images after the pool's training images (no pool model saw them; the
+    matrix and every choice are made on them); ``test``: the first ``n_set`` test images (the adversary set's)."""
+    train_set = load_dataset(d, "train")
+    a = _training_size(cfg, d)
+    b = a + cfg["n_transfer"][d]
+    val = ArrayDataset(d, "val", train_set.x[a:b], train_set.y[a:b],
+                       f"{train_set.source}; images {a + 1:,}–{b:,}, held out")
+    return {"val": val, "test": load_dataset(d, "test").first(cfg["n_set"][d])}
+
+
+def _took(t: Mapping[str, Any]) -> str:
+    """A model's training time in a table: ``cached``, seconds, or minutes."""
+    if t.get("cached"):
+        return "cached"
+    seconds = t.get("seconds")
+    return "–" if seconds is None else f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def _clean_record(cfg, d: str, model: str, net: nn.Module, ds: ArrayDataset, **setting) -> dict:
+    r = evaluate.accuracy_record(evaluate.predict(net, ds.x, cfg["batch_size"]) == ds.y)
+    return record(cfg, dataset=d, model=model, metric="accuracy", value=r["value"], n=r["n"], interval=r["interval"],
+                  split=ds.split, **setting)
+
+
+def train_pool(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
+    """Per data set: the pool (``pool[d]``: ``{name: model}``, reference first) and the data (:func:`splits`).
+    Records: each pool model's clean accuracy on the adversary set's test images. Timings: training seconds and
+    whether each model came from the cache (or the zoo)."""
+    pool, data, records, timings = {}, {}, [], {}
+    for d in cfg.datasets:
+        data[d] = splits(cfg, d)
+        pool[d] = {}
+        ref = reference_name(cfg, d)
+        for name, kwargs in pool_recipes(cfg, d).items():
+            net, meta = zoo.model_for(**kwargs)
+            pool[d][name] = net
+            timings[f"{d}/{name}"] = {"seconds": meta.get("train_seconds"), "cached": meta["cached"],
+                                      "zoo": meta.get("zoo")}
+            records.append(_clean_record(cfg, d, name, net, data[d]["test"], seed=kwargs["config"].seed,
+                                         group="pool", role="reference" if name == ref else "surrogate",
+                                         arch=kwargs["model"]))
+    return pool, data, records, timings
+
+
+def pool_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
+    """Per data set and pool model: its role, its recipe in words, clean test accuracy, training time."""
+    rows = []
+    for d in cfg["datasets"]:
+        kwargs = pool_recipes(cfg, d)
+        for r in select(records, dataset=d, group="pool"):
+            t = timings.get(f"{d}/{r['model']}", {})
+            kw = kwargs[r["model"]]
+            rows.append({"data": d, "model": r["model"], "role": r["setting"]["role"]
+                         + (f" (zoo `{t['zoo']}`)" if t.get("zoo") else ""),
+                         "training": f"{kw['train_size']:,} images, {kw['config'].describe()}", "clean": pct_interval(r),
+                         "time": _took(t)})
+    return markdown_table(rows, {"data": "data set", "model": "model", "role": "role", "training": "training",
+                                 "clean": "clean test accuracy [95% CI]", "time": "training time"})
+
+
+# --------------------------------------------------------------------------- crafting and the transfer matrix
+
+
+def craft(generator: str, models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, *, eps: float,
+          steps: int, momentum: float = 1.0, diversity: float = 0.5, batch_size: int = 250,
+          seed: int = 0) -> torch.Tensor:
+    """Examples of :data:`GENERATORS` ``[generator]`` for ``x`` (``(N, C, H, W)`` in [0, 1], CPU), crafted on
+    ``models`` (one source, or the surrogates of an ensemble; their logits are averaged, as Dong et al. do), within
+    the L∞ ball of radius ``eps``. Multi-step generators return their last iterate (``steps`` steps; PGD's step is
+    2.5·eps/steps from a random start, MI-FGSM's eps/steps from ``x``); the random start and the diversity draws
+    come from one generator seeded with ``seed``. Returns a CPU tensor shaped like ``x``."""
+    g = GENERATORS[generator]
+    models = list(models)
+    if not g.ensemble and len(models) != 1:
+        raise ValueError(f"generator {generator!r} crafts on one source model, got {len(models)}")
+    dev = evaluate.model_device(models[0])
+    rng = torch.Generator(dev).manual_seed(seed)
+    p = diversity if g.diversity else 0.0
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        if g.kind == "fgsm":
+            adv = attacks.fgsm(models[0], xb, yb, eps=eps)
+        elif g.kind == "pgd":
+            adv = attacks.ensemble_pgd(models, xb, yb, eps=eps, steps=steps, diversity=p, generator=rng)
+        else:
+            adv = attacks.mi_fgsm(models, xb, yb, eps=eps, steps=steps, momentum=momentum, diversity=p,
+                                  generator=rng)
+        out.append(adv.cpu())
+    return torch.cat(out) if out else x.clone()
+
+
+def fooling_counts(target: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                   batch_size: int = 250) -> tuple[int, int]:
+    """``(k, n)``: of the ``n`` images ``target`` classifies correctly, the ``k`` whose example it misclassifies.
+    The fooling rate ``k/n`` leaves out images the target gets wrong anyway: they say nothing about transfer."""
+    correct = evaluate.predict(target, x, batch_size) == y
+    fooled = correct & (evaluate.predict(target, x_adv, batch_size) != y)
+    return int(fooled.sum()), int(correct.sum())
+
+
+def transfer_matrix(pool: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, generators: Sequence[str], *,
+                    eps: float, steps: int, momentum: float = 1.0, diversity: float = 0.5, batch_size: int = 250,
+                    seed: int = 0) -> list[dict]:
+    """The transfer matrix of ``pool`` (``{name: model}``) on ``(x, y)``: one row per cell, ``{"generator",
+    "source", "sources", "target", "k", "n"}``, with :func:`fooling_counts` of the target.
+
+    A single-source generator crafts once per source and is judged on every *other* model (a source attacked by
+    itself is white-box, not transfer, and is left out); an ensemble generator crafts once per target on all the
+    other models (``source="others"``), so the target is never among its surrogates (``sources``)."""
+    names = list(pool)
+    if len(names) < 2:
+        raise ValueError(f"a transfer matrix needs at least two models, got {len(names)}")
+    kw = dict(eps=eps, steps=steps, momentum=momentum, diversity=diversity, batch_size=batch_size, seed=seed)
+    rows = []
+    for gen in generators:
+        if GENERATORS[gen].ensemble:
+            for target in names:
+                sources = tuple(n for n in names if n != target)
+                adv = craft(gen, [pool[n] for n in sources], x, y, **kw)
+                k, n = fooling_counts(pool[target], x, adv, y, batch_size)
+                rows.append({"generator": gen, "source": "others", "sources": sources, "target": target, "k": k,
+                             "n": n})
+            continue
+        for source in names:
+            adv = craft(gen, [pool[source]], x, y, **kw)
+            for target in names:
+                if target == source:
+                    continue
+                k, n = fooling_counts(pool[target], x, adv, y, batch_size)
+                rows.append({"generator": gen, "source": source, "sources": (source,), "target": target, "k": k,
+                             "n": n})
+    return rows
+
+
+def _generator_knobs(cfg: Mapping[str, Any], gen: str) -> dict:
+    g = GENERATORS[gen]
+    out = {} if g.kind == "fgsm" else {"steps": cfg["steps"]}
+    if g.kind == "mi_fgsm":
+        out["momentum"] = cfg["momentum"]
+    if g.diversity:
+        out["diversity"] = cfg["diversity"]
+    return out
+
+
+def transfer_all(pool: dict, data: dict, cfg: RunConfig) -> list[dict]:
+    """Per data set, :func:`transfer_matrix` of the pool on the held-out images at the threat radius, as records
+    (``metric="fooling_rate"``, ``model`` the target, ``attack`` the generator, ``n`` the images the target
+    classifies correctly, with the 95% Wilson interval)."""
+    out = []
+    for d in cfg.datasets:
+        val, eps = data[d]["val"], float(threat_eps(d))
+        for row in transfer_matrix(pool[d], val.x, val.y, cfg.generators, eps=eps, steps=cfg.steps,
+                                   momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size,
+                                   seed=cfg.seed):
+            out.append(record(cfg, dataset=d, model=row["target"], attack=row["generator"], threat_model="linf",
+                              eps=eps, metric="fooling_rate", value=row["k"] / row["n"] if row["n"] else math.nan,
+                              n=row["n"], interval=evaluate.wilson_interval(row["k"], row["n"]), group="transfer",
+                              source=row["source"], split="val", **_generator_knobs(cfg, row["generator"])))
+    return out
+
+
+# --------------------------------------------------------------------------- reading the matrix
+
+
+def _datasets_of(records: Sequence[dict], **match) -> list[str]:
+    return list(dict.fromkeys(r["dataset"] for r in select(records, **match)))
+
+
+def _cells(records: Sequence[dict], d: str, gen: str) -> list[dict]:
+    return select(records, dataset=d, group="transfer", attack=gen, metric="fooling_rate")
+
+
+def _targets(records: Sequence[dict], d: str) -> list[str]:
+    return list(dict.fromkeys(r["model"] for r in select(records, dataset=d, group="transfer")))
+
+
+def _generators(records: Sequence[dict], d: str) -> list[str]:
+    present = {r["attack"] for r in select(records, dataset=d, group="transfer")}
+    return [g for g in GENERATORS if g in present]
+
+
+def pooled_rate(records: Sequence[dict], d: str, gen: str) -> float:
+    """A generator's fooling rate over all its cells of data set ``d``: the fooled images over the correctly
+    classified ones, summed over (source, target) pairs (a summary: the pairs share images, so no interval)."""
+    cells = _cells(records, d, gen)
+    n = sum(r["n"] for r in cells)
+    return sum(round(r["value"] * r["n"]) for r in cells) / n if n else math.nan
+
+
+def best_generator(records: Sequence[dict], d: str) -> str:
+    """The generator with the highest :func:`pooled_rate` on the held-out images (ties: the earlier in
+    :data:`GENERATORS`, the simpler)."""
+    gens = _generators(records, d)
+    return max(gens, key=lambda g: (pooled_rate(records, d, g), -gens.index(g)))
+
+
+def strongest_on(records: Sequence[dict], d: str, gen: str, target: str) -> dict | None:
+    """The generator's cell on ``target`` with the highest fooling rate: its best source (the one cell of an
+    ensemble generator)."""
+    cells = [r for r in _cells(records, d, gen) if r["model"] == target]
+    return max(cells, key=lambda r: r["value"]) if cells else None
+
+
+def compare_with_fgsm(records: Sequence[dict], d: str, gen: str) -> dict:
+    """Per target, ``gen``'s strongest cell against FGSM's strongest (each from its best source): ``above`` and
+    ``below`` list the targets where the intervals are disjoint."""
+    above, below = [], []
+    for t in _targets(records, d):
+        a, f = strongest_on(records, d, gen, t), strongest_on(records, d, "fgsm", t)
+        if a is None or f is None:
+            continue
+        if evaluate.clearly_greater(a, f):
+            above.append(t)
+        elif evaluate.clearly_greater(f, a):
+            below.append(t)
+    return {"above": above, "below": below, "targets": len(_targets(records, d))}
+
+
+def fgsm_beats(records: Sequence[dict], d: str, gen: str) -> tuple[int, int]:
+    """``(pairs where FGSM's interval lies above gen's, pairs)`` over the (source, target) pairs of a single-source
+    generator: where multi-step examples transfer worse than single-step ones."""
+    fgsm = {(r["setting"]["source"], r["model"]): r for r in _cells(records, d, "fgsm")}
+    pairs = [(fgsm.get((r["setting"]["source"], r["model"])), r) for r in _cells(records, d, gen)]
+    pairs = [(f, r) for f, r in pairs if f is not None]
+    return sum(evaluate.clearly_greater(f, r) for f, r in pairs), len(pairs)
+
+
+def transfer_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+    """Per data set, the matrix: one row per generator and source, one column per target, the fooling rate (%) of
+    the cell ("·" where the source is the target: white-box, left out)."""
+    parts = []
+    for d in _datasets_of(records, group="transfer"):
+        targets = _targets(records, d)
+        rows = []
+        for gen in _generators(records, d):
+            for source in dict.fromkeys(r["setting"]["source"] for r in _cells(records, d, gen)):
+                cells = {r["model"]: r for r in _cells(records, d, gen) if r["setting"]["source"] == source}
+                rows.append({"gen": GENERATORS[gen].label, "source": "all other models" if source == "others"
+                             else source, **{t: pct(cells[t]["value"]) if t in cells else "·" for t in targets}})
+        parts.append(f"**{d}** (L∞ ε = {threat_eps(d):.4g}, the first {cfg['n_transfer'][d]:,} held-out images; a "
+                     "cell counts only the images its target classifies correctly)\n\n"
+                     + markdown_table(rows, {"gen": "generator", "source": "crafted on",
+                                             **{t: f"→ {t}" for t in targets}}))
+    return "\n\n".join(parts)
+
+
+def generator_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+    """Per data set and generator: the pooled fooling rate, the weakest and strongest cell, on how many targets its
+    strongest source clearly beats (or trails) FGSM's strongest, and, for single-source generators, on how many
+    (source, target) pairs FGSM clearly beats it."""
+    rows = []
+    for d in _datasets_of(records, group="transfer"):
+        for gen in _generators(records, d):
+            cells = _cells(records, d, gen)
+            c = compare_with_fgsm(records, d, gen)
+            worse, pairs = fgsm_beats(records, d, gen) if not GENERATORS[gen].ensemble else (None, None)
+            rows.append({"data": d, "gen": GENERATORS[gen].label, "pooled": pct(pooled_rate(records, d, gen)),
+                         "range": f"{pct(min(r['value'] for r in cells))} – {pct(max(r['value'] for r in cells))}",
+                         "vs": "–" if gen == "fgsm" else f"{len(c['above'])} / {len(c['below'])} of {c['targets']}",
+                         "pairs": "–" if pairs is None or gen == "fgsm" else f"{worse} of {pairs}"})
+    return markdown_table(rows, {"data": "data set", "gen": "generator", "pooled": "pooled fooling rate",
+                                 "range": "weakest – strongest cell",
+                                 "vs": "targets above / below FGSM (best sources)",
+                                 "pairs": "pairs where FGSM clearly transfers better"})
+
+
+def transfer_figure(records: Sequence[dict]):
+    """Per data set, the matrix as a heat map (fooling rate, %): rows generator and source, columns targets; the
+    left-out white-box cells are blank."""
+    ds = _datasets_of(records, group="transfer")
+    heights = []
+    mats = []
+    for d in ds:
+        targets = _targets(records, d)
+        rows, labels = [], []
+        for gen in _generators(records, d):
+            for source in dict.fromkeys(r["setting"]["source"] for r in _cells(records, d, gen)):
+                cells = {r["model"]: r["value"] for r in _cells(records, d, gen) if r["setting"]["source"] == source}
+                rows.append([100 * cells.get(t, math.nan) for t in targets])
+                labels.append(f"{GENERATORS[gen].label} ← {'others' if source == 'others' else source}")
+        mats.append((d, targets, labels, torch.tensor(rows, dtype=torch.float64)))
+        heights.append(0.32 * len(rows) + 1.2)
+    fig, axes = plt.subplots(len(ds), 1, figsize=(9, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (d, targets, labels, mat) in zip(axes[:, 0], mats):
+        im = ax.imshow(mat.numpy(), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                v = float(mat[i, j])
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 60 else "black")
+        ax.set_xticks(range(len(targets)), [f"→ {t}" for t in targets], fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_title(f"{d}: fooling rate (%) among the images each target classifies correctly")
+        fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- the adversary set
+
+
+def set_generator(cfg: Mapping[str, Any], records: Sequence[dict], d: str) -> str:
+    """The adversary set's generator: ``set_generator``, or with ``"best"`` the :func:`best_generator` of the
+    held-out matrix (the choice never looks at a test image)."""
+    return best_generator(records, d) if cfg["set_generator"] == "best" else cfg["set_generator"]
+
+
+def set_name(cfg: Mapping[str, Any], d: str) -> str:
+    """The adversary set's name: ``transferable-<data set>-<profile>``, plus ``--<hash>`` of the values set by hand
+    (as the results file), so a reader's variant never replaces the profile's set."""
+    rid = run_id(overrides_of(cfg))
+    return f"transferable-{d}-{cfg['profile']}" + (f"--{rid}" if rid else "")
+
+
+def surrogate_names(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str) -> list[str]:
+    """The adversary set's surrogates: every pool model but the reference. A single-source generator uses the
+    first of them."""
+    return [n for n in pool if n != reference_name(cfg, d)]
+
+
+def set_recipe(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str, gen: str) -> dict:
+    """Everything that makes the adversary set of ``d``: generator, radius, knobs, surrogates by name and weights
+    hash, the images and the seed. A stored set is used only if its recipe equals this one."""
+    names = surrogate_names(cfg, pool, d)
+    names = names if GENERATORS[gen].ensemble else names[:1]
+    return {"chapter": CHAPTER, "dataset": d, "generator": gen, "eps": float(threat_eps(d)),
+            **_generator_knobs(cfg, gen), "surrogates": {n: state_hash(pool[n]) for n in names},
+            "images": f"the first {cfg['n_set'][d]} {d} test images", "seed": cfg["seed"]}
+
+
+def adversary_sets(pool: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> tuple[dict, list, dict]:
+    """Per data set, the adversary set of the first ``n_set`` test images: loaded when a set of :func:`set_name`
+    with the same :func:`set_recipe` exists, else crafted with :func:`set_generator` on the surrogates and written
+    with :func:`robustness.data.write_adversary_set`; in both cases then loaded back by name through
+    ``load_dataset("adversary:<name>", "test")``, which verifies its checksum. Returns the sets, one record per set
+    (``metric="set_images"``) and, per data set, its name, generator, surrogates, source and what happened
+    (``status``: loaded, written, or rebuilt and why; machine facts, for the timings)."""
+    sets, out, info = {}, [], {}
+    for d in cfg.datasets:
+        test, gen = data[d]["test"], set_generator(cfg, records, d)
+        recipe, name = set_recipe(cfg, pool[d], d, gen), set_name(cfg, d)
+        try:
+            load_adversary_set(name, recipe=recipe)
+            status = "loaded"
+        except (DatasetNotFoundError, CorruptDataError) as err:  # CorruptDataError covers a stale recipe
+            surrogates = [pool[d][n] for n in recipe["surrogates"]]
+            x_adv = craft(gen, surrogates, test.x, test.y, eps=recipe["eps"], steps=cfg.steps,
+                          momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size, seed=cfg.seed)
+            write_adversary_set(name, x_adv, test.y, recipe)
+            status = "written" if isinstance(err, DatasetNotFoundError) else f"rebuilt ({type(err).__name__})"
+        sets[d] = load_dataset(f"adversary:{name}", "test")
+        if not torch.equal(sets[d].y, test.y):
+            raise CorruptDataError(f"adversary set {name!r} does not hold the labels of its test images")
+        info[d] = {"name": name, "generator": gen, "surrogates": list(recipe["surrogates"]), "status": status,
+                   "source": sets[d].source}
+        out.append(record(cfg, dataset=d, model="+".join(recipe["surrogates"]), attack=gen, threat_model="linf",
+                          eps=recipe["eps"], metric="set_images", value=len(sets[d]), group="set", set=name))
+    return sets, out, info
+
+
+def set_table(records: Sequence[dict], info: Mapping[str, dict]) -> str:
+    """Per data set: the adversary set's name, generator, surrogates, size and how this run got it."""
+    rows = [{"data": r["dataset"], "name": f"`adversary:{r['setting']['set']}`",
+             "gen": GENERATORS[r["attack"]].label, "surrogates": r["model"].replace("+", ", "),
+             "n": f"{int(r['value']):,}", "status": info.get(r["dataset"], {}).get("status", "–")}
+            for r in select(records, group="set")]
+    return markdown_table(rows, {"data": "data set", "name": "load it with load_dataset(…, 'test')",
+                                 "gen": "generator", "surrogates": "crafted on", "n": "images",
+                                 "status": "this run"})
+
+
+# --------------------------------------------------------------------------- the defenses
+
+
+class DistillationLoss:
+    """Defensive distillation's objective (Papernot et al., "Distillation as a Defense to Adversarial Perturbations
+    against Deep Neural Networks", S&P 2016) as a loss ``loss(model, x, y)`` for :func:`robustness.train.train`.
+
+    ``CE(target, softmax(f(x)/T))`` with the hard labels as target (``teacher=None``: the teacher trained at
+    temperature T) or the teacher's ``softmax(g(x)/T)`` (the student), the teacher in eval mode and without
+    gradient. The distilled network is deployed at T = 1: its logits unchanged. No T² factor, as in Papernot et
+    al., Carlini's reimplementation and the third-party baseline, so the logits grow about T-fold during training,
+    which is what flattens the softmax's gradient at T = 1.
+
+    Args:
+        temperature: T > 0 (Papernot et al. and the third-party baseline: 100).
+        teacher: the trained teacher, or ``None``. The spec names it by its weights' hash (the cache tells
+            students of different teachers apart).
+    """
+
+    def __init__(self, temperature: float = 100.0, teacher: nn.Module | None = None):
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature!r} must be > 0")
+        self.temperature, self.teacher = float(temperature), teacher
+        self.spec = {"name": "distillation", "temperature": self.temperature,
+                     "teacher": None if teacher is None else state_hash(teacher)}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(model(x) / self.temperature, 1)
+        if self.teacher is None:
+            return F.nll_loss(log_p, y)
+        with torch.no_grad(), attacks.eval_mode(self.teacher):
+            target = F.softmax(self.teacher(x) / self.temperature, 1)
+        return -(target * log_p).sum(1).mean()
+
+    def __repr__(self) -> str:
+        return f"DistillationLoss(temperature={self.temperature:g}, teacher={self.spec['teacher']})"
+
+
+def defense_recipe(cfg: Mapping[str, Any], d: str, epochs: int | None = None) -> dict:
+    """The :func:`robustness.train.trained_model` arguments every defended model of ``d`` shares: the zoo's
+    architecture and recipe, ``defense_train_size`` images, ``defense_epochs`` (or ``epochs``), the reference
+    model's seed. With the zoo's size and epochs, normal training is the shared reference model."""
+    return zoo.variant(zoo.for_dataset(d, cfg["profile"]), train_size=cfg["defense_train_size"][d],
+                       epochs=cfg["defense_epochs"][d] if epochs is None else epochs, seed=cfg["seeds"][d][0])
+
+
+def defense_loss(cfg: Mapping[str, Any], d: str, defense: str, teacher: nn.Module | None = None):
+    """The training objective of ``defense`` (one of :data:`DEFENSES`); distillation's student needs its
+    ``teacher`` (without one, the teacher's own objective)."""
+    eps = float(threat_eps(d))
+    if defense == "normal":
+        return cross_entropy
+    if defense == "fgsm_at":
+        return AdversarialLoss("fgsm", eps=eps, mix=FGSM_AT_MIX)
+    if defense == "pgd_at":
+        return AdversarialLoss("pgd_linf", eps=eps, steps=cfg["at_steps"][d], mix=cfg["at_mix"], seed=cfg["seed"])
+    if defense == "distillation":
+        return DistillationLoss(cfg["temperature"], teacher)
+    if defense == "superimposition":
+        return SuperimpositionLoss(lam=cfg["lam"], seed=cfg["seed"])
+    if defense == "superimposition_fixed":
+        return SuperimpositionLoss(lam=cfg["lam"], a=cfg["fixed_a"], seed=cfg["seed"])
+    raise ValueError(f"unknown defense {defense!r}; allowed: {', '.join(DEFENSES)}")
+
+
+def _knobs(cfg: Mapping[str, Any], d: str, defense: str) -> dict:
+    return {"fgsm_at": {"mix": FGSM_AT_MIX}, "pgd_at": {"steps": cfg["at_steps"][d], "mix": cfg["at_mix"]},
+            "distillation": {"temperature": cfg["temperature"]}, "superimposition": {"lam": cfg["lam"], "a": "beta"},
+            "superimposition_fixed": {"lam": cfg["lam"], "a": cfg["fixed_a"]},
+            "jumprelu": {"kappa": cfg["jumprelu_kappa"][d]},
+            "compress_amplify": {"strength": cfg["rescale_strength"]}}.get(defense, {})
+
+
+def _field(defense: str) -> str:
+    """The record's ``defense`` of a defense label: normal training is no defense."""
+    return "none" if defense == "normal" else defense
+
+
+def train_defenses(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
+    """Per data set with ``train_defenses``, every defense of ``defenses`` trained with :func:`defense_recipe` (or
+    loaded from the cache). Distillation, as in Papernot et al.'s and the third-party code: one epoch of normal
+    training as the common start, the teacher at temperature T from there, then the student at T on the teacher's
+    soft labels from the same start. Returns the models (``nets[d][defense]``), the teachers, records (clean
+    accuracy on the adversary set's test images) and timings (seconds, cached)."""
+    nets, teachers, records, timings = {}, {}, [], {}
+    for d in cfg.datasets:
+        if not cfg.train_defenses[d]:
+            continue
+        nets[d] = {}
+        test = load_dataset(d, "test").first(cfg.n_set[d])
+        for defense in cfg.defenses:
+            kw = defense_recipe(cfg, d)
+            seconds, cached = [], []
+            if defense == "distillation":
+                init, meta = zoo.model_for(**defense_recipe(cfg, d, epochs=1))
+                seconds.append(meta.get("train_seconds"))
+                cached.append(meta["cached"])
+                teacher, meta = trained_model(**{**kw, "loss": defense_loss(cfg, d, defense)}, init=init)
+                seconds.append(meta.get("train_seconds"))
+                cached.append(meta["cached"])
+                teachers[d] = teacher
+                net, meta = trained_model(**{**kw, "loss": defense_loss(cfg, d, defense, teacher)}, init=init)
+            else:
+                net, meta = zoo.model_for(**{**kw, "loss": defense_loss(cfg, d, defense)})
+            seconds.append(meta.get("train_seconds"))
+            cached.append(meta["cached"])
+            nets[d][defense] = net
+            timings[f"{d}/{defense}"] = {"seconds": None if None in seconds else sum(seconds),
+                                         "cached": all(cached), "zoo": meta.get("zoo")}
+            records.append(_clean_record(cfg, d, kw["model"], net, test, group="chapter", defense=_field(defense),
+                                         **_knobs(cfg, d, defense)))
+    return nets, teachers, records, timings
+
+
+def defense_training_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
+    """Per defended model: the objective, the shared recipe in words, clean test accuracy and training time."""
+    rows = []
+    for d in _datasets_of(records, group="chapter"):
+        kw = defense_recipe(cfg, d)
+        for defense in cfg["defenses"]:
+            r = next(iter(select(records, dataset=d, group="chapter", defense=_field(defense), metric="accuracy",
+                                 attack="none")), None)
+            t = timings.get(f"{d}/{defense}", {})
+            rows.append({"data": d, "defense": LABELS[defense] + (f" (zoo `{t['zoo']}`)" if t.get("zoo") else ""),
+                         "clean": pct_interval(r), "time": _took(t)})
+        rows.append({"data": d, "defense": f"*every model: {kw['model']}, {kw['train_size']:,} images, "
+                     f"{kw['config'].describe()}*", "clean": "", "time": ""})
+    return markdown_table(rows, {"data": "data set", "defense": "defense", "clean": "clean test accuracy [95% CI]",
+                                 "time": "training time"})
+
+
+# --------------------------------------------------------------------------- cost: passes and seconds per step
+
+
+class PassCounter:
+    """Counts the images the given networks forward, and those whose output a gradient flows back through (hooks
+    on each network's output), while the context is open. An attack's input gradient counts as a backward pass,
+    a teacher queried under ``torch.no_grad`` as a forward pass only."""
+
+    def __init__(self, *models: nn.Module):
+        self.models, self.forward, self.backward, self._handles = models, 0, 0, []
+
+    def _hook(self, module, inputs, output):
+        self.forward += output.shape[0]
+        if output.requires_grad:
+            output.register_hook(self._count_backward)
+
+    def _count_backward(self, grad):
+        self.backward += grad.shape[0]
+
+    def __enter__(self) -> "PassCounter":
+        self._handles = [m.register_forward_hook(self._hook) for m in self.models]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def training_cost(loss, arch: str, d: str, data: ArrayDataset, config: TrainConfig, batches: int,
+                  seed: int = 0) -> dict:
+    """One defense's training cost, measured on a fresh ``arch`` network with the book's training loop: after one
+    untimed warm-up step, ``batches`` steps of ``config.batch_size`` images (``config``'s optimizer, one epoch),
+    counted with :class:`PassCounter` (the network and a distillation teacher) and timed. Returns forward and
+    backward images per training image (exact counts) and seconds per step (wall clock)."""
+    torch.manual_seed(seed)
+    net = build_model(arch, d)
+    one_epoch = replace(config, epochs=1, milestones=())
+    train(net, data.first(one_epoch.batch_size), one_epoch, loss=loss, desc="warm-up")
+    images = data.first(batches * one_epoch.batch_size)
+    teacher = getattr(loss, "teacher", None)
+    with PassCounter(net, *([teacher] if teacher is not None else [])) as counter:
+        _, seconds = evaluate.timed(train, net, images, one_epoch, loss=loss, desc="cost")
+    return {"forward": counter.forward / len(images), "backward": counter.backward / len(images),
+            "seconds_per_step": seconds / batches}
+
+
+def cost_all(teachers: Mapping[str, nn.Module], cfg: RunConfig) -> tuple[list[dict], dict]:
+    """Per data set with defenses: :func:`training_cost` of every defense back to back in this run. Records: the
+    forward and backward images per training image (``metric`` ``forward_passes``/``backward_passes``; exact, so
+    two runs agree); timings: seconds per step and their ratio to normal training."""
+    out, timings = [], {}
+    for d in cfg.datasets:
+        if not cfg.train_defenses[d]:
+            continue
+        kw = defense_recipe(cfg, d)
+        data = load_dataset(d, "train").first(cfg.cost_batches * kw["config"].batch_size)
+        costs = {}
+        for defense in cfg.defenses:
+            loss = defense_loss(cfg, d, defense, teachers.get(d) if defense == "distillation" else None)
+            costs[defense] = training_cost(loss, kw["model"], d, data, kw["config"], cfg.cost_batches, cfg.seed)
+            for metric in ("forward", "backward"):
+                out.append(record(cfg, dataset=d, model=kw["model"], metric=f"{metric}_passes",
+                                  value=costs[defense][metric], n=len(data), group="chapter",
+                                  defense=_field(defense), **_knobs(cfg, d, defense)))
+        base = costs["normal"]["seconds_per_step"]
+        timings[d] = {k: {"seconds_per_step": v["seconds_per_step"], "ratio_to_normal": v["seconds_per_step"] / base}
+                      for k, v in costs.items()}
+    return out, timings
+
+
+# --------------------------------------------------------------------------- scoring: adversary set and white box
+
+
+def book_models(pool: dict, data: dict, cfg: RunConfig, d: str) -> dict[str, nn.Module]:
+    """The shared reference model of ``d`` and the other chapters' defenses of it that cost nothing to build:
+    JumpReLU's retrofit at ``jumprelu_kappa`` and the fragile-neurons chapter's compress/amplify rescaling at
+    ``rescale_strength``, driven by each first-layer channel's clean fragility (nodal dropout) on the held-out
+    images."""
+    ref = pool[d][reference_name(cfg, d)]
+    val = data[d]["val"]
+    scores = fn.fragility(ref, val.x, val.y, eps=0.0, batch_size=cfg.batch_size, fgsm_too=False)["clean_drop"]
+    return {"none": ref, "jumprelu": retrofit(ref, cfg.jumprelu_kappa[d]),
+            "compress_amplify": fn.compress_amplify(ref, scores, cfg.rescale_strength)}
+
+
+def worst_case_members(cfg: Mapping[str, Any], defense: str, net: nn.Module) -> list:
+    """The white-box ensemble: PGD on cross-entropy and on the margin loss, then Square; for the JumpReLU retrofit
+    also PGD through its BPDA copy (plain ReLU's gradient, the jump's exact forward), on both losses."""
+    out = M.default_members(cfg["pgd_steps"], cfg["restarts"], cfg["square_queries"])
+    if defense == "jumprelu":
+        copy = bpda_relu(net)
+        out += [M.bpda(copy, "ce", cfg["pgd_steps"], cfg["restarts"]),
+                M.bpda(copy, "margin", cfg["pgd_steps"], cfg["restarts"])]
+    return out
+
+
+def _score(cfg, d: str, net: nn.Module, test: ArrayDataset, adv: ArrayDataset, members, model: str, group: str,
+           defense: str) -> tuple[list[dict], dict]:
+    knobs = {"group": group, **_knobs(cfg, d, defense)}
+    field = _field(defense)
+    base = dict(dataset=d, model=model, defense=field)
+    eps = float(threat_eps(d))
+    out = [_clean_record(cfg, d, model, net, test, defense=field, **knobs)]
+    on_set = evaluate.accuracy_record(evaluate.predict(net, adv.x, cfg.batch_size) == adv.y)
+    out.append(record(cfg, **base, attack="adversary_set", threat_model="linf", eps=eps, metric="accuracy",
+                      value=on_set["value"], n=on_set["n"], interval=on_set["interval"], set=adv.name, **knobs))
+    sub = test.first(cfg.n_adaptive[d])
+    worst = evaluate.worst_case(net, sub.x, sub.y, eps=eps, members=members, batch_size=cfg.batch_size,
+                                seed=cfg.seed)
+    w = evaluate.to_record(worst)
+    out.append(record(cfg, **base, attack="worst_case", threat_model="linf", eps=eps, metric="accuracy",
+                      value=w["robust"], n=w["n"], interval=w["interval"], members="+".join(w["members"]), **knobs))
+    out += [record(cfg, **base, attack=m, threat_model="linf", eps=eps, metric="images_fooled", value=k,
+                   within="worst_case", **knobs) for m, k in w["added"].items()]
+    return out, worst
+
+
+def score_all(pool: dict, nets: dict, data: dict, sets: dict, cfg: RunConfig) -> tuple[list[dict], dict]:
+    """Every model of every data set against the adversary set and the white box: the :func:`book_models` (group
+    ``"book"``) and, where trained, this chapter's defenses (group ``"chapter"``). Per model: clean accuracy on the
+    set's test images, accuracy on the adversary set, and the worst case of :func:`worst_case_members` at the
+    threat radius on the first ``n_adaptive`` of them, with the images each member fooled. Returns records and the
+    raw worst-case results (for the health table)."""
+    out, raw = [], {}
+    for d in cfg.datasets:
+        test, adv = data[d]["test"], sets[d]
+        models = [("book", k, reference_name(cfg, d), v) for k, v in book_models(pool, data, cfg, d).items()]
+        models += [("chapter", k, zoo.ARCH[d], v) for k, v in nets.get(d, {}).items()]
+        for group, defense, model, net in models:
+            recs, raw[d, group, defense] = _score(cfg, d, net, test, adv, worst_case_members(cfg, defense, net),
+                                                  model, group, defense)
+            out += recs
+    return out, raw
+
+
+def health_all(nets: dict, data: dict, sets: dict, raw: dict, cfg: RunConfig) -> list[dict]:
+    """The health table of the paper's defense (superimposition training, ``a`` resampled) per data set with
+    defenses, at the threat radius on the first ``n_adaptive`` test images, with the gradient-free check (its worst
+    case) and the transfer check (the adversary set's examples of the same images)."""
+    rows = []
+    for d in nets:
+        adv = sets[d].first(cfg.n_adaptive[d])
+        test = data[d]["test"].first(cfg.n_adaptive[d])
+        for row in evaluate.health_checks(nets[d]["superimposition"], test.x, test.y, eps=float(threat_eps(d)),
+                                          steps=cfg.health_steps, num_classes=dataset_info(d).num_classes,
+                                          transfer_x_adv=adv.x, worst=raw[d, "chapter", "superimposition"],
+                                          batch_size=cfg.batch_size, seed=cfg.seed):
+            rows.append({**row, "dataset": d, "model": zoo.ARCH[d], "defense": "superimposition"})
+    return rows
+
+
+# --------------------------------------------------------------------------- tables and figures of the scores
+
+
+def _first(records: Sequence[dict], **match) -> dict | None:
+    found = select(records, **match)
+    return found[0] if found else None
+
+
+def _scored(records: Sequence[dict], d: str, group: str) -> list[str]:
+    """The defenses scored on ``d``'s adversary set in ``group``, in record order (normal training as ``normal``)."""
+    found = [r["defense"] for r in select(records, dataset=d, group=group, attack="adversary_set")]
+    return ["normal" if group == "chapter" and f == "none" else f for f in found]
+
+
+def _scores(records: Sequence[dict], d: str, group: str, defense: str) -> dict:
+    kw = dict(dataset=d, group=group, defense=_field(defense) if group == "chapter" else defense)
+    return {"clean": _first(records, attack="none", metric="accuracy", **kw),
+            "set": _first(records, attack="adversary_set", metric="accuracy", **kw),
+            "worst": _first(records, attack="worst_case", metric="accuracy", **kw)}
+
+
+def cost_table(records: Sequence[dict], timings: Mapping[str, Any]) -> str:
+    """Per data set with defenses: forward and backward passes per training image (counted) and seconds per step
+    (measured in this run) as a multiple of normal training."""
+    rows = []
+    for d in _datasets_of(records, group="chapter", metric="forward_passes"):
+        cost = timings.get("cost", {}).get(d, {})
+        for r in select(records, dataset=d, group="chapter", metric="forward_passes"):
+            defense = "normal" if r["defense"] == "none" else r["defense"]
+            back = _first(records, dataset=d, group="chapter", defense=r["defense"], metric="backward_passes")
+            c = cost.get(defense, {})
+            rows.append({"data": d, "defense": LABELS[defense], "forward": f"{r['value']:g}",
+                         "backward": "–" if back is None else f"{back['value']:g}",
+                         "seconds": f"{c['seconds_per_step']:.3f}" if c else "–",
+                         "ratio": f"{c['ratio_to_normal']:.1f}×" if c else "–"})
+    return markdown_table(rows, {"data": "data set", "defense": "defense", "forward": "forward passes per image",
+                                 "backward": "backward passes per image", "seconds": "seconds per step",
+                                 "ratio": "× normal training"})
+
+
+def score_table(records: Sequence[dict]) -> str:
+    """Every model scored on an adversary set, one row each (the shared reference model and the other chapters'
+    defenses of it first, then this chapter's defenses): the book's one transfer number per defense, beside its
+    clean accuracy and white-box worst case."""
+    rows = []
+    for d in _datasets_of(records, attack="adversary_set"):
+        for group in ("book", "chapter"):
+            for defense in _scored(records, d, group):
+                s = _scores(records, d, group, defense)
+                rows.append({"data": d, "model": s["set"]["model"], "defense": LABELS[defense],
+                             "clean": pct_interval(s["clean"]), "set": pct_interval(s["set"]), "worst": pct_interval(s["worst"])})
+    return markdown_table(rows, {"data": "data set", "model": "model", "defense": "defense",
+                                 "clean": "clean [95% CI]", "set": "adversary set [95% CI]",
+                                 "worst": "white-box worst case [95% CI]"})
+
+
+def score_figure(records: Sequence[dict]):
+    """Per data set, every scored model: clean accuracy, accuracy on the adversary set and the white-box worst case
+    at the same radius, with 95% intervals: the gap between the last two is what transfer alone does not see."""
+    ds = _datasets_of(records, attack="adversary_set")
+    fig, axes = plt.subplots(len(ds), 1, figsize=(10, 3.6 * len(ds)), squeeze=False)
+    for ax, d in zip(axes[:, 0], ds):
+        entries = [(g, k) for g in ("book", "chapter") for k in _scored(records, d, g)]
+        pos = torch.arange(len(entries)).numpy()
+        for offset, key, label in ((-0.27, "clean", "clean"), (0.0, "set", "adversary set"),
+                                   (0.27, "worst", "white-box worst case")):
+            recs = [_scores(records, d, g, k)[key] for g, k in entries]
+            vals = [100 * r["value"] for r in recs]
+            err = [[100 * (r["value"] - r["interval"][0]) for r in recs],
+                   [100 * (r["interval"][1] - r["value"]) for r in recs]]
+            ax.bar(pos + offset, vals, width=0.27, yerr=err, capsize=2, label=label)
+        ax.set_xticks(pos, [SHORT[k] for _, k in entries], fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{d}: L∞ ε = {threat_eps(d):.4g}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def transfer_summary(records: Sequence[dict], d: str) -> dict:
+    """Claim (i) on data set ``d``: whether multi-step PGD transfers clearly worse than FGSM on most pairs
+    (``multi_step_worse``, more than :data:`MAJORITY` of them), and how the adversary set's generator compares with
+    FGSM target by target (``category``: ``beats_fgsm`` when clearly above on every target, ``matches_fgsm`` when
+    clearly below on none, else ``below_fgsm``; ``fgsm`` when FGSM itself made the set)."""
+    worse, pairs = fgsm_beats(records, d, "pgd")
+    rec = _first(records, dataset=d, group="set")
+    gen = rec["attack"] if rec else best_generator(records, d)
+    cmp = compare_with_fgsm(records, d, gen)
+    if gen == "fgsm":
+        category = "fgsm"
+    elif len(cmp["above"]) == cmp["targets"]:
+        category = "beats_fgsm"
+    elif not cmp["below"]:
+        category = "matches_fgsm"
+    else:
+        category = "below_fgsm"
+    return {"pgd_worse_pairs": worse, "pairs": pairs, "multi_step_worse": pairs > 0 and worse > MAJORITY * pairs,
+            "generator": gen, "pooled": {g: pooled_rate(records, d, g) for g in _generators(records, d)},
+            "above": cmp["above"], "below": cmp["below"], "targets": cmp["targets"], "category": category}
+
+
+def defense_summary(records: Sequence[dict], d: str) -> dict:
+    """Claim (iii) on data set ``d``, by intervals: superimposition training (``a`` resampled) against normal
+    training on the adversary set (``set_gain``) and in the white box (``white_box_gain``); ``comparable``: its
+    adversary-set accuracy is not clearly below the best established defense's (:data:`ESTABLISHED`); the fixed-a
+    variant's set gain; ``extra_forward``: its forward passes per image minus normal training's (the paper: one).
+    ``category``: ``robust`` (both gains), ``transfer_only`` (the set gain is not a white-box gain), ``no_gain``."""
+    scores = {k: _scores(records, d, "chapter", k) for k in _scored(records, d, "chapter")}
+    si, normal = scores["superimposition"], scores["normal"]
+    established = [scores[k]["set"] for k in ESTABLISHED if k in scores]
+    best = max(established, key=lambda r: r["value"]) if established else None
+    passes = {k: _first(records, dataset=d, group="chapter", defense=_field(k), metric="forward_passes")
+              for k in ("normal", "superimposition")}
+    set_gain = evaluate.compare(si["set"], normal["set"]) == "higher"
+    white = evaluate.compare(si["worst"], normal["worst"]) == "higher"
+    fixed = scores.get("superimposition_fixed")
+    return {"scores": scores, "set_gain": set_gain, "white_box_gain": white,
+            "comparable": None if best is None else evaluate.compare(si["set"], best) != "lower",
+            "best_established": None if best is None else best["defense"],
+            "fixed_set_gain": None if fixed is None else evaluate.compare(fixed["set"], normal["set"]) == "higher",
+            "pgd_at_vs_si": None if "pgd_at" not in scores else evaluate.compare(scores["pgd_at"]["worst"], si["worst"]),
+            "extra_forward": None if None in passes.values()
+            else passes["superimposition"]["value"] - passes["normal"]["value"],
+            "clean_cost": evaluate.compare(normal["clean"], si["clean"]) == "higher",
+            "category": "robust" if set_gain and white else "transfer_only" if set_gain else "no_gain"}
+
+
+def verdict_summary(results: Mapping[str, Any]) -> dict:
+    """Per data set, from the results (live, read back, or hand-made records of the same shape): ``transfer``
+    (:func:`transfer_summary`), ``defenses`` (:func:`defense_summary`, where defenses were trained) and the failed
+    health checks."""
+    recs = results["records"]
+    out = {}
+    for d in _datasets_of(recs, group="transfer"):
+        checks = [h for h in results.get("health", []) if h.get("dataset") == d]
+        out[d] = {"transfer": transfer_summary(recs, d),
+                  "defenses": defense_summary(recs, d) if select(recs, dataset=d, group="chapter",
+                                                                  attack="adversary_set") else None,
+                  "failed_checks": [h["check"] for h in checks if not h["passed"]]}
+    return out
+
+
+_TRANSFER_WORDS = {
+    "beats_fgsm": "the multi-step generator transfers clearly more often than FGSM on every target: claim (i) holds "
+                  "for this stand-in.",
+    "matches_fgsm": "the multi-step generator closes the gap to FGSM (never clearly below it) but does not beat it on "
+                    "every target: claim (i) holds only in part.",
+    "below_fgsm": "even the best multi-step generator transfers clearly less often than FGSM on some target: claim "
+                  "(i) does not hold for these stand-ins.",
+    "fgsm": "FGSM transferred best, so no multi-step generator made the set: claim (i) does not hold for these "
+            "stand-ins.",
+}
+_DEFENSE_WORDS = {
+    "robust": "superimposition training raises accuracy both on the transferred examples and in the white box.",
+    "transfer_only": "superimposition training resists the transferred examples better than normal training, but "
+                     "its white-box worst case is not clearly higher: transfer success is not robustness.",
+    "no_gain": "superimposition training does not clearly raise accuracy on the adversary set.",
+}
+
+
+def verdict(results: Mapping[str, Any]) -> str:
+    """The verdict in Markdown, sentence by sentence from :func:`verdict_summary`."""
+    lines = []
+    for d, v in verdict_summary(results).items():
+        t = v["transfer"]
+        lines.append(f"**{d}.** Multi-step PGD transfers clearly worse than FGSM on {t['pgd_worse_pairs']} of "
+                     f"{t['pairs']} (source, target) pairs, so the paper's premise (multi-step adversaries usually "
+                     f"transfer worse) {'holds' if t['multi_step_worse'] else 'does not hold'} here. The adversary "
+                     f"set's generator, {GENERATORS[t['generator']].label} (pooled held-out fooling rate "
+                     f"{pct(t['pooled'][t['generator']])} against FGSM's {pct(t['pooled']['fgsm'])}), is clearly "
+                     f"above FGSM's best source on {len(t['above'])} and below on {len(t['below'])} of "
+                     f"{t['targets']} targets: {_TRANSFER_WORDS[t['category']]}")
+        s = v["defenses"]
+        if s is not None:
+            sc = s["scores"]
+            si, nm = sc["superimposition"], sc["normal"]
+            lines.append(f"Adversary set: superimposition (a resampled) {pct_interval(si['set'])} against normal training "
+                         f"{pct_interval(nm['set'])}; white-box worst case {pct_interval(si['worst'])} against {pct_interval(nm['worst'])}; "
+                         f"clean {pct_interval(si['clean'])} against {pct_interval(nm['clean'])}.")
+            if s["comparable"] is not None:
+                lines.append(f"Against the best established defense on the set ({LABELS[s['best_established']]}): "
+                             f"{'comparable (not clearly below)' if s['comparable'] else 'clearly below'}.")
+            if s["fixed_set_gain"] is not None:
+                lines.append(f"The fixed-a variant {'also' if s['fixed_set_gain'] else 'does not'} clearly "
+                             f"{'raises' if s['fixed_set_gain'] else 'raise'} accuracy on the set "
+                             f"({pct_interval(sc['superimposition_fixed']['set'])}).")
+            if s["pgd_at_vs_si"] is not None:
+                words = {"higher": "clearly above", "lower": "clearly below", "same": "not clearly different from"}
+                lines.append(f"PGD adversarial training, the reference, is {words[s['pgd_at_vs_si']]} superimposition "
+                             f"training in the white box ({pct_interval(sc['pgd_at']['worst'])}).")
+            if s["extra_forward"] is not None:
+                lines.append(f"Cost: {s['extra_forward']:g} extra forward pass per training image (the paper: one), "
+                             "and as many extra backward passes, since no branch is detached.")
+            lines.append(f"Verdict: {_DEFENSE_WORDS[s['category']]}")
+        if v["failed_checks"]:
+            lines.append(f"Health checks failed: {', '.join(v['failed_checks'])}.")
+        lines.append("")
+    if results.get("profile") == "smoke":
+        lines.append("This is the smoke profile: the numbers only show that every cell runs.")
+    return "\n".join(lines).strip()

@@ -1,0 +1,318 @@
+"""The entropic-retraining chapter: its rules (layers, λ), its measurements on known models (profiles, float32
+saturation, cost arithmetic), its verdict on hand-made results, its parameters, and its smoke run."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from robustness.chapters import entropic_retraining as chapter
+from robustness.config import resolve
+from robustness.data import ArrayDataset
+from robustness.defenses.entropic import layer_entropies
+from robustness.models import build_model
+from robustness.results import record
+from robustness.train import TrainConfig, cross_entropy
+
+CFG = {"chapter": "entropic_retraining", "profile": "laptop", "seed": 0}
+D, MODEL = "cifar10", "entropic_cnn"
+NORMAL, CONTROL, ENTROPIC, ADVERSARIAL = chapter.NORMAL, chapter.CONTROL, chapter.ENTROPIC, chapter.ADVERSARIAL
+
+
+def rec(**kw):
+    return record(CFG, dataset=D, model=MODEL, **kw)
+
+
+# --------------------------------------------------------------------------- layers and initialization
+
+
+def test_the_anchor_cnn_has_four_conv_and_five_dense_activation_layers():
+    kinds = chapter.layer_kinds(build_model(MODEL, D))
+    assert list(kinds.values()) == ["conv"] * 4 + ["dense"] * 5
+    assert chapter.candidate_layers(kinds, "dense") == list(kinds)[4:]
+    assert chapter.candidate_layers(kinds, "conv") == list(kinds)[:4]
+    assert chapter.candidate_layers(kinds, "all") == list(kinds)
+    with pytest.raises(ValueError, match="layer_candidates='relu'.*dense, conv, all"):
+        chapter.candidate_layers(kinds, "relu")
+
+
+def test_keras_initialization_is_glorot_uniform_with_zero_biases_and_seeded():
+    net = chapter.keras_initialized(MODEL, D, seed=3)
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 10
+    for layer in layers:
+        w = layer.weight
+        fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+        assert torch.all(layer.bias == 0)
+        assert w.abs().max() <= math.sqrt(6 / (fan_in + fan_out)) + 1e-7
+        # a uniform draw on [-b, b] has standard deviation b/√3: far from PyTorch's default for the big layers
+        if w.numel() > 10_000:
+            assert w.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.05)
+    again, other = chapter.keras_initialized(MODEL, D, seed=3), chapter.keras_initialized(MODEL, D, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(net[1].weight, other[1].weight)
+
+
+# --------------------------------------------------------------------------- profiles and the rules
+
+
+def test_a_profile_is_the_mean_and_spread_of_per_batch_entropies(tiny_model, tiny_data):
+    x = tiny_data[0][:70]
+    prof = chapter.entropy_profile(tiny_model, x, ["net.2", "net.4"], batch_size=32, bins=8)
+    per = [layer_entropies(tiny_model, x[i:i + 32], ["net.2", "net.4"], bins=8) for i in (0, 32)]  # 6 dropped
+    for name in ("net.2", "net.4"):
+        values = torch.tensor([p[name] for p in per], dtype=torch.float64)
+        assert prof[name][0] == pytest.approx(float(values.mean()), abs=1e-12)
+        assert prof[name][1] == pytest.approx(float(values.std()), abs=1e-12)
+    with pytest.raises(ValueError, match="at least one batch of 128"):
+        chapter.entropy_profile(tiny_model, x, ["net.2"], batch_size=128)
+
+
+def _profile(role, values, kinds=("conv", "dense", "dense", "dense"), **setting):
+    return [rec(metric="entropy", defense=role, value=v, n=4, split="val", layer=f"L{i}", kind=k, std=0.01,
+                **setting) for i, (v, k) in enumerate(zip(values, kinds))]
+
+
+def test_the_layers_are_those_adversarial_training_moved_most_in_forward_order():
+    records = _profile(NORMAL, [1.0, 2.0, 1.5, 1.2]) + _profile(ADVERSARIAL, [3.0, 1.7, 1.5, 1.312345678])
+    # among the dense candidates, L1 moved by −0.3, L2 by 0, L3 by +0.112: the largest |change| first
+    two = chapter.choose_layers(records, D, ["L1", "L2", "L3"], 2)
+    assert [c["layer"] for c in two] == ["L1", "L3"]
+    assert two[1]["target"] == 1.3123 and two[0]["change"] == pytest.approx(-0.3)
+    # the conv layer moved most but is not a candidate; with all four, it comes first in forward order
+    assert [c["layer"] for c in chapter.choose_layers(records, D, ["L0", "L1", "L2", "L3"], 2)] == ["L0", "L1"]
+    # ties go to the earlier layer
+    tied = _profile(NORMAL, [1.0, 1.0, 1.0, 1.0]) + _profile(ADVERSARIAL, [1.0, 1.5, 0.5, 1.5])
+    assert [c["layer"] for c in chapter.choose_layers(tied, D, ["L1", "L2", "L3"], 2)] == ["L1", "L2"]
+
+
+def test_the_analysis_counts_only_changes_beyond_the_batch_spread():
+    # changes +2, −0.3, 0 and +0.01 against a spread of 0.01 (the threshold: CHANGE_SPREADS × 0.01 = 0.02)
+    records = _profile(NORMAL, [1.0, 2.0, 1.5, 1.2]) + _profile(ADVERSARIAL, [3.0, 1.7, 1.5, 1.21])
+    assert chapter.CHANGE_SPREADS == 2.0
+    assert chapter.changed_layers(records, D) == {"lowered": ["L1"], "raised": ["L0"], "all": ["L0", "L1", "L2", "L3"]}
+    saved = _saved()
+    saved["records"] += records
+    assert "lowered the entropy of 1 and raised that of 1 of the 4 activation layers" in chapter.verdict(saved)
+
+
+def _sweep(lam, clean, pgd):
+    kw = dict(defense=ENTROPIC, split="val", n=1000, lam=lam)
+    return [rec(metric="accuracy", value=clean, **kw),
+            rec(metric="accuracy", value=pgd, attack="pgd_ce", threat_model="linf", eps=8 / 255, steps=10, **kw)]
+
+
+def test_lambda_rule_respects_the_clean_budget_and_prefers_the_smaller_lambda():
+    recs = _sweep(0.0, 0.80, 0.01) + _sweep(1.0, 0.79, 0.05) + _sweep(10.0, 0.70, 0.30) + _sweep(100.0, 0.795, 0.05)
+    # λ = 10 is best under PGD but costs 10 points; 1 and 100 tie: the smaller wins
+    assert chapter.choose_lambda(recs, D, budget=0.03) == 1.0
+    assert chapter.choose_lambda(recs, D, budget=0.15) == 10.0
+    assert chapter.choose_lambda(_sweep(0.0, 0.8, 0.02) + _sweep(1.0, 0.8, 0.02), D, 0.03) == 0.0
+    # what the test images measure: the chosen λ, else the largest λ within the budget, else none
+    assert chapter.lambda_to_test(recs, D, 0.03) == (1.0, "chosen")
+    flat = _sweep(0.0, 0.8, 0.02) + _sweep(1.0, 0.8, 0.02) + _sweep(10.0, 0.78, 0.02) + _sweep(100.0, 0.1, 0.1)
+    assert chapter.within_budget(flat, D, 0.03) == [0.0, 1.0, 10.0]
+    assert chapter.lambda_to_test(flat, D, 0.03) == (10.0, "largest_within_budget")
+    assert chapter.lambda_to_test(_sweep(0.0, 0.8, 0.02) + _sweep(1.0, 0.5, 0.02), D, 0.03) == (0.0, "none")
+
+
+@pytest.mark.parametrize("kernel", ["triangular", "gaussian"])
+def test_a_diverged_unit_has_a_nan_entropy_and_does_not_break_the_sweep(kernel):
+    # a λ too large can make a fine-tuning diverge; its non-finite activations must give NaN (the model is then
+    # scored at its accuracy like any other), never an out-of-range bin index that stops the whole sweep
+    from robustness.defenses.entropic import EntropyEstimator
+
+    a = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    a[4, 1], a[7, 2] = float("nan"), float("inf")
+    h = EntropyEstimator(kernel=kernel).unit_entropy(a)
+    assert torch.isfinite(h[0]) and h[0] > 0 and torch.isnan(h[1:]).all()
+    assert torch.equal(EntropyEstimator(kernel=kernel).unit_entropy(torch.full((9, 2), 0.5)), torch.zeros(2))
+
+
+# --------------------------------------------------------------------------- the saturation measurement
+
+
+class Gap(nn.Module):
+    """Two logits, (−100·mean(x), 100·mean(x)): on a constant image of value v the gap between them is 200·v."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(200.0))
+
+    def forward(self, x):
+        half = self.scale * x.flatten(1).mean(1) / 2
+        return torch.stack([-half, half], 1)
+
+
+def test_saturation_counts_rounded_softmax_and_vanished_cross_entropy_gradients():
+    # gaps 1, 50 and 200: p = 1 rounds to exactly 1 in float32 from a gap of about 17, and the other probability
+    # underflows to 0 (the gradient of the cross-entropy with it) beyond about 104
+    x = torch.tensor([0.005, 0.25, 1.0]).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
+    y = torch.ones(3, dtype=torch.long)
+    s = chapter.logit_saturation(Gap(), x, y)
+    assert (s["n"], s["saturated"], s["ce_gradient_zero"]) == (3, 2, 1)
+    assert s["median_gap"] == pytest.approx(50.0)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def test_cost_ratios_are_steps_times_seconds_over_normal_training():
+    per_step = {"plain": 0.1, "entropic": 0.15, "adversarial": 0.5}
+    steps = {"train": 1000, "fine_tune": 200}
+    c = chapter.training_costs(per_step, steps, "normal")
+    # normal: 1000 × 0.1 = 100 s; plus 200 fine-tuning steps of 0.1, 0.15 or 0.5 s
+    assert c["recipe"] == pytest.approx({NORMAL: 1.0, CONTROL: 1.2, ENTROPIC: 1.3, ADVERSARIAL: 2.0})
+    assert c["step"] == pytest.approx({"plain": 1.0, "entropic": 1.5, "adversarial": 5.0})
+    # from scratch: 1000 adversarial steps of 0.5 s instead of normal training plus a fine-tuning
+    assert chapter.training_costs(per_step, steps, "scratch")["recipe"][ADVERSARIAL] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="at_from='later'"):
+        chapter.training_costs(per_step, steps, "later")
+
+
+def test_a_timed_step_trains_a_copy(tiny_model, tiny_data):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    batch = ArrayDataset("blobs", "train", tiny_data[0][:64], tiny_data[1][:64], "synthetic")
+    seconds = chapter.seconds_per_step(tiny_model, cross_entropy, batch, TrainConfig(epochs=3, lr=0.1), steps=2)
+    assert 0 < seconds < 5
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+
+
+# --------------------------------------------------------------------------- the verdict on hand-made results
+
+
+def _saved(*, lam=10.0, chosen=None, pgd=(0.02, 0.30), worst=(0.01, 0.02), clean=(0.78, 0.77),
+           adversarial_worst=0.35, saturated=(0.05, 0.60), n=1000, n_test=1000, autoattack=0.01):
+    """Results of one data set: the tested λ (``chosen`` by validation: λ unless given), the control's and the
+    entropic model's (clean, PGD-CE, worst case, saturation; pairs are (control, entropic)), the normal and the
+    adversarially trained model's, and the cost timings."""
+    chosen = lam if chosen is None else chosen
+    out = [rec(metric="loss_layer", defense=ENTROPIC, value=1.5, split="val", layer=name, kind="dense",
+               change=0.2, order=i) for i, name in enumerate(("15", "17"))]
+    out += [rec(metric="chosen_lambda", defense=ENTROPIC, value=chosen, budget=0.03),
+            rec(metric="tested_lambda", defense=ENTROPIC, value=lam, budget=0.03,
+                rule="chosen" if chosen else "largest_within_budget" if lam else "none")]
+
+    def model(role, c, p, w, s, **setting):
+        kw = dict(defense=role, split="test", **setting)
+        adv = dict(threat_model="linf", eps=8 / 255, n=n, **kw)
+        return [rec(metric="accuracy", value=c, n=n_test, **kw),
+                rec(metric="accuracy", attack="pgd_ce", value=p, **adv),
+                rec(metric="accuracy", attack="worst_case", value=w, **adv),
+                rec(metric="saturated_share", value=s, n=n, interval=_wilson(s, n), **kw)]
+
+    out += model(NORMAL, 0.80, 0.0, 0.0, 0.02) + model(CONTROL, clean[0], pgd[0], worst[0], saturated[0])
+    out += model(ADVERSARIAL, 0.65, adversarial_worst + 0.05, adversarial_worst, 0.0)
+    if lam > 0:
+        out += model(ENTROPIC, clean[1], pgd[1], worst[1], saturated[1], lam=lam)
+        out.append(rec(metric="accuracy", attack="autoattack", threat_model="linf", eps=8 / 255, value=autoattack,
+                       n=100, defense=ENTROPIC, split="test", lam=lam, version="standard"))
+    cost = {D: chapter.training_costs({"plain": 0.1, "entropic": 0.11, "adversarial": 0.4},
+                                      {"train": 2000, "fine_tune": 300}, "normal")}
+    return {"records": out, "health": [], "profile": "laptop", "timings": {"cost": cost}}
+
+
+def _wilson(share, n):
+    from robustness.evaluate import wilson_interval
+
+    return wilson_interval(round(share * n), n)
+
+
+def test_verdict_a_gain_only_pgd_ce_sees_is_masking():
+    v = chapter.verdict_summary(_saved())[D]
+    assert v["pgd_gain"] and not v["worst_gain"] and v["category"] == "masked"
+    assert v["saturates"] and not v["clean_cost"] and v["vs_adversarial"] == "lower"
+    assert v["layers"] == ["15", "17"] and v["autoattack"]["value"] == 0.01
+    text = chapter.verdict(_saved())
+    assert "masked gradients, not robustness" in text and "41.88%" in text
+    # the cost sentence reads the timings: normal 200 s; entropic + 300 × 0.11 s; adversarial + 300 × 0.4 s
+    assert "entropic retraining 1.17× normal training" in text and "adversarial training 1.60×" in text
+
+
+def test_verdict_a_gain_that_survives_the_worst_case_is_real():
+    v = chapter.verdict_summary(_saved(worst=(0.01, 0.25), adversarial_worst=0.25))[D]
+    assert v["category"] == "real" and v["vs_adversarial"] == "same"
+    assert "some robustness survives" in chapter.verdict(_saved(worst=(0.01, 0.25)))
+
+
+def test_verdict_compares_intervals_not_points():
+    # 2 points on 1,000 images: inside the noise, for PGD as for clean accuracy and saturation
+    v = chapter.verdict_summary(_saved(pgd=(0.02, 0.04), worst=(0.01, 0.02), clean=(0.78, 0.76),
+                                       saturated=(0.05, 0.07)))[D]
+    assert v["category"] == "no_gain" and not v["clean_cost"] and not v["saturates"]
+    # a real clean cost is reported as such
+    assert chapter.verdict_summary(_saved(clean=(0.78, 0.60)))[D]["clean_cost"]
+
+
+def test_verdict_when_validation_kept_lambda_zero():
+    # the test images still measure the largest λ within the clean budget, and the verdict reads them
+    saved = _saved(lam=10.0, chosen=0.0)
+    v = chapter.verdict_summary(saved)[D]
+    assert v["chosen"] == 0 and v["lam"] == 10 and v["model"] == ENTROPIC and v["category"] == "masked"
+    text = chapter.verdict(saved)
+    assert "validation kept λ = 0" in text and "at the largest λ the clean budget allows, λ = 10" in text
+    # no λ > 0 within the budget: plain fine-tuning is all there is, and no gain is claimed
+    saved = _saved(lam=0.0)
+    v = chapter.verdict_summary(saved)[D]
+    assert v["model"] == CONTROL and v["category"] == "no_gain" and not v["pgd_gain"] and v["autoattack"] is None
+    assert "no entropic model is tested" in chapter.verdict(saved)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("given, match", [
+    ({"lams": [1.0, 10.0]}, "lams=.*must contain 0"),
+    ({"lams": [0.0, 1.0, 1.0]}, "must not repeat"),
+    ({"n_layers": 6}, "n_layers=6 exceeds the 5 dense activation layers of entropic_cnn"),
+    ({"layer_candidates": "conv", "n_layers": 5}, "n_layers=5 exceeds the 4 conv"),
+    ({"layer_candidates": "relu"}, "layer_candidates='relu' is invalid"),
+    ({"n_autoattack": 30}, "n_autoattack\\['mnist'\\]=30 must not exceed n_adaptive"),
+    ({"entropy_batches": 5}, "entropy_batches × batch_size = 640 exceed n_val\\['mnist'\\]=500"),
+    ({"train_size": 59_800}, "train_size\\['mnist'\\] \\+ n_val\\['mnist'\\] = 60,300 exceed"),
+    ({"ft_size": 5000}, "ft_size\\['mnist'\\]=5,000 must not exceed train_size"),
+    ({"bins": 1}, "bins=1 must be at least 2"),
+    ({"model": {"mnist": "alex_like"}}, "model\\['mnist'\\]='alex_like'"),
+    ({"at_from": "later"}, "at_from='later' is invalid"),
+    ({"at_mix": 1.5}, "at_mix=1.5 must be at most 1"),
+    ({"estimator": "knn"}, "estimator='knn' is invalid"),
+])
+def test_bad_parameters_fail_before_any_work(given, match):
+    with pytest.raises(ValueError, match=match):
+        resolve(chapter.SPEC, "smoke", **given)
+
+
+def test_the_profiles_train_as_described():
+    laptop, paper = resolve(chapter.SPEC, "laptop"), resolve(chapter.SPEC, "paper")
+    assert laptop.at_from == "normal" and paper.at_from == "scratch"
+    ft = chapter.finetune_config(laptop, "cifar10")
+    assert ft.epochs == 2 and ft.lr == 0.02 and not ft.augment and chapter.train_config(laptop, "cifar10").augment
+    assert chapter.adversarial_loss(laptop, "mnist").spec["mix"] == 0.5
+    loss = chapter.adversarial_loss(paper, "cifar10")
+    assert loss.spec == {"name": "adversarial", "attack": "pgd_linf", "mix": 1.0, "eps": 8 / 255, "steps": 7,
+                         "seed": 0}
+    targets = {"15": 1.2, "17": 0.8}
+    assert chapter.entropic_loss(laptop, targets, 10.0).spec["targets"] == targets
+
+
+@pytest.mark.notebook
+def test_entropic_retraining_smoke_run_writes_its_results(isolated_outputs):
+    from robustness.results import FIELDS, load_results
+    from robustness.runner import run_chapter
+
+    notebook = run_chapter("entropic_retraining", "smoke", output_dir=isolated_outputs / "executed")
+    assert notebook.exists()
+    saved = load_results("entropic_retraining", "smoke")
+    recs, p = saved["records"], saved["parameters"]
+    assert all(tuple(r) == FIELDS for r in recs)
+    for d in p["datasets"]:
+        mine = [r for r in recs if r["dataset"] == d]
+        # every activation layer profiled for the two references and every λ of the sweep
+        assert len([r for r in mine if r["metric"] == "entropy"]) == 9 * (2 + len(p["lams"]))
+        assert len([r for r in mine if r["metric"] == "loss_layer"]) == p["n_layers"]
+        assert {r["defense"] for r in mine if r["attack"] == "worst_case"} >= {NORMAL, CONTROL, ADVERSARIAL}
+        assert saved["timings"]["cost"][d]["recipe"][NORMAL] == 1.0
+    assert {h["dataset"] for h in saved["health"]} == set(p["datasets"])
+    assert chapter.verdict_summary(saved).keys() == set(p["datasets"])

@@ -1,0 +1,269 @@
+"""The transferable-adversaries chapter: fooling rates, the transfer matrix, defensive distillation, pass counts,
+parameter checks and the verdict (tiny models and hand-made records, seconds), and its smoke run."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import train_tiny
+from robustness.chapters import transferable_adversaries as chapter
+from robustness.config import resolve
+from robustness.data import ArrayDataset
+from robustness import zoo
+from robustness.defenses import AdversarialLoss, SuperimpositionLoss
+from robustness.evaluate import wilson_interval
+from robustness.models import build_model
+from robustness.results import record
+from robustness.train import TrainConfig, cross_entropy
+
+
+# --------------------------------------------------------------------------- fooling rate and transfer matrix
+
+
+def brightness_classifier() -> nn.Module:
+    """Class 1 exactly when the mean of a 1×2×2 image exceeds 0.5."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[-0.25] * 4, [0.25] * 4]))
+        net[1].bias.copy_(torch.tensor([0.25, -0.25]))
+    return net.eval()
+
+
+def test_fooling_rate_counts_only_the_images_the_target_gets_right():
+    def images(levels):
+        return torch.tensor(levels).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+
+    y = torch.tensor([1, 1, 0, 0, 0])
+    x = images([0.9, 0.8, 0.2, 0.1, 0.7])  # predicted 1, 1, 0, 0, 1: the last image is wrong already
+    x_adv = images([0.1, 0.9, 0.9, 0.2, 0.2])  # predicted 0, 1, 1, 0, 0
+    # images 0 and 2 are fooled; image 4 flips to its true class, and being wrong clean it does not count
+    assert chapter.fooling_counts(brightness_classifier(), x, x_adv, y) == (2, 4)
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_data):
+    return {f"tiny-seed{s}": train_tiny(*tiny_data, seed=s) for s in range(3)}
+
+
+def test_transfer_matrix_leaves_out_white_box_cells_and_judges_each_cell_on_its_target(pool, tiny_data):
+    x, y = tiny_data[0][:120], tiny_data[1][:120]
+    kw = dict(eps=0.3, steps=5, seed=0)
+    rows = chapter.transfer_matrix(pool, x, y, ["fgsm", "ensemble_pgd"], **kw)
+    fgsm = [r for r in rows if r["generator"] == "fgsm"]
+    ens = [r for r in rows if r["generator"] == "ensemble_pgd"]
+    assert len(fgsm) == 6 and all(r["source"] != r["target"] for r in fgsm)  # 3 sources × 2 other targets
+    assert len(ens) == 3 and all(r["source"] == "others" and r["target"] not in r["sources"]
+                                 and len(r["sources"]) == 2 for r in ens)
+    # every cell is the source's examples judged on the target, over the images the target gets right
+    for r in rows:
+        adv = chapter.craft(r["generator"], [pool[s] for s in r["sources"]], x, y, **kw)
+        assert (r["k"], r["n"]) == chapter.fooling_counts(pool[r["target"]], x, adv, y)
+    assert all(r["n"] > 100 for r in rows) and any(r["k"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("generator", list(chapter.GENERATORS))
+def test_every_generator_stays_in_the_eps_ball_and_the_box(pool, tiny_data, generator):
+    x, y = tiny_data[0][:40], tiny_data[1][:40]
+    models = list(pool.values()) if chapter.GENERATORS[generator].ensemble else [pool["tiny-seed0"]]
+    adv = chapter.craft(generator, models, x, y, eps=0.1, steps=3, seed=1)
+    assert adv.shape == x.shape and (adv - x).abs().max() <= 0.1 + 1e-6 and 0 <= adv.min() and adv.max() <= 1
+    if not chapter.GENERATORS[generator].ensemble:
+        with pytest.raises(ValueError, match="one source"):
+            chapter.craft(generator, list(pool.values()), x, y, eps=0.1, steps=3)
+
+
+# --------------------------------------------------------------------------- distillation and the cost counts
+
+
+def test_distillation_loss_is_tempered_cross_entropy_and_a_copy_of_the_teacher_is_stationary(tiny_model, tiny_data):
+    x, y = tiny_data[0][:64], tiny_data[1][:64]
+    with torch.no_grad():
+        z = tiny_model(x)
+    assert torch.allclose(chapter.DistillationLoss(1.0)(tiny_model, x, y), F.cross_entropy(z, y))
+    assert torch.allclose(chapter.DistillationLoss(100.0)(tiny_model, x, y), F.cross_entropy(z / 100, y))
+    # the student's loss is smallest where its tempered softmax equals the teacher's: zero gradient there
+    student = copy.deepcopy(tiny_model)
+    chapter.DistillationLoss(100.0, teacher=tiny_model)(student, x, y).backward()
+    assert max(p.grad.abs().max() for p in student.parameters()) < 1e-6
+    with torch.no_grad():
+        student.net[1].bias[0] += 1.0  # another teacher: another cache key
+    specs = [chapter.DistillationLoss(100.0, teacher=t).spec for t in (tiny_model, student)]
+    assert specs[0]["teacher"] != specs[1]["teacher"] and chapter.DistillationLoss(100.0).spec["teacher"] is None
+    with pytest.raises(ValueError, match="temperature"):
+        chapter.DistillationLoss(0.0)
+
+
+def test_pass_counts_of_each_objective():
+    g = torch.Generator().manual_seed(0)
+    data = ArrayDataset("mnist", "train", torch.rand(32, 1, 28, 28, generator=g),
+                        torch.randint(0, 10, (32,), generator=g), "random images")
+    torch.manual_seed(0)
+    teacher = build_model("lenet_like", "mnist").eval()
+    config = TrainConfig(epochs=1, batch_size=8)
+    expected = {"normal": (cross_entropy, 1, 1), "superimposition": (SuperimpositionLoss(), 2, 2),
+                "distillation": (chapter.DistillationLoss(100.0, teacher), 2, 1),  # the teacher: forward only
+                "fgsm_at": (AdversarialLoss("fgsm", eps=0.3, mix=0.5), 3, 3),  # attack, then clean + adversarial
+                "pgd_at": (AdversarialLoss("pgd_linf", eps=0.3, steps=3, mix=1.0), 5, 4)}  # 3 steps, judge, train
+    for name, (loss, forward, backward) in expected.items():
+        cost = chapter.training_cost(loss, "lenet_like", "mnist", data, config, batches=2)
+        assert (cost["forward"], cost["backward"]) == (forward, backward), name
+        assert cost["seconds_per_step"] > 0
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"second_arch": {"mnist": "lenet_like"}}, "zoo architecture"),
+    ({"second_arch": {"mnist": "convnet"}}, "built for"),
+    ({"seeds": {"mnist": [0, 0]}}, "repeats a seed"),
+    ({"seeds": {"mnist": [0]}, "second_seeds": {"mnist": [0]}}, "at least 3"),
+    ({"generators": ["pgd", "mi_fgsm"]}, "must contain 'fgsm'"),
+    ({"generators": ["fgsm", "pgd"], "set_generator": "mi_fgsm"}, "set_generator"),
+    ({"generators": ["fgsm", "pgd", "fancy"]}, "generators"),
+    ({"defenses": ["normal", "fgsm_at"]}, "must contain 'superimposition'"),
+    ({"diversity": 1.5}, "diversity"),
+    ({"fixed_a": 2.0}, "fixed_a"),
+    ({"n_adaptive": {"mnist": 10_000}}, "n_adaptive"),
+    ({"n_transfer": {"mnist": 100_000}}, "n_transfer"),
+    ({"n_set": {"cifar10": 20_000}}, "n_set"),
+])
+def test_bad_parameters_fail_before_any_work(given, message, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("a data set was loaded before the parameters were checked")
+
+    monkeypatch.setattr(chapter, "load_dataset", no_data)
+    with pytest.raises(ValueError, match=message):
+        resolve(chapter.SPEC, "smoke", **given)
+
+
+def test_pool_shares_the_zoo_model_and_keeps_the_reference_out_of_the_surrogates():
+    cfg = resolve(chapter.SPEC, "laptop")
+    recipes = chapter.pool_recipes(cfg, "mnist")
+    assert list(recipes) == ["lenet_like-seed0", "lenet_like-seed1", "lenet_like-seed2", "mlp-seed0"]
+    assert zoo.find(**recipes["lenet_like-seed0"]).name == "lenet_like-mnist"  # the shared model
+    assert zoo.find(**recipes["lenet_like-seed1"]) is None
+    assert chapter.surrogate_names(cfg, dict.fromkeys(recipes), "mnist") == list(recipes)[1:]
+    assert chapter.pool_recipes(cfg, "cifar10")["convnet-seed1"]["config"].lr == cfg.second_lr["cifar10"]
+
+
+# --------------------------------------------------------------------------- the verdict on hand-made records
+
+CFG = {"chapter": "transferable_adversaries", "profile": "laptop", "seed": 0}
+D, MODELS = "mnist", ("A", "B", "C")
+
+
+def _transfer(fgsm=0.6, pgd=0.3, best=0.9, best_gen="ensemble_mi_fgsm_di", n=1000) -> list[dict]:
+    """Fooling-rate cells of a pool of three: FGSM and PGD from every source to every other target, the best
+    generator's leave-one-out ensemble on every target, and the adversary set made by it."""
+    def cell(gen, source, target, value):
+        return record(CFG, dataset=D, model=target, attack=gen, threat_model="linf", eps=0.3,
+                      metric="fooling_rate", value=value, n=n, interval=wilson_interval(round(value * n), n),
+                      group="transfer", source=source, split="val")
+
+    out = [cell(g, s, t, v) for g, v in (("fgsm", fgsm), ("pgd", pgd)) for s in MODELS for t in MODELS if s != t]
+    out += [cell(best_gen, "others", t, best) for t in MODELS]
+    out.append(record(CFG, dataset=D, model="B+C", attack=best_gen, threat_model="linf", eps=0.3,
+                      metric="set_images", value=n, group="set", set="transferable-mnist-laptop"))
+    return out
+
+
+def _defenses(set_acc=None, worst=None, n=10000, n_adaptive=500) -> list[dict]:
+    """Per defense: clean accuracy, accuracy on the adversary set, the worst case and the pass counts."""
+    set_acc = {"normal": 0.30, "fgsm_at": 0.705, "distillation": 0.35, "superimposition": 0.70,
+               "superimposition_fixed": 0.5, "pgd_at": 0.9, **(set_acc or {})}
+    worst = {"normal": 0.0, "fgsm_at": 0.01, "distillation": 0.0, "superimposition": 0.01,
+             "superimposition_fixed": 0.0, "pgd_at": 0.6, **(worst or {})}
+    passes = {"normal": (1, 1), "fgsm_at": (3, 3), "distillation": (2, 1), "superimposition": (2, 2),
+              "superimposition_fixed": (2, 2), "pgd_at": (7, 6)}
+    out = []
+    for k in set_acc:
+        kw = dict(dataset=D, model="lenet_like", defense="none" if k == "normal" else k, group="chapter")
+        out += [record(CFG, metric="accuracy", value=0.98, n=n, split="test", **kw),
+                record(CFG, metric="accuracy", attack="adversary_set", threat_model="linf", eps=0.3,
+                       value=set_acc[k], n=n, **kw),
+                record(CFG, metric="accuracy", attack="worst_case", threat_model="linf", eps=0.3, value=worst[k],
+                       n=n_adaptive, **kw)]
+        out += [record(CFG, metric=f"{m}_passes", value=v, n=256, **kw) for m, v in zip(("forward", "backward"),
+                                                                                      passes[k])]
+    return out
+
+
+def _results(records, health=()):
+    return {"records": list(records), "health": list(health), "profile": "laptop"}
+
+
+def test_verdict_premise_and_a_generator_that_beats_fgsm_everywhere():
+    t = chapter.verdict_summary(_results(_transfer()))[D]["transfer"]
+    assert t["multi_step_worse"] and (t["pgd_worse_pairs"], t["pairs"]) == (6, 6)
+    assert t["category"] == "beats_fgsm" and t["generator"] == "ensemble_mi_fgsm_di" and len(t["above"]) == 3
+    assert "claim (i) holds" in chapter.verdict(_results(_transfer()))
+
+
+def test_verdict_compares_intervals_not_points():
+    # 2 points on 1,000 images each: inside the noise, both for the premise and for the claim
+    t = chapter.verdict_summary(_results(_transfer(pgd=0.58, best=0.62)))[D]["transfer"]
+    assert not t["multi_step_worse"] and t["pgd_worse_pairs"] == 0 and t["category"] == "matches_fgsm"
+    t = chapter.verdict_summary(_results(_transfer(best=0.4)))[D]["transfer"]
+    assert t["category"] == "below_fgsm" and len(t["below"]) == 3
+
+
+def test_best_generator_is_chosen_by_pooled_fooling_rate():
+    recs = [r for r in _transfer(fgsm=0.6, pgd=0.3, best=0.5) if r["setting"]["group"] == "transfer"]
+    assert chapter.best_generator(recs, D) == "fgsm"
+    assert chapter.verdict_summary(_results(recs))[D]["transfer"]["category"] == "fgsm"
+    assert chapter.best_generator(_transfer(best=0.7), D) == "ensemble_mi_fgsm_di"
+
+
+def test_verdict_on_defenses_transfer_gain_that_the_white_box_removes():
+    v = chapter.verdict_summary(_results(_transfer() + _defenses()))[D]["defenses"]
+    assert v["set_gain"] and not v["white_box_gain"] and v["category"] == "transfer_only"
+    assert v["comparable"] and v["best_established"] == "fgsm_at" and v["extra_forward"] == 1
+    assert v["fixed_set_gain"] and v["pgd_at_vs_si"] == "higher"
+    assert "transfer success is not robustness" in chapter.verdict(_results(_transfer() + _defenses()))
+
+
+def test_verdict_on_defenses_robust_no_gain_and_not_comparable():
+    robust = chapter.verdict_summary(_results(_transfer() + _defenses(worst={"superimposition": 0.3})))
+    assert robust[D]["defenses"]["category"] == "robust"
+    none = chapter.verdict_summary(_results(_transfer() + _defenses(set_acc={"superimposition": 0.31})))
+    assert none[D]["defenses"]["category"] == "no_gain"
+    below = chapter.verdict_summary(_results(_transfer() + _defenses(set_acc={"fgsm_at": 0.9})))
+    assert below[D]["defenses"]["comparable"] is False
+    assert chapter.verdict_summary(_results(_transfer()))[D]["defenses"] is None  # no defenses trained here
+
+
+def test_verdict_reports_failed_health_checks():
+    health = [{"dataset": D, "check": "transfer no stronger than white-box", "passed": False}]
+    assert "Health checks failed: transfer no stronger" in chapter.verdict(_results(_transfer(), health))
+
+
+# --------------------------------------------------------------------------- the smoke run
+
+
+@pytest.mark.notebook
+def test_smoke_run_writes_its_results_and_a_second_run_reuses_the_adversary_set(isolated_outputs, monkeypatch):
+    from robustness.results import FIELDS, load_results
+    from robustness.runner import run_chapter
+
+    monkeypatch.setenv("ROBUSTNESS_ADVERSARIES", str(isolated_outputs / "adversaries"))
+    runs = []
+    for _ in range(2):
+        assert run_chapter("transferable_adversaries", "smoke", output_dir=isolated_outputs / "executed").exists()
+        runs.append(load_results("transferable_adversaries", "smoke"))
+    first, second = runs
+    recs, p = first["records"], first["parameters"]
+    assert all(tuple(r) == FIELDS for r in recs)
+    cells = [r for r in recs if r["setting"].get("group") == "transfer"]
+    assert cells and all(r["setting"]["source"] != r["model"] for r in cells)
+    assert {d: s["status"] for d, s in first["timings"]["adversary_sets"].items()} == dict.fromkeys(
+        p["datasets"], "written")
+    assert {d: s["status"] for d, s in second["timings"]["adversary_sets"].items()} == dict.fromkeys(
+        p["datasets"], "loaded")
+    assert second["records"] == recs  # same parameters and seed: identical records, the set read back included
+    assert chapter.verdict_summary(first).keys() == set(p["datasets"])
+    assert {h["dataset"] for h in first["health"]} == {d for d in p["datasets"] if p["train_defenses"][d]}
