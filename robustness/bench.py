@@ -610,8 +610,11 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run_chapter_budgets(chapters: list[str], profile: str = "laptop") -> dict:
-    """Each chapter twice (empty, then filled checkpoint cache) in temporary folders; printed and returned."""
+def run_chapter_budgets(chapters: list[str], profile: str = "laptop",
+                        on_row: Callable[[dict], None] | None = None) -> dict:
+    """Each chapter twice (empty, then filled checkpoint cache) in temporary folders; printed and returned.
+    ``on_row(content so far)`` is called after each chapter (the command writes its JSON then, so a run cut off
+    keeps the chapters it measured, marked ``"complete": false``)."""
     chapters = list(chapters) or list(CHAPTER_IDS)
     for chapter in chapters:
         resolve(get_chapter(chapter), profile=profile)  # a bad chapter or profile fails before any run
@@ -645,9 +648,15 @@ def run_chapter_budgets(chapters: list[str], profile: str = "laptop") -> dict:
                "peak_rss_bytes": peak, "runs": runs, **checks}
         rows.append(row)
         _print_budget_row(row)
+        if on_row is not None:
+            on_row(_budget_content(profile, budget, list(rows), complete=len(rows) == len(chapters)))
+    return _budget_content(profile, budget, rows, complete=True)
+
+
+def _budget_content(profile: str, budget: Budget | None, rows: list[dict], complete: bool) -> dict:
     return {"kind": "chapters", "profile": profile, "budget": None if budget is None else asdict(budget),
-            "chapters": rows, "pass": None if budget is None else all(r["pass"] for r in rows),
-            "provenance": provenance("cpu")}
+            "chapters": rows, "complete": complete,
+            "pass": None if budget is None else all(r["pass"] for r in rows), "provenance": provenance("cpu")}
 
 
 def _minutes(seconds: float | None) -> str:
@@ -825,6 +834,8 @@ def _chapters_section(content: dict | None, label: str) -> list[str]:
                      f"{r['peak_rss_bytes'] / GB:.2f} GB",
                      f"**{verdict(r['pass'])}**" + (f" ({'; '.join(failed)})" if failed else "")])
     out += _table(["chapter", "without cache", "with cache", "peak RSS", "budget"], rows)
+    if content.get("complete") is False:
+        out += ["", "The run was cut off after these chapters; the others were not measured."]
     return out + [""]
 
 
@@ -871,9 +882,8 @@ def main(batch_size: int = 256, profile: str | None = None, worst_case: bool = F
         write_page()
         return 0
     if chapters is not None:
-        content = run_chapter_budgets(chapters, profile or "laptop")
-        if json_path:
-            write_json(json_path, content)
+        run_chapter_budgets(chapters, profile or "laptop",
+                            on_row=(lambda content: write_json(json_path, content)) if json_path else None)
         return 0
     profile = profile or "smoke"
     if peers:

@@ -163,7 +163,12 @@ def test_chapter_budgets_assemble_rows_and_report_failures(monkeypatch):
                 "peak_rss_single_process_bytes": 2e9, "peak_rss_tree_sampled_bytes": None}
 
     monkeypatch.setattr(bench, "measure_run", fake_run)
-    content = bench.run_chapter_budgets(["baselines", "jumprelu", "deep_defense"], "smoke")
+    partial = []
+    content = bench.run_chapter_budgets(["baselines", "jumprelu", "deep_defense"], "smoke", on_row=partial.append)
+    # after each chapter the content so far, complete only at the end (a cut-off run keeps what it measured)
+    assert [len(p["chapters"]) for p in partial] == [1, 2, 3] and [p["complete"] for p in partial] == [
+        False, False, True]
+    assert content["complete"] is True
     rows = {r["chapter"]: r for r in content["chapters"]}
     assert rows["baselines"]["pass"] is True and rows["baselines"]["training_s"] == 40.0
     assert rows["jumprelu"]["pass"] is False  # 130 s without the cache > 2 min
