@@ -611,10 +611,11 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def run_chapter_budgets(chapters: list[str], profile: str = "laptop",
-                        on_row: Callable[[dict], None] | None = None) -> dict:
+                        on_row: Callable[[dict], None] | None = None, note: str | None = None) -> dict:
     """Each chapter twice (empty, then filled checkpoint cache) in temporary folders; printed and returned.
     ``on_row(content so far)`` is called after each chapter (the command writes its JSON then, so a run cut off
-    keeps the chapters it measured, marked ``"complete": false``)."""
+    keeps the chapters it measured, marked ``"complete": false``). ``note``: the conditions of the run in words
+    (e.g. what else shared the machine), shown on the page."""
     chapters = list(chapters) or list(CHAPTER_IDS)
     for chapter in chapters:
         resolve(get_chapter(chapter), profile=profile)  # a bad chapter or profile fails before any run
@@ -622,6 +623,7 @@ def run_chapter_budgets(chapters: list[str], profile: str = "laptop",
     print(f"chapters {', '.join(chapters)}, profile {profile}, threads {thread_count()}; budget: "
           f"{_budget_text(budget)}")
     rows = []
+    started = provenance("cpu")  # the code that runs is the code at the start (the tree may change meanwhile)
     for chapter in chapters:
         with tempfile.TemporaryDirectory(prefix=f"bench-{chapter}-") as tmp:
             tmp = Path(tmp)
@@ -649,14 +651,16 @@ def run_chapter_budgets(chapters: list[str], profile: str = "laptop",
         rows.append(row)
         _print_budget_row(row)
         if on_row is not None:
-            on_row(_budget_content(profile, budget, list(rows), complete=len(rows) == len(chapters)))
-    return _budget_content(profile, budget, rows, complete=True)
+            on_row(_budget_content(profile, budget, list(rows), len(rows) == len(chapters), started, note))
+    return _budget_content(profile, budget, rows, True, started, note)
 
 
-def _budget_content(profile: str, budget: Budget | None, rows: list[dict], complete: bool) -> dict:
+def _budget_content(profile: str, budget: Budget | None, rows: list[dict], complete: bool, started: dict,
+                    note: str | None) -> dict:
     return {"kind": "chapters", "profile": profile, "budget": None if budget is None else asdict(budget),
             "chapters": rows, "complete": complete,
-            "pass": None if budget is None else all(r["pass"] for r in rows), "provenance": provenance("cpu")}
+            "pass": None if budget is None else all(r["pass"] for r in rows), "provenance": started,
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **({"note": note} if note else {})}
 
 
 def _minutes(seconds: float | None) -> str:
@@ -836,6 +840,8 @@ def _chapters_section(content: dict | None, label: str) -> list[str]:
     out += _table(["chapter", "without cache", "with cache", "peak RSS", "budget"], rows)
     if content.get("complete") is False:
         out += ["", "The run was cut off after these chapters; the others were not measured."]
+    if content.get("note"):
+        out += ["", f"Conditions of this run: {content['note']}"]
     return out + [""]
 
 
@@ -874,7 +880,7 @@ def write_page(bench_dir: str | os.PathLike | None = None, out: str | os.PathLik
 def main(batch_size: int = 256, profile: str | None = None, worst_case: bool = False, n: int = 300,
          eps: list[float] | None = None, norm: str = "linf", steps: int = 100, queries: int = 5000,
          chapters: list[str] | None = None, peers: bool = False, page: bool = False, json_path: str | None = None,
-         min_seconds: float = 2.0) -> int:
+         min_seconds: float = 2.0, note: str | None = None) -> int:
     """The ``bench`` command; returns the exit status. ``chapters`` (a list, empty for all) selects the budget
     mode, whose ``profile`` defaults to laptop; the other modes load chapter 1's model of ``profile`` (default
     smoke)."""
@@ -882,7 +888,7 @@ def main(batch_size: int = 256, profile: str | None = None, worst_case: bool = F
         write_page()
         return 0
     if chapters is not None:
-        run_chapter_budgets(chapters, profile or "laptop",
+        run_chapter_budgets(chapters, profile or "laptop", note=note,
                             on_row=(lambda content: write_json(json_path, content)) if json_path else None)
         return 0
     profile = profile or "smoke"

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--chapters", nargs="*", default=None, metavar="CHAPTER",
                        help="instead: run each chapter (default: all) twice, without and with the checkpoint cache, "
                             "and check its time and memory budget")
+    bench.add_argument("--note", default=None, metavar="TEXT",
+                       help="--chapters: the conditions of the run in words (what else shared the machine), kept "
+                            "with the figures and shown on the page")
     bench.add_argument("--peers", action="store_true",
                        help="instead: PGD and DeepFool beside torchattacks and foolbox (needs make bench-peers)")
     bench.add_argument("--page", action="store_true",
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be a positive number")
     return bench_main(batch_size=args.batch_size, profile=args.profile, worst_case=args.worst_case, n=args.n,
                       eps=args.eps, norm=args.norm, steps=args.steps, queries=args.queries, chapters=args.chapters,
-                      peers=args.peers, page=args.page, json_path=args.json, min_seconds=args.seconds)
+                      peers=args.peers, page=args.page, json_path=args.json, min_seconds=args.seconds,
+                      note=args.note)
 
 
 if __name__ == "__main__":
