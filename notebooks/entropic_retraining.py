@@ -233,7 +233,8 @@ with timer("cost"):
 display(Markdown(chapter.cost_table(timings["cost"], cfg)))
 
 # %% tags=["remove-cell"]
-path = write_results(cfg, records, health=health, timer=timer, timings=timings)
+exports = {"models": timings.pop("exports")}  # the tested networks, for other chapters to score
+path = write_results(cfg, records, health=health, timer=timer, timings=timings, extra=exports)
 saved = load_results(cfg.chapter, cfg.profile, overrides_of(cfg))
 
 # %% [markdown]

@@ -7,11 +7,12 @@ tell two losses apart.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from . import _io
 from .data import ArrayDataset
 from .runtime import checkpoint_dir, default_device, progress_disabled
+from .timing import timed
 
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -215,6 +217,25 @@ def train(
     return history
 
 
+def seconds_per_step(model: nn.Module, data: ArrayDataset, config: TrainConfig, loss: Loss = cross_entropy,
+                     steps: int = 10, device: torch.device | str | None = None) -> float:
+    """Wall-clock seconds of one step of :func:`train` (``loss``, backward, optimizer step) with ``config``'s
+    optimizer, batch size and precision: the mean over ``steps`` steps on the first ``steps * config.batch_size``
+    images of ``data``, after one untimed warm-up step, on a throw-away copy of ``model`` (``model`` is not
+    changed). The one place the book times a training step: chapters compare defenses by the ratio of two of these
+    measured back to back."""
+    if steps < 1:
+        raise ValueError(f"steps={steps}: time at least one step")
+    need = steps * config.batch_size
+    if len(data) < need:
+        raise ValueError(f"{len(data)} images cannot fill {steps} steps of {config.batch_size}: pass at least {need}")
+    net = copy.deepcopy(model)
+    one_epoch = replace(config, epochs=1, schedule="step", milestones=())
+    train(net, data.first(config.batch_size), one_epoch, loss=loss, device=device, desc="warm-up")
+    _, seconds = timed(train, net, data.first(need), one_epoch, loss=loss, device=device, desc="timed")
+    return seconds / steps
+
+
 # ---------------------------------------------------------------------------
 # Checkpoint cache
 
@@ -324,6 +345,25 @@ def cached_train(
             "train_seconds": time.perf_counter() - start, "device": str(device)}
     meta["sha256"] = save_checkpoint(model, path, meta)
     return model.eval(), {**meta, "cached": False, "path": str(path)}
+
+
+def export_entry(meta: dict, label: str, dataset: str, model: str, **setting) -> dict:
+    """What another chapter needs to score a cached network without retraining it: the registry ``model`` and
+    ``dataset`` to build it, the checkpoint file and its sha256 (from :func:`cached_train`'s ``meta``), a ``label``
+    for tables and the ``setting`` that made it. Chapters write these entries into their results file
+    (``extra["models"]``); :func:`load_export` reads one back."""
+    return {"label": label, "dataset": dataset, "model": model, "checkpoint": meta["path"],
+            "sha256": meta["sha256"], "setting": setting}
+
+
+def load_export(entry: dict, device: torch.device | str | None = None) -> nn.Module:
+    """The network an :func:`export_entry` names, built from the registry and loaded with ``weights_only=True``
+    after its sha256 is checked; :class:`CheckpointError` (naming the file) when it is missing or altered."""
+    from .models import build_model
+
+    model = build_model(entry["model"], entry["dataset"])
+    load_checkpoint(model, Path(entry["checkpoint"]), expected_sha256=entry["sha256"])
+    return model.to(device if device is not None else default_device()).eval()
 
 
 def state_hash(model: nn.Module) -> str:

@@ -189,3 +189,22 @@ def test_adam_option_trains_with_adam(tiny_data):
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(a, b, atol=1e-7)
     assert "Adam" in config.describe()
+
+
+def test_seconds_per_step_times_the_loop_on_a_copy_and_counts_its_steps(blobs):
+    from robustness.train import cross_entropy, seconds_per_step, state_hash
+
+    model = TinyNet()
+    before = state_hash(model)
+    calls = []
+
+    def counting_loss(net, x, y):
+        calls.append(len(x))
+        return cross_entropy(net, x, y)
+
+    seconds = seconds_per_step(model, blobs, TrainConfig(epochs=5, batch_size=10), counting_loss, steps=3)
+    assert seconds > 0
+    assert calls == [10] * 4  # one warm-up step, then the three timed ones, one epoch whatever the recipe says
+    assert state_hash(model) == before  # a throw-away copy is trained, not the model
+    with pytest.raises(ValueError, match="at least 40"):
+        seconds_per_step(model, blobs.first(30), TrainConfig(epochs=1, batch_size=10), steps=4)

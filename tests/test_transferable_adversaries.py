@@ -237,9 +237,79 @@ def test_verdict_on_defenses_robust_no_gain_and_not_comparable():
     assert chapter.verdict_summary(_results(_transfer()))[D]["defenses"] is None  # no defenses trained here
 
 
+def _premise(fgsm, pgd, by_steps, white=0.99, n=1000) -> list[dict]:
+    """Premise-sweep records of one pair: FGSM and PGD transfer rates per radius (``{eps: rate}``), PGD's transfer
+    rate per iteration count at the threat radius and a constant white-box rate."""
+    def cell(gen, eps, value, sweep, box, **knobs):
+        return record(CFG, dataset=D, model="A" if box == "transfer" else "B", attack=gen, threat_model="linf",
+                      eps=eps, metric="fooling_rate", value=value, n=n, interval=wilson_interval(round(value * n), n),
+                      group="premise", sweep=sweep, box=box, source="B", split="val", **knobs)
+
+    out = [cell("fgsm", e, v, "radius", "transfer") for e, v in fgsm.items()]
+    out += [cell("pgd", e, v, "radius", "transfer", steps=10) for e, v in pgd.items()]
+    for steps, v in by_steps.items():
+        out += [cell("pgd", 0.3, v, "steps", "transfer", steps=steps),
+                cell("pgd", 0.3, white, "steps", "white", steps=steps)]
+    return out
+
+
+def test_premise_sweep_finds_the_radii_and_iterations_where_multi_step_transfers_worse():
+    recs = _premise(fgsm={0.1: 0.40, 0.3: 0.60}, pgd={0.1: 0.20, 0.3: 0.61}, by_steps={1: 0.5, 16: 0.7, 64: 0.45})
+    p = chapter.verdict_summary(_results(_transfer() + recs))[D]["premise"]
+    assert p["pgd_worse_at"] == [0.1] and p["pgd_better_at"] == []  # 61% vs 60%: inside the noise
+    assert p["more_steps_worse"] and list(p["steps"]) == [1, 16, 64]
+    text = chapter.verdict(_results(_transfer() + recs))
+    assert "clearly worse than FGSM at 0.1" in text and "50.0% → 45.0%" in text and "clearly lower transfer" in text
+    flat = _premise(fgsm={0.3: 0.6}, pgd={0.3: 0.9}, by_steps={1: 0.5, 64: 0.52})
+    p = chapter.verdict_summary(_results(_transfer() + flat))[D]["premise"]
+    assert p["pgd_better_at"] == [0.3] and not p["more_steps_worse"]
+    assert chapter.verdict_summary(_results(_transfer()))[D]["premise"] is None  # no sweep, no sentence
+
+
+def test_premise_parameters_are_checked_before_any_work():
+    with pytest.raises(ValueError, match="premise_radii"):
+        resolve(chapter.SPEC, "smoke", premise_radii=[0.5, 0.0])
+    with pytest.raises(ValueError, match="exceeds 1"):
+        resolve(chapter.SPEC, "smoke", premise_radii=[4.0])  # 4 × 0.3 on MNIST
+    with pytest.raises(ValueError, match="premise_steps"):
+        resolve(chapter.SPEC, "smoke", premise_steps=[0, 5])
+
+
 def test_verdict_reports_failed_health_checks():
     health = [{"dataset": D, "check": "transfer no stronger than white-box", "passed": False}]
     assert "Health checks failed: transfer no stronger" in chapter.verdict(_results(_transfer(), health))
+
+
+# --------------------------------------------------------------------------- the other chapters' networks
+
+
+def test_other_chapters_networks_load_from_their_results_and_are_refused_when_altered(tmp_path, monkeypatch):
+    from robustness.chapters import deep_defense, entropic_retraining
+    from robustness.results import write_results
+    from robustness.train import export_entry, save_checkpoint, state_hash
+
+    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
+    cfg = resolve(chapter.SPEC, "smoke")
+    found, notes = chapter.exported_models(cfg)
+    assert found == [] and len(notes) == 2
+    assert all("no smoke results yet" in n and "python -m robustness run" in n for n in notes)
+
+    torch.manual_seed(3)
+    net = build_model("lenet_like", "mnist")
+    path = tmp_path / "dd.pt"
+    meta = {"path": str(path), "sha256": save_checkpoint(net, path, {})}
+    entries = [export_entry(meta, "Deep Defense", "mnist", "lenet_like", lam=15.0),
+               export_entry(meta, "Deep Defense", "fashion_mnist", "lenet_like", lam=15.0)]
+    write_results(resolve(deep_defense.SPEC, "smoke"), [], extra={"models": entries})
+    write_results(resolve(entropic_retraining.SPEC, "smoke"), [])  # results from before the exports
+    found, notes = chapter.exported_models(cfg)
+    assert [(k, e["dataset"], e["setting"]) for k, e, _ in found] == [("deep_defense", "mnist", {"lam": 15.0})]
+    assert state_hash(found[0][2]) == state_hash(net)  # the very weights, not a retrained network
+    assert len(notes) == 1 and "entropic_retraining" in notes[0] and "older version" in notes[0]
+
+    path.write_bytes(path.read_bytes()[:-8] + bytes(8))  # an altered checkpoint is never scored
+    found, notes = chapter.exported_models(cfg)
+    assert found == [] and any("corrupted" in n for n in notes)
 
 
 # --------------------------------------------------------------------------- the smoke run

@@ -20,7 +20,6 @@ curve, ``epoch``; the λ sweep's records carry ``lam`` and ``sweep=True``.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -43,7 +42,7 @@ from ..evaluate.stats import clearly_greater
 from ..models import build_model, check_model
 from ..report import health_markdown, markdown_table, pct
 from ..timing import StageTimer
-from ..train import TrainConfig, cached_train, cross_entropy, train, trained_model
+from ..train import TrainConfig, cached_train, cross_entropy, export_entry, seconds_per_step, trained_model
 
 CHAPTER = "deep_defense"
 #: The paper's architectures: the MLP 784-500-150-10 and LeNet on MNIST, the ConvNet on CIFAR-10.
@@ -423,17 +422,6 @@ def health(cfg: RunConfig, model: nn.Module, control: nn.Module, data: dict, dat
                                   worst=worst, batch_size=cfg.batch_size, seed=cfg.seed)
 
 
-def seconds_per_step(model: nn.Module, loss, data, config: TrainConfig, batches: int, batch_size: int) -> float:
-    """Mean wall-clock seconds of one step of the book's training loop (:func:`robustness.train.train`: loss,
-    backward, SGD step) with ``config``'s optimizer, over ``batches`` steps of ``batch_size`` images, timed with
-    :func:`robustness.evaluate.timed` after one untimed warm-up step, on a throw-away copy of ``model``."""
-    net = copy.deepcopy(model)
-    one_epoch = replace(config, epochs=1, batch_size=batch_size, milestones=())
-    train(net, data.first(batch_size), one_epoch, loss=loss, desc="warm-up")
-    _, seconds = evaluate.timed(train, net, data.first(batches * batch_size), one_epoch, loss=loss, desc="timed")
-    return seconds / batches
-
-
 def cost_rows(cfg: RunConfig, dataset: str, model: nn.Module, data, eps_reference: float) -> dict:
     """Seconds per training step of ``cost_batch_size`` images for each objective, timed back to back in this
     run, with the extrapolated seconds per epoch of the full training set and the ratio to the plain step."""
@@ -446,9 +434,8 @@ def cost_rows(cfg: RunConfig, dataset: str, model: nn.Module, data, eps_referenc
                                          seed=cfg.seed)),
         "deep_defense": (LABELS["deep_defense"], variant_loss(cfg, "deep_defense", eps_reference, dataset)),
     }
-    config = finetune_config(cfg)
-    per_step = {k: seconds_per_step(model, loss, data, config, cfg.cost_batches, cfg.cost_batch_size)
-                for k, (_, loss) in objectives.items()}
+    config = replace(finetune_config(cfg), batch_size=cfg.cost_batch_size)
+    per_step = {k: seconds_per_step(model, data, config, loss, cfg.cost_batches) for k, (_, loss) in objectives.items()}
     n_full = dataset_info(dataset).n_train
     return {k: {"label": objectives[k][0], "seconds_per_batch": v,
                 "seconds_per_epoch_full": v * n_full / cfg.cost_batch_size, "ratio_to_plain": v / per_step["fine_tune"]}
@@ -473,6 +460,7 @@ class Run:
     nets: dict = field(default_factory=dict)  # (data set, model, variant) -> model
     eps_ref: dict = field(default_factory=dict)  # (data set, model) -> ε_ref
     worst: dict = field(default_factory=dict)  # (data set, model, variant) -> worst-case curve
+    exports: list = field(default_factory=list)  # the Deep Defense networks, for other chapters (train.export_entry)
 
     def results(self) -> dict:
         """The run so far in the shape of a results file (what the tables, figures and the verdict read)."""
@@ -516,6 +504,8 @@ def fine_tune_variants(run: Run) -> None:
         for v in VARIANTS[1:]:
             with run.timer(f"fine-tune {d}/{m} {v}"):
                 run.nets[d, m, v], meta = finetune(cfg, d, m, ref, data, variant_loss(cfg, v, run.eps_ref[d, m], d))
+            if v == "deep_defense":
+                run.exports.append(export_entry(meta, "Deep Defense (Deep Defense chapter)", d, m, lam=cfg.lam))
             history = meta["history"]["epochs"]
             run.timings["train_seconds"][f"{d}/{m}/{v}"] = meta["train_seconds"]
             secs[v] = [e["seconds"] for e in history]
@@ -578,7 +568,8 @@ def time_objectives(run: Run) -> None:
 
 def save(run: Run) -> dict:
     """Write the results file and return it as read back (non-finite numbers restored)."""
-    R.write_results(run.cfg, run.records, health=run.health, timer=run.timer, timings=run.timings)
+    R.write_results(run.cfg, run.records, health=run.health, timer=run.timer, timings=run.timings,
+                    extra={"models": run.exports})
     return R.load_results(run.cfg.chapter, run.cfg.profile, R.overrides_of(run.cfg))
 
 

@@ -25,7 +25,6 @@ records carry ``layer``, ``kind`` (conv/dense), ``std`` (over the held-out batch
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
@@ -43,8 +42,7 @@ from ..evaluate import members as M
 from ..models import MODELS, build_model, check_model
 from ..report import markdown_table, pct, pct_interval
 from ..results import anchors, one, record, select
-from ..timing import calls_per_second
-from ..train import TrainConfig, cross_entropy, train, trained_model
+from ..train import TrainConfig, cross_entropy, export_entry, seconds_per_step, trained_model
 
 CHAPTER = "entropic_retraining"
 #: The models' roles, as the ``defense`` field of the records, in page order.
@@ -205,7 +203,7 @@ PROFILES = {
                "entropy_batches": 7, "n_layers": 3, "lams": [0.0, 0.1, 1.0, 10.0], "n_select": _per(1000, 500),
                "select_steps": 10, "n_test": _per(10000, 1000), "n_adaptive": _per(200, 250),
                "n_autoattack": _per(50, 100), "pgd_steps": 50, "restarts": 1, "square_queries": 1000,
-               "health_steps": 20, "cost_steps": 5},
+               "health_steps": 50, "cost_steps": 5},
     # The anchor's scale, for a GPU: the whole training set but the held-out images, adversarial training from
     # scratch with PGD-40 (MNIST) / PGD-7 (CIFAR-10), the entropic fine-tuning as long as a tenth of it.
     "paper": {**_COMMON, "train_size": _per(55000, 49000), "epochs": _per(20, 60), "n_val": _per(5000, 1000),
@@ -430,13 +428,16 @@ def sweep_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -
     ``n_select``, ``select_steps`` steps) and its entropy profile; then the chosen λ (:func:`choose_lambda`) and the
     λ the test images will measure (:func:`lambda_to_test`) as records. Adds the models to ``nets`` (``(d, "sweep",
     λ)``, the control as ``(d, "fine_tune")``, the tested one as ``(d, "entropic")``); returns the records and
-    the training timings."""
-    out, timings = [], {}
+    the training timings, with ``"exports"``: the tested model of each data set for other chapters
+    (:func:`robustness.train.export_entry`; the notebook writes them into the results file)."""
+    out, timings = [], {"exports": []}
     for d in cfg.datasets:
         targets, val = loss_targets(records, d), data[d]["val"]
+        metas = {}
         for lam in sorted(cfg.lams):
             loss = entropic_loss(cfg, targets, lam) if lam > 0 else cross_entropy
-            net, meta = _fine_tune(cfg, d, nets[d, NORMAL], loss)
+            net, metas[lam] = _fine_tune(cfg, d, nets[d, NORMAL], loss)
+            meta = metas[lam]
             nets[d, "sweep", lam] = net
             timings[f"{d}/{ENTROPIC}/lam={lam:g}"] = _timing(meta)
             sel = val.first(cfg.n_select[d])
@@ -450,6 +451,9 @@ def sweep_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -
                 record(cfg, dataset=d, model=cfg.model[d], defense=ENTROPIC, metric="tested_lambda", value=tested,
                        budget=budget, rule=rule)]
         nets[d, CONTROL], nets[d, ENTROPIC] = nets[d, "sweep", 0.0], nets[d, "sweep", tested]
+        label = "entropic retraining (entropic-retraining chapter)" if tested > 0 else \
+            "plain fine-tuning (entropic-retraining chapter; validation kept λ = 0)"
+        timings["exports"].append(export_entry(metas[tested], label, d, cfg.model[d], lam=tested))
     return out, timings
 
 
@@ -602,15 +606,6 @@ def health_all(nets: dict, data: dict, records: Sequence[dict], raw: dict, cfg: 
 # --------------------------------------------------------------------------- cost
 
 
-def seconds_per_step(model: nn.Module, loss, batch: ArrayDataset, config: TrainConfig, steps: int) -> float:
-    """Seconds of one step of the book's training loop (``loss``, backward, optimizer step) on the one batch
-    ``batch`` with ``config``'s optimizer and precision, on a copy of ``model``: the mean over ``steps`` steps after
-    one untimed step (:func:`robustness.timing.calls_per_second`)."""
-    net = copy.deepcopy(model)
-    one_step = replace(config, epochs=1, batch_size=len(batch), schedule="step", milestones=())
-    return 1.0 / calls_per_second(lambda: train(net, batch, one_step, loss=loss, desc="cost"), repeats=steps)
-
-
 def training_costs(per_step: Mapping[str, float], steps: Mapping[str, int], at_from: str) -> dict:
     """Each recipe's training cost as a ratio to normal training, from seconds per step (``per_step``: ``plain``,
     ``entropic``, ``adversarial``) and step counts (``steps``: ``train``, the steps of normal training, and
@@ -631,15 +626,16 @@ def training_costs(per_step: Mapping[str, float], steps: Mapping[str, int], at_f
 def cost_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> dict:
     """Per data set: seconds per training step of each objective (plain cross-entropy, the entropic loss at the
     tested λ, or at the largest λ of the sweep when none is tested, and PGD adversarial training), timed back to back
-    on one batch of training images with the fine-tuning recipe; the step counts of the run's recipes; and
+    on the first training images with the fine-tuning recipe (:func:`robustness.train.seconds_per_step`); the
+    step counts of the run's recipes; and
     :func:`training_costs`. Wall-clock numbers: they go to ``timings``, never to records."""
     out = {}
     for d in cfg.datasets:
         lam = tested_lambda(records, d) or max(cfg.lams)
         objectives = {"plain": cross_entropy, "entropic": entropic_loss(cfg, loss_targets(records, d), lam),
                       "adversarial": adversarial_loss(cfg, d)}
-        batch = data[d]["train"].first(cfg.batch_size)
-        per_step = {k: seconds_per_step(nets[d, NORMAL], loss, batch, finetune_config(cfg, d), cfg.cost_steps)
+        config = finetune_config(cfg, d)
+        per_step = {k: seconds_per_step(nets[d, NORMAL], data[d]["train"], config, loss, cfg.cost_steps)
                     for k, loss in objectives.items()}
         steps = {"train": cfg.epochs[d] * math.ceil(cfg.train_size[d] / cfg.batch_size),
                  "fine_tune": cfg.ft_epochs[d] * math.ceil(cfg.ft_size[d] / cfg.batch_size)}

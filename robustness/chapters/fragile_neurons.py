@@ -138,7 +138,7 @@ PROFILES = {
     "laptop": {**_COMMON, **_zoo_training("laptop"), "n_val": _per(5000, 1000), "n_fragility": _per(5000, 1000),
                "n_test": _per(10000, 1000), "evolution": _per(True, False), "evolution_every": 1,
                "n_adaptive": _per(500, 200), "pgd_steps": 50, "restarts": 1, "square_queries": 1000,
-               "health_steps": 20},
+               "health_steps": 50},
     # The authors' later code: torchvision ResNet-18 from scratch, Adam lr 1e-3, batch 100, checkpoints every 10
     # epochs up to 100; 5,000 training images are held out (they trained on all). Meant for a GPU.
     "paper": {**_COMMON, "model": "resnet18", "recipe": "authors", "train_size": _per(55000, 45000),

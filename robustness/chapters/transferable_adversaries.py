@@ -26,6 +26,7 @@ reference model and the other chapters' defenses of it).
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
@@ -46,8 +47,9 @@ from ..defenses.superimposition import SuperimpositionLoss
 from ..evaluate import members as M
 from ..models import MODELS, build_model, check_model
 from ..report import markdown_table, pct, pct_interval
-from ..results import overrides_of, record, run_id, select
-from ..train import TrainConfig, cross_entropy, state_hash, train, trained_model
+from ..results import load_results, overrides_of, record, run_id, select
+from ..train import (CheckpointError, TrainConfig, cross_entropy, load_export, seconds_per_step, state_hash, train,
+                     trained_model)
 
 CHAPTER = "transferable_adversaries"
 
@@ -86,11 +88,18 @@ LABELS = {"normal": "normal training", "fgsm_at": "FGSM adversarial training",
           "distillation": "defensive distillation", "superimposition": "superimposition + KL (a resampled)",
           "superimposition_fixed": "superimposition + KL (fixed a)", "pgd_at": "PGD adversarial training",
           "none": "shared reference model (undefended)", "jumprelu": "JumpReLU retrofit (JumpReLU chapter)",
-          "compress_amplify": "compress/amplify rescaling (fragile-neurons chapter)"}
+          "compress_amplify": "compress/amplify rescaling (fragile-neurons chapter)",
+          "deep_defense": "Deep Defense (Deep Defense chapter)",
+          "entropic": "entropic retraining (entropic-retraining chapter)"}
 #: Short names for figure axes.
 SHORT = {"normal": "normal", "fgsm_at": "FGSM training", "distillation": "distillation",
          "superimposition": "superimposition\n(a ~ Beta)", "superimposition_fixed": "superimposition\n(fixed a)",
-         "pgd_at": "PGD training", "none": "reference", "jumprelu": "JumpReLU", "compress_amplify": "compress/amplify"}
+         "pgd_at": "PGD training", "none": "reference", "jumprelu": "JumpReLU", "compress_amplify": "compress/amplify",
+         "deep_defense": "Deep Defense", "entropic": "entropic"}
+#: The chapters that train defended networks of their own and name them in their results file (``extra["models"]``,
+#: :func:`robustness.train.export_entry`), with the defense each one scores as here: loaded from their
+#: checkpoints, never retrained.
+EXPORTING_CHAPTERS = {"deep_defense": "deep_defense", "entropic_retraining": "entropic"}
 #: The established defenses of the third-party comparison set, against which "comparable" is judged.
 ESTABLISHED = ("fgsm_at", "distillation")
 #: FGSM adversarial training: Goodfellow et al.'s 50/50 objective (the third-party baseline weighs both halves 0.5).
@@ -135,8 +144,15 @@ def _check(cfg: RunConfig) -> None:
             raise ValueError(f"parameter {name}={cfg[name]} must be in [0, 1]")
     if cfg.at_mix > 1:
         raise ValueError(f"parameter at_mix={cfg.at_mix} must be in (0, 1]")
+    if min(cfg.premise_radii) <= 0:
+        raise ValueError(f"parameter premise_radii={cfg.premise_radii}: every fraction of the threat radius must be > 0")
+    if min(cfg.premise_steps) < 1:
+        raise ValueError(f"parameter premise_steps={cfg.premise_steps}: every iteration count must be ≥ 1")
     for d in cfg.datasets:
         info = dataset_info(d)
+        if max(cfg.premise_radii) * float(threat_eps(d)) > 1:
+            raise ValueError(f"parameter premise_radii={cfg.premise_radii}: {max(cfg.premise_radii)} × the {d} "
+                             f"threat radius {float(threat_eps(d)):.4g} exceeds 1, the whole image range")
         check_model(cfg.second_arch[d], d)
         if cfg.second_arch[d] == zoo.ARCH[d]:
             raise ValueError(f"parameter second_arch['{d}']={cfg.second_arch[d]!r} is the zoo architecture; "
@@ -177,6 +193,10 @@ PARAMS = {
     "steps": Param("pos_int", "iterations of the multi-step generators"),
     "momentum": Param("nonneg_float", "decay factor of MI-FGSM"),
     "diversity": Param("nonneg_float", "probability of input diversity at each step of the diversity generators"),
+    "premise_radii": Param("nonneg_float_list", "fractions of the threat radius of the premise sweep (one source, "
+                           "one target; FGSM, PGD and MI-FGSM)"),
+    "premise_steps": Param("nonneg_int_list", "iterations of PGD and MI-FGSM in the premise sweep, at the threat "
+                           "radius"),
     "set_generator": Param("choice", "generator of the adversary set: best (highest held-out fooling rate) or one "
                            "of the generators", ("best", *GENERATORS)),
     "n_set": Param("pos_int", "test images turned into the adversary set (the first N)", per_dataset=True),
@@ -220,7 +240,8 @@ _COMMON = {
 PROFILES = {
     # CI: every cell runs on a few hundred images; the defenses train one epoch on 5,000 MNIST images.
     "smoke": {**_COMMON, "seeds": _per([0, 1], [0]), "second_seeds": _per([0], [0, 1]), "n_transfer": _per(200, 50),
-              "steps": 5, "n_set": _per(200, 50), "train_defenses": _per(True, False),
+              "steps": 5, "premise_radii": [0.5, 1.0], "premise_steps": [1, 5], "n_set": _per(200, 50),
+              "train_defenses": _per(True, False),
               "defense_train_size": 5000, "defense_epochs": 1, "at_steps": 2, "cost_batches": 2,
               "n_adaptive": _per(40, 10), "pgd_steps": 5, "restarts": 1, "square_queries": 50, "health_steps": 3},
     # 2 CPU cores. Pool: the zoo's models (LeNetLike 6 epochs on 55,000 MNIST images, AlexLike 8 epochs on 49,000
@@ -229,14 +250,16 @@ PROFILES = {
     # 55,000 images (~11 min in all: PGD-5 training at half PGD, half clean costs ~7 plain epochs per epoch).
     # Evaluation with everything cached: ~8 min (the CIFAR-10 matrix, AlexLike at ~670 images/s, is half of it).
     "laptop": {**_COMMON, "seeds": _per([0, 1, 2], [0]), "second_seeds": _per([0], [0, 1]),
-               "n_transfer": _per(1000, 500), "steps": 10, "n_set": _per(10000, 1000),
+               "n_transfer": _per(1000, 500), "steps": 10, "premise_radii": [0.1, 0.25, 0.5, 1.0],
+               "premise_steps": [1, 4, 16, 64], "n_set": _per(10000, 1000),
                "train_defenses": _per(True, False), "defense_train_size": _per(55000, 49000), "defense_epochs": 3,
                "at_steps": 5, "cost_batches": 5, "n_adaptive": _per(500, 100), "pgd_steps": 50, "restarts": 1,
-               "square_queries": 1000, "health_steps": 20},
+               "square_queries": 1000, "health_steps": 50},
     # For a GPU (CIFAR-10: the 1,000 test images of the offline mirror): the zoo's official 90-epoch recipes (so normal training is the shared model), a pool of five models
     # per data set, defenses on both data sets, Madry et al.'s 40 (MNIST) and 7 (CIFAR-10) PGD training steps.
     "paper": {**_COMMON, "seeds": _per([0, 1, 2], [0, 1, 2]), "second_arch": _per("lenet", "convnet"),
-              "second_seeds": [0, 1], "n_transfer": 5000, "steps": 10, "n_set": _per(10000, 1000),
+              "second_seeds": [0, 1], "n_transfer": 5000, "steps": 10, "premise_radii": [0.1, 0.25, 0.5, 1.0],
+              "premise_steps": [1, 4, 16, 64, 256], "n_set": _per(10000, 1000),
               "train_defenses": True, "defense_train_size": _per(55000, 45000), "defense_epochs": 90,
               "at_steps": _per(40, 7), "cost_batches": 20, "n_adaptive": 1000, "pgd_steps": 100, "restarts": 3,
               "square_queries": 5000, "health_steps": 100},
@@ -428,6 +451,98 @@ def transfer_all(pool: dict, data: dict, cfg: RunConfig) -> list[dict]:
                               n=row["n"], interval=evaluate.wilson_interval(row["k"], row["n"]), group="transfer",
                               source=row["source"], split="val", **_generator_knobs(cfg, row["generator"])))
     return out
+
+
+#: The generators of the premise sweep: the single-step one, and the two multi-step ones of one source.
+PREMISE_GENERATORS = ("fgsm", "pgd", "mi_fgsm")
+
+
+def premise_pair(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str) -> tuple[str, str]:
+    """The (source, target) pair of the premise sweep: the first surrogate of the adversary set and the reference
+    model, two independently trained networks."""
+    return surrogate_names(cfg, pool, d)[0], reference_name(cfg, d)
+
+
+def premise_all(pool: dict, data: dict, cfg: RunConfig) -> list[dict]:
+    """Where the paper's premise holds: on one pair (:func:`premise_pair`) and the held-out images, the fooling
+    rate of the examples on the target (transfer) and on the source itself (white box), for FGSM, PGD and MI-FGSM
+    at each fraction ``premise_radii`` of the threat radius (``steps`` iterations; ``sweep="radius"``), and for PGD
+    and MI-FGSM after each number of iterations in ``premise_steps`` at the threat radius (``sweep="steps"``).
+    Records: ``group="premise"``, ``model`` the network the rate is measured on, ``box`` white or transfer."""
+    out = []
+    for d in cfg.datasets:
+        val, eps0 = data[d]["val"], float(threat_eps(d))
+        source, target = premise_pair(cfg, pool[d], d)
+        cells = [("radius", gen, f * eps0, cfg.steps) for f in cfg.premise_radii for gen in PREMISE_GENERATORS]
+        cells += [("steps", gen, eps0, n) for n in cfg.premise_steps for gen in PREMISE_GENERATORS[1:]]
+        for sweep, gen, eps, steps in cells:
+            adv = craft(gen, [pool[d][source]], val.x, val.y, eps=eps, steps=steps, momentum=cfg.momentum,
+                        batch_size=cfg.batch_size, seed=cfg.seed)
+            knobs = {} if gen == "fgsm" else {"steps": steps}
+            for box, name in (("transfer", target), ("white", source)):
+                k, n = fooling_counts(pool[d][name], val.x, adv, val.y, cfg.batch_size)
+                out.append(record(cfg, dataset=d, model=name, attack=gen, threat_model="linf", eps=eps,
+                                  metric="fooling_rate", value=k / n if n else math.nan, n=n,
+                                  interval=evaluate.wilson_interval(k, n), group="premise", sweep=sweep, box=box,
+                                  source=source, split="val", **knobs))
+    return out
+
+
+def premise_summary(records: Sequence[dict], d: str) -> dict:
+    """From the premise sweep of ``d``: the radii at which PGD transfers clearly worse than FGSM (``pgd_worse_at``)
+    and clearly better (``pgd_better_at``), by 95% intervals; PGD's transfer and white-box rates at the fewest and
+    the most iterations (``steps``: ``{n: {"transfer": rec, "white": rec}}``), and whether more iterations clearly
+    lowered transfer (``more_steps_worse``: the most iterations clearly below the best count)."""
+    def at(sweep, gen, box, **match):
+        return select(records, dataset=d, group="premise", sweep=sweep, attack=gen, box=box, **match)
+
+    fgsm = {r["eps"]: r for r in at("radius", "fgsm", "transfer")}
+    worse, better = [], []
+    for r in at("radius", "pgd", "transfer"):
+        c = evaluate.compare(r, fgsm.get(r["eps"]))
+        (worse if c == "lower" else better if c == "higher" else []).append(r["eps"])
+    by_steps = {r["setting"]["steps"]: r for r in at("steps", "pgd", "transfer")}
+    white = {r["setting"]["steps"]: r for r in at("steps", "pgd", "white")}
+    most = max(by_steps) if by_steps else None
+    best = max(by_steps.values(), key=lambda r: r["value"]) if by_steps else None
+    return {"pgd_worse_at": worse, "pgd_better_at": better,
+            "steps": {n: {"transfer": by_steps[n], "white": white.get(n)} for n in sorted(by_steps)},
+            "more_steps_worse": most is not None and evaluate.compare(by_steps[most], best) == "lower"}
+
+
+def premise_figure(records: Sequence[dict]):
+    """Per data set, two panels: the fooling rate against the radius (FGSM, PGD, MI-FGSM) and against the number
+    of iterations at the threat radius (PGD, MI-FGSM; FGSM's rate there as a line), on the target (solid:
+    transfer) and on the source itself (dashed: white box), with 95% intervals."""
+    ds = _datasets_of(records, group="premise")
+    fig, axes = plt.subplots(len(ds), 2, figsize=(10, 3.4 * len(ds)), squeeze=False)
+    for (left, right), d in zip(axes, ds):
+        for gen in PREMISE_GENERATORS:
+            for box, style in (("transfer", "-"), ("white", "--")):
+                for ax, sweep, x_of in ((left, "radius", lambda r: r["eps"]),
+                                        (right, "steps", lambda r: r["setting"]["steps"])):
+                    recs = sorted(select(records, dataset=d, group="premise", sweep=sweep, attack=gen, box=box),
+                                  key=x_of)
+                    if not recs:
+                        continue
+                    xs, ys = [x_of(r) for r in recs], [100 * r["value"] for r in recs]
+                    lo, hi = [100 * r["interval"][0] for r in recs], [100 * r["interval"][1] for r in recs]
+                    line, = ax.plot(xs, ys, style, marker="o", ms=3,
+                                    label=f"{GENERATORS[gen].label} ({'on the source' if box == 'white' else 'transfer'})")
+                    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+        eps0 = max((r["eps"] for r in select(records, dataset=d, group="premise", sweep="steps")), default=None)
+        f = [r for r in select(records, dataset=d, group="premise", sweep="radius", attack="fgsm", box="transfer")
+             if r["eps"] == eps0]
+        if f:
+            right.axhline(100 * f[0]["value"], color="gray", lw=1, ls=":", label="FGSM transfer at this radius")
+        pair = select(records, dataset=d, group="premise", box="transfer")[0]
+        left.set(xlabel="L∞ radius", ylabel="fooling rate (%)", ylim=(0, 102),
+                 title=f"{d}: {pair['setting']['source']} → {pair['model']}")
+        right.set(xlabel="iterations (at the threat radius)", xscale="log", ylim=(0, 102), title=f"{d}: iterations")
+        left.legend(fontsize=7)
+        right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------- reading the matrix
@@ -803,20 +918,20 @@ class PassCounter:
 
 def training_cost(loss, arch: str, d: str, data: ArrayDataset, config: TrainConfig, batches: int,
                   seed: int = 0) -> dict:
-    """One defense's training cost, measured on a fresh ``arch`` network with the book's training loop: after one
-    untimed warm-up step, ``batches`` steps of ``config.batch_size`` images (``config``'s optimizer, one epoch),
-    counted with :class:`PassCounter` (the network and a distillation teacher) and timed. Returns forward and
-    backward images per training image (exact counts) and seconds per step (wall clock)."""
+    """One defense's training cost on a fresh ``arch`` network with the book's training loop: the forward and
+    backward images per training image, counted with :class:`PassCounter` (the network and a distillation teacher)
+    over one step (exact: every step does the same work), and the wall-clock seconds per step of
+    ``config.batch_size`` images (:func:`robustness.train.seconds_per_step` over ``batches`` steps)."""
     torch.manual_seed(seed)
     net = build_model(arch, d)
-    one_epoch = replace(config, epochs=1, milestones=())
-    train(net, data.first(one_epoch.batch_size), one_epoch, loss=loss, desc="warm-up")
-    images = data.first(batches * one_epoch.batch_size)
+    one_step = replace(config, epochs=1, schedule="step", milestones=())
+    images = data.first(one_step.batch_size)
     teacher = getattr(loss, "teacher", None)
-    with PassCounter(net, *([teacher] if teacher is not None else [])) as counter:
-        _, seconds = evaluate.timed(train, net, images, one_epoch, loss=loss, desc="cost")
+    counted = copy.deepcopy(net)
+    with PassCounter(counted, *([teacher] if teacher is not None else [])) as counter:
+        train(counted, images, one_step, loss=loss, desc="count")
     return {"forward": counter.forward / len(images), "backward": counter.backward / len(images),
-            "seconds_per_step": seconds / batches}
+            "seconds_per_step": seconds_per_step(net, data, config, loss, batches)}
 
 
 def cost_all(teachers: Mapping[str, nn.Module], cfg: RunConfig) -> tuple[list[dict], dict]:
@@ -870,8 +985,8 @@ def worst_case_members(cfg: Mapping[str, Any], defense: str, net: nn.Module) -> 
 
 
 def _score(cfg, d: str, net: nn.Module, test: ArrayDataset, adv: ArrayDataset, members, model: str, group: str,
-           defense: str) -> tuple[list[dict], dict]:
-    knobs = {"group": group, **_knobs(cfg, d, defense)}
+           defense: str, **setting) -> tuple[list[dict], dict]:
+    knobs = {"group": group, **_knobs(cfg, d, defense), **setting}
     field = _field(defense)
     base = dict(dataset=d, model=model, defense=field)
     eps = float(threat_eps(d))
@@ -890,22 +1005,51 @@ def _score(cfg, d: str, net: nn.Module, test: ArrayDataset, adv: ArrayDataset, m
     return out, worst
 
 
-def score_all(pool: dict, nets: dict, data: dict, sets: dict, cfg: RunConfig) -> tuple[list[dict], dict]:
+def exported_models(cfg: RunConfig) -> tuple[list[tuple[str, dict, nn.Module]], list[str]]:
+    """The defended networks the :data:`EXPORTING_CHAPTERS` trained with this profile, as ``(defense, entry,
+    model)``: read from their canonical results files, built from the registry and loaded from the checkpoints the
+    entries name (sha256-checked, weights only). And one note per chapter that has nothing to give (no results
+    file, results written before chapters exported their networks, a missing or altered checkpoint), naming the
+    command that fixes it: a full build runs those chapters first, a single chapter run may not have."""
+    found, notes = [], []
+    for chapter_id, defense in EXPORTING_CHAPTERS.items():
+        rerun = f"`python -m robustness run {chapter_id} --profile {cfg.profile}`"
+        try:
+            entries = load_results(chapter_id, cfg.profile).get("extra", {}).get("models")
+        except FileNotFoundError:
+            notes.append(f"`{chapter_id}`: no {cfg.profile} results yet; run {rerun}, then this chapter again.")
+            continue
+        if entries is None:
+            notes.append(f"`{chapter_id}`: its {cfg.profile} results name no networks (written by an older "
+                         f"version); run {rerun} again.")
+            continue
+        for e in (e for e in entries if e["dataset"] in cfg.datasets):
+            try:
+                found.append((defense, e, load_export(e)))
+            except CheckpointError as err:
+                notes.append(f"`{chapter_id}` ({e['dataset']}, {e['model']}): {err}; run {rerun} again.")
+    return found, notes
+
+
+def score_all(pool: dict, nets: dict, data: dict, sets: dict, cfg: RunConfig) -> tuple[list[dict], dict, list[str]]:
     """Every model of every data set against the adversary set and the white box: the :func:`book_models` (group
-    ``"book"``) and, where trained, this chapter's defenses (group ``"chapter"``). Per model: clean accuracy on the
-    set's test images, accuracy on the adversary set, and the worst case of :func:`worst_case_members` at the
-    threat radius on the first ``n_adaptive`` of them, with the images each member fooled. Returns records and the
-    raw worst-case results (for the health table)."""
+    ``"book"``), the other chapters' own defended networks (group ``"other"``, :func:`exported_models`) and, where
+    trained, this chapter's defenses (group ``"chapter"``). Per model: clean accuracy on the set's test images,
+    accuracy on the adversary set, and the worst case of :func:`worst_case_members` at the threat radius on the
+    first ``n_adaptive`` of them, with the images each member fooled. Returns records, the raw worst-case results
+    (for the health table) and the notes of :func:`exported_models`."""
     out, raw = [], {}
+    others, notes = exported_models(cfg)
     for d in cfg.datasets:
         test, adv = data[d]["test"], sets[d]
-        models = [("book", k, reference_name(cfg, d), v) for k, v in book_models(pool, data, cfg, d).items()]
-        models += [("chapter", k, zoo.ARCH[d], v) for k, v in nets.get(d, {}).items()]
-        for group, defense, model, net in models:
-            recs, raw[d, group, defense] = _score(cfg, d, net, test, adv, worst_case_members(cfg, defense, net),
-                                                  model, group, defense)
+        models = [("book", k, reference_name(cfg, d), v, {}) for k, v in book_models(pool, data, cfg, d).items()]
+        models += [("other", k, e["model"], v, e["setting"]) for k, e, v in others if e["dataset"] == d]
+        models += [("chapter", k, zoo.ARCH[d], v, {}) for k, v in nets.get(d, {}).items()]
+        for group, defense, model, net, setting in models:
+            recs, raw[d, group, defense, model] = _score(cfg, d, net, test, adv, worst_case_members(cfg, defense, net),
+                                                         model, group, defense, **setting)
             out += recs
-    return out, raw
+    return out, raw, notes
 
 
 def health_all(nets: dict, data: dict, sets: dict, raw: dict, cfg: RunConfig) -> list[dict]:
@@ -918,7 +1062,7 @@ def health_all(nets: dict, data: dict, sets: dict, raw: dict, cfg: RunConfig) ->
         test = data[d]["test"].first(cfg.n_adaptive[d])
         for row in evaluate.health_checks(nets[d]["superimposition"], test.x, test.y, eps=float(threat_eps(d)),
                                           steps=cfg.health_steps, num_classes=dataset_info(d).num_classes,
-                                          transfer_x_adv=adv.x, worst=raw[d, "chapter", "superimposition"],
+                                          transfer_x_adv=adv.x, worst=raw[d, "chapter", "superimposition", zoo.ARCH[d]],
                                           batch_size=cfg.batch_size, seed=cfg.seed):
             rows.append({**row, "dataset": d, "model": zoo.ARCH[d], "defense": "superimposition"})
     return rows
@@ -932,14 +1076,16 @@ def _first(records: Sequence[dict], **match) -> dict | None:
     return found[0] if found else None
 
 
-def _scored(records: Sequence[dict], d: str, group: str) -> list[str]:
-    """The defenses scored on ``d``'s adversary set in ``group``, in record order (normal training as ``normal``)."""
-    found = [r["defense"] for r in select(records, dataset=d, group=group, attack="adversary_set")]
-    return ["normal" if group == "chapter" and f == "none" else f for f in found]
+def _scored(records: Sequence[dict], d: str, group: str) -> list[tuple[str, str]]:
+    """The (defense, model) pairs scored on ``d``'s adversary set in ``group``, in record order (normal training as
+    ``normal``)."""
+    found = [(r["defense"], r["model"]) for r in select(records, dataset=d, group=group, attack="adversary_set")]
+    return [("normal" if group == "chapter" and f == "none" else f, m) for f, m in found]
 
 
-def _scores(records: Sequence[dict], d: str, group: str, defense: str) -> dict:
-    kw = dict(dataset=d, group=group, defense=_field(defense) if group == "chapter" else defense)
+def _scores(records: Sequence[dict], d: str, group: str, defense: str, model: str | None = None) -> dict:
+    kw = dict(dataset=d, group=group, defense=_field(defense) if group == "chapter" else defense,
+              **({} if model is None else {"model": model}))
     return {"clean": _first(records, attack="none", metric="accuracy", **kw),
             "set": _first(records, attack="adversary_set", metric="accuracy", **kw),
             "worst": _first(records, attack="worst_case", metric="accuracy", **kw)}
@@ -964,20 +1110,39 @@ def cost_table(records: Sequence[dict], timings: Mapping[str, Any]) -> str:
                                  "ratio": "× normal training"})
 
 
+#: The groups of scored networks, in page order: the shared model and its cheap defenses, the other chapters' own
+#: defended networks, this chapter's defenses.
+GROUPS = ("book", "other", "chapter")
+
+
+def _setting_words(rec: dict) -> str:
+    """An exported network's setting for its table row (λ of Deep Defense or of entropic retraining)."""
+    lam = rec["setting"].get("lam") if rec["setting"].get("group") == "other" else None
+    return "" if lam is None else f", λ = {lam:g}"
+
+
 def score_table(records: Sequence[dict]) -> str:
-    """Every model scored on an adversary set, one row each (the shared reference model and the other chapters'
-    defenses of it first, then this chapter's defenses): the book's one transfer number per defense, beside its
-    clean accuracy and white-box worst case."""
+    """Every model scored on an adversary set, one row each, in the order of :data:`GROUPS` (the shared reference
+    model and the other chapters' defenses of it, the other chapters' own defended networks, this chapter's
+    defenses): the book's one transfer number per defense, beside its clean accuracy and white-box worst case."""
     rows = []
     for d in _datasets_of(records, attack="adversary_set"):
-        for group in ("book", "chapter"):
-            for defense in _scored(records, d, group):
-                s = _scores(records, d, group, defense)
-                rows.append({"data": d, "model": s["set"]["model"], "defense": LABELS[defense],
-                             "clean": pct_interval(s["clean"]), "set": pct_interval(s["set"]), "worst": pct_interval(s["worst"])})
+        for group in GROUPS:
+            for defense, model in _scored(records, d, group):
+                s = _scores(records, d, group, defense, model)
+                rows.append({"data": d, "model": model, "defense": LABELS[defense] + _setting_words(s["set"]),
+                             "clean": pct_interval(s["clean"]), "set": pct_interval(s["set"]),
+                             "worst": pct_interval(s["worst"])})
     return markdown_table(rows, {"data": "data set", "model": "model", "defense": "defense",
                                  "clean": "clean [95% CI]", "set": "adversary set [95% CI]",
                                  "worst": "white-box worst case [95% CI]"})
+
+
+def notes_markdown(notes: Sequence[str]) -> str:
+    """The networks that could not be scored and why (:func:`exported_models`), as a note; empty when none."""
+    if not notes:
+        return ""
+    return "```{note}\nNot scored in this run:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n```"
 
 
 def score_figure(records: Sequence[dict]):
@@ -986,16 +1151,16 @@ def score_figure(records: Sequence[dict]):
     ds = _datasets_of(records, attack="adversary_set")
     fig, axes = plt.subplots(len(ds), 1, figsize=(10, 3.6 * len(ds)), squeeze=False)
     for ax, d in zip(axes[:, 0], ds):
-        entries = [(g, k) for g in ("book", "chapter") for k in _scored(records, d, g)]
+        entries = [(g, k, m) for g in GROUPS for k, m in _scored(records, d, g)]
         pos = torch.arange(len(entries)).numpy()
         for offset, key, label in ((-0.27, "clean", "clean"), (0.0, "set", "adversary set"),
                                    (0.27, "worst", "white-box worst case")):
-            recs = [_scores(records, d, g, k)[key] for g, k in entries]
+            recs = [_scores(records, d, g, k, m)[key] for g, k, m in entries]
             vals = [100 * r["value"] for r in recs]
             err = [[100 * (r["value"] - r["interval"][0]) for r in recs],
                    [100 * (r["interval"][1] - r["value"]) for r in recs]]
             ax.bar(pos + offset, vals, width=0.27, yerr=err, capsize=2, label=label)
-        ax.set_xticks(pos, [SHORT[k] for _, k in entries], fontsize=8)
+        ax.set_xticks(pos, [SHORT[k] + (f"\n({m})" if g == "other" else "") for g, k, m in entries], fontsize=8)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
         ax.set_title(f"{d}: L∞ ε = {threat_eps(d):.4g}")
@@ -1035,7 +1200,7 @@ def defense_summary(records: Sequence[dict], d: str) -> dict:
     adversary-set accuracy is not clearly below the best established defense's (:data:`ESTABLISHED`); the fixed-a
     variant's set gain; ``extra_forward``: its forward passes per image minus normal training's (the paper: one).
     ``category``: ``robust`` (both gains), ``transfer_only`` (the set gain is not a white-box gain), ``no_gain``."""
-    scores = {k: _scores(records, d, "chapter", k) for k in _scored(records, d, "chapter")}
+    scores = {k: _scores(records, d, "chapter", k) for k, _ in _scored(records, d, "chapter")}
     si, normal = scores["superimposition"], scores["normal"]
     established = [scores[k]["set"] for k in ESTABLISHED if k in scores]
     best = max(established, key=lambda r: r["value"]) if established else None
@@ -1057,13 +1222,14 @@ def defense_summary(records: Sequence[dict], d: str) -> dict:
 
 def verdict_summary(results: Mapping[str, Any]) -> dict:
     """Per data set, from the results (live, read back, or hand-made records of the same shape): ``transfer``
-    (:func:`transfer_summary`), ``defenses`` (:func:`defense_summary`, where defenses were trained) and the failed
+    (:func:`transfer_summary`), ``premise`` (:func:`premise_summary`, where the sweep ran), ``defenses`` (:func:`defense_summary`, where defenses were trained) and the failed
     health checks."""
     recs = results["records"]
     out = {}
     for d in _datasets_of(recs, group="transfer"):
         checks = [h for h in results.get("health", []) if h.get("dataset") == d]
         out[d] = {"transfer": transfer_summary(recs, d),
+                  "premise": premise_summary(recs, d) if select(recs, dataset=d, group="premise") else None,
                   "defenses": defense_summary(recs, d) if select(recs, dataset=d, group="chapter",
                                                                   attack="adversary_set") else None,
                   "failed_checks": [h["check"] for h in checks if not h["passed"]]}
@@ -1088,6 +1254,24 @@ _DEFENSE_WORDS = {
 }
 
 
+def _radii(values: Sequence[float]) -> str:
+    return ", ".join(f"{e:.3g}" for e in values) if values else "no radius"
+
+
+def _premise_sentence(p: Mapping[str, Any]) -> str:
+    """The premise sweep in one or two sentences (:func:`premise_summary`)."""
+    words = (f"On one (source, target) pair, PGD transfers clearly worse than FGSM at {_radii(p['pgd_worse_at'])} "
+             f"and clearly better at {_radii(p['pgd_better_at'])} of the radii swept.")
+    if p["steps"]:
+        (n0, a), (n1, b) = next(iter(p["steps"].items())), list(p["steps"].items())[-1]
+        white = "" if a["white"] is None or b["white"] is None else \
+            f" (on the source itself: {pct(a['white']['value'])} → {pct(b['white']['value'])})"
+        words += (f" From {n0} to {n1} PGD iterations at the threat radius its transfer rate goes "
+                  f"{pct(a['transfer']['value'])} → {pct(b['transfer']['value'])}{white}: more iterations "
+                  f"{'clearly lower' if p['more_steps_worse'] else 'do not clearly lower'} transfer.")
+    return words
+
+
 def verdict(results: Mapping[str, Any]) -> str:
     """The verdict in Markdown, sentence by sentence from :func:`verdict_summary`."""
     lines = []
@@ -1100,6 +1284,9 @@ def verdict(results: Mapping[str, Any]) -> str:
                      f"{pct(t['pooled'][t['generator']])} against FGSM's {pct(t['pooled']['fgsm'])}), is clearly "
                      f"above FGSM's best source on {len(t['above'])} and below on {len(t['below'])} of "
                      f"{t['targets']} targets: {_TRANSFER_WORDS[t['category']]}")
+        p = v["premise"]
+        if p is not None:
+            lines.append(_premise_sentence(p))
         s = v["defenses"]
         if s is not None:
             sc = s["scores"]
