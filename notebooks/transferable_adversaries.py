@@ -64,6 +64,7 @@ premise_radii = None  # fractions of the threat radius of the premise sweep (one
 premise_steps = None  # iterations of PGD and MI-FGSM in the premise sweep, at the threat radius
 set_generator = None  # generator of the adversary set: best (highest held-out fooling rate) or one of the generators
 n_set = None  # test images turned into the adversary set (the first N) (per data set)
+n_set_train = None  # training images turned into a training adversary set (the first N; 0 for none), for readers who train on transferred examples (per data set)
 train_defenses = None  # train and score the defenses on this data set (per data set)
 defenses = None  # defenses trained (normal and superimposition are required)
 defense_train_size = None  # training images of the defended models (the first N) (per data set)
@@ -186,7 +187,9 @@ plt.show()
 # generator, its knobs, the surrogates and a hash of their weights, the images, the seed) and the file's
 # SHA-256 checksum; a later run loads it instead of crafting it again, and only if its recipe is this run's. It
 # is then read back by name, as any chapter can read it, through `load_dataset("adversary:<name>", "test")`,
-# which checks the checksum.
+# which checks the checksum. The same generator also turns the first `n_set_train` training images into a
+# training set, `load_dataset("adversary:<name>-train", "train")`, for readers who want to train on transferred
+# examples (ensemble adversarial training {cite}`tramer2018ensemble` does); this chapter does not use it.
 
 # %%
 with timer("adversary set"):

@@ -18,9 +18,10 @@ Where the files come from, in order:
 Every file is checked against a known checksum before use; a file that fails is
 reported and never used.
 
-Adversary sets -- adversarial versions of a split, written once by a chapter with the
+Adversary sets -- adversarial versions of (part of) a split, written once by a chapter with the
 recipe that made them -- live in :func:`adversary_dir` and load like any data set as
-``load_dataset("adversary:<name>", "test")`` (see :func:`write_adversary_set`).
+``load_dataset("adversary:<name>", split)`` with the split they were made from (see
+:func:`write_adversary_set`).
 """
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ def _mean_image_cached(name: str, split: str, root: str, mirror: str | None) -> 
 
 def _check_name(name: str, adversaries: bool = False) -> None:
     if name not in _INFO:
-        also = f", or '{ADVERSARY_PREFIX}<name>' (a stored adversary set, split='test')" if adversaries else ""
+        also = f", or '{ADVERSARY_PREFIX}<name>' (a stored adversary set)" if adversaries else ""
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}{also}")
 
 
@@ -297,7 +298,7 @@ def load_dataset(
     Results are cached per process on (name, split, root, mirror): a second
     call returns the same object, so do not modify its tensors in place.
 
-    ``name = "adversary:<set>"`` with ``split="test"`` loads the stored adversary set ``<set>`` through
+    ``name = "adversary:<set>"`` loads the stored adversary set ``<set>`` of that ``split`` through
     :func:`load_adversary_set` (not cached: its checksum is verified on every load), from
     ``<root>/adversaries`` when ``root`` is given, else from :func:`adversary_dir`; ``mirror`` plays no part.
 
@@ -305,10 +306,8 @@ def load_dataset(
     :class:`CorruptDataError` when the mirror's CIFAR-10 file fails its sha256.
     """
     if isinstance(name, str) and name.startswith(ADVERSARY_PREFIX):
-        if split != "test":
-            raise ValueError(f"split={split!r}: an adversary set ({name!r}) is a test split; use split='test'")
         folder = None if root is None else resolve_root(root) / "adversaries"
-        return load_adversary_set(name[len(ADVERSARY_PREFIX):], root=folder)
+        return load_adversary_set(name[len(ADVERSARY_PREFIX):], root=folder, split=split)
     _check_name(name, adversaries=True)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
@@ -575,7 +574,7 @@ def _canonical_recipe(recipe: dict) -> dict:
 
 
 def write_adversary_set(name: str, x: torch.Tensor, y: torch.Tensor, recipe: dict,
-                        root: str | os.PathLike | None = None) -> Path:
+                        root: str | os.PathLike | None = None, split: str = "test") -> Path:
     """Store adversarial images ``x`` with labels ``y`` as the adversary set ``name``, with the ``recipe`` (a
     JSON-able dict: attack, eps, surrogates, seeds...) that made them; returns the tensor file's path.
 
@@ -585,13 +584,17 @@ def write_adversary_set(name: str, x: torch.Tensor, y: torch.Tensor, recipe: dic
 
     Args:
         name: letters, digits, ``.``, ``_`` and ``-``; load it back with :func:`load_adversary_set` or
-            ``load_dataset("adversary:<name>", "test")``.
+            ``load_dataset("adversary:<name>", split)``.
         x: float32 ``(N, C, H, W)`` images in ``[0, 1]``.
         y: int64 ``(N,)`` true labels.
         recipe: JSON-able dict describing how ``x`` was made; a later load can insist on it.
         root: the adversary folder (default: :func:`adversary_dir`).
+        split: the split the clean images came from (``"test"``, or ``"train"`` for a set to train on); a load
+            must ask for the same one.
     """
     path, sidecar = _adversary_files(name, root)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: an adversary set is made from one of {', '.join(SPLITS)}")
     recipe = _canonical_recipe(recipe)
     problem = _adversary_tensor_problem(x, y)
     if problem:
@@ -601,7 +604,7 @@ def write_adversary_set(name: str, x: torch.Tensor, y: torch.Tensor, recipe: dic
         torch.save({"x": x, "y": y}, tmp)
         digest = sha256_file(tmp)
     meta = {"format": _ADVERSARY_FORMAT, "name": name, "file": path.name, "sha256": digest, "n": len(y),
-            "shape": list(x.shape[1:]), "recipe": recipe}
+            "shape": list(x.shape[1:]), "split": split, "recipe": recipe}
     atomic_write_text(sidecar, json.dumps(meta, indent=1, sort_keys=True))
     return path
 
@@ -629,11 +632,13 @@ def _recipe_difference(stored: dict, wanted: dict) -> str:
 
 
 def load_adversary_set(name: str, recipe: dict | None = None,
-                       root: str | os.PathLike | None = None) -> ArrayDataset:
+                       root: str | os.PathLike | None = None, split: str | None = None) -> ArrayDataset:
     """Load the adversary set ``name`` written by :func:`write_adversary_set`, after checking its sha256.
 
-    Returns an :class:`ArrayDataset` named ``"adversary:<name>"``, split ``"test"``. With ``recipe``, the stored
-    recipe must equal it (compared as JSON). Loading uses ``weights_only=True``: the file can never run code.
+    Returns an :class:`ArrayDataset` named ``"adversary:<name>"`` with the split the set was made from (sets
+    written before splits were stored are test sets). With ``split``, it must be that split (``ValueError``
+    naming the right one otherwise). With ``recipe``, the stored recipe must equal it (compared as JSON). Loading
+    uses ``weights_only=True``: the file can never run code.
 
     Raises:
         DatasetNotFoundError: no such set (the ``.pt`` file is missing).
@@ -651,9 +656,13 @@ def load_adversary_set(name: str, recipe: dict | None = None,
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         expected = meta["sha256"]
         stored_recipe = meta["recipe"]
+        stored_split = meta.get("split", "test")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CorruptDataError(f"adversary set {path}: its sidecar {sidecar} is missing or unreadable "
                                f"({type(err).__name__}: {err}), so its checksum cannot be verified. {rebuild}") from err
+    if split is not None and split != stored_split:
+        raise ValueError(f"adversary set {name!r} was made from {stored_split} images, not {split} ones: load it "
+                         f"with split={stored_split!r}")
     if recipe is not None:
         wanted = _canonical_recipe(recipe)
         if stored_recipe != wanted:
@@ -672,5 +681,5 @@ def load_adversary_set(name: str, recipe: dict | None = None,
     problem = _adversary_tensor_problem(x, y)
     if problem:
         raise CorruptDataError(f"adversary set {path} is malformed: {problem}. {rebuild}")
-    return ArrayDataset(f"{ADVERSARY_PREFIX}{name}", "test", x, y, f"adversary set {name!r} ({path}, sha256 "
+    return ArrayDataset(f"{ADVERSARY_PREFIX}{name}", stored_split, x, y, f"adversary set {name!r} ({path}, sha256 "
                         f"{actual[:12]})")

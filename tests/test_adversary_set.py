@@ -147,6 +147,21 @@ def test_bad_names_are_refused(bad, batch):
         load_adversary_set(bad)
 
 
+def test_a_training_subset_set_loads_only_as_the_split_it_was_made_from(folders, batch):
+    x, y = batch
+    path = write_adversary_set("t", x, y, RECIPE, split="train")
+    ds = load_dataset("adversary:t", "train")
+    assert (ds.split, len(ds)) == ("train", 12) and torch.equal(ds.x, x)
+    with pytest.raises(ValueError, match="split='train'"):
+        load_dataset("adversary:t", "test")
+    with pytest.raises(ValueError, match="split='val'"):
+        write_adversary_set("v", x, y, RECIPE, split="val")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    del meta["split"]  # a sidecar from before splits were stored: a test set
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    assert load_adversary_set("t").split == "test"
+
+
 def test_load_dataset_names_adversary_sets_in_its_errors(batch):
     write_adversary_set("s", *batch, RECIPE)
     with pytest.raises(ValueError, match="split='test'"):

@@ -330,10 +330,13 @@ def test_smoke_run_writes_its_results_and_a_second_run_reuses_the_adversary_set(
     assert all(tuple(r) == FIELDS for r in recs)
     cells = [r for r in recs if r["setting"].get("group") == "transfer"]
     assert cells and all(r["setting"]["source"] != r["model"] for r in cells)
-    assert {d: s["status"] for d, s in first["timings"]["adversary_sets"].items()} == dict.fromkeys(
-        p["datasets"], "written")
-    assert {d: s["status"] for d, s in second["timings"]["adversary_sets"].items()} == dict.fromkeys(
-        p["datasets"], "loaded")
+    sets = {(s["dataset"], s["split"]): s["status"] for s in first["timings"]["adversary_sets"].values()}
+    assert sets == dict.fromkeys([(d, split) for d in p["datasets"] for split in ("test", "train")], "written")
+    assert {s["status"] for s in second["timings"]["adversary_sets"].values()} == {"loaded"}
+    from robustness.data import load_dataset
+    train_set = load_dataset("adversary:transferable-mnist-smoke-train", "train")
+    clean = load_dataset("mnist", "train").first(p["n_set_train"]["mnist"])
+    assert torch.equal(train_set.y, clean.y) and (train_set.x - clean.x).abs().max() <= 0.3 + 1e-6
     assert second["records"] == recs  # same parameters and seed: identical records, the set read back included
     assert chapter.verdict_summary(first).keys() == set(p["datasets"])
     assert {h["dataset"] for h in first["health"]} == {d for d in p["datasets"] if p["train_defenses"][d]}

@@ -170,6 +170,9 @@ def _check(cfg: RunConfig) -> None:
                              f"training images of the pool it needs {need:,} of the {have:,} {d} training images")
         if cfg.n_set[d] > info.n_test:
             raise ValueError(f"parameter n_set['{d}']={cfg.n_set[d]} exceeds the {info.n_test:,} test images")
+        if cfg.n_set_train[d] > info.n_train:
+            raise ValueError(f"parameter n_set_train['{d}']={cfg.n_set_train[d]} exceeds the {info.n_train:,} "
+                             "training images")
         if cfg.n_adaptive[d] > cfg.n_set[d]:
             raise ValueError(f"parameter n_adaptive['{d}']={cfg.n_adaptive[d]} must not exceed n_set['{d}']="
                              f"{cfg.n_set[d]} (the health check compares with the adversary set of those images)")
@@ -200,6 +203,8 @@ PARAMS = {
     "set_generator": Param("choice", "generator of the adversary set: best (highest held-out fooling rate) or one "
                            "of the generators", ("best", *GENERATORS)),
     "n_set": Param("pos_int", "test images turned into the adversary set (the first N)", per_dataset=True),
+    "n_set_train": Param("nonneg_int", "training images turned into a training adversary set (the first N; 0 for "
+                         "none), for readers who train on transferred examples", per_dataset=True),
     "train_defenses": Param("bool", "train and score the defenses on this data set", per_dataset=True),
     "defenses": Param("subset", "defenses trained (normal and superimposition are required)", DEFENSES),
     "defense_train_size": Param("pos_int", "training images of the defended models (the first N)",
@@ -241,6 +246,7 @@ PROFILES = {
     # CI: every cell runs on a few hundred images; the defenses train one epoch on 5,000 MNIST images.
     "smoke": {**_COMMON, "seeds": _per([0, 1], [0]), "second_seeds": _per([0], [0, 1]), "n_transfer": _per(200, 50),
               "steps": 5, "premise_radii": [0.5, 1.0], "premise_steps": [1, 5], "n_set": _per(200, 50),
+              "n_set_train": _per(100, 20),
               "train_defenses": _per(True, False),
               "defense_train_size": 5000, "defense_epochs": 1, "at_steps": 2, "cost_batches": 2,
               "n_adaptive": _per(40, 10), "pgd_steps": 5, "restarts": 1, "square_queries": 50, "health_steps": 3},
@@ -251,7 +257,7 @@ PROFILES = {
     # Evaluation with everything cached: ~8 min (the CIFAR-10 matrix, AlexLike at ~670 images/s, is half of it).
     "laptop": {**_COMMON, "seeds": _per([0, 1, 2], [0]), "second_seeds": _per([0], [0, 1]),
                "n_transfer": _per(1000, 500), "steps": 10, "premise_radii": [0.1, 0.25, 0.5, 1.0],
-               "premise_steps": [1, 4, 16, 64], "n_set": _per(10000, 1000),
+               "premise_steps": [1, 4, 16, 64], "n_set": _per(10000, 1000), "n_set_train": _per(10000, 1000),
                "train_defenses": _per(True, False), "defense_train_size": _per(55000, 49000), "defense_epochs": 3,
                "at_steps": 5, "cost_batches": 5, "n_adaptive": _per(500, 100), "pgd_steps": 50, "restarts": 1,
                "square_queries": 1000, "health_steps": 50},
@@ -259,7 +265,7 @@ PROFILES = {
     # per data set, defenses on both data sets, Madry et al.'s 40 (MNIST) and 7 (CIFAR-10) PGD training steps.
     "paper": {**_COMMON, "seeds": _per([0, 1, 2], [0, 1, 2]), "second_arch": _per("lenet", "convnet"),
               "second_seeds": [0, 1], "n_transfer": 5000, "steps": 10, "premise_radii": [0.1, 0.25, 0.5, 1.0],
-              "premise_steps": [1, 4, 16, 64, 256], "n_set": _per(10000, 1000),
+              "premise_steps": [1, 4, 16, 64, 256], "n_set": _per(10000, 1000), "n_set_train": _per(10000, 5000),
               "train_defenses": True, "defense_train_size": _per(55000, 45000), "defense_epochs": 90,
               "at_steps": _per(40, 7), "cost_batches": 20, "n_adaptive": 1000, "pgd_steps": 100, "restarts": 3,
               "square_queries": 5000, "health_steps": 100},
@@ -693,11 +699,13 @@ def set_generator(cfg: Mapping[str, Any], records: Sequence[dict], d: str) -> st
     return best_generator(records, d) if cfg["set_generator"] == "best" else cfg["set_generator"]
 
 
-def set_name(cfg: Mapping[str, Any], d: str) -> str:
-    """The adversary set's name: ``transferable-<data set>-<profile>``, plus ``--<hash>`` of the values set by hand
-    (as the results file), so a reader's variant never replaces the profile's set."""
+def set_name(cfg: Mapping[str, Any], d: str, split: str = "test") -> str:
+    """The adversary set's name: ``transferable-<data set>-<profile>`` (``-train`` added for the training set),
+    plus ``--<hash>`` of the values set by hand (as the results file), so a reader's variant never replaces the
+    profile's set."""
     rid = run_id(overrides_of(cfg))
-    return f"transferable-{d}-{cfg['profile']}" + (f"--{rid}" if rid else "")
+    return (f"transferable-{d}-{cfg['profile']}" + ("-train" if split == "train" else "")
+            + (f"--{rid}" if rid else ""))
 
 
 def surrogate_names(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str) -> list[str]:
@@ -706,55 +714,69 @@ def surrogate_names(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: st
     return [n for n in pool if n != reference_name(cfg, d)]
 
 
-def set_recipe(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str, gen: str) -> dict:
-    """Everything that makes the adversary set of ``d``: generator, radius, knobs, surrogates by name and weights
-    hash, the images and the seed. A stored set is used only if its recipe equals this one."""
+def set_recipe(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str, gen: str,
+               split: str = "test") -> dict:
+    """Everything that makes the adversary set of ``d`` from its ``split``: generator, radius, knobs, surrogates by
+    name and weights hash, the images and the seed. A stored set is used only if its recipe equals this one."""
+    n = cfg["n_set"][d] if split == "test" else cfg["n_set_train"][d]
     names = surrogate_names(cfg, pool, d)
     names = names if GENERATORS[gen].ensemble else names[:1]
     return {"chapter": CHAPTER, "dataset": d, "generator": gen, "eps": float(threat_eps(d)),
             **_generator_knobs(cfg, gen), "surrogates": {n: state_hash(pool[n]) for n in names},
-            "images": f"the first {cfg['n_set'][d]} {d} test images", "seed": cfg["seed"]}
+            "images": f"the first {n} {d} {split} images", "seed": cfg["seed"]}
 
 
 def adversary_sets(pool: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> tuple[dict, list, dict]:
-    """Per data set, the adversary set of the first ``n_set`` test images: loaded when a set of :func:`set_name`
-    with the same :func:`set_recipe` exists, else crafted with :func:`set_generator` on the surrogates and written
-    with :func:`robustness.data.write_adversary_set`; in both cases then loaded back by name through
-    ``load_dataset("adversary:<name>", "test")``, which verifies its checksum. Returns the sets, one record per set
-    (``metric="set_images"``) and, per data set, its name, generator, surrogates, source and what happened
-    (``status``: loaded, written, or rebuilt and why; machine facts, for the timings)."""
+    """Per data set, the adversary set of the first ``n_set`` test images and, when ``n_set_train`` > 0, a training
+    adversary set of the first ``n_set_train`` training images (the pool's own training images; for readers who
+    train on transferred examples): each loaded when a set of :func:`set_name` with the same :func:`set_recipe`
+    exists, else crafted with :func:`set_generator` on the surrogates and written with
+    :func:`robustness.data.write_adversary_set`; in both cases then loaded back by name through
+    ``load_dataset("adversary:<name>", split)``, which verifies its checksum. Returns the test sets (``sets[d]``),
+    one record per set (``metric="set_images"``, ``split``) and, per set name, its data set, split, generator,
+    surrogates, source and what happened (``status``: loaded, written, or rebuilt and why; machine facts, for the
+    timings)."""
     sets, out, info = {}, [], {}
     for d in cfg.datasets:
-        test, gen = data[d]["test"], set_generator(cfg, records, d)
-        recipe, name = set_recipe(cfg, pool[d], d, gen), set_name(cfg, d)
-        try:
-            load_adversary_set(name, recipe=recipe)
-            status = "loaded"
-        except (DatasetNotFoundError, CorruptDataError) as err:  # CorruptDataError covers a stale recipe
-            surrogates = [pool[d][n] for n in recipe["surrogates"]]
-            x_adv = craft(gen, surrogates, test.x, test.y, eps=recipe["eps"], steps=cfg.steps,
-                          momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size, seed=cfg.seed)
-            write_adversary_set(name, x_adv, test.y, recipe)
-            status = "written" if isinstance(err, DatasetNotFoundError) else f"rebuilt ({type(err).__name__})"
-        sets[d] = load_dataset(f"adversary:{name}", "test")
-        if not torch.equal(sets[d].y, test.y):
-            raise CorruptDataError(f"adversary set {name!r} does not hold the labels of its test images")
-        info[d] = {"name": name, "generator": gen, "surrogates": list(recipe["surrogates"]), "status": status,
-                   "source": sets[d].source}
-        out.append(record(cfg, dataset=d, model="+".join(recipe["surrogates"]), attack=gen, threat_model="linf",
-                          eps=recipe["eps"], metric="set_images", value=len(sets[d]), group="set", set=name))
+        gen = set_generator(cfg, records, d)
+        parts = [("test", data[d]["test"])]
+        if cfg.n_set_train[d]:
+            parts.append(("train", load_dataset(d, "train").first(cfg.n_set_train[d])))
+        for split, clean in parts:
+            recipe, name = set_recipe(cfg, pool[d], d, gen, split), set_name(cfg, d, split)
+            try:
+                load_adversary_set(name, recipe=recipe, split=split)
+                status = "loaded"
+            except (DatasetNotFoundError, CorruptDataError, ValueError) as err:  # stale recipe, wrong split too
+                surrogates = [pool[d][n] for n in recipe["surrogates"]]
+                x_adv = craft(gen, surrogates, clean.x, clean.y, eps=recipe["eps"], steps=cfg.steps,
+                              momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size,
+                              seed=cfg.seed)
+                write_adversary_set(name, x_adv, clean.y, recipe, split=split)
+                status = "written" if isinstance(err, DatasetNotFoundError) else f"rebuilt ({type(err).__name__})"
+            loaded = load_dataset(f"adversary:{name}", split)
+            if not torch.equal(loaded.y, clean.y):
+                raise CorruptDataError(f"adversary set {name!r} does not hold the labels of its {split} images")
+            if split == "test":
+                sets[d] = loaded
+            info[name] = {"dataset": d, "split": split, "generator": gen, "surrogates": list(recipe["surrogates"]),
+                          "status": status, "source": loaded.source}
+            out.append(record(cfg, dataset=d, model="+".join(recipe["surrogates"]), attack=gen, threat_model="linf",
+                              eps=recipe["eps"], metric="set_images", value=len(loaded), group="set", set=name,
+                              split=split))
     return sets, out, info
 
 
 def set_table(records: Sequence[dict], info: Mapping[str, dict]) -> str:
-    """Per data set: the adversary set's name, generator, surrogates, size and how this run got it."""
-    rows = [{"data": r["dataset"], "name": f"`adversary:{r['setting']['set']}`",
+    """Per adversary set: how to load it, its generator, surrogates, size and split, and how this run got it."""
+    rows = [{"data": r["dataset"], "name": f"`load_dataset(\"adversary:{r['setting']['set']}\", "
+                                           f"\"{r['setting'].get('split', 'test')}\")`",
              "gen": GENERATORS[r["attack"]].label, "surrogates": r["model"].replace("+", ", "),
-             "n": f"{int(r['value']):,}", "status": info.get(r["dataset"], {}).get("status", "–")}
+             "n": f"{int(r['value']):,} {r['setting'].get('split', 'test')}",
+             "status": info.get(r["setting"]["set"], {}).get("status", "–")}
             for r in select(records, group="set")]
-    return markdown_table(rows, {"data": "data set", "name": "load it with load_dataset(…, 'test')",
-                                 "gen": "generator", "surrogates": "crafted on", "n": "images",
-                                 "status": "this run"})
+    return markdown_table(rows, {"data": "data set", "name": "load it with", "gen": "generator",
+                                 "surrogates": "crafted on", "n": "images", "status": "this run"})
 
 
 # --------------------------------------------------------------------------- the defenses
