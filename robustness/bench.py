@@ -821,11 +821,13 @@ def _peers_section(content: dict | None, label: str) -> list[str]:
     return out
 
 
-def _chapters_section(content: dict | None, label: str) -> list[str]:
+def _chapters_section(content: dict | None, label: str, first: bool = True) -> list[str]:
+    """The budget table of one ``--chapters`` JSON file; ``first=False`` for a later file that measured other
+    chapters on another occasion (``chapters-<name>.json``): a sub-heading instead of the section's introduction."""
     out = ["## Chapter budgets", "",
            "Each chapter's profile run twice through the runner: with an empty checkpoint cache (its models "
            "train) and with that cache filled. Peak RSS is that of the run's process tree, notebook kernel "
-           "included.", ""]
+           "included.", ""] if first else [f"### Measured separately: `{Path(label).name}`", ""]
     if content is None:
         return out + _missing(label, f"python -m robustness bench --chapters --json {label}")
     budget = BUDGETS.get(content["profile"]) if content.get("budget") is None else Budget(**content["budget"])
@@ -863,6 +865,8 @@ def render_page(bench_dir: str | os.PathLike, label_dir: str = BENCH_DIR.as_posi
     lines += _worst_case_section(_load(bench_dir, "worst_case"), label("worst_case"))
     lines += _peers_section(_load(bench_dir, "peers"), label("peers"))
     lines += _chapters_section(_load(bench_dir, "chapters"), label("chapters"))
+    for later in sorted(bench_dir.glob("chapters-*.json")):  # other chapters, measured on another occasion
+        lines += _chapters_section(json.loads(later.read_text()), f"{label_dir}/{later.name}", first=False)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -271,3 +271,17 @@ def test_the_committed_page_matches_the_committed_json(tmp_path):
         shutil.copy(path, tmp_path / "bench" / path.name)
     assert (root / bench.PAGE).read_text() == bench.render_page(tmp_path / "bench"), \
         "book/performance.md is stale: rebuild it with python -m robustness bench --page"
+
+
+def test_chapters_measured_on_another_occasion_get_their_own_table(tmp_path):
+    contents = hand_made_jsons()
+    write_jsons(tmp_path, contents)
+    later = {**contents["chapters"], "note": "alone on the machine",
+             "chapters": [{"chapter": "transferable_adversaries", "uncached_s": 1500.0, "cached_s": 540.0,
+                           "peak_rss_bytes": 2e9, **bench.budget_checks("laptop", 1500.0, 540.0, 2e9)}]}
+    (tmp_path / "chapters-transferable.json").write_text(json.dumps(later))
+    page = bench.render_page(tmp_path)
+    assert page.count("## Chapter budgets") == 1 and "### Measured separately: `chapters-transferable.json`" in page
+    section = page[page.index("### Measured separately"):]
+    assert "| transferable_adversaries | 25.0 min | 9.0 min | 2.00 GB | **pass** |" in section
+    assert "Conditions of this run: alone on the machine" in section and "baselines" not in section
