@@ -256,10 +256,11 @@ def _premise(fgsm, pgd, by_steps, white=0.99, n=1000) -> list[dict]:
 def test_premise_sweep_finds_the_radii_and_iterations_where_multi_step_transfers_worse():
     recs = _premise(fgsm={0.1: 0.40, 0.3: 0.60}, pgd={0.1: 0.20, 0.3: 0.61}, by_steps={1: 0.5, 16: 0.7, 64: 0.45})
     p = chapter.verdict_summary(_results(_transfer() + recs))[D]["premise"]
-    assert p["pgd_worse_at"] == [0.1] and p["pgd_better_at"] == []  # 61% vs 60%: inside the noise
+    assert p["pgd_worse_at"] == [0.1] and p["pgd_better_at"] == [] and p["pgd_alike_at"] == [0.3]  # 61% vs 60%
+    assert p["pair"] == ("B", "A")
     assert p["more_steps_worse"] and list(p["steps"]) == [1, 16, 64]
     text = chapter.verdict(_results(_transfer() + recs))
-    assert "clearly worse than FGSM at 0.1" in text and "50.0% → 45.0%" in text and "clearly lower transfer" in text
+    assert "(B → A): PGD transfers clearly worse than FGSM at ε = 0.1, clearly better at no radius" in text and "50.0% → 45.0%" in text and "clearly lower transfer" in text
     flat = _premise(fgsm={0.3: 0.6}, pgd={0.3: 0.9}, by_steps={1: 0.5, 64: 0.52})
     p = chapter.verdict_summary(_results(_transfer() + flat))[D]["premise"]
     assert p["pgd_better_at"] == [0.3] and not p["more_steps_worse"]

@@ -254,7 +254,8 @@ PROFILES = {
     # CIFAR-10 images, both cached by the other chapters), two more LeNetLike seeds and one MLP (~3 min to train),
     # two ConvNets (~2 min each: a quarter of AlexLike's work per image). Defenses on MNIST only, 3 epochs each on
     # 55,000 images (~11 min in all: PGD-5 training at half PGD, half clean costs ~7 plain epochs per epoch).
-    # Evaluation with everything cached: ~8 min (the CIFAR-10 matrix, AlexLike at ~670 images/s, is half of it).
+    # Measured with the pool, the defenses and the adversary sets cached: 9.3 min (transfer matrix 4.3, premise
+    # sweep 2.2, scores of 17 networks 1.9; writing the two training adversary sets once: 34 s more).
     "laptop": {**_COMMON, "seeds": _per([0, 1, 2], [0]), "second_seeds": _per([0], [0, 1]),
                "n_transfer": _per(1000, 500), "steps": 10, "premise_radii": [0.1, 0.25, 0.5, 1.0],
                "premise_steps": [1, 4, 16, 64], "n_set": _per(10000, 1000), "n_set_train": _per(10000, 1000),
@@ -495,23 +496,26 @@ def premise_all(pool: dict, data: dict, cfg: RunConfig) -> list[dict]:
 
 
 def premise_summary(records: Sequence[dict], d: str) -> dict:
-    """From the premise sweep of ``d``: the radii at which PGD transfers clearly worse than FGSM (``pgd_worse_at``)
-    and clearly better (``pgd_better_at``), by 95% intervals; PGD's transfer and white-box rates at the fewest and
+    """From the premise sweep of ``d``: its (source, target) ``pair``; the radii at which PGD transfers clearly worse
+    than FGSM (``pgd_worse_at``), clearly better (``pgd_better_at``) or neither (``pgd_alike_at``), by 95%
+    intervals; PGD's transfer and white-box rates at the fewest and
     the most iterations (``steps``: ``{n: {"transfer": rec, "white": rec}}``), and whether more iterations clearly
     lowered transfer (``more_steps_worse``: the most iterations clearly below the best count)."""
     def at(sweep, gen, box, **match):
         return select(records, dataset=d, group="premise", sweep=sweep, attack=gen, box=box, **match)
 
     fgsm = {r["eps"]: r for r in at("radius", "fgsm", "transfer")}
-    worse, better = [], []
-    for r in at("radius", "pgd", "transfer"):
+    worse, better, alike = [], [], []
+    for r in sorted(at("radius", "pgd", "transfer"), key=lambda r: r["eps"]):
         c = evaluate.compare(r, fgsm.get(r["eps"]))
-        (worse if c == "lower" else better if c == "higher" else []).append(r["eps"])
+        (worse if c == "lower" else better if c == "higher" else alike).append(r["eps"])
+    first = select(records, dataset=d, group="premise", box="transfer")
     by_steps = {r["setting"]["steps"]: r for r in at("steps", "pgd", "transfer")}
     white = {r["setting"]["steps"]: r for r in at("steps", "pgd", "white")}
     most = max(by_steps) if by_steps else None
     best = max(by_steps.values(), key=lambda r: r["value"]) if by_steps else None
-    return {"pgd_worse_at": worse, "pgd_better_at": better,
+    return {"pair": (first[0]["setting"]["source"], first[0]["model"]) if first else None,
+            "pgd_worse_at": worse, "pgd_better_at": better, "pgd_alike_at": alike,
             "steps": {n: {"transfer": by_steps[n], "white": white.get(n)} for n in sorted(by_steps)},
             "more_steps_worse": most is not None and evaluate.compare(by_steps[most], best) == "lower"}
 
@@ -523,7 +527,7 @@ def premise_figure(records: Sequence[dict]):
     ds = _datasets_of(records, group="premise")
     fig, axes = plt.subplots(len(ds), 2, figsize=(10, 3.4 * len(ds)), squeeze=False)
     for (left, right), d in zip(axes, ds):
-        for gen in PREMISE_GENERATORS:
+        for color, gen in zip(("C0", "C1", "C2"), PREMISE_GENERATORS):  # one colour per generator in both panels
             for box, style in (("transfer", "-"), ("white", "--")):
                 for ax, sweep, x_of in ((left, "radius", lambda r: r["eps"]),
                                         (right, "steps", lambda r: r["setting"]["steps"])):
@@ -533,9 +537,9 @@ def premise_figure(records: Sequence[dict]):
                         continue
                     xs, ys = [x_of(r) for r in recs], [100 * r["value"] for r in recs]
                     lo, hi = [100 * r["interval"][0] for r in recs], [100 * r["interval"][1] for r in recs]
-                    line, = ax.plot(xs, ys, style, marker="o", ms=3,
-                                    label=f"{GENERATORS[gen].label} ({'on the source' if box == 'white' else 'transfer'})")
-                    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+                    ax.plot(xs, ys, style, color=color, marker="o", ms=3,
+                            label=f"{GENERATORS[gen].label} ({'on the source' if box == 'white' else 'transfer'})")
+                    ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
         eps0 = max((r["eps"] for r in select(records, dataset=d, group="premise", sweep="steps")), default=None)
         f = [r for r in select(records, dataset=d, group="premise", sweep="radius", attack="fgsm", box="transfer")
              if r["eps"] == eps0]
@@ -1171,7 +1175,7 @@ def score_figure(records: Sequence[dict]):
     """Per data set, every scored model: clean accuracy, accuracy on the adversary set and the white-box worst case
     at the same radius, with 95% intervals: the gap between the last two is what transfer alone does not see."""
     ds = _datasets_of(records, attack="adversary_set")
-    fig, axes = plt.subplots(len(ds), 1, figsize=(10, 3.6 * len(ds)), squeeze=False)
+    fig, axes = plt.subplots(len(ds), 1, figsize=(11, 4.2 * len(ds)), squeeze=False)
     for ax, d in zip(axes[:, 0], ds):
         entries = [(g, k, m) for g in GROUPS for k, m in _scored(records, d, g)]
         pos = torch.arange(len(entries)).numpy()
@@ -1182,7 +1186,8 @@ def score_figure(records: Sequence[dict]):
             err = [[100 * (r["value"] - r["interval"][0]) for r in recs],
                    [100 * (r["interval"][1] - r["value"]) for r in recs]]
             ax.bar(pos + offset, vals, width=0.27, yerr=err, capsize=2, label=label)
-        ax.set_xticks(pos, [SHORT[k] + (f"\n({m})" if g == "other" else "") for g, k, m in entries], fontsize=8)
+        ax.set_xticks(pos, [SHORT[k].replace("\n", " ") + (f" ({m})" if g == "other" else "") for g, k, m in entries],
+                      fontsize=8, rotation=30, ha="right")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
         ax.set_title(f"{d}: L∞ ε = {threat_eps(d):.4g}")
@@ -1277,13 +1282,14 @@ _DEFENSE_WORDS = {
 
 
 def _radii(values: Sequence[float]) -> str:
-    return ", ".join(f"{e:.3g}" for e in values) if values else "no radius"
+    return "ε = " + ", ".join(f"{e:.3g}" for e in values) if values else "no radius"
 
 
 def _premise_sentence(p: Mapping[str, Any]) -> str:
-    """The premise sweep in one or two sentences (:func:`premise_summary`)."""
-    words = (f"On one (source, target) pair, PGD transfers clearly worse than FGSM at {_radii(p['pgd_worse_at'])} "
-             f"and clearly better at {_radii(p['pgd_better_at'])} of the radii swept.")
+    """The premise sweep in two sentences (:func:`premise_summary`)."""
+    pair = "one (source, target) pair" if p["pair"] is None else f"{p['pair'][0]} → {p['pair'][1]}"
+    words = (f"Premise sweep ({pair}): PGD transfers clearly worse than FGSM at {_radii(p['pgd_worse_at'])}, "
+             f"clearly better at {_radii(p['pgd_better_at'])} and neither at {_radii(p['pgd_alike_at'])}.")
     if p["steps"]:
         (n0, a), (n1, b) = next(iter(p["steps"].items())), list(p["steps"].items())[-1]
         white = "" if a["white"] is None or b["white"] is None else \
