@@ -498,9 +498,9 @@ def premise_all(pool: dict, data: dict, cfg: RunConfig) -> list[dict]:
 def premise_summary(records: Sequence[dict], d: str) -> dict:
     """From the premise sweep of ``d``: its (source, target) ``pair``; the radii at which PGD transfers clearly worse
     than FGSM (``pgd_worse_at``), clearly better (``pgd_better_at``) or neither (``pgd_alike_at``), by 95%
-    intervals; PGD's transfer and white-box rates at the fewest and
-    the most iterations (``steps``: ``{n: {"transfer": rec, "white": rec}}``), and whether more iterations clearly
-    lowered transfer (``more_steps_worse``: the most iterations clearly below the best count)."""
+    intervals; PGD's transfer and white-box rates at each iteration count (``steps``: ``{n: {"transfer": rec,
+    "white": rec}}``, ascending), and whether more iterations clearly lowered transfer (``more_steps_worse``: the
+    most iterations clearly below the best count)."""
     def at(sweep, gen, box, **match):
         return select(records, dataset=d, group="premise", sweep=sweep, attack=gen, box=box, **match)
 
@@ -1144,7 +1144,10 @@ GROUPS = ("book", "other", "chapter")
 def _setting_words(rec: dict) -> str:
     """An exported network's setting for its table row (λ of Deep Defense or of entropic retraining)."""
     lam = rec["setting"].get("lam") if rec["setting"].get("group") == "other" else None
-    return "" if lam is None else f", λ = {lam:g}"
+    if lam is None:
+        return ""
+    return f", λ = {lam:g}" + (" (validation kept 0: plain fine-tuning)" if lam == 0 and rec["defense"] == "entropic"
+                               else "")
 
 
 def score_table(records: Sequence[dict]) -> str:
