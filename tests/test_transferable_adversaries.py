@@ -313,6 +313,16 @@ def test_other_chapters_networks_load_from_their_results_and_are_refused_when_al
     assert found == [] and any("corrupted" in n for n in notes)
 
 
+def test_score_table_names_another_chapters_network_as_that_chapter_exported_it():
+    kw = dict(dataset=D, model="entropic_cnn", defense="entropic", group="other", label="plain fine-tuning (kept)",
+              lam=0.0)
+    recs = [record(CFG, metric="accuracy", value=0.99, n=100, split="test", **kw)]
+    recs += [record(CFG, metric="accuracy", attack=a, threat_model="linf", eps=0.3, value=v, n=100, **kw)
+             for a, v in (("adversary_set", 0.2), ("worst_case", 0.0))]
+    table = chapter.score_table(recs)
+    assert "| entropic_cnn | plain fine-tuning (kept), λ = 0 | 99.0%" in table
+
+
 # --------------------------------------------------------------------------- the smoke run
 
 

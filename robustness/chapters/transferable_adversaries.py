@@ -88,9 +88,7 @@ LABELS = {"normal": "normal training", "fgsm_at": "FGSM adversarial training",
           "distillation": "defensive distillation", "superimposition": "superimposition + KL (a resampled)",
           "superimposition_fixed": "superimposition + KL (fixed a)", "pgd_at": "PGD adversarial training",
           "none": "shared reference model (undefended)", "jumprelu": "JumpReLU retrofit (JumpReLU chapter)",
-          "compress_amplify": "compress/amplify rescaling (fragile-neurons chapter)",
-          "deep_defense": "Deep Defense (Deep Defense chapter)",
-          "entropic": "entropic retraining (entropic-retraining chapter)"}
+          "compress_amplify": "compress/amplify rescaling (fragile-neurons chapter)"}
 #: Short names for figure axes.
 SHORT = {"normal": "normal", "fgsm_at": "FGSM training", "distillation": "distillation",
          "superimposition": "superimposition\n(a ~ Beta)", "superimposition_fixed": "superimposition\n(fixed a)",
@@ -1069,7 +1067,8 @@ def score_all(pool: dict, nets: dict, data: dict, sets: dict, cfg: RunConfig) ->
     for d in cfg.datasets:
         test, adv = data[d]["test"], sets[d]
         models = [("book", k, reference_name(cfg, d), v, {}) for k, v in book_models(pool, data, cfg, d).items()]
-        models += [("other", k, e["model"], v, e["setting"]) for k, e, v in others if e["dataset"] == d]
+        models += [("other", k, e["model"], v, {**e["setting"], "label": e["label"]})  # named by its chapter
+                   for k, e, v in others if e["dataset"] == d]
         models += [("chapter", k, zoo.ARCH[d], v, {}) for k, v in nets.get(d, {}).items()]
         for group, defense, model, net, setting in models:
             recs, raw[d, group, defense, model] = _score(cfg, d, net, test, adv, worst_case_members(cfg, defense, net),
@@ -1141,13 +1140,14 @@ def cost_table(records: Sequence[dict], timings: Mapping[str, Any]) -> str:
 GROUPS = ("book", "other", "chapter")
 
 
-def _setting_words(rec: dict) -> str:
-    """An exported network's setting for its table row (λ of Deep Defense or of entropic retraining)."""
-    lam = rec["setting"].get("lam") if rec["setting"].get("group") == "other" else None
-    if lam is None:
-        return ""
-    return f", λ = {lam:g}" + (" (validation kept 0: plain fine-tuning)" if lam == 0 and rec["defense"] == "entropic"
-                               else "")
+def _defense_words(rec: dict) -> str:
+    """A scored network's name for its table row: this chapter's label, or for another chapter's network the label
+    that chapter exported, with its λ."""
+    setting = rec["setting"]
+    if setting.get("group") != "other":
+        return LABELS["normal" if setting.get("group") == "chapter" and rec["defense"] == "none" else rec["defense"]]
+    label = setting.get("label", rec["defense"])  # results written before exports carried labels
+    return label + ("" if setting.get("lam") is None else f", λ = {setting['lam']:g}")
 
 
 def score_table(records: Sequence[dict]) -> str:
@@ -1159,7 +1159,7 @@ def score_table(records: Sequence[dict]) -> str:
         for group in GROUPS:
             for defense, model in _scored(records, d, group):
                 s = _scores(records, d, group, defense, model)
-                rows.append({"data": d, "model": model, "defense": LABELS[defense] + _setting_words(s["set"]),
+                rows.append({"data": d, "model": model, "defense": _defense_words(s["set"]),
                              "clean": pct_interval(s["clean"]), "set": pct_interval(s["set"]),
                              "worst": pct_interval(s["worst"])})
     return markdown_table(rows, {"data": "data set", "model": "model", "defense": "defense",
