@@ -61,12 +61,12 @@ seed = None  # random seed
 from IPython.display import Markdown, display
 
 from robustness.chapters import baselines as chapter
-from robustness.config import resolve
+from robustness.config import resolve_notebook
 from robustness.report import health_markdown
 from robustness.results import StageTimer, load_results, overrides_of, write_results
 from robustness.runtime import seed_everything
 
-cfg = resolve(chapter.SPEC, profile, **{n: globals()[n] for n in chapter.SPEC.params})
+cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
 timer = StageTimer()
 

@@ -78,10 +78,10 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from robustness.chapters import deep_defense as dd
-from robustness.config import resolve
+from robustness.config import resolve_notebook
 from robustness.runtime import seed_everything
 
-cfg = resolve(dd.SPEC, profile, **{name: globals()[name] for name in dd.SPEC.params})
+cfg = resolve_notebook(dd.SPEC, globals())
 seed_everything(cfg.seed)
 run = dd.Run(cfg)
 

@@ -74,12 +74,12 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from robustness.chapters import fragile_neurons as chapter
-from robustness.config import resolve
+from robustness.config import resolve_notebook
 from robustness.report import health_markdown
 from robustness.results import StageTimer, load_results, overrides_of, write_results
 from robustness.runtime import seed_everything
 
-cfg = resolve(chapter.SPEC, profile, **{name: globals()[name] for name in chapter.SPEC.params})
+cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
 timer = StageTimer()
 

@@ -82,11 +82,11 @@ from IPython.display import Markdown, display
 import matplotlib.pyplot as plt
 
 from robustness.chapters import jumprelu as chapter
-from robustness.config import resolve
+from robustness.config import resolve_notebook
 from robustness.results import StageTimer, load_results, overrides_of, write_results
 from robustness.runtime import seed_everything
 
-cfg = resolve(chapter.SPEC, profile=profile, **{name: globals()[name] for name in chapter.SPEC.params})
+cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
 timer = StageTimer()
 
@@ -273,7 +273,8 @@ strip = chapter.kappa_examples_for(nets, data, records, cfg)
 chapter.kappa_strip(**strip)
 plt.show()
 
-# %% tags=["remove-cell"]
+# %% tags=["remove-cell", "skip-execution"]
+# Live notebooks only: the book's runner does not execute widget cells (an interact slider can hang papermill).
 chapter.kappa_slider(**strip);
 
 # %% tags=["remove-cell"]

@@ -37,7 +37,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    # the owner's pid in the name: a later run removes what a killed one left (remove_stale_partials)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_PID_MARK}{os.getpid()}.", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -49,6 +50,39 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_PID_MARK = "pid"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a lock-free way to tell a killed writer from a concurrent one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` in ``folder`` whose writing process is gone.
+
+    A process killed with SIGKILL runs no cleanup, so its hidden ``.<name>.pid<N>.<random><suffix>`` file stays;
+    files of live processes (a concurrent run) are left alone. Returns the paths removed.
+    """
+    removed = []
+    for path in Path(folder).glob(f".*.{_PID_MARK}*"):
+        mark = next((part for part in path.name.split(".") if part.startswith(_PID_MARK)), "")
+        pid = mark[len(_PID_MARK):]
+        if path.is_file() and pid.isdigit() and not pid_alive(int(pid)):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> Path:

@@ -12,12 +12,41 @@ from .chapters import CHAPTER_IDS
 from .config import PROFILES
 
 
+class MalformedLiteralError(ValueError):
+    """A ``-p`` value that was meant as a Python literal (a list, a number, a quoted string) but does not parse."""
+
+
 def parse_value(text: str):
-    """A parameter value as papermill would get it: Python literal if it parses, else a string."""
+    """A parameter value as papermill would get it: Python literal if it parses, else a string.
+
+    Only plain words (``mnist``, ``abc``, ``nan``) fall back to a string. Text that starts as a literal does
+    (a bracket, a quote, a digit, a sign or point before a digit) and does not parse raises
+    :class:`MalformedLiteralError`, since as a string it would be refused for the wrong reason.
+    """
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    except (ValueError, SyntaxError) as err:
+        import re
+
+        head = text.lstrip()
+        attempted = head[:1] in ("[", "(", "{", "'", '"') or bool(re.match(r"[+-]?\.?\d", head))
+        if not attempted:
+            return text
+        why = (err.msg if isinstance(err, SyntaxError) else
+               "only literals (numbers, strings, lists, tuples, dicts, True, False, None) are allowed, "
+               "not an expression")
+        raise MalformedLiteralError(f"parameter value {text!r} is not a valid Python literal: {why}") from None
+
+
+def _profile_of(flag: str | None, params: dict) -> str:
+    """The run's profile: ``--profile``, or ``-p profile NAME`` (papermill's spelling, which the running page
+    also shows); both at once must agree."""
+    given = params.pop("profile", None)
+    if given is not None and given not in PROFILES:
+        raise ValueError(f"parameter profile={given!r} is invalid: expected one of {', '.join(PROFILES)}")
+    if given is not None and flag is not None and given != flag:
+        raise ValueError(f"--profile {flag} and -p profile {given} disagree: give the profile once, with --profile")
+    return flag or given or "auto"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="execute chapter notebooks (jupytext → papermill)")
     run.add_argument("chapters", nargs="*", metavar="CHAPTER", help=f"one or more of: {', '.join(CHAPTER_IDS)}")
     run.add_argument("--all", action="store_true", help="every chapter of the book, in order")
-    run.add_argument("--profile", default="auto", choices=PROFILES)
+    run.add_argument("--profile", default=None, choices=PROFILES, help="default auto")
     run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override one parameter, e.g. -p eps 0.1 -p eps_grid_linf '[0, 0.1]'")
     run.add_argument("--output-dir", default=None, help="where executed notebooks go (default book/executed)")
@@ -76,18 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [c for c in args.chapters if c not in CHAPTER_IDS]
         if unknown:
             parser.error(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(CHAPTER_IDS)}")
-        from .runner import run_chapters
+        from .runner import ChapterFailed, run_chapters
 
         if args.threads is not None:
             if args.threads < 1:
                 parser.error("--threads must be a positive integer")
             os.environ["ROBUSTNESS_THREADS"] = str(args.threads)
-        params = {name: parse_value(value) for name, value in args.param}
         try:
-            run_chapters([] if args.all else args.chapters, args.profile, params, args.output_dir, args.log_output)
+            params = {name: parse_value(value) for name, value in args.param}
+            profile = _profile_of(args.profile, params)
+            run_chapters([] if args.all else args.chapters, profile, params, args.output_dir, args.log_output)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except ChapterFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "params":
         from .chapters import get_chapter
@@ -102,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             print(f"no results under {results_dir()}; make some with: python -m robustness run CHAPTER")
         for row in rows:
-            set_by_hand = ", ".join(f"{k}={v!r}" for k, v in row["overridden"].items()) or "canonical"
+            set_by_hand = ("?" if row.get("error") else
+                           ", ".join(f"{k}={v!r}" for k, v in row["overridden"].items()) or "canonical")
             status = row.get("error") or f"{row['records']} records, commit {row['commit'] or '?'}"
             print(f"{row['profile']:>7}  {row['chapter']:<22} {set_by_hand:<40} {status}  {row['path']}")
         return 0

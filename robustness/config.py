@@ -69,6 +69,14 @@ def _nonneg_float(v, _):
     return _is_number(v) and v >= 0, float(v) if _is_number(v) else v
 
 
+def _fraction(v, _):
+    return _is_number(v) and 0 <= v <= 1, float(v) if _is_number(v) else v
+
+
+def _pos_fraction(v, _):
+    return _is_number(v) and 0 < v <= 1, float(v) if _is_number(v) else v
+
+
 def _eps_linf(v, _):
     return _is_number(v) and 0 <= v <= 1, float(v) if _is_number(v) else v
 
@@ -83,8 +91,14 @@ def _nonneg_float_list(v, _):
     return ok, [float(e) for e in v] if ok else v
 
 
+def _pos_float_list(v, _):
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_number(e) and e > 0 for e in v)
+    return ok, [float(e) for e in v] if ok else v
+
+
 def _choice(v, choices):
-    return v in choices, v
+    # same type too: 2.0 or True must not pass for the choice 2 (nor 1)
+    return any(v == c and type(v) is type(c) for c in choices), v
 
 
 def _subset(v, choices):
@@ -98,6 +112,11 @@ def _nonneg_int_list(v, _):
     return ok, list(v) if ok else v
 
 
+def _pos_int_list(v, _):
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(_pos_int(e, None)[0] for e in v)
+    return ok, list(v) if ok else v
+
+
 def _boolean(v, _):
     return isinstance(v, bool), v
 
@@ -107,12 +126,16 @@ _KINDS: dict[str, tuple[Callable, str]] = {
     "nonneg_int": (_nonneg_int, "an integer ≥ 0"),
     "pos_float": (_pos_float, "a number > 0"),
     "nonneg_float": (_nonneg_float, "a number ≥ 0"),
+    "fraction": (_fraction, "a number in [0, 1]"),
+    "pos_fraction": (_pos_fraction, "a number in (0, 1]"),
     "eps_linf": (_eps_linf, "an L∞ radius in [0, 1] (images live in [0, 1])"),
     "eps_linf_list": (_eps_linf_list, "a non-empty list of L∞ radii in [0, 1]"),
     "nonneg_float_list": (_nonneg_float_list, "a non-empty list of numbers ≥ 0"),
+    "pos_float_list": (_pos_float_list, "a non-empty list of numbers > 0"),
     "choice": (_choice, "one of the listed values"),
     "subset": (_subset, "a non-empty list without repeats of the listed values"),
     "nonneg_int_list": (_nonneg_int_list, "a non-empty list of integers ≥ 0"),
+    "pos_int_list": (_pos_int_list, "a non-empty list of integers > 0"),
     "bool": (_boolean, "True or False"),
 }
 
@@ -177,6 +200,46 @@ def describe(spec: "ChapterSpec") -> str:
     return "\n".join(lines)
 
 
+_DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+def images_limit(dataset: str, split: str) -> tuple[int, str]:
+    """``(n, text)``: the ``split`` images of ``dataset`` a run can load here and how messages name them
+    (``"the 60,000 MNIST training images"``; with the source when fewer than the official split, as with the
+    offline mirror's CIFAR-10 test images). See :func:`robustness.data.images_available`."""
+    from .data import images_available  # lazily: config stays free of torch at import
+
+    n, note = images_available(dataset, split)
+    text = f"the {n:,} {_DATASET_NAMES.get(dataset, dataset)} {'training' if split == 'train' else 'test'} images"
+    return n, text + (f" available here: {note}" if note else "")
+
+
+def check_counts(cfg: Mapping[str, Any], counts: Mapping[str | tuple[str, ...], str],
+                 datasets: list[str] | None = None) -> None:
+    """Refuse a count of images larger than its split holds, before any data is loaded (the rule of every
+    chapter's ``_check``).
+
+    ``counts`` maps a parameter, or a tuple of parameters whose sum is one block of images (``("train_size",
+    "n_val")``), to its split (``"train"`` or ``"test"``). A per-data-set value is read for each of ``datasets``
+    (default: the run's). The limit is :func:`images_limit`'s: the images the loader would actually give.
+    """
+    for d in datasets if datasets is not None else _run_datasets(cfg):
+        for names, split in counts.items():
+            names = (names,) if isinstance(names, str) else tuple(names)
+            values = [(f"{n}[{d!r}]", cfg[n][d]) if isinstance(cfg[n], dict) else (n, cfg[n]) for n in names]
+            total = sum(v for _, v in values)
+            n, text = images_limit(d, split)
+            if total <= n:
+                continue
+            if len(values) == 1:
+                raise ValueError(f"parameter {values[0][0]}={total} exceeds {text}")
+            raise ValueError(f"parameters {' + '.join(label for label, _ in values)} = {total:,} exceed {text}")
+
+
+def _run_datasets(cfg: Mapping[str, Any]) -> list[str]:
+    return list(cfg["datasets"]) if "datasets" in cfg else [cfg["dataset"]]
+
+
 _META = ("profile", "requested_profile", "device", "overridden", "chapter")
 
 
@@ -212,6 +275,12 @@ def _per_dataset(name: str, param: Param, default: Any, given: Any, selected: li
         if unknown:
             raise ValueError(f"parameter {name}={value!r} names unknown data set(s) {', '.join(unknown)}; "
                              f"allowed keys: {', '.join(known)}")
+        unused = [d for d in value if d not in selected]
+        if unused and source == "given":
+            # it would be dropped, yet counted as set by hand (and so file the run under an override hash)
+            run = f"dataset={selected[0]!r}" if one else f"datasets={selected!r}"
+            raise ValueError(f"parameter {name}={value!r} sets data set(s) {', '.join(unused)}, which this run "
+                             f"does not use ({run})")
         missing = [d for d in selected if d not in value]
         if missing and source == "profile":
             raise ValueError(f"the profile has no value of {name} for data set(s) {', '.join(missing)}")
@@ -257,3 +326,38 @@ def resolve(spec: ChapterSpec, profile: str = "auto", **given: Any) -> RunConfig
     if spec.check is not None:
         spec.check(ordered)
     return ordered
+
+
+#: How papermill's ``injected-parameters`` cell begins (its Python translator's comment line).
+_INJECTED_HEADER = "# Parameters\n"
+
+
+def _injected_names(namespace: Mapping[str, Any]) -> set[str]:
+    """The names assigned by papermill's injected cell, from IPython's input history ``In``."""
+    import ast
+
+    names: set[str] = set()
+    for source in namespace.get("In") or []:
+        if isinstance(source, str) and source.startswith(_INJECTED_HEADER):
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue
+            names.update(target.id for node in tree.body if isinstance(node, ast.Assign)
+                         for target in node.targets if isinstance(target, ast.Name))
+    return names
+
+
+def resolve_notebook(spec: ChapterSpec, namespace: Mapping[str, Any]) -> RunConfig:
+    """:func:`resolve` from a notebook's namespace (``globals()``), for the first code cell after the parameters.
+
+    Papermill run directly only warns about a name the parameters cell lacks ("Passed unknown parameter") and
+    injects it anyway; the run would then finish with the profile's value and write over the canonical results.
+    Here a name papermill injected that is not a parameter of the chapter stops the run, as the CLI does. (Read
+    from the injected cell's source, so a live notebook whose cells are rerun in any order is never refused.)
+    """
+    unknown = sorted(_injected_names(namespace) - set(spec.params) - {"profile"})
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for chapter {spec.name!r}; "
+                         f"allowed: profile, {', '.join(spec.params)}")
+    return resolve(spec, profile=namespace.get("profile", "auto"), **{name: namespace[name] for name in spec.params})

@@ -25,7 +25,10 @@ recipe that made them -- live in :func:`adversary_dir` and load like any data se
 """
 from __future__ import annotations
 
+import errno
 import functools
+import gzip
+import hashlib
 import json
 import os
 import re
@@ -342,34 +345,64 @@ def _tv():
 _DOWNLOAD_ERRORS = (RuntimeError, OSError, EOFError, tarfile.TarError)
 
 
-def _not_found(name: str, searched: list[str], fix: str, err: BaseException) -> DatasetNotFoundError:
+def _not_found(name: str, searched: list[str], fix: str, err: BaseException,
+               cause: str | None = None) -> DatasetNotFoundError:
     # torchvision's messages span lines ("Error downloading f:", "Tried url, got:", the
     # error); the first and last line say enough.
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
     reason = lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
     places = "\n".join(f"  - {place}" for place in searched)
     return DatasetNotFoundError(
-        f"dataset {name!r} not found. Searched:\n{places}\n"
+        f"dataset {name!r} not found{f': {cause}' if cause else ''}. Searched:\n{places}\n"
         f"and the download failed ({reason}).\n"
         f"To fix: connect to the internet once (the files are then kept in the root), or {fix}."
     )
 
 
+def _mirror_label(mirror: Path) -> str:
+    """How the user named the mirror: ``ROBUSTNESS_DATA_MIRROR=<path>`` when it came from there."""
+    return f"{ENV_MIRROR}={mirror}" if resolve_mirror() == mirror else f"mirror={mirror}"
+
+
 def _mirror_place(mirror: Path | None, relative: str) -> str:
     if mirror is None:
         return f"no mirror set ({ENV_MIRROR})"
+    if not mirror.is_dir():  # a typo in the variable must not read like a missing file
+        return f"mirror: {mirror / relative}, but {_mirror_label(mirror)} does not exist (typo?)"
     return f"mirror: {mirror / relative}"
+
+
+# errno values that mean "this folder cannot be written" (a read-only mount, permissions)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _not_writable(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in _NOT_WRITABLE
 
 
 # ----- MNIST and Fashion-MNIST: torchvision's raw .gz files, checked by md5
 
 
-def _set_aside(path: Path, why: str) -> None:
-    """Rename a bad file to ``*.corrupt`` (kept for inspection, never read again)."""
+def _set_aside(path: Path, why: str, then: str = "will not use it", stacklevel: int = 6) -> None:
+    """Rename a bad file to ``*.corrupt`` (kept for inspection, never read again).
+
+    If it cannot be renamed (a read-only data folder), raise :class:`CorruptDataError` that names the corruption
+    itself, not only the failed rename.
+    """
     aside = path.with_name(path.name + ".corrupt")
-    os.replace(path, aside)
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return  # a concurrent load moved it aside first
+    except OSError as err:
+        where = f"{path.parent} is not writable" if _not_writable(err) else "the rename failed"
+        raise CorruptDataError(
+            f"{why}; it will not be used, but it cannot be moved aside to {aside.name}: {where} ({err}). "
+            f"To fix: replace {path} with a good copy (or delete it), which needs write access to that folder, "
+            f"or set {ENV_ROOT} to a writable data folder."
+        ) from err
     # stacklevel: point at the caller of load_dataset.
-    warnings.warn(f"{why}; moved it aside to {aside} and will not use it", CorruptDataWarning, stacklevel=6)
+    warnings.warn(f"{why}; moved it aside to {aside} and {then}", CorruptDataWarning, stacklevel=stacklevel)
 
 
 def _drop_extracted(gz: Path) -> None:
@@ -382,22 +415,57 @@ def _drop_extracted(gz: Path) -> None:
         extracted.unlink()
 
 
+def _gunzip_sha256(gz: Path) -> str:
+    digest = hashlib.sha256()
+    with gzip.open(gz, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _extract(gz: Path) -> None:
+    """Decompress ``gz`` beside it, atomically (an interrupted run leaves no half-written file)."""
+    with atomic_path(gz.with_suffix("")) as tmp, gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _check_extracted(gz: Path) -> None:
+    """Make the file extracted from the verified archive ``gz`` hold exactly the archive's decompressed bytes.
+
+    torchvision reads the extracted files but only checks that they exist, so a damaged one would load
+    silently. The reference is the verified archive itself, decompressed in memory: no stored checksum that
+    could go stale, and it works in a read-only folder. A file that differs is set aside and extracted again.
+    """
+    extracted = gz.with_suffix("")
+    if extracted.is_file():
+        actual, expected = sha256_file(extracted), _gunzip_sha256(gz)
+        if actual == expected:
+            return
+        _set_aside(extracted, f"{extracted} has sha256 {actual}, expected {expected} (the decompressed content "
+                   f"of its verified archive {gz.name})", then=f"will extract it again from {gz.name}", stacklevel=7)
+    _extract(gz)
+
+
 class _Rejected(Exception):
     pass
 
 
-def _prepare_raw_archives(class_name: str, resources, raw: Path, mirror: Path | None) -> list[str]:
-    """Make every archive present in ``raw`` one with the right md5.
+def _prepare_raw_archives(class_name: str, resources, raw: Path,
+                          mirror: Path | None) -> tuple[list[str], list[tuple[Path, str, str]]]:
+    """Make every archive present in ``raw`` one with the right md5, and its extracted file its exact content.
 
     Bad archives in ``raw`` are set aside; missing ones are copied in from the
-    mirror when the mirror's copy has the right md5. Returns the names copied.
+    mirror when the mirror's copy has the right md5. Every verified archive's
+    extracted file is checked (:func:`_check_extracted`) or extracted. Returns the
+    names copied, and the mirror files refused as ``(path, md5, expected md5)``.
     """
-    copied = []
+    copied, rejected = [], []
     for filename, md5 in resources:
         target = raw / filename
         if target.is_file():
             actual = md5_file(target)
             if actual == md5:
+                _check_extracted(target)
                 continue
             _set_aside(target, f"{target} has md5 {actual}, expected {md5}")
             _drop_extracted(target)
@@ -418,10 +486,41 @@ def _prepare_raw_archives(class_name: str, resources, raw: Path, mirror: Path | 
                 f"mirror file {source} has md5 {bad}, expected {md5}; not using it",
                 CorruptDataWarning, stacklevel=5,
             )
+            # Kept for the final error too: a warning raised in a notebook kernel is lost.
+            rejected.append((source, str(bad), md5))
             continue
-        _drop_extracted(target)
+        _extract(target)  # replaces any extracted file of an earlier archive
         copied.append(filename)
-    return copied
+    return copied, rejected
+
+
+def _read_only_root(class_name: str, root: Path, err: OSError) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"the data folder {root} is not writable ({err}). {class_name} needs a writable data folder to extract "
+        f"into: its archives are copied there (from the mirror, or downloaded) and extracted. A read-only folder "
+        f"works only once it holds them all, extracted. To fix: set {ENV_ROOT} to a writable folder."
+    )
+
+
+def _mnist_fix(class_name: str, missing: list[str], mirror: Path | None,
+               rejected: list[tuple[Path, str, str]]) -> tuple[str, str | None]:
+    """The "To fix" advice and the leading cause for a MNIST-like data set that could not be had."""
+    writable = f"{ENV_ROOT} to a writable folder that has them"
+    if mirror is None:
+        return f"set {ENV_MIRROR} to a folder with {class_name}/raw/*.gz, or {writable}", None
+    if not mirror.is_dir():
+        return f"fix {_mirror_label(mirror)} to name a folder with {class_name}/raw/*.gz, or set {writable}", None
+    fixes, cause = [], None
+    if rejected:
+        # The mirror is set and has the files, so pointing at it again would not help: the file is bad.
+        cause = "; ".join(f"the mirror file {path} is corrupted (md5 {actual}, expected {md5})"
+                          for path, actual, md5 in rejected)
+        fixes += [f"replace {path} with a good copy (md5 {md5})" for path, _, md5 in rejected]
+    bad = {path.name for path, _, _ in rejected}
+    absent = [f for f in missing if f not in bad]
+    if absent:
+        fixes.append(f"copy {', '.join(absent)} into {mirror / class_name / 'raw'}")
+    return "; or ".join(fixes) or f"set {writable}", cause
 
 
 def _load_mnist_like(name: str, split: str, root: Path, mirror: Path | None) -> ArrayDataset:
@@ -429,11 +528,18 @@ def _load_mnist_like(name: str, split: str, root: Path, mirror: Path | None) -> 
     class_name = _TV_CLASS[name]
     cls = getattr(tv.datasets, class_name)
     raw = root / class_name / "raw"
-    copied = _prepare_raw_archives(class_name, cls.resources, raw, mirror)
     try:
-        # With the verified archives in place, download=True only extracts them.
+        copied, rejected = _prepare_raw_archives(class_name, cls.resources, raw, mirror)
+    except OSError as err:
+        if _not_writable(err):
+            raise _read_only_root(class_name, root, err) from err
+        raise
+    try:
+        # With the verified archives in place and extracted, download=True fetches only what is missing.
         ds = cls(str(root), train=(split == "train"), download=True)
     except _DOWNLOAD_ERRORS as err:
+        if _not_writable(err):  # torchvision could not create the raw folder or write a download
+            raise _read_only_root(class_name, root, err) from err
         missing = [f for f, md5 in cls.resources if not (raw / f).is_file() or md5_file(raw / f) != md5]
         if not missing:
             # All archives are good, so torchvision choked on something else,
@@ -442,12 +548,11 @@ def _load_mnist_like(name: str, split: str, root: Path, mirror: Path | None) -> 
                 f"torchvision could not read {name} from {raw} although its archives are verified: {err}. "
                 f"Delete the extracted files there (the names without .gz) to extract them again."
             ) from err
+        fix, cause = _mnist_fix(class_name, missing, mirror, rejected)
         raise _not_found(
             name,
             [f"root: {raw} (missing or bad: {', '.join(missing)})", _mirror_place(mirror, f"{class_name}/raw")],
-            f"set {ENV_MIRROR} to a folder with {class_name}/raw/*.gz, "
-            f"or {ENV_ROOT} to a writable folder that has them",
-            err,
+            fix, err, cause,
         ) from err
 
     # One vectorized conversion: uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1].
@@ -563,6 +668,17 @@ def _adversary_files(name: str, root: str | os.PathLike | None) -> tuple[Path, P
     return path, path.with_suffix(".json")
 
 
+def _adversary_sets_in(folder: Path) -> str:
+    """The sets stored in ``folder``, in words (so a mistyped name can be told from a set never written)."""
+    try:
+        names = sorted(p.stem for p in folder.glob("*.pt") if p.is_file() and _ADVERSARY_NAME.fullmatch(p.stem))
+    except OSError:
+        names = []
+    if not names:
+        return f"There are no adversary sets in {folder}."
+    return f"Sets in {folder}: {', '.join(names)}."
+
+
 def _canonical_recipe(recipe: dict) -> dict:
     """``recipe`` as it reads back from JSON (tuples become lists, keys strings); ``ValueError`` if not JSON-able."""
     if not isinstance(recipe, dict):
@@ -650,8 +766,11 @@ def load_adversary_set(name: str, recipe: dict | None = None,
     rebuild = f"Delete {path} and {sidecar.name}, then rebuild the set by rerunning the chapter that wrote it."
     if not path.is_file():
         raise DatasetNotFoundError(
-            f"adversary set {name!r} not found: {path} does not exist. To fix: run the chapter that writes it, "
-            f"or set {ENV_ADVERSARIES} to the folder that holds it.")
+            f"adversary set {name!r} not found: {path} does not exist. {_adversary_sets_in(path.parent)} "
+            f"To fix: run the chapter that writes it, transferable_adversaries "
+            f"(`python -m robustness run transferable_adversaries --profile <profile>` writes "
+            f"transferable-<data set>-<profile>, and -train for a training set; a run with -p overrides adds "
+            f"--<hash> to the name), or set {ENV_ADVERSARIES} to the folder that holds it.")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         expected = meta["sha256"]
@@ -683,3 +802,45 @@ def load_adversary_set(name: str, recipe: dict | None = None,
         raise CorruptDataError(f"adversary set {path} is malformed: {problem}. {rebuild}")
     return ArrayDataset(f"{ADVERSARY_PREFIX}{name}", stored_split, x, y, f"adversary set {name!r} ({path}, sha256 "
                         f"{actual[:12]})")
+
+
+# --------------------------------------------------------------------------- sizes, before loading
+
+
+def images_available(name: str, split: str, root: str | os.PathLike | None = None,
+                     mirror: str | os.PathLike | None = None) -> tuple[int, str | None]:
+    """``(count, note)``: how many ``split`` images :func:`load_dataset` would give here, found without reading
+    any image, so parameters can be checked before a run starts.
+
+    ``note`` is ``None`` when ``count`` is the official split size, else it says where the fewer images come from
+    (``"the offline mirror <path> holds 1,000 CIFAR-10 test images of the official 10,000"``). Only CIFAR-10 can
+    come short: when torchvision's batches are not all present in the root (presence only; their checksums are
+    the loader's job), the loader takes the mirror's npz, whose count is read from its array header. An npz
+    that cannot be read gives the official count, and the loader then reports the file.
+    """
+    official = dataset_info(name).split_size(split)
+    mirror_path = resolve_mirror(mirror)
+    if name != "cifar10" or mirror_path is None:
+        return official, None
+    cls = _tv().datasets.CIFAR10
+    folder = resolve_root(root) / cls.base_folder
+    if all((folder / f).is_file() for f, _ in cls.train_list + cls.test_list + [[cls.meta["filename"], None]]):
+        return official, None  # the loader prefers torchvision's full set (as _load_cifar10)
+    npz = mirror_path / "cifar10" / f"{split}.npz"
+    if not npz.is_file():
+        return official, None  # the loader downloads the full set
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(npz) as archive, archive.open("x.npy") as member:
+            version = np.lib.format.read_magic(member)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            count = int(header(member)[0][0])
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, IndexError):
+        return official, None
+    if count >= official:
+        return official, None
+    which = "training" if split == "train" else "test"
+    return count, (f"the offline mirror {npz} holds {count:,} CIFAR-10 {which} images of the official {official:,} "
+                   f"(torchvision's {cls.base_folder} in {folder.parent} would give them all)")

@@ -195,28 +195,79 @@ def write_results(cfg: dict, records: list[dict], health: list | None = None, ti
     return path
 
 
+class ResultsFileError(ValueError):
+    """A results file exists but is not one: cut short, not UTF-8, not JSON, or not the shape write_results
+    writes. The message names the file, what is wrong and the command that rewrites it."""
+
+
+def _problem(content: Any) -> str | None:
+    """What keeps parsed JSON from being a results file (``None``: nothing). Only what readers rely on."""
+    if not isinstance(content, dict):
+        kind = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+        return f"it holds {kind.get(type(content), 'null')}, not a JSON object"
+    records = content.get("records")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return "its records are missing or not a list of objects"
+    for key in ("overridden", "provenance", "extra"):
+        if key in content and not isinstance(content[key], dict):
+            return f"its {key} is not an object"
+    for key in ("chapter", "profile"):
+        if key in content and not isinstance(content[key], str):
+            return f"its {key} is not a string"
+    return None
+
+
+def _read(path: Path) -> tuple[dict | None, str | None]:
+    """``(content, None)``, or ``(None, what is wrong)`` for a file that is not a results file; OSError raises."""
+    try:
+        content = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text ({err})"
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON, perhaps cut short ({err})"
+    problem = _problem(content)
+    return (None, problem) if problem else (content, None)
+
+
+def _run_command(chapter: str, profile: str, overrides: dict | None = None) -> str:
+    import shlex
+
+    extra = "".join(f" -p {name} {shlex.quote(repr(v))}" for name, v in (overrides or {}).items())
+    return f"python -m robustness run {chapter} --profile {profile}{extra}"
+
+
 def load_results(chapter: str, profile: str, overrides: dict | None = None) -> dict:
-    """Read a chapter's results (non-finite values restored); a missing file names the command that makes it."""
+    """Read a chapter's results (non-finite values restored); a missing file names the command that makes it, a
+    damaged one raises :class:`ResultsFileError` naming the file and the command that rewrites it."""
     path = results_path(chapter, profile, overrides)
     if not path.exists():
         raise FileNotFoundError(f"no results for chapter {chapter!r} with profile {profile!r} at {path}; "
-                                f"make them with: python -m robustness run {chapter} --profile {profile}")
-    return _restore(json.loads(path.read_text()))
+                                f"make them with: {_run_command(chapter, profile, overrides)}")
+    content, problem = _read(path)
+    if problem:
+        raise ResultsFileError(f"{path} cannot be read as a results file: {problem}; rewrite it with: "
+                               f"{_run_command(chapter, profile, overrides)}")
+    return _restore(content)
 
 
 def list_results() -> list[dict]:
-    """One row per results file: profile, chapter, what was set by hand, number of records, commit, path."""
+    """One row per results file: profile, chapter, what was set by hand, number of records, commit, path. A file
+    that cannot be read as one is listed with its problem in ``error``, never hiding the others."""
     rows = []
     for path in sorted(results_dir().glob("*/*.json")):
         try:
-            content = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            content, problem = _read(path)
+        except OSError as err:
+            content, problem = None, f"unreadable ({err})"
+        if problem:
             rows.append({"profile": path.parent.name, "chapter": path.stem, "overridden": {}, "records": None,
-                         "commit": None, "path": str(path), "error": str(err)})
+                         "commit": None, "path": str(path), "error": f"not a results file: {problem}"})
             continue
-        rows.append({"profile": content.get("profile"), "chapter": content.get("chapter"),
-                     "overridden": content.get("overridden", {}), "records": len(content.get("records", [])),
-                     "commit": (content.get("provenance", {}).get("git_commit") or "")[:10], "path": str(path)})
+        commit = content.get("provenance", {}).get("git_commit")
+        rows.append({"profile": content.get("profile", path.parent.name),
+                     "chapter": content.get("chapter", path.stem),
+                     "overridden": content.get("overridden", {}), "records": len(content["records"]),
+                     "commit": commit[:10] if isinstance(commit, str) else "", "path": str(path)})
     return rows
 
 

@@ -272,27 +272,72 @@ def load_checkpoint(model: nn.Module, path: Path, expected_sha256: str | None = 
     """Load a checkpoint into ``model`` after checking its sha256; returns the sidecar metadata.
 
     Raises :class:`CheckpointError` (naming the file) when the file or its
-    sidecar is missing, the hash differs, or the weights do not fit the model.
+    sidecar is missing, the sidecar is damaged, the hash differs, the file is
+    not plain weights, or the weights do not fit the model.
     Loading uses ``weights_only=True``: a checkpoint can never run code.
     """
     path = Path(path)
     side = path.with_suffix(".json")
     if not path.exists() or not side.exists():
         raise CheckpointError(f"checkpoint {path} (or its {side.name}) is missing")
-    try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint metadata {side} is unreadable: {err}") from err
-    expected = expected_sha256 or meta.get("sha256")
+    meta = read_sidecar(side)
+    expected = expected_sha256 or meta["sha256"]
     actual = _io.sha256_file(path)
     if actual != expected:
         raise CheckpointError(f"checkpoint {path} is corrupted: sha256 {actual}, expected {expected}")
+    state = _load_weights(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except Exception as err:  # a file with the right hash but the wrong model
+    except Exception as err:  # a readable state dict with the right hash, but for another model
         raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
     return meta
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def read_sidecar(side: Path) -> dict:
+    """A checkpoint's sidecar metadata, as :func:`save_checkpoint` writes it. Any damage (unreadable, not UTF-8,
+    not JSON, not an object, no sha256 string) raises :class:`CheckpointError` naming the file, so that callers
+    that retrain on a CheckpointError recover instead of crashing."""
+    try:
+        meta = json.loads(Path(side).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"checkpoint metadata {side} is unreadable: not UTF-8 text ({err})") from err
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError
+        raise CheckpointError(f"checkpoint metadata {side} is unreadable: {err}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {side} is malformed: {_json_kind(meta)}, not a JSON object")
+    if not isinstance(meta.get("sha256"), str):
+        raise CheckpointError(f"checkpoint metadata {side} is malformed: its sha256 is "
+                              f"{'missing' if 'sha256' not in meta else _json_kind(meta['sha256'])}, not a string")
+    return meta
+
+
+def _load_weights(path: Path) -> dict:
+    """``torch.load(weights_only=True)`` of a hash-checked file, as a state dict. A refusal is reported as an
+    unsafe file, without torch's advice to turn the protection off (``weights_only=False``, safe globals)."""
+    import pickle
+    import re
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand (\d+)", str(err))
+        detail = "" if found is None else (f": it names {found[1]}" if found[1] else f": pickle opcode {found[2]}")
+        raise CheckpointError(f"checkpoint {path} is not a plain weights file (it holds Python objects that "
+                              f"weights_only=True refuses to load{detail}); it will not be loaded; delete it and "
+                              "retrain") from None  # no chain: torch's text advises weights_only=False
+    except Exception as err:  # e.g. not a torch archive at all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable as a weights file ({first}); it will not be "
+                              "loaded; delete it and retrain") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} is not a plain weights file: it holds a {type(state).__name__}, "
+                              "not a state dict of tensors; it will not be loaded; delete it and retrain")
+    return state
 
 
 def cached_train(
@@ -333,9 +378,16 @@ def cached_train(
             meta = load_checkpoint(model, path)
             if meta.get("recipe") != json.loads(json.dumps(full, default=str)):
                 raise CheckpointError(f"checkpoint {path} was written for another recipe")
+            history = meta.get("history")
+            if (not isinstance(history, dict) or not isinstance(history.get("epochs"), list)
+                    or not isinstance(meta.get("train_seconds"), (int, float))):  # what the chapters read
+                raise CheckpointError(f"checkpoint metadata {path.with_suffix('.json')} is malformed: no training "
+                                      "history or train_seconds")
             return model.to(device).eval(), {**meta, "cached": True, "path": str(path)}
         except CheckpointError as err:
             warnings.warn(f"{err}; retraining it", stacklevel=2)
+            torch.manual_seed(config.seed)  # the weights may have been loaded before a sidecar check failed
+            model = build()
     if init is not None:
         model.load_state_dict(init.state_dict())
     start = time.perf_counter()

@@ -187,7 +187,7 @@ def get(name: str, profile: str, device=None) -> tuple[nn.Module, dict]:
     r = recipe(name, profile)  # an unknown name fails here, before any work
     model, meta = trained_model(**r.kwargs(), device=device)
     try:
-        acc = accuracy(r, model, meta.get("sha256"))
+        acc, _ = _accuracy(r, model, meta.get("sha256"))  # an unwritable index: the listing reports it
     except (OSError, RuntimeError):  # e.g. no test images offline: the listing measures it later
         acc = None
     return model, {**meta, "zoo": r.name, "accuracy": acc}
@@ -310,7 +310,17 @@ def accuracy(r: Recipe, model: nn.Module | None = None, sha256: str | None = Non
     """Clean accuracy of ``r``'s cached model on the first :data:`ACCURACY_IMAGES` test images: read from the
     index, else measured (on ``model`` when given, else on the checkpoint, loaded and verified) and stored.
     ``None`` when the model is not cached. Raises :class:`robustness.train.CheckpointError` for a corrupted
-    checkpoint."""
+    checkpoint, ``OSError`` when the index cannot be written (:func:`row` shows the value and says so)."""
+    value, unsaved = _accuracy(r, model, sha256, cache)
+    if unsaved is not None:
+        raise unsaved
+    return value
+
+
+def _accuracy(r: Recipe, model: nn.Module | None = None, sha256: str | None = None,
+              cache: Path | str | None = None) -> tuple[float | None, OSError | None]:
+    """:func:`accuracy`, and the error of writing the index (``None`` when stored): a folder the index cannot be
+    written to must not hide an accuracy that was measured."""
     from .models import build_model
     from .train import load_checkpoint
 
@@ -318,21 +328,30 @@ def accuracy(r: Recipe, model: nn.Module | None = None, sha256: str | None = Non
     if sha256 is None:
         state = status(r, cache)
         if state["state"] == "not cached":
-            return None
+            return None, None
         if state["state"] == "corrupted":
             raise CheckpointError(f"checkpoint {path} is corrupted: {state['error']}")
         sha256 = state["sha256"]
     entry = read_index(cache).get(path.name)
     if entry and entry.get("sha256") == sha256 and entry.get("accuracy") is not None:
-        return entry["accuracy"]
+        return entry["accuracy"], None
     if model is None:
         model = build_model(r.model, r.dataset)
         load_checkpoint(model, path, expected_sha256=sha256)
         model.eval()
     value, n = _test_accuracy(model, r.dataset)
-    _write_index_entry(path.name, {"name": r.name, "profile": r.profile, "sha256": sha256, "accuracy": value,
-                                   "n": n}, cache)
-    return value
+    try:
+        _write_index_entry(path.name, {"name": r.name, "profile": r.profile, "sha256": sha256, "accuracy": value,
+                                       "n": n}, cache)
+    except OSError as err:
+        return value, err
+    return value, None
+
+
+def _unsaved_note(err: OSError, cache: Path | str | None = None) -> str:
+    folder = _index_path(cache).parent
+    return (f"accuracy measured but not saved: the index {INDEX_NAME} cannot be written, {folder} is not writable "
+            f"({err.strerror or err}); it is measured again at each listing")
 
 
 def row(r: Recipe, cache: Path | str | None = None, measure: bool = True) -> dict:
@@ -352,7 +371,9 @@ def row(r: Recipe, cache: Path | str | None = None, measure: bool = True) -> dic
         out["accuracy"] = entry.get("accuracy")
     elif measure:
         try:
-            out["accuracy"] = accuracy(r, sha256=state["sha256"], cache=cache)
+            out["accuracy"], unsaved = _accuracy(r, sha256=state["sha256"], cache=cache)
+            if unsaved is not None:
+                out["error"] = _unsaved_note(unsaved, cache)
         except CheckpointError as err:
             out.update(state="corrupted", error=str(err))
         except (OSError, RuntimeError) as err:  # e.g. the test images are not available offline

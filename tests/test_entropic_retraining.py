@@ -268,7 +268,7 @@ def test_verdict_when_validation_kept_lambda_zero():
     ({"bins": 1}, "bins=1 must be at least 2"),
     ({"model": {"mnist": "alex_like"}}, "model\\['mnist'\\]='alex_like'"),
     ({"at_from": "later"}, "at_from='later' is invalid"),
-    ({"at_mix": 1.5}, "at_mix=1.5 must be at most 1"),
+    ({"at_mix": 1.5}, "at_mix=1.5 is invalid: expected a number in \\[0, 1\\]"),
     ({"estimator": "knn"}, "estimator='knn' is invalid"),
 ])
 def test_bad_parameters_fail_before_any_work(given, match):

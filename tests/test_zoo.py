@@ -11,7 +11,7 @@ import torch
 import robustness.data
 import robustness.models
 import robustness.train
-from conftest import TinyNet, make_blobs
+from conftest import TINY, TinyNet, make_blobs
 from robustness import _io, zoo
 from robustness.chapters import baselines, jumprelu
 from robustness.cli import main
@@ -123,20 +123,6 @@ def test_jumprelu_validation_images_are_never_trained_on(monkeypatch):
 
 # --------------------------------------------------------------------------- the cache, with a tiny recipe
 
-TINY = zoo.Recipe("tiny-synth", "smoke", "tiny", "synth", 64, TrainConfig(epochs=1, batch_size=32, seed=3),
-                  "book", "a TinyNet on 64 synthetic images")
-
-
-@pytest.fixture()
-def tiny_zoo(monkeypatch, tmp_path):
-    """The zoo holds one tiny synthetic recipe; the cache is a temporary folder; nothing real is loaded."""
-    x, y = make_blobs(n=128)
-    monkeypatch.setenv("ROBUSTNESS_CHECKPOINTS", str(tmp_path))
-    monkeypatch.setattr(zoo, "REGISTRY", {("tiny-synth", "smoke"): TINY})
-    monkeypatch.setattr(robustness.data, "load_dataset",
-                        lambda name, split: ArrayDataset(name, split, x, y, "synthetic"))
-    monkeypatch.setattr(robustness.models, "build_model", lambda name, dataset: TinyNet())
-    return tmp_path
 
 
 def _row():

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import attacks, evaluate, zoo
-from ..config import ChapterSpec, Param, RunConfig
+from ..config import ChapterSpec, Param, RunConfig, check_counts
 from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..models import MODELS, check_model
 from ..report import markdown_table, pct, plot_curves, plot_examples, records_table
@@ -36,6 +36,7 @@ from ..results import record, select
 
 def _check(cfg: RunConfig) -> None:
     check_model(cfg.model, cfg.dataset)
+    check_counts(cfg, {"train_size": "train", "n_clean": "test"})  # n_attack ≤ n_clean below
     if cfg.n_attack > cfg.n_clean:
         raise ValueError(f"parameter n_attack={cfg.n_attack} must not exceed n_clean={cfg.n_clean}")
 

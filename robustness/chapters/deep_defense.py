@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import attacks, evaluate
 from .. import results as R
-from ..config import ChapterSpec, Param, RunConfig
+from ..config import ChapterSpec, Param, RunConfig, check_counts
 from ..data import DATASETS, dataset_info, load_dataset
 from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.deep_defense import RHO_REFERENCES, DeepDefenseLoss
@@ -87,17 +87,12 @@ def _check(cfg: RunConfig) -> None:
     if len(cfg.lam_sweep) != len(set(cfg.lam_sweep)):
         raise ValueError(f"parameter lam_sweep={cfg.lam_sweep} must not repeat a value")
     for d in cfg.datasets:
-        info = dataset_info(d)
         for m in cfg.models[d]:
             try:
                 check_model(m, d)
             except ValueError as err:
                 raise ValueError(f"parameter models[{d!r}]={cfg.models[d]}: {err}") from None
-        for key in ("ref_size", "ft_size"):
-            if cfg[key][d] > info.n_train:
-                raise ValueError(f"parameter {key}[{d!r}]={cfg[key][d]} exceeds the {info.n_train} training images")
-        if cfg.n_eval[d] > info.n_test:
-            raise ValueError(f"parameter n_eval[{d!r}]={cfg.n_eval[d]} exceeds the {info.n_test} test images")
+        check_counts(cfg, {"ref_size": "train", "ft_size": "train", "n_eval": "test"}, [d])
         for key in ("n_epoch_eval", "n_adaptive", "n_health"):
             if cfg[key] > cfg.n_eval[d]:
                 raise ValueError(f"parameter {key}={cfg[key]} must not exceed n_eval[{d!r}]={cfg.n_eval[d]}")
@@ -105,7 +100,7 @@ def _check(cfg: RunConfig) -> None:
             raise ValueError(f"parameters cost_batches × cost_batch_size = {cfg.cost_batches * cfg.cost_batch_size} "
                              f"exceed ref_size[{d!r}]={cfg.ref_size[d]} (the timed batches are reference images)")
         grid = cfg.l2_eps[d]
-        if len(set(grid)) != len(grid) or min(grid) <= 0:
+        if len(set(grid)) != len(grid):  # each radius > 0: the kind checks it
             raise ValueError(f"parameter l2_eps[{d!r}]={grid} must hold distinct radii > 0")
         if cfg.claim_eps[d] not in grid:
             raise ValueError(f"parameter claim_eps[{d!r}]={cfg.claim_eps[d]} (the claim's radius) must be one of "
@@ -138,7 +133,7 @@ PARAMS = {
     "n_eval": Param("pos_int", "test images for ρ_adv, DDN and FGSM (the first N)", per_dataset=True),
     "n_epoch_eval": Param("pos_int", "test images for ρ_adv after each epoch"),
     "ddn_steps": Param("pos_int", "DDN (minimum-norm L2 attack) steps; convergence is checked with twice as many"),
-    "l2_eps": Param("nonneg_float_list", "L2 radii ([0, 1] pixels) of the adaptive worst-case curve",
+    "l2_eps": Param("pos_float_list", "L2 radii ([0, 1] pixels) of the adaptive worst-case curve",
                     per_dataset=True),
     "claim_eps": Param("pos_float", "the claim's L2 radius (health checks, headline), one of l2_eps",
                        per_dataset=True),

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .. import attacks, evaluate
-from ..config import ChapterSpec, Param, RunConfig
+from ..config import ChapterSpec, Param, RunConfig, check_counts
 from ..data import DATASETS, ArrayDataset, dataset_info, load_dataset, threat_eps
 from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.entropic import ESTIMATORS, EntropicLoss, layer_entropies
@@ -92,8 +92,6 @@ def _check(cfg: RunConfig) -> None:
     if 0.0 not in cfg.lams or len(set(cfg.lams)) != len(cfg.lams):
         raise ValueError(f"parameter lams={cfg.lams} must contain 0 (plain fine-tuning, the control) and must not "
                          f"repeat a value")
-    if cfg.at_mix > 1:
-        raise ValueError(f"parameter at_mix={cfg.at_mix} must be at most 1 (the weight of the adversarial term)")
     if cfg.estimator == "histogram" and cfg.bins < 2:
         raise ValueError(f"parameter bins={cfg.bins} must be at least 2")
     for d in cfg.datasets:
@@ -101,10 +99,7 @@ def _check(cfg: RunConfig) -> None:
             check_model(cfg.model[d], d)
         except ValueError as err:
             raise ValueError(f"parameter model[{d!r}]={cfg.model[d]!r}: {err}") from None
-        info = dataset_info(d)
-        if cfg.train_size[d] + cfg.n_val[d] > info.n_train:
-            raise ValueError(f"parameters train_size[{d!r}] + n_val[{d!r}] = {cfg.train_size[d] + cfg.n_val[d]:,} "
-                             f"exceed the {info.n_train:,} {d} training images")
+        check_counts(cfg, {("train_size", "n_val"): "train"}, [d])  # n_val: the images after train_size
         if cfg.entropy_batches * cfg.batch_size > cfg.n_val[d]:
             raise ValueError(f"parameters entropy_batches × batch_size = {cfg.entropy_batches * cfg.batch_size:,} "
                              f"exceed n_val[{d!r}]={cfg.n_val[d]:,} (profiles are measured on held-out images)")
@@ -116,8 +111,7 @@ def _check(cfg: RunConfig) -> None:
             if cfg[name][d] > cfg[bound][d]:
                 raise ValueError(f"parameter {name}[{d!r}]={cfg[name][d]:,} must not exceed {bound}[{d!r}]="
                                  f"{cfg[bound][d]:,} ({why})")
-        if cfg.n_test[d] > info.n_test:
-            raise ValueError(f"parameter n_test[{d!r}]={cfg.n_test[d]:,} exceeds the {info.n_test:,} test images")
+        check_counts(cfg, {"n_test": "test"}, [d])
         have = candidate_layers(layer_kinds(build_model(cfg.model[d], d)), cfg.layer_candidates)
         if cfg.n_layers > len(have):
             raise ValueError(f"parameter n_layers={cfg.n_layers} exceeds the {len(have)} {cfg.layer_candidates} "
@@ -140,7 +134,7 @@ PARAMS = {
     "at_from": Param("choice", "adversarial training: fine-tune the normal model (normal) or train from new "
                      "weights (scratch)", AT_FROM),
     "at_steps": Param("pos_int", "PGD steps of adversarial training (at the threat radius)", per_dataset=True),
-    "at_mix": Param("nonneg_float", "weight of the PGD examples in adversarial training, at most 1 (0.5 is half clean "
+    "at_mix": Param("fraction", "weight of the PGD examples in adversarial training, at most 1 (0.5 is half clean "
                     "and half adversarial cross-entropy, 1 adversarial only)"),
     "estimator": Param("choice", "entropy estimator of the profiles and of the loss", ESTIMATORS),
     "bins": Param("pos_int", "histogram bins of the entropy estimator (at least 2)"),

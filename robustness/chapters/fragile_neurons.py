@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import attacks, evaluate, zoo
-from ..config import ChapterSpec, Param, RunConfig
+from ..config import ChapterSpec, Param, RunConfig, check_counts
 from ..data import DATASETS, ArrayDataset, dataset_info, load_dataset, threat_eps
 from ..defenses import fragile_neurons as fn
 from ..evaluate import members as M
@@ -60,10 +60,8 @@ def _check(cfg: RunConfig) -> None:
         if cfg.recipe[d] == "zoo" and cfg.model[d] != zoo.ARCH[d]:
             raise ValueError(f"parameter recipe['{d}']='zoo' trains the zoo's {zoo.ARCH[d]}, not model['{d}']="
                              f"{cfg.model[d]!r}: set recipe['{d}']='authors' for another architecture")
-        need, have = cfg.train_size[d] + cfg.n_val[d], dataset_info(d).n_train
-        if need > have:
-            raise ValueError(f"parameters train_size['{d}'] + n_val['{d}'] = {need:,} exceed the {have:,} "
-                             f"{d} training images")
+        # n_val: the held-out images after train_size
+        check_counts(cfg, {("train_size", "n_val"): "train", "n_test": "test"}, [d])
         if cfg.n_fragility[d] > cfg.n_val[d]:
             raise ValueError(f"parameter n_fragility['{d}']={cfg.n_fragility[d]} must not exceed n_val['{d}']="
                              f"{cfg.n_val[d]} (fragility is measured on held-out training images)")

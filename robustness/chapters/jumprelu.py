@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .. import attacks, evaluate, zoo
-from ..config import ChapterSpec, Param, RunConfig
+from ..config import ChapterSpec, Param, RunConfig, check_counts
 from ..data import DATASETS, dataset_info, normalized_to_pixels, threat_eps
 from ..defenses.jumprelu import bpda_relu, bpda_smooth, retrofit
 from ..report import markdown_table, pct, show_image
@@ -67,29 +67,20 @@ def model_id(dataset: str, kind: str) -> str:
 
 def _check(cfg: RunConfig) -> None:
     for d in cfg.datasets:
-        info = dataset_info(d)
         if 0.0 not in cfg.kappas[d]:
             raise ValueError(f"parameter kappas[{d!r}]={cfg.kappas[d]} must contain 0 (the unmodified model)")
-        if cfg.adv_ratio[d] > 1:
-            raise ValueError(f"parameter adv_ratio[{d!r}]={cfg.adv_ratio[d]} must be in [0, 1]")
-        if cfg.train_size[d] > info.n_train:
-            raise ValueError(f"parameter train_size[{d!r}]={cfg.train_size[d]} exceeds the {info.n_train:,} "
-                             f"{NAME[d]} training images")
+        check_counts(cfg, {"train_size": "train"}, [d])  # n_val is part of train_size
         if cfg.n_val[d] >= cfg.train_size[d]:
             raise ValueError(f"parameter n_val[{d!r}]={cfg.n_val[d]} must be smaller than "
                              f"train_size[{d!r}]={cfg.train_size[d]}")
         if cfg.n_attack[d] > cfg.n_val[d]:
             raise ValueError(f"parameter n_attack[{d!r}]={cfg.n_attack[d]} must not exceed n_val[{d!r}]="
                              f"{cfg.n_val[d]} (kappa is chosen by attacking validation images)")
-        if cfg.n_clean[d] > info.n_test:
-            raise ValueError(f"parameter n_clean[{d!r}]={cfg.n_clean[d]} exceeds the {info.n_test:,} {NAME[d]} "
-                             "test images")
+        check_counts(cfg, {"n_clean": "test"}, [d])
         for small in ("n_attack", "n_deepfool", "n_adaptive", "n_autoattack"):
             if cfg[small][d] > cfg.n_clean[d]:
                 raise ValueError(f"parameter {small}[{d!r}]={cfg[small][d]} must not exceed "
                                  f"n_clean[{d!r}]={cfg.n_clean[d]}")
-    if cfg.deepfool_classes < 2 or cfg.deepfool_classes > 10:
-        raise ValueError(f"parameter deepfool_classes={cfg.deepfool_classes} must be in 2..10")
     if cfg.members[0] != "pgd_true":
         raise ValueError(f"parameter members={cfg.members} must start with 'pgd_true' (the verdict compares the "
                          "ensemble with the paper's own gradient under the same eps)")
@@ -107,7 +98,7 @@ PARAMS = {
     "robust_epochs": _each("pos_int", "training epochs of the robust (FGSM-mixed) network (official: as the baseline)"),
     "lr": _each("pos_float", "SGD learning rate: the initial one of a step schedule, the peak of a one-cycle one"),
     "augment": _each("bool", "random crops (pad 4) and flips in training (the official code: CIFAR-10 only)"),
-    "adv_ratio": _each("nonneg_float", "fraction of each batch replaced by FGSM examples (robust model)"),
+    "adv_ratio": _each("fraction", "fraction of each batch replaced by FGSM examples (robust model)"),
     "adv_eps_normalized": _each("nonneg_float", "robust model's FGSM radius, official normalized units (× σ_c)"),
     "n_clean": _each("pos_int", "test images for clean accuracy (the first N)"),
     "n_attack": _each("pos_int", "test (and validation) images attacked with IFGSM (the first N)"),
@@ -120,7 +111,8 @@ PARAMS = {
     "pgd_eps": _each("eps_linf_list", "L∞ radii on [0, 1] pixels of the adaptive attack ensemble"),
     "ddn_steps": _each("nonneg_int", "iterations of the min-norm attack (DDN through BPDA; 0: not run)"),
     "ifgsm_step": Param("pos_float", "IFGSM step, official normalized units (× σ_c on pixels)"),
-    "deepfool_classes": Param("pos_int", "DeepFool candidate classes (10: all, as the official code)"),
+    "deepfool_classes": Param("choice", "DeepFool candidate classes (10: all, as the official code)",
+                              tuple(range(2, 11))),
     "members": Param("subset", "adaptive-ensemble members in order, pgd_true first", MEMBERS),
     "pgd_steps": Param("pos_int", "PGD iterations of every adaptive-ensemble member"),
     "restarts": Param("pos_int", "random restarts of the BPDA members and of the transfer source's PGD"),

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import attacks, evaluate, zoo
-from ..config import ChapterSpec, Param, RunConfig
+from ..config import ChapterSpec, Param, RunConfig, check_counts, images_limit
 from ..data import (DATASETS, ArrayDataset, CorruptDataError, DatasetNotFoundError, dataset_info, load_adversary_set,
                     load_dataset, threat_eps, write_adversary_set)
 from ..defenses import fragile_neurons as fn
@@ -47,7 +47,7 @@ from ..defenses.superimposition import SuperimpositionLoss
 from ..evaluate import members as M
 from ..models import MODELS, build_model, check_model
 from ..report import markdown_table, pct, pct_interval
-from ..results import load_results, overrides_of, record, run_id, select
+from ..results import ResultsFileError, load_results, overrides_of, record, run_id, select
 from ..train import (CheckpointError, TrainConfig, cross_entropy, load_export, seconds_per_step, state_hash, train,
                      trained_model)
 
@@ -137,17 +137,7 @@ def _check(cfg: RunConfig) -> None:
         if name not in cfg.defenses:
             raise ValueError(f"parameter defenses={cfg.defenses} must contain {name!r} (the claim compares "
                              "superimposition training with normal training)")
-    for name in ("diversity", "fixed_a"):
-        if cfg[name] > 1:
-            raise ValueError(f"parameter {name}={cfg[name]} must be in [0, 1]")
-    if cfg.at_mix > 1:
-        raise ValueError(f"parameter at_mix={cfg.at_mix} must be in (0, 1]")
-    if min(cfg.premise_radii) <= 0:
-        raise ValueError(f"parameter premise_radii={cfg.premise_radii}: every fraction of the threat radius must be > 0")
-    if min(cfg.premise_steps) < 1:
-        raise ValueError(f"parameter premise_steps={cfg.premise_steps}: every iteration count must be ≥ 1")
     for d in cfg.datasets:
-        info = dataset_info(d)
         if max(cfg.premise_radii) * float(threat_eps(d)) > 1:
             raise ValueError(f"parameter premise_radii={cfg.premise_radii}: {max(cfg.premise_radii)} × the {d} "
                              f"threat radius {float(threat_eps(d)):.4g} exceeds 1, the whole image range")
@@ -162,21 +152,17 @@ def _check(cfg: RunConfig) -> None:
             raise ValueError(f"parameters seeds['{d}'] and second_seeds['{d}'] give "
                              f"{len(cfg.seeds[d]) + len(cfg.second_seeds[d])} models; the pool needs at least 3 "
                              "(a target and a leave-one-out ensemble of two)")
-        need, have = _training_size(cfg, d) + cfg.n_transfer[d], info.n_train
+        # the pool's training images (the zoo recipe's, not a parameter) come first, then n_transfer
+        (have, text), need = images_limit(d, "train"), _training_size(cfg, d) + cfg.n_transfer[d]
         if need > have:
             raise ValueError(f"parameter n_transfer['{d}']={cfg.n_transfer[d]}: with the {_training_size(cfg, d):,} "
-                             f"training images of the pool it needs {need:,} of the {have:,} {d} training images")
-        if cfg.n_set[d] > info.n_test:
-            raise ValueError(f"parameter n_set['{d}']={cfg.n_set[d]} exceeds the {info.n_test:,} test images")
-        if cfg.n_set_train[d] > info.n_train:
-            raise ValueError(f"parameter n_set_train['{d}']={cfg.n_set_train[d]} exceeds the {info.n_train:,} "
-                             "training images")
+                             f"training images of the pool it needs {need:,} of {text}")
+        check_counts(cfg, {"n_set": "test", "n_set_train": "train"}, [d])
         if cfg.n_adaptive[d] > cfg.n_set[d]:
             raise ValueError(f"parameter n_adaptive['{d}']={cfg.n_adaptive[d]} must not exceed n_set['{d}']="
                              f"{cfg.n_set[d]} (the health check compares with the adversary set of those images)")
-        if cfg.train_defenses[d] and cfg.defense_train_size[d] > info.n_train:
-            raise ValueError(f"parameter defense_train_size['{d}']={cfg.defense_train_size[d]} exceeds the "
-                             f"{info.n_train:,} training images")
+        if cfg.train_defenses[d]:  # defense_train_size is unused otherwise
+            check_counts(cfg, {"defense_train_size": "train"}, [d])
 
 
 PARAMS = {
@@ -193,10 +179,10 @@ PARAMS = {
     "generators": Param("subset", "generators of the transfer matrix", tuple(GENERATORS)),
     "steps": Param("pos_int", "iterations of the multi-step generators"),
     "momentum": Param("nonneg_float", "decay factor of MI-FGSM"),
-    "diversity": Param("nonneg_float", "probability of input diversity at each step of the diversity generators"),
-    "premise_radii": Param("nonneg_float_list", "fractions of the threat radius of the premise sweep (one source, "
+    "diversity": Param("fraction", "probability of input diversity at each step of the diversity generators"),
+    "premise_radii": Param("pos_float_list", "fractions of the threat radius of the premise sweep (one source, "
                            "one target; FGSM, PGD and MI-FGSM)"),
-    "premise_steps": Param("nonneg_int_list", "iterations of PGD and MI-FGSM in the premise sweep, at the threat "
+    "premise_steps": Param("pos_int_list", "iterations of PGD and MI-FGSM in the premise sweep, at the threat "
                            "radius"),
     "set_generator": Param("choice", "generator of the adversary set: best (highest held-out fooling rate) or one "
                            "of the generators", ("best", *GENERATORS)),
@@ -209,10 +195,10 @@ PARAMS = {
                                 per_dataset=True),
     "defense_epochs": Param("pos_int", "training epochs of every defended model", per_dataset=True),
     "lam": Param("nonneg_float", "weight of the KL term of superimposition training"),
-    "fixed_a": Param("nonneg_float", "superimposition weight a of the fixed-a variant"),
+    "fixed_a": Param("fraction", "superimposition weight a of the fixed-a variant"),
     "temperature": Param("pos_float", "temperature of defensive distillation"),
     "at_steps": Param("pos_int", "PGD steps of PGD adversarial training", per_dataset=True),
-    "at_mix": Param("pos_float", "share of PGD examples in the PGD adversarial training loss (1 is Madry et al.)"),
+    "at_mix": Param("pos_fraction", "share of PGD examples in the PGD adversarial training loss (1 is Madry et al.)"),
     "cost_batches": Param("pos_int", "training steps timed and counted per defense for the cost table"),
     "jumprelu_kappa": Param("nonneg_float", "JumpReLU threshold of the retrofitted reference model",
                             per_dataset=True),
@@ -1042,6 +1028,9 @@ def exported_models(cfg: RunConfig) -> tuple[list[tuple[str, dict, nn.Module]], 
             entries = load_results(chapter_id, cfg.profile).get("extra", {}).get("models")
         except FileNotFoundError:
             notes.append(f"`{chapter_id}`: no {cfg.profile} results yet; run {rerun}, then this chapter again.")
+            continue
+        except ResultsFileError as err:  # a damaged file: a note naming it, as for a missing one
+            notes.append(f"`{chapter_id}`: {err}; then run this chapter again.")
             continue
         if entries is None:
             notes.append(f"`{chapter_id}`: its {cfg.profile} results name no networks (written by an older "
