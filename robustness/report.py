@@ -72,6 +72,68 @@ def records_table(records: Sequence[Mapping[str, Any]], rows: Sequence[str], col
     return "\n".join(lines)
 
 
+def duration(seconds: float | None, cached: bool = False) -> str:
+    """A duration in a table: ``cached`` (nothing ran), ``–`` (unknown), seconds under two minutes, else minutes."""
+    if cached:
+        return "cached"
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _setting_or_field(rec: Mapping[str, Any], key: str) -> Any:
+    return rec[key] if key in rec and key != "setting" else rec.get("setting", {}).get(key)
+
+
+def _matching(records: Sequence[Mapping[str, Any]], match: Mapping[str, Any]) -> list:
+    def same(have, want):
+        if isinstance(want, float) and isinstance(have, (int, float)) and not isinstance(have, bool):
+            return abs(have - want) <= 1e-9 * max(1.0, abs(want))
+        return have == want
+
+    return [r for r in records if all(same(_setting_or_field(r, k), v) for k, v in match.items())]
+
+
+def record_table(records: Sequence[Mapping[str, Any]], rows: Mapping[str, Mapping[str, Any]],
+                 columns: Mapping[str, Mapping[str, Any] | Callable[[list], str]], corner: str = "",
+                 cell: Callable[[Mapping[str, Any]], str] = pct_interval) -> str:
+    """A Markdown table of result records, each column named once.
+
+    ``rows`` maps a row label to the fields (or setting entries) its records share; ``columns`` maps a header to
+    either more fields, whose one matching record is shown with ``cell`` (default: value with its interval, ``–``
+    when none matches), or a function of the row's records that returns the cell's text. Several matching
+    records are an error: the selectors must say which number is meant."""
+    lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for label, row_match in rows.items():
+        mine = _matching(records, row_match)
+        cells = []
+        for header, selector in columns.items():
+            if callable(selector):
+                cells.append(selector(mine))
+                continue
+            found = _matching(mine, selector)
+            if len(found) > 1:
+                raise ValueError(f"column {header!r} of row {label!r}: {len(found)} records match {selector}")
+            cells.append(cell(found[0]) if found else "–")
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def health_tables(rows: Sequence[Mapping[str, Any]], by: Sequence[str] = ("dataset", "model")) -> str:
+    """The health rows as one table per group (by default per data set and network), each under a heading that
+    names its group, so that a reader never sees two networks' checks in one table."""
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in by), []).append(row)
+    if not groups:
+        return "No health checks were run."
+    parts = []
+    for key, group in groups.items():
+        title = " · ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in zip(by, key) if v is not None)
+        parts.append((f"**{title}**\n\n" if title else "") + health_markdown(group))
+    return "\n\n".join(parts)
+
+
 def health_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The evaluation-health table; failed checks are marked, never dropped."""
     table = markdown_table(

@@ -68,6 +68,15 @@ def git_commit() -> str | None:
         return None
 
 
+def _installed_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def provenance(cfg: dict, timer: StageTimer | None = None) -> dict:
     """Where a number came from: commit, versions, device, seed and time per stage."""
     import numpy
@@ -80,7 +89,7 @@ def provenance(cfg: dict, timer: StageTimer | None = None) -> dict:
         "git_commit": git_commit(),
         "versions": {"robustness": __version__, "torch": torch.__version__,
                      "torchvision": import_torchvision().__version__, "numpy": numpy.__version__,
-                     "python": platform.python_version()},
+                     "pyautoattack": _installed_version("pyautoattack"), "python": platform.python_version()},
         "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "seed": cfg.get("seed"),
         "seconds": {k: round(v, 3) for k, v in (timer.seconds if timer else {}).items()},
@@ -132,6 +141,11 @@ def _matches(rec: dict, key: str, want: Any) -> bool:
 def select(records: list[dict], **match: Any) -> list[dict]:
     """The records whose fields (or ``setting`` entries) equal every given value (floats compared closely)."""
     return [r for r in records if all(_matches(r, k, v) for k, v in match.items())]
+
+
+def first(records: list[dict], **match: Any) -> dict | None:
+    """The first record matching ``match``, or ``None`` when there is none."""
+    return next((r for r in records if all(_matches(r, k, v) for k, v in match.items())), None)
 
 
 def one(records: list[dict], **match: Any) -> dict:

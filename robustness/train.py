@@ -258,6 +258,29 @@ def recipe_key(recipe: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def cache_recipe(recipe: dict, config: TrainConfig, n_train: int, loss: Loss = cross_entropy,
+                 init: nn.Module | None = None, epoch_callback: Callable[[int, nn.Module], dict] | None = None) -> dict:
+    """The whole recipe that the checkpoint cache keys a model by (:func:`recipe_key`) and that its sidecar
+    records: ``recipe`` (what the model and data embody: model name, data set, subset...) with the training
+    config, the loss spec, the number of training images ``n_train``, the initial weights' hash and the
+    callback's ``spec`` added. The one definition: :func:`cached_train` keys by it, and so does the zoo's listing
+    (through :func:`trained_model_recipe`)."""
+    return {
+        **recipe,
+        "train": config.key(),
+        "loss": loss_spec(loss),
+        "n_train": n_train,
+        "init": None if init is None else state_hash(init),
+        "epoch_callback": getattr(epoch_callback, "spec", None) if epoch_callback else None,
+    }
+
+
+def checkpoint_path(full: dict, cache: Path | str | None = None) -> Path:
+    """The file the checkpoint cache keeps the model of the whole recipe ``full`` (:func:`cache_recipe`) in:
+    ``<model>-<recipe_key>.pt`` in ``cache`` (default :func:`robustness.runtime.checkpoint_dir`)."""
+    return Path(cache or checkpoint_dir()) / f"{full.get('model', 'model')}-{recipe_key(full)}.pt"
+
+
 def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> str:
     """Write ``model``'s state dict atomically, then its sidecar ``.json`` with the file's sha256."""
     path = Path(path)
@@ -361,16 +384,8 @@ def cached_train(
     has the training history and ``cached`` (True when loaded).
     """
     device = torch.device(device) if device is not None else default_device()
-    full = {
-        **recipe,
-        "train": config.key(),
-        "loss": loss_spec(loss),
-        "n_train": len(data),
-        "init": None if init is None else state_hash(init),
-        "epoch_callback": getattr(epoch_callback, "spec", None) if epoch_callback else None,
-    }
-    key = recipe_key(full)
-    path = Path(cache or checkpoint_dir()) / f"{recipe.get('model', 'model')}-{key}.pt"
+    full = cache_recipe(recipe, config, len(data), loss=loss, init=init, epoch_callback=epoch_callback)
+    path = checkpoint_path(full, cache)
     torch.manual_seed(config.seed)
     model = build()
     if path.exists():
@@ -444,6 +459,21 @@ def trained_model(model: str, dataset: str, config: TrainConfig, train_size: int
     data = load_dataset(dataset, "train")
     if train_size is not None:
         data = data.first(train_size)
-    recipe = {"model": model, "dataset": dataset, "train_size": len(data)}
-    return cached_train(recipe, lambda: build_model(model, dataset), data, config, loss=loss, init=init,
-                        epoch_callback=epoch_callback, device=device)
+    return cached_train(_registry_recipe(model, dataset, len(data)), lambda: build_model(model, dataset), data,
+                        config, loss=loss, init=init, epoch_callback=epoch_callback, device=device)
+
+
+def _registry_recipe(model: str, dataset: str, train_size: int) -> dict:
+    """What a registry model trained on the first ``train_size`` training images of ``dataset`` embodies: the
+    ``recipe`` that :func:`trained_model` gives :func:`cached_train`."""
+    return {"model": model, "dataset": dataset, "train_size": train_size}
+
+
+def trained_model_recipe(model: str, dataset: str, config: TrainConfig, train_size: int, loss: Loss = cross_entropy,
+                         init: nn.Module | None = None,
+                         epoch_callback: Callable[[int, nn.Module], dict] | None = None) -> dict:
+    """The whole cache recipe (:func:`cache_recipe`) of :func:`trained_model`'s arguments, without loading any
+    data: ``train_size`` is the number of images it trains on (the first ``train_size``; pass the training set's
+    size for ``None``). :func:`checkpoint_path` of it is the file ``trained_model`` reads or writes."""
+    return cache_recipe(_registry_recipe(model, dataset, train_size), config, train_size, loss=loss, init=init,
+                        epoch_callback=epoch_callback)

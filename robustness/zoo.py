@@ -38,8 +38,8 @@ from torch import nn
 from . import _io
 from .data import DATASETS, dataset_info
 from .runtime import checkpoint_dir
-from .train import (CheckpointError, Loss, TrainConfig, cross_entropy, loss_spec, official_milestones, recipe_key,
-                    trained_model)
+from .train import (CheckpointError, Loss, TrainConfig, checkpoint_path, cross_entropy, loss_spec, official_milestones,
+                    recipe_key, trained_model, trained_model_recipe)
 
 #: The profiles a zoo recipe is defined for (``auto`` resolves to one of them, see :mod:`robustness.config`).
 PROFILES = ("smoke", "laptop", "paper")
@@ -86,10 +86,9 @@ class Recipe:
                 "loss": self.loss}
 
     def cache_recipe(self) -> dict:
-        """The whole recipe as :func:`robustness.train.cached_train` keys it (through ``trained_model``)."""
-        return {"model": self.model, "dataset": self.dataset, "train_size": self.train_size,
-                "train": self.config.key(), "loss": loss_spec(self.loss), "n_train": self.train_size,
-                "init": None, "epoch_callback": None}
+        """The whole recipe as :func:`robustness.train.cached_train` keys it (through ``trained_model``): train's
+        own :func:`~robustness.train.trained_model_recipe` of :meth:`kwargs`, so the key is defined in one place."""
+        return trained_model_recipe(**self.kwargs())
 
     def key(self) -> str:
         """The checkpoint cache's key of this recipe."""
@@ -97,7 +96,7 @@ class Recipe:
 
     def path(self, cache: Path | str | None = None) -> Path:
         """Where the checkpoint cache keeps this model (``cache``: the folder, default the cache's)."""
-        return Path(cache or checkpoint_dir()) / f"{self.model}-{self.key()}.pt"
+        return checkpoint_path(self.cache_recipe(), cache)
 
 
 # --------------------------------------------------------------------------- the recipes, one definition each

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from robustness import bench, cli
+from robustness.models import build_model
 from robustness.results import repo_root
 
 
@@ -118,7 +119,7 @@ def test_measure_speed_on_a_tiny_model():
     torch.set_num_threads(1)
     case = bench.SpeedCase("lenet_like", "mnist", batch_size=8, pgd_steps=2, train_batches=2)
     torch.manual_seed(0)
-    model = bench.build_model("lenet_like", "mnist").eval()
+    model = build_model("lenet_like", "mnist").eval()
     x = torch.rand(8, 1, 28, 28)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -140,13 +141,13 @@ def test_measure_run_counts_the_whole_process_tree(monkeypatch, tmp_path):
     # a child whose own child (like the notebook kernel) holds ~200 MB: the peak must see the grandchild
     code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
             "'import time; b = b\"x\" * (200 * 2**20); time.sleep(0.5)'], check=True)")
-    monkeypatch.setattr(bench, "_CHILD", code)
+    monkeypatch.setattr(bench.budgets, "_CHILD", code)
     r = bench.measure_run("baselines", "smoke", dict(__import__("os").environ), tmp_path / "out",
                           tmp_path / "log", sample_every=0.05)
     assert r["returncode"] == 0 and r["seconds"] >= 0.5
     assert r["peak_rss_single_process_bytes"] >= 200 * 2**20
     assert r["peak_rss_bytes"] >= r["peak_rss_single_process_bytes"]
-    monkeypatch.setattr(bench, "_CHILD", "import sys; sys.exit(3)")
+    monkeypatch.setattr(bench.budgets, "_CHILD", "import sys; sys.exit(3)")
     assert bench.measure_run("baselines", "smoke", {}, tmp_path / "out", tmp_path / "log2")["returncode"] == 3
 
 
@@ -162,7 +163,7 @@ def test_chapter_budgets_assemble_rows_and_report_failures(monkeypatch):
         return {"seconds": seconds.get((chapter, label), 10.0), "returncode": code, "peak_rss_bytes": 2e9,
                 "peak_rss_single_process_bytes": 2e9, "peak_rss_tree_sampled_bytes": None}
 
-    monkeypatch.setattr(bench, "measure_run", fake_run)
+    monkeypatch.setattr(bench.budgets, "measure_run", fake_run)  # where run_chapter_budgets looks it up
     partial = []
     content = bench.run_chapter_budgets(["baselines", "jumprelu", "deep_defense"], "smoke", on_row=partial.append)
     # after each chapter the content so far, complete only at the end (a cut-off run keeps what it measured)

@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluate", ("robustness.evaluate.*",)),
     ("runner", ("robustness.config", "robustness.results", "robustness.zoo")),
     ("chapters", ("robustness.chapters.*",)),
-    ("entry points", ("robustness.cli", "robustness.runner", "robustness.bench", "robustness.recipe_study",
+    ("entry points", ("robustness.cli", "robustness.runner", "robustness.bench.*", "robustness.recipe_study",
                       "robustness.__main__")),
 )
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}

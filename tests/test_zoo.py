@@ -39,6 +39,18 @@ def test_both_chapters_ask_for_the_same_recipe(profile, dataset):
 
 
 @pytest.mark.parametrize("profile", zoo.PROFILES)
+def test_the_zoos_key_is_trains_key_for_the_same_arguments(profile, tmp_path):
+    """The zoo re-types no part of the cache key: for every recipe its whole recipe, key and file are train's for
+    the same :func:`robustness.train.trained_model` arguments (no data is loaded to say so)."""
+    for name in zoo.names():
+        r = zoo.recipe(name, profile)
+        full = robustness.train.trained_model_recipe(**r.kwargs())
+        assert r.cache_recipe() == full and r.key() == recipe_key(full)
+        path = robustness.train.checkpoint_path(full, tmp_path)
+        assert r.path(tmp_path) == path == tmp_path / f"{r.model}-{r.key()}.pt"
+
+
+@pytest.mark.parametrize("profile", zoo.PROFILES)
 def test_the_chapters_profile_values_are_the_zoos(profile):
     for d in DATASETS:
         r = zoo.for_dataset(d, profile)
@@ -151,6 +163,13 @@ def test_the_listing_marks_uncached_cached_and_corrupted_models(tiny_zoo):
     # an unreadable sidecar too
     TINY.path().with_suffix(".json").write_text("{not json")
     assert _row()["state"] == "corrupted"
+
+
+def test_train_writes_the_recipe_and_file_the_zoo_expects(tiny_zoo):
+    # trained through train itself, not the zoo: the sidecar's recipe and the file are the ones the zoo computes
+    _, meta = robustness.train.trained_model(**TINY.kwargs(), device="cpu")
+    assert meta["path"] == str(TINY.path()) and meta["recipe"] == json.loads(json.dumps(TINY.cache_recipe()))
+    assert zoo.status(TINY)["state"] == "cached"
 
 
 def test_models_train_retrains_a_corrupted_model_and_lists_it(tiny_zoo, capsys):

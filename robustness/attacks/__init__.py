@@ -7,6 +7,7 @@ return detached tensors on ``x``'s device (except ``deepfool(..., keep_graph=Tru
 """
 from ._core import (LOSSES, MinNormResult, attack_loss, eval_mode, grad_or_zero, input_gradient, l2_norm, project_l2,
                     project_linf)
+from .apgd import APGD_LOSSES, apgd, apgd_loss, apgd_targeted, dlr_loss
 from .bpda import BPDA, with_bpda
 from .ddn import ddn
 from .deepfool import DeepFoolResult, deepfool
@@ -19,7 +20,8 @@ from .pgd import pgd_l2, pgd_linf
 from .square import square_l2, square_linf
 
 __all__ = [
-    "BPDA", "COMBINES", "DeepFoolResult", "LOSSES", "MinNormResult", "attack_loss", "ddn", "deepfool",
-    "ensemble_pgd", "eval_mode", "fgsm", "ifgsm", "grad_or_zero", "input_diversity", "input_gradient", "l2_norm",
+    "APGD_LOSSES", "BPDA", "COMBINES", "DeepFoolResult", "LOSSES", "MinNormResult", "apgd", "apgd_loss",
+    "apgd_targeted", "attack_loss", "ddn", "deepfool", "dlr_loss", "ensemble_pgd", "eval_mode", "fgsm", "ifgsm",
+    "grad_or_zero", "input_diversity", "input_gradient", "l2_norm",
     "mi_fgsm", "pgd_l2", "pgd_linf", "project_l2", "project_linf", "square_l2", "square_linf", "with_bpda",
 ]

@@ -15,11 +15,11 @@ from .min_norm import min_norm
 from .stats import accuracy_record, clearly_greater, compare, intervals_overlap, ranks, spearman, wilson_interval
 from . import members
 from .members import MEMBER_NAMES, NORMS, Member, check_members, default_members, members_from_names
-from .worst_case import to_record, worst_case, worst_case_curve
+from .worst_case import member_robust_masks, to_record, worst_case, worst_case_curve
 from .rho import deep_defense_rho, jumprelu_rho, mean_image_rho, normalized_rho, pixel_rho  # noqa: F401
 
 __all__ = ["MEMBER_NAMES", "Member", "NORMS", "accuracy", "accuracy_curve", "accuracy_record", "autoattack_accuracy",
            "check_members", "clearly_greater", "compare", "default_members", "gradient_norms", "health_checks",
            "intervals_overlap", "members", "members_from_names", "min_norm", "min_norm_summary", "model_device",
-           "predict", "ranks", "run_attack", "run_autoattack", "spearman", "timed", "to_record", "wilson_interval",
+           "predict", "ranks", "run_attack", "run_autoattack", "spearman", "timed", "to_record", "wilson_interval", "member_robust_masks",
            "worst_case", "worst_case_curve"]

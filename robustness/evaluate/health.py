@@ -42,7 +42,7 @@ def _pct(v: float) -> str:
 def health_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
                   num_classes: int, norm: str = "linf", attack: Callable | None = None,
                   attack_model: nn.Module | None = None, transfer_x_adv: torch.Tensor | None = None,
-                  worst: dict | None = None, large_eps: float | None = None, max_class_share: float = 0.5,
+                  transfer_from: nn.Module | None = None, worst: dict | None = None, large_eps: float | None = None, max_class_share: float = 0.5,
                   batch_size: int = 256, seed: int = 0) -> list[dict]:
     """The evaluation-health table of Carlini et al. (2019, "On evaluating adversarial robustness").
 
@@ -69,7 +69,9 @@ def health_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     - ``gradient_free`` (when ``worst``, a :func:`worst_case` result or its record, is given): the Square
       members that ran after a gradient member fooled at most max(1 point, 2 images) more;
     - ``transfer`` (when ``transfer_x_adv``, examples crafted on another model for the same ``x``, is
-      given): transfer accuracy is no lower than white-box accuracy at eps.
+      given, or ``transfer_from``, that other model: its examples are then crafted here with the toolkit's PGD
+      in ``norm`` at ``eps``, ``steps`` steps at full strength (no early stop), seeded by ``seed``): transfer
+      accuracy is no lower than white-box accuracy at eps.
     """
     check_norm(norm)
     if not (eps > 0 and math.isfinite(eps)):
@@ -148,6 +150,13 @@ def health_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     ]
     if worst is not None:
         rows.append(_gradient_free_row(worst))
+    if transfer_from is not None:
+        if transfer_x_adv is not None:
+            raise ValueError("give transfer_x_adv or transfer_from, not both")
+        pgd = attacks.pgd_linf if norm == "linf" else attacks.pgd_l2
+        transfer_x_adv = run_attack(pgd, transfer_from, x, y, batch_size, desc="health transfer", eps=eps,
+                                    steps=steps, early_stop=False,
+                                    generator=torch.Generator(model_device(transfer_from)).manual_seed(seed))
     if transfer_x_adv is not None:
         if transfer_x_adv.shape != x.shape:
             raise ValueError(f"transfer_x_adv has shape {tuple(transfer_x_adv.shape)}, x has {tuple(x.shape)}")

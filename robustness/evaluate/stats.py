@@ -12,7 +12,8 @@ from typing import Mapping, Sequence, Union
 
 import torch
 
-__all__ = ["accuracy_record", "clearly_greater", "compare", "intervals_overlap", "ranks", "spearman", "wilson_interval"]
+__all__ = ["accuracy_record", "clearly_greater", "compare", "holm", "intervals_overlap", "mcnemar_exact", "min_discordant_for",
+           "pack_mask", "paired_difference_interval", "paired_test", "ranks", "spearman", "unpack_mask", "wilson_interval"]
 
 Interval = Union[Sequence[float], Mapping[str, object]]
 
@@ -119,3 +120,108 @@ def spearman(a: Sequence[float], b: Sequence[float], permutations: int = 10_000,
     null = (cb[perms] @ ca) / denom
     extreme = int((null.abs() >= abs(rho) - 1e-12).sum())
     return {"rho": rho, "p": (1 + extreme) / (1 + permutations), "n": len(ra), "permutations": permutations}
+
+
+# --------------------------------------------------------------------------- paired comparisons of the same images
+
+
+def _binom_cdf_half(k: int, n: int) -> float:
+    """P(X ≤ k) for X ~ Binomial(n, 1/2), exactly (integers, then one division)."""
+    return sum(math.comb(n, i) for i in range(0, k + 1)) / 2 ** n
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant images (correct only under A, only under B):
+    under the null each discordant image falls either way with probability 1/2, so ``p = min(1, 2·P(X ≤ min(b,
+    c)))`` with X ~ Binomial(b + c, 1/2); no discordant image gives ``p = 1``."""
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be ≥ 0, got b={b}, c={c}")
+    if b + c == 0:
+        return 1.0
+    return min(1.0, 2 * _binom_cdf_half(min(b, c), b + c))
+
+
+def paired_difference_interval(a: int, b: int, c: int, d: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of the difference of two paired proportions p_A − p_B = (b − c) / n (Newcombe 1998, method
+    10: Wilson intervals of both margins combined with the continuity-corrected phi of the 2×2 table).
+
+    ``a``: correct under both; ``b``: under A only; ``c``: under B only; ``d``: under neither; n = a+b+c+d."""
+    a, b, c, d = (int(v) for v in (a, b, c, d))
+    n = a + b + c + d
+    if min(a, b, c, d) < 0 or n == 0:
+        raise ValueError(f"need counts ≥ 0 with n > 0, got a={a}, b={b}, c={c}, d={d}")
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(a + b, n, z)
+    l2, u2 = wilson_interval(a + c, n, z)
+    denom = math.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    cross = a * d - b * c
+    if denom == 0:
+        phi = 0.0
+    else:
+        phi = (max(cross - n / 2, 0.0) if cross > 0 else cross) / denom
+    diff = p1 - p2
+    down = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    up = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return max(-1.0, diff - down), min(1.0, diff + up)
+
+
+def paired_test(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict:
+    """A against B on the same images: per image, correct under each (boolean masks of equal length).
+
+    Returns ``{"n", "a_only", "b_only", "both", "neither", "difference" (accuracy A − B), "interval" (95%,
+    Newcombe), "p" (exact McNemar, two-sided)}``. The verdicts of the book compare evaluations of the same images
+    with this, never with two marginal intervals."""
+    ca, cb = correct_a.bool().flatten(), correct_b.bool().flatten()
+    if ca.shape != cb.shape:
+        raise ValueError(f"the masks cover different images: {tuple(ca.shape)} vs {tuple(cb.shape)}")
+    both, a_only = int((ca & cb).sum()), int((ca & ~cb).sum())
+    b_only, neither = int((~ca & cb).sum()), int((~ca & ~cb).sum())
+    n = ca.numel()
+    return {"n": n, "a_only": a_only, "b_only": b_only, "both": both, "neither": neither,
+            "difference": (a_only - b_only) / n if n else float("nan"),
+            "interval": list(paired_difference_interval(both, a_only, b_only, neither)) if n else [-1.0, 1.0],
+            "p": mcnemar_exact(a_only, b_only)}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control over several channels, radii or models),
+    in the order given: the i-th smallest p is multiplied by (m − i + 1), running maxima kept, capped at 1."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def min_discordant_for(alpha: float = 0.05) -> int:
+    """The fewest discordant images, all in one direction, for which the exact McNemar test reaches ``alpha``:
+    below it no paired difference can be significant, whatever the effect (2 · 2⁻ᵏ ≤ alpha)."""
+    k = 1
+    while mcnemar_exact(k, 0) > alpha:
+        k += 1
+    return k
+
+
+def pack_mask(mask: torch.Tensor) -> str:
+    """A boolean per-image mask as a compact string (bits packed 8 per byte, base64), for a results file."""
+    import base64
+
+    bits = mask.bool().flatten().tolist()
+    packed = bytearray((len(bits) + 7) // 8)
+    for i, bit in enumerate(bits):
+        if bit:
+            packed[i // 8] |= 1 << (7 - i % 8)
+    return base64.b64encode(bytes(packed)).decode("ascii")
+
+
+def unpack_mask(text: str, n: int) -> torch.Tensor:
+    """The inverse of :func:`pack_mask` for ``n`` images."""
+    import base64
+
+    packed = base64.b64decode(text.encode("ascii"), validate=True)
+    if len(packed) != (n + 7) // 8:
+        raise ValueError(f"a packed mask of {len(packed)} bytes cannot hold exactly {n} images")
+    return torch.tensor([bool(packed[i // 8] >> (7 - i % 8) & 1) for i in range(n)], dtype=torch.bool)

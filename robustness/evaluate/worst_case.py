@@ -33,10 +33,11 @@ from ..runtime import progress_disabled
 from .autoattack import run_autoattack
 from .core import model_device, predict, run_attack
 from .members import (MEMBER_KINDS, MEMBER_NAMES, NORMS, Member, autoattack, bpda, check_members,  # noqa: F401
-                      check_norm, default_members, member, members_from_names, pgd, resolve, square, transfer)
+                      check_norm, craft_gradient, default_members, member, members_from_names, pgd, resolve, square,
+                      transfer)
 from .stats import accuracy_record
 
-__all__ = ["to_record", "worst_case", "worst_case_curve"]
+__all__ = ["member_robust_masks", "to_record", "worst_case", "worst_case_curve"]
 
 _TOLERANCE = 1e-5  # threat-model check: float slack allowed on |delta| and on the [0, 1] box
 
@@ -69,6 +70,8 @@ def _craft(m: Member, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         fn = attacks.pgd_linf if norm == "linf" else attacks.pgd_l2
         return run_attack(fn, net, x, y, batch_size, desc=desc, eps=eps, steps=m.steps, restarts=m.restarts,
                           loss=m.loss, generator=gen, early_stop=not m.transfer)
+    if m.kind == "gradient":
+        return craft_gradient(m, net, x, y, eps, norm, batch_size, gen, desc)
     if m.kind == "square":
         fn = attacks.square_linf if norm == "linf" else attacks.square_l2
         return run_attack(fn, net, x, y, batch_size, desc=desc, eps=eps, queries=m.queries, restarts=m.restarts,
@@ -86,10 +89,11 @@ def _same_function(m: Member, model: nn.Module, x: torch.Tensor, batch_size: int
                          "copy: only the gradients may differ); use transfer(...) for another model")
 
 
-def _run(model, x, y, eps, members, norm, batch_size, seed, standing, x_adv):
-    """Attack the images of ``standing`` with each member in turn; updates ``standing`` and ``x_adv``."""
+def _run(model, x, y, eps, members, norm, batch_size, seed, standing, x_adv, fooled_by):
+    """Attack the images of ``standing`` with each member in turn; updates ``standing``, ``x_adv`` and
+    ``fooled_by`` (per image, the index of the member that fooled it)."""
     added, seconds = {}, {}
-    for m in tqdm(members, desc=f"worst case eps={eps:g}", disable=progress_disabled(), leave=False):
+    for index, m in enumerate(tqdm(members, desc=f"worst case eps={eps:g}", disable=progress_disabled(), leave=False)):
         idx = standing.nonzero().flatten()
         _same_function(m, model, x[idx], batch_size)
         start = time.perf_counter()
@@ -102,6 +106,7 @@ def _run(model, x, y, eps, members, norm, batch_size, seed, standing, x_adv):
         hit = idx[fooled]
         x_adv[hit] = adv[fooled]
         standing[hit] = False
+        fooled_by[hit] = index
         added[m.name] = int(fooled.sum())
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -109,12 +114,34 @@ def _run(model, x, y, eps, members, norm, batch_size, seed, standing, x_adv):
     return added, seconds
 
 
-def _result(eps, norm, n, clean_ok, standing, x_adv, members, added, seconds) -> dict:
+#: ``fooled_by`` codes of images no member fooled: still robust, or misclassified before any attack.
+STANDING, CLEAN_WRONG = -1, -2
+
+
+def _result(eps, norm, n, clean_ok, standing, x_adv, members, added, seconds, fooled_by) -> dict:
     rec = accuracy_record(standing)
     return {"eps": float(eps), "norm": norm, "n": n, "clean": int(clean_ok.sum()) / max(n, 1),
             "robust": rec["value"], "k": rec["k"], "interval": rec["interval"],
             "members": [m.name for m in members], "kinds": {m.name: m.kind for m in members},
-            "added": added, "seconds": seconds, "robust_mask": standing.clone(), "x_adv": x_adv.clone()}
+            "added": added, "seconds": seconds, "robust_mask": standing.clone(), "x_adv": x_adv.clone(),
+            "fooled_by": fooled_by.clone()}
+
+
+def _fooled_by_start(clean_ok: torch.Tensor) -> torch.Tensor:
+    return torch.where(clean_ok, torch.tensor(STANDING), torch.tensor(CLEAN_WRONG)).to(torch.int16)
+
+
+def member_robust_masks(result: dict) -> dict:
+    """Per member, the images still robust after it ran (bool tensors (N,)), from a :func:`worst_case` result:
+    ``{name: mask}`` in the members' order; the last equals ``robust_mask``. Paired tests between two evaluations
+    of the same images compare these masks image by image."""
+    fooled_by = result["fooled_by"]
+    standing = fooled_by != CLEAN_WRONG
+    masks = {}
+    for index, name in enumerate(result["members"]):
+        standing = standing & (fooled_by != index)
+        masks[name] = standing.clone()
+    return masks
 
 
 def _prepare(model, x, y, eps_values, members, norm):
@@ -142,13 +169,14 @@ def worst_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     "interval" (95% Wilson of robust), "members" (names, in order), "kinds" ({name: kind}),
     "added" ({name: images it fooled that earlier members did not}), "seconds" ({name: wall-clock}),
     "robust_mask" (bool tensor (N,)), "x_adv" (tensor like ``x``: the member's example where an image was
-    fooled, the clean image elsewhere)}``. :func:`to_record` drops the tensors and the seconds.
+    fooled, the clean image elsewhere), "fooled_by" (int tensor (N,): the index of the member that fooled each
+    image, :data:`STANDING` or :data:`CLEAN_WRONG`; :func:`member_robust_masks`)}``. :func:`to_record` drops the tensors and the seconds.
     """
     members, x, y = _prepare(model, x, y, [eps], members, norm)
     clean_ok = predict(model, x, batch_size) == y
-    standing, x_adv = clean_ok.clone(), x.clone()
-    added, seconds = _run(model, x, y, float(eps), members, norm, batch_size, seed, standing, x_adv)
-    return _result(eps, norm, len(y), clean_ok, standing, x_adv, members, added, seconds)
+    standing, x_adv, fooled_by = clean_ok.clone(), x.clone(), _fooled_by_start(clean_ok)
+    added, seconds = _run(model, x, y, float(eps), members, norm, batch_size, seed, standing, x_adv, fooled_by)
+    return _result(eps, norm, len(y), clean_ok, standing, x_adv, members, added, seconds, fooled_by)
 
 
 def worst_case_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float],
@@ -167,12 +195,13 @@ def worst_case_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_lis
     if not eps_sorted:
         raise ValueError("eps_list is empty")
     clean_ok = predict(model, x, batch_size) == y
-    standing, x_adv = clean_ok.clone(), x.clone()
+    standing, x_adv, fooled_by = clean_ok.clone(), x.clone(), _fooled_by_start(clean_ok)
     out = []
     for eps in eps_sorted:
         carried = int((clean_ok & ~standing).sum())
-        added, seconds = _run(model, x, y, eps, members, norm, batch_size, seed, standing, x_adv)
-        out.append({**_result(eps, norm, len(y), clean_ok, standing, x_adv, members, added, seconds),
+        # an image fooled at a smaller radius keeps that member's index (its example stays valid here)
+        added, seconds = _run(model, x, y, eps, members, norm, batch_size, seed, standing, x_adv, fooled_by)
+        out.append({**_result(eps, norm, len(y), clean_ok, standing, x_adv, members, added, seconds, fooled_by),
                     "carried": carried})
     return out
 

@@ -1,0 +1,57 @@
+"""``--worst-case``: the toolkit's adaptive worst case (PGD-CE, PGD-margin, Square) beside AutoAttack (standard)
+on the first ``--n`` test images of chapter 1's model, at each ``--eps``: robust accuracy, 95% Wilson interval,
+seconds."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import evaluate
+from ..chapters import baselines, get_chapter
+from ..config import resolve
+from ..data import load_dataset
+from ..timing import timed
+from ._common import provenance
+
+
+def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, norm: str = "linf",
+                             steps: int = 100, restarts: int = 1, queries: int = 5000, batch_size: int = 256,
+                             seed: int = 0) -> list[dict]:
+    """Per eps: the toolkit's worst case over the default members and AutoAttack (standard), each with its
+    robust accuracy, 95% Wilson interval and seconds; printed as it goes and returned."""
+    members = evaluate.default_members(steps, restarts, queries)
+    rows = []
+    print(f"worst case ({', '.join(m.name for m in members)}; PGD {steps} steps × {restarts} restart(s), "
+          f"Square {queries} queries) vs AutoAttack standard, {norm}, {len(y)} images")
+    for eps in eps_list:
+        wc, wc_seconds = timed(evaluate.worst_case, model, x, y, eps, members, norm=norm,
+                               batch_size=batch_size, seed=seed)
+        aa = evaluate.autoattack_accuracy(model, x, y, eps, norm=norm, batch_size=batch_size, seed=seed)
+        row = {"eps": eps, "clean": wc["clean"], "worst_case": evaluate.to_record(wc), "worst_case_seconds": wc_seconds,
+               "autoattack": aa}
+        rows.append(row)
+        added = ", ".join(f"{k} +{v}" for k, v in wc["added"].items())
+        print(f"eps {eps:<7g} clean {wc['clean']:6.1%} | worst case {wc['robust']:6.1%} "
+              f"[{wc['interval'][0]:.1%}, {wc['interval'][1]:.1%}] {wc_seconds:8.1f} s ({added}) | "
+              f"AutoAttack {aa['robust']:6.1%} [{aa['interval'][0]:.1%}, {aa['interval'][1]:.1%}] "
+              f"{aa['seconds']:8.1f} s")
+    return rows
+
+
+def run_worst_case(profile: str = "smoke", n: int = 300, eps: list[float] | None = None, norm: str = "linf",
+                   steps: int = 100, queries: int = 5000, batch_size: int = 256) -> dict:
+    """The ``--worst-case`` mode: :func:`worst_case_vs_autoattack` on chapter 1's model of ``profile`` and its first
+    ``n`` test images, at each of ``eps`` (default: the chapter's eps); printed as it goes and returned as JSON
+    content."""
+    cfg = resolve(get_chapter("baselines"), profile=profile)
+    model, _ = baselines.train_model(cfg)  # the chapter's own recipe, so the cache holds one model, not two
+    device = next(model.parameters()).device
+    model.eval()
+    test = load_dataset(cfg.dataset, "test").first(n)
+    eps_list = eps if eps else [cfg.eps]
+    print(f"model: {cfg.model} on {cfg.dataset} ({profile} recipe), device {device}, "
+          f"threads {torch.get_num_threads()}, first {len(test.y)} test images")
+    rows = worst_case_vs_autoattack(model, test.x, test.y, eps_list, norm=norm, steps=steps, queries=queries,
+                                    batch_size=batch_size, seed=cfg.seed)
+    return {"kind": "worst_case", "profile": profile, "model": cfg.model, "dataset": cfg.dataset, "n": len(test.y),
+            "norm": norm, "steps": steps, "queries": queries, "rows": rows, "provenance": provenance(device)}

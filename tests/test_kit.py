@@ -1,0 +1,140 @@
+"""The chapter kit (robustness/chapters/kit.py): one vocabulary, one rule each, checked on hand-made cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TinyNet, make_blobs, train_tiny
+from robustness import evaluate
+from robustness.chapters import kit
+from robustness.evaluate.worst_case import CLEAN_WRONG, STANDING
+from robustness.results import check_records, select
+
+CFG = {"chapter": "test", "profile": "smoke", "seed": 0}
+
+
+def _rec(value, interval=None):
+    return {"value": value, "interval": interval}
+
+
+def test_is_broken_uses_the_upper_end_of_the_interval():
+    # 10 classes: chance 0.1, margin 0.1 → broken when the upper end ≤ 0.2
+    assert kit.is_broken(_rec(0.15, [0.10, 0.20]), 10)
+    assert not kit.is_broken(_rec(0.15, [0.10, 0.21]), 10)  # the point is near chance, the interval is not
+    assert not kit.is_broken(_rec(0.95, [0.9, 0.98]), 10)
+    assert kit.is_broken(None, 10)
+    assert f"{kit.BROKEN_MARGIN * 100:.0f} points" in kit.BROKEN_RULE
+
+
+def test_failed_checks_and_smoke_note():
+    rows = [{"id": "a", "passed": False, "dataset": "mnist"}, {"id": "b", "passed": True, "dataset": "mnist"},
+            {"id": "c", "passed": False, "dataset": "cifar10"}]
+    assert kit.failed_checks(rows) == ["a", "c"]
+    assert kit.failed_checks(rows, dataset="mnist") == ["a"]
+    assert kit.smoke_note("laptop") == "" and "smoke" in kit.smoke_note("smoke")
+
+
+def _fake_result(clean_k=8, n=10):
+    return {"eps": 0.1, "norm": "linf", "n": n, "clean": clean_k / n, "robust": 0.3, "k": 3,
+            "interval": [0.1, 0.6], "members": ["pgd_ce", "pgd_margin", "square"],
+            "added": {"pgd_ce": 3, "pgd_margin": 2, "square": 0}}
+
+
+def test_worst_case_records_one_vocabulary():
+    recs = kit.worst_case_records(CFG, _fake_result(), dataset="mnist", model="m", first_alone=True,
+                                  defense="none", role="threat")
+    check_records(recs)
+    (worst,) = select(recs, attack="worst_case")
+    assert worst["value"] == 0.3 and worst["interval"] == [0.1, 0.6] and worst["setting"]["members"] == \
+        "pgd_ce+pgd_margin+square"
+    fooled = select(recs, metric="images_fooled")
+    assert [(r["attack"], r["value"], r["setting"]["order"]) for r in fooled] == \
+        [("pgd_ce", 3, 0), ("pgd_margin", 2, 1), ("square", 0, 2)]
+    assert all(r["setting"]["within"] == "worst_case" and r["setting"]["role"] == "threat" for r in recs
+               if r["metric"] == "images_fooled")
+    (alone,) = select(recs, attack="pgd_ce", alone=True)
+    assert alone["value"] == pytest.approx((8 - 3) / 10)  # the clean images minus what the first member fooled
+
+
+def test_worst_case_records_of_a_curve_count_what_smaller_radii_fooled():
+    curve = [dict(_fake_result(), eps=0.05, carried=0), dict(_fake_result(), eps=0.1, carried=4)]
+    recs = kit.worst_case_records(CFG, curve, dataset="mnist", model="m")
+    assert [r["value"] for r in select(recs, attack="smaller_eps")] == [0, 4]
+    assert len(select(recs, attack="worst_case")) == 2
+
+
+def test_worst_case_keeps_per_image_outcomes_in_the_run(tiny_data):
+    x, y = tiny_data
+    model = train_tiny(x, y)
+    run = kit.Run(cfg=dict(CFG))
+    res = evaluate.worst_case(model, x[:64], y[:64], 0.3, evaluate.default_members(steps=5, queries=20))
+    kit.worst_case_records(CFG, res, dataset="synth", model="tiny", run=run, key="w")
+    fooled_by = run.raw["w"]["fooled_by"]
+    masks = evaluate.member_robust_masks(run.raw["w"])
+    # each member's count of fooled images is read back from the per-image outcome
+    for i, name in enumerate(res["members"]):
+        assert int((fooled_by == i).sum()) == res["added"][name]
+    assert torch.equal(list(masks.values())[-1], res["robust_mask"])
+    assert int((fooled_by == STANDING).sum()) == res["k"]
+    clean_wrong = evaluate.predict(model, x[:64]) != y[:64]
+    assert torch.equal(fooled_by == CLEAN_WRONG, clean_wrong)
+
+
+def test_min_norm_records_report_convergence_as_min_norm_decides_it(tiny_data):
+    x, y = tiny_data
+    model = train_tiny(x, y)
+    summary = evaluate.min_norm(model, x[:32], y[:32], steps=5)
+    recs = kit.min_norm_records(CFG, summary, dataset="synth", model="tiny", attack="ddn", threat_model="l2",
+                                steps=summary["steps"])
+    check_records(recs)
+    (conv,) = select(recs, metric="converged")
+    assert conv["value"] == float(summary["converged"])
+    assert {r["metric"] for r in recs} == {"success_rate", "rho", "norm", "converged"}
+
+
+def test_health_rows_are_tagged_and_transfer_from_equals_the_hand_crafted_examples(tiny_data):
+    x, y = tiny_data
+    x, y = x[:48], y[:48]
+    model, source = train_tiny(x, y, seed=0), train_tiny(x, y, seed=1)
+    rows = kit.health_rows(model, x, y, dataset="synth", model="tiny", eps=0.1, steps=5, num_classes=4, seed=3,
+                           transfer_from=source, defense="none")
+    assert all(r["dataset"] == "synth" and r["model"] == "tiny" and r["defense"] == "none" for r in rows)
+    gen = torch.Generator().manual_seed(3)
+    by_hand = evaluate.run_attack(__import__("robustness").attacks.pgd_linf, source, x, y, 256, eps=0.1, steps=5,
+                                  early_stop=False, generator=gen)
+    expected = evaluate.health_checks(model, x, y, eps=0.1, steps=5, num_classes=4, seed=3, transfer_x_adv=by_hand)
+    assert [r["measured"] for r in rows] == [r["measured"] for r in expected]
+
+
+def test_run_results_have_the_shape_of_a_results_file(tmp_path, monkeypatch):
+    from robustness.chapters import baselines
+    from robustness.config import resolve
+    from robustness.results import load_results
+
+    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path))
+    cfg = resolve(baselines.SPEC, "smoke")
+    run = kit.Run(cfg)
+    run.records.append(kit.accuracy_record(cfg, TinyNet(side=28, classes=10), _tiny_mnist_like(), dataset="mnist",
+                                           model="tiny", batch_size=64, split="test"))
+    run.exports.append({"label": "x"})
+    live = run.results()
+    saved = run.saved()
+    assert set(live) == set(load_results(cfg.chapter, cfg.profile))
+    assert live["records"] == saved["records"] and saved["extra"]["models"] == [{"label": "x"}]
+
+
+def _tiny_mnist_like():
+    from robustness.data import ArrayDataset
+
+    x, y = make_blobs(n=20, classes=10, side=28)
+    return ArrayDataset("mnist", "test", x, y, "synthetic")
+
+
+def test_holdout_split_takes_the_images_after_the_training_ones(monkeypatch):
+    from robustness.data import ArrayDataset
+
+    x, y = make_blobs(n=50)
+    monkeypatch.setattr(kit, "load_dataset", lambda d, split: ArrayDataset(d, split, x, y, "synthetic"))
+    val = kit.holdout_split("synth", 30, 45)
+    assert val.split == "val" and len(val) == 15 and torch.equal(val.x, x[30:45])
+    assert "images 31–45, held out" in val.source
