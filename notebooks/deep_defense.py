@@ -174,9 +174,9 @@ plt.show()
 #   failure counting as ∞;
 # - FGSM at fractions of ε_ref.
 #
-# Every accuracy is shown with its number of images and its 95 % Wilson interval, ρ_adv with an approximate
-# 95 % interval of the mean. If DDN's median sits well below the clipped DeepFool's, the paper's measure
-# overstates the distance to the boundary.
+# Every accuracy is shown with its 95 % Wilson interval (the numbers of images are in the setup table above),
+# ρ_adv with an approximate 95 % interval of the mean. If DDN's median sits well below the clipped DeepFool's,
+# the paper's measure overstates the distance to the boundary.
 
 # %%
 dd.evaluate_variants(run)
@@ -205,7 +205,7 @@ display(Markdown(dd.anchor_table(run.results())))
 # say which member did the work.
 
 # %%
-display(Markdown(dd.worst_case_tables(run.results())))
+display(Markdown(dd.worst_case_table(run.results())))
 
 # %% [markdown]
 # In the figure, a real gain in robustness shows as a Deep Defense curve whose band lies above the plain
@@ -278,10 +278,11 @@ display(Markdown(dd.finetune_time_table(run.results())))
 # read back (`robustness.chapters.deep_defense.verdict`). Its rule: Deep Defense's gain is *real* only when its
 # ρ_adv interval lies above the control's **and** its worst-case robust accuracy interval lies above the
 # control's at some radius. It is *masked* when only the former holds, *no gain* when the former fails, and
-# *broken* when the model is near chance. Intervals are compared, never point values.
+# *broken* when the model is near chance, by the book's rule, stated in the verdict. Intervals are compared,
+# never point values.
 
 # %% tags=["remove-cell"]
-saved = dd.save(run)
+saved = run.saved()
 
 # %%
 display(Markdown(dd.verdict(saved)))

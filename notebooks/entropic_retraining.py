@@ -55,6 +55,7 @@
 profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
 datasets = None  # data sets the chapter runs on
 model = None  # architecture (robustness.models) per data set (per data set)
+eps = None  # L∞ threat radius (adversarial training, lambda selection, worst case, AutoAttack, health checks) (per data set)
 train_size = None  # training images of the normal model (the first N) (per data set)
 epochs = None  # epochs of normal training (and of adversarial training from scratch) (per data set)
 lr = None  # peak one-cycle learning rate of normal training (and of adversarial training from scratch) (per data set)
@@ -92,13 +93,11 @@ from IPython.display import Markdown, display
 
 from robustness.chapters import entropic_retraining as chapter
 from robustness.config import resolve_notebook
-from robustness.report import health_markdown
-from robustness.results import StageTimer, load_results, overrides_of, write_results
 from robustness.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
-timer = StageTimer()
+run = chapter.Run(cfg)
 
 # %% tags=["remove-input"]
 display(Markdown(cfg.markdown()))
@@ -118,9 +117,8 @@ display(Markdown(cfg.markdown()))
 # `"scratch"` (the paper profile) it is trained on PGD examples alone from new weights, as Madry et al. do.
 
 # %%
-with timer("train"):
-    nets, data, records, timings = chapter.train_references(cfg)
-display(Markdown(chapter.training_table(records, timings, cfg)))
+chapter.train_references(run)
+display(Markdown(chapter.training_table(run.results())))
 
 # %% [markdown]
 # ## What adversarial training does to the entropy profile
@@ -133,17 +131,15 @@ display(Markdown(chapter.training_table(records, timings, cfg)))
 # most become the loss's layers, and the adversarially trained network's entropies there become its targets.
 
 # %%
-with timer("profiles"):
-    records += chapter.profiles_all(nets, data, cfg)
-    records += chapter.layers_all(nets, records, cfg)
-display(Markdown(chapter.profile_table(records, cfg)))
+chapter.profiles_all(run)
+display(Markdown(chapter.profile_table(run.results())))
 
 # %% [markdown]
 # The figure answers the analysis question: which layers change, and in which direction? A layer where the two
 # profiles coincide has nothing to imitate; the shaded layers are those the loss will act on.
 
 # %% mystnb={"figure": {"caption": "Mean unit entropy (nats) of each activation layer on held-out images, for the normally and the adversarially trained network (bars: standard deviation over the held-out batches). Shaded: the layers the entropic loss acts on.", "name": "fig-entropic-profiles"}}
-chapter.profile_figure(records)
+chapter.profile_figure(run.results())
 plt.show()
 
 # %% [markdown]
@@ -157,24 +153,22 @@ plt.show()
 # the smaller λ, so plain fine-tuning wins unless the entropic term helps.
 
 # %%
-with timer("lambda sweep"):
-    sweep, sweep_timings = chapter.sweep_all(nets, data, records, cfg)
-records += sweep
-timings.update(sweep_timings)
-display(Markdown(chapter.sweep_table(records, cfg)))
+chapter.sweep_all(run)
+display(Markdown(chapter.sweep_table(run.results())))
 
 # %% [markdown]
 # If the loss does its job, the distance to the targets shrinks as λ grows. Whether robustness follows is the
 # question the right-hand panels start to answer, on held-out images.
 
 # %% mystnb={"figure": {"caption": "Left: held-out entropy profiles of the normal, the adversarially trained and every entropically retrained network. Middle: root-mean-square distance to the targets over the loss's layers against λ (dotted: the normal network). Right: held-out clean and PGD-CE accuracy against λ; the dashed line marks the λ chosen, a dotted one the λ tested when validation kept 0.", "name": "fig-entropic-sweep"}}
-chapter.sweep_figure(records)
+chapter.sweep_figure(run.results())
 plt.show()
 
 # %% [markdown]
 # ## Robustness on the test images
 #
-# Four networks face one threat model, L∞ at the data set's standard radius (0.3 on MNIST, 8/255 on CIFAR-10):
+# Four networks face one threat model, L∞ at the radius `eps`, by default the data set's standard one (0.3 on
+# MNIST, 8/255 on CIFAR-10):
 # the normal one, plain fine-tuning, the entropic model and adversarial training. The entropic model is the one
 # at the chosen λ or, when validation kept λ = 0, the one at the largest λ within the clean budget, the strongest
 # entropic term the budget allows: a claim that fails on held-out images is still measured on the test images.
@@ -191,16 +185,12 @@ plt.show()
 # would show up here, and the margin-loss PGD would then find what PGD-CE misses.
 
 # %%
-with timer("evaluation"):
-    evaluation, raw = chapter.evaluate_all(nets, data, records, cfg)
-records += evaluation
-with timer("autoattack"):
-    autoattack, timings["autoattack_seconds"] = chapter.autoattack_all(nets, data, records, cfg)
-records += autoattack
-display(Markdown(chapter.evaluation_table(records, cfg)))
+chapter.evaluate_all(run)
+chapter.autoattack_all(run)
+display(Markdown(chapter.worst_case_table(run.results())))
 
 # %% mystnb={"figure": {"caption": "Test accuracy of each network: clean, under PGD on the cross-entropy, under the book's worst case (PGD-CE, PGD-margin, Square, transfer from the normal network) and, for the entropic model, under AutoAttack; bars are 95% Wilson intervals.", "name": "fig-entropic-evaluation"}}
-chapter.evaluation_figure(records)
+chapter.evaluation_figure(run.results())
 plt.show()
 
 # %% [markdown]
@@ -214,9 +204,8 @@ plt.show()
 # shown, never hidden.
 
 # %%
-with timer("health checks"):
-    health = chapter.health_all(nets, data, records, raw, cfg)
-display(Markdown(health_markdown(health)))
+chapter.health_all(run)
+display(Markdown(chapter.health_tables(run.results())))
 
 # %% [markdown]
 # ## What it costs
@@ -228,14 +217,11 @@ display(Markdown(health_markdown(health)))
 # reading the targets come from an adversarially trained network, which has to exist first.
 
 # %%
-with timer("cost"):
-    timings["cost"] = chapter.cost_all(nets, data, records, cfg)
-display(Markdown(chapter.cost_table(timings["cost"], cfg)))
+chapter.cost_all(run)
+display(Markdown(chapter.cost_table(run.results())))
 
 # %% tags=["remove-cell"]
-exports = {"models": timings.pop("exports")}  # the tested networks, for other chapters to score
-path = write_results(cfg, records, health=health, timer=timer, timings=timings, extra=exports)
-saved = load_results(cfg.chapter, cfg.profile, overrides_of(cfg))
+saved = run.saved()  # the results file, with the tested networks for other chapters to score, read back
 
 # %% [markdown]
 # ## The anchor
@@ -254,7 +240,8 @@ display(Markdown(chapter.anchor_table(saved)))
 # {func}`robustness.chapters.entropic_retraining.verdict`. Per data set it compares 95% intervals, never point
 # values: does the entropic model beat plain fine-tuning under PGD-CE, and does that gain survive the worst case
 # (a gain only PGD-CE sees is masking)? It then sets the result beside adversarial training and AutoAttack, and
-# says what the method cost in clean accuracy and in training time.
+# says what the method cost in clean accuracy and in training time. A model evaluated with a clean accuracy near
+# chance is called broken, and its robustness is not interpreted; the verdict ends with the rule.
 
 # %%
 display(Markdown(chapter.verdict(saved)))

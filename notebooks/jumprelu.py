@@ -64,6 +64,7 @@ budget = None  # largest clean-accuracy drop (fraction) allowed when choosing ka
 attack_iter = None  # IFGSM and DeepFool iterations (official: 40 on MNIST, 7 on CIFAR-10) (per data set)
 pgd_eps = None  # L∞ radii on [0, 1] pixels of the adaptive attack ensemble (per data set)
 ddn_steps = None  # iterations of the min-norm attack (DDN through BPDA; 0: not run) (per data set)
+eps = None  # L∞ threat radius on [0, 1] pixels: the worst case per seed, AutoAttack and the health checks (profiles: the data set's standard radius) (per data set)
 ifgsm_step = None  # IFGSM step, official normalized units (× σ_c on pixels)
 deepfool_classes = None  # DeepFool candidate classes (10: all, as the official code)
 members = None  # adaptive-ensemble members in order, pgd_true first: pgd_true, transfer, pgd_bpda, pgd_bpda_margin, pgd_smooth, square
@@ -83,12 +84,11 @@ import matplotlib.pyplot as plt
 
 from robustness.chapters import jumprelu as chapter
 from robustness.config import resolve_notebook
-from robustness.results import StageTimer, load_results, overrides_of, write_results
 from robustness.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
-timer = StageTimer()
+run = chapter.Run(cfg)
 
 # %%
 display(Markdown(cfg.markdown()))
@@ -116,9 +116,9 @@ display(Markdown(cfg.markdown()))
 # the official schedule this run used.
 
 # %%
-with timer("train"):
-    nets, data, records, timings = chapter.train_all(cfg)
-display(Markdown(chapter.training_table(records, timings, cfg)))
+with run.timer("train"):
+    chapter.train_all(run)
+display(Markdown(chapter.training_table(run.results())))
 
 # %% [markdown]
 # ## Choosing κ on validation data
@@ -130,9 +130,9 @@ display(Markdown(chapter.training_table(records, timings, cfg)))
 # raises IFGSM accuracy, masking included; the adaptive half of the chapter checks what it picked.
 
 # %%
-with timer("kappa on validation"):
-    records += chapter.choose_all(nets, data, cfg)
-display(Markdown(chapter.choice_table(records)))
+with run.timer("kappa on validation"):
+    chapter.choose_all(run)
+display(Markdown(chapter.choice_table(run.results())))
 
 # %% [markdown]
 # ## The paper's protocol on the test set
@@ -151,10 +151,10 @@ display(Markdown(chapter.choice_table(records)))
 # it still fools the retrofitted network ("DF acc").
 
 # %%
-with timer("paper protocol"):
-    records += chapter.protocol_all(nets, data, cfg)
-display(Markdown(chapter.deepfool_note(cfg)))
-display(Markdown(chapter.protocol_tables(records)))
+with run.timer("paper protocol"):
+    chapter.protocol_all(run)
+display(Markdown(chapter.deepfool_note(run.results())))
+display(Markdown(chapter.protocol_tables(run.results())))
 
 # %% [markdown]
 # The trade-off, per model. The top row is what the paper's claim rests on: if the retrofit works as claimed,
@@ -163,7 +163,7 @@ display(Markdown(chapter.protocol_tables(records)))
 # units: a rising curve says the boundary looks farther away *to DeepFool*, which follows the same gradient.
 
 # %% mystnb={"figure": {"caption": "The paper's trade-off per model: clean and IFGSM accuracy (top) and DeepFool's white-box relative perturbation in paper units (bottom) against κ on test images; the dotted red line marks the κ chosen on validation.", "name": "fig-jumprelu-tradeoff"}}
-chapter.plot_tradeoff(records)
+chapter.plot_tradeoff(run.results())
 plt.show()
 
 # %% [markdown]
@@ -178,7 +178,7 @@ plt.show()
 # wherever training was shortened.
 
 # %%
-display(Markdown(chapter.paper_comparison_table(records, cfg)))
+display(Markdown(chapter.paper_comparison_table(run.results())))
 
 # %% [markdown]
 # ## Beyond the paper: an adaptive attack ensemble
@@ -203,13 +203,13 @@ display(Markdown(chapter.paper_comparison_table(records, cfg)))
 # At $\kappa = 0$ BPDA's gradient is exact and the transfer source is the network itself, so only pgd_true,
 # the margin loss and Square run. An image fooled at a smaller $\varepsilon$ stays fooled at a larger one (the
 # smaller ball lies inside), so the worst case can only fall as $\varepsilon$ grows; the largest radius is there
-# to check that it falls toward zero. The worst case at the data set's threat radius is rerun with each attack
-# seed of `seeds`. Every accuracy has its 95% Wilson interval.
+# to check that it falls toward zero. The worst case at the threat radius `eps` (by default the data set's
+# standard one) is rerun with each attack seed of `seeds`. Every accuracy has its 95% Wilson interval.
 
 # %%
-with timer("adaptive"):
-    records += chapter.adaptive_all(nets, data, records, cfg)
-display(Markdown(chapter.adaptive_tables(records)))
+with run.timer("adaptive"):
+    chapter.adaptive_all(run)
+display(Markdown(chapter.worst_case_table(run.results())))
 
 # %% [markdown]
 # The same worst case as curves. Read each panel left to right: at $\varepsilon = 0$ the curve starts at clean
@@ -218,7 +218,7 @@ display(Markdown(chapter.adaptive_tables(records)))
 # not overlap; curves that fall onto the $\kappa = 0$ one say the gain the paper's attacks saw is gone.
 
 # %% mystnb={"figure": {"caption": "Adaptive worst-case accuracy against the L∞ radius ε for each attacked κ, one panel per model, with 95% Wilson bands; ε = 0 is clean accuracy and the dotted line is chance.", "name": "fig-jumprelu-worst-case"}}
-chapter.plot_worst_case(records)
+chapter.plot_worst_case(run.results())
 plt.show()
 
 # %% [markdown]
@@ -232,7 +232,7 @@ plt.show()
 # distance to the boundary.
 
 # %%
-display(Markdown(chapter.min_norm_table(records)))
+display(Markdown(chapter.min_norm_table(run.results())))
 
 # %% [markdown]
 # ### AutoAttack, the field's reference number
@@ -243,9 +243,9 @@ display(Markdown(chapter.min_norm_table(records)))
 # adaptivity bought.
 
 # %%
-with timer("autoattack"):
-    records += chapter.autoattack_all(nets, data, records, cfg)
-display(Markdown(chapter.autoattack_table(records)))
+with run.timer("autoattack"):
+    chapter.autoattack_all(run)
+display(Markdown(chapter.autoattack_table(run.results())))
 
 # %% [markdown]
 # ### Evaluation health of each retrofitted model
@@ -257,9 +257,9 @@ display(Markdown(chapter.autoattack_table(records)))
 # near-constant classifier is flagged as broken, not robust.
 
 # %%
-with timer("health checks"):
-    health = chapter.health_all(nets, data, records, cfg)
-display(Markdown(chapter.health_tables(health)))
+with run.timer("health checks"):
+    chapter.health_all(run)
+display(Markdown(chapter.health_tables(run.results())))
 
 # %% [markdown]
 # ## Interactive: κ and one adversarial example
@@ -269,7 +269,7 @@ display(Markdown(chapter.health_tables(health)))
 # precomputed results; the website shows the static strip.
 
 # %% mystnb={"figure": {"caption": "The white-box IFGSM example of the first test image at each κ of the grid for the first model, titled with that κ's clean and IFGSM accuracy and the true and predicted class.", "name": "fig-jumprelu-kappa-strip"}}
-strip = chapter.kappa_examples_for(nets, data, records, cfg)
+strip = chapter.kappa_examples_for(run)
 chapter.kappa_strip(**strip)
 plt.show()
 
@@ -278,8 +278,7 @@ plt.show()
 chapter.kappa_slider(**strip);
 
 # %% tags=["remove-cell"]
-path = write_results(cfg, records, health=health, timer=timer, timings=timings)
-saved = load_results(cfg.chapter, cfg.profile, overrides_of(cfg))
+saved = run.saved()
 
 # %% [markdown]
 # ## Results and verdict
@@ -287,9 +286,9 @@ saved = load_results(cfg.chapter, cfg.profile, overrides_of(cfg))
 # Everything above is saved to one results file; the verdict below is computed from the file as read back, by
 # {func}`robustness.chapters.jumprelu.verdict`: per model, the paper's gradient and the adaptive worst case at
 # the threat radius, each against $\kappa = 0$, judged by whether their 95% intervals separate. A model is set
-# aside as broken when its clean accuracy is near chance or one class takes most predictions; otherwise it
-# shows no gain (even the paper's gradient finds none), a masked gain (the paper's gradient finds one, the
-# ensemble removes it), or a gain that survives.
+# aside as broken when its clean accuracy is near chance (the verdict states the rule, on the interval) or one
+# class takes most predictions; otherwise it shows no gain (even the paper's gradient finds none), a masked gain
+# (the paper's gradient finds one, the ensemble removes it), or a gain that survives.
 
 # %%
 display(Markdown(chapter.verdict(saved)))

@@ -41,7 +41,7 @@
 #   half FGSM) and defensive distillation at temperature 100 {cite}`papernot2016distillation`. We add PGD
 #   adversarial training as the reference every defense is measured against today.
 # - Data sets, architectures, radii and the size of the paper's adversary set are unknown: we use MNIST and
-#   CIFAR-10 at the book's standard L∞ radii (0.3 and 8/255) and the book's shared networks.
+#   CIFAR-10 at the book's standard L∞ radii (0.3 and 8/255, the parameter `eps`) and the book's shared networks.
 #
 # **Beyond the paper.** Surviving transferred examples is not robustness: a defense that only disturbs the
 # gradients of a surrogate fools the transfer attack, not an attacker who sees the defended network. So every
@@ -51,6 +51,7 @@
 # %% tags=["parameters"]
 profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
 datasets = None  # data sets the chapter runs on: mnist, fashion_mnist, cifar10
+eps = None  # L∞ threat radius on [0, 1] pixels: of the transfer matrix, the adversary set, the adversarial training and every score (per data set)
 seeds = None  # training seeds of the zoo architecture in the model pool (the first gives the reference model, never a surrogate of the adversary set) (per data set)
 second_arch = None  # second architecture of the model pool (robustness.models) (per data set)
 second_seeds = None  # training seeds of the second architecture (per data set)
@@ -91,13 +92,11 @@ from IPython.display import Markdown, display
 
 from robustness.chapters import transferable_adversaries as chapter
 from robustness.config import resolve_notebook
-from robustness.report import health_markdown
-from robustness.results import StageTimer, load_results, overrides_of, write_results
 from robustness.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
-timer = StageTimer()
+run = chapter.Run(cfg)
 
 # %% tags=["remove-input"]
 display(Markdown(cfg.markdown()))
@@ -117,9 +116,8 @@ display(Markdown(cfg.markdown()))
 # transfer matrix and every choice below are made on them, never on test images.
 
 # %%
-with timer("pool"):
-    pool, data, records, timings = chapter.train_pool(cfg)
-display(Markdown(chapter.pool_table(records, timings, cfg)))
+chapter.train_pool(run)
+display(Markdown(chapter.pool_table(run.results())))
 
 # %% [markdown]
 # ## The transfer matrix
@@ -137,9 +135,8 @@ display(Markdown(chapter.pool_table(records, timings, cfg)))
 # iterate: a point deep past the source's boundary transfers better than its first crossing.
 
 # %%
-with timer("transfer matrix"):
-    records += chapter.transfer_all(pool, data, cfg)
-display(Markdown(chapter.transfer_table(records, cfg)))
+chapter.transfer_all(run)
+display(Markdown(chapter.transfer_table(run.results())))
 
 # %% [markdown]
 # The heat map shows the same numbers. Reading down a column compares generators on one target; the paper's
@@ -147,7 +144,7 @@ display(Markdown(chapter.transfer_table(records, cfg)))
 # is brighter than both.
 
 # %% mystnb={"figure": {"caption": "The transfer matrix: per data set, the fooling rate (%) of each generator and source (rows) on each target (columns), among the held-out images the target classifies correctly; white-box cells (a source on itself) are blank.", "name": "fig-transfer-matrix"}}
-chapter.transfer_figure(records)
+chapter.transfer_figure(run.results())
 plt.show()
 
 # %% [markdown]
@@ -157,7 +154,7 @@ plt.show()
 # (source, target) pairs on which FGSM transfers clearly better: where multi-step examples transfer worse.
 
 # %%
-display(Markdown(chapter.generator_table(records, cfg)))
+display(Markdown(chapter.generator_table(run.results())))
 
 # %% [markdown]
 # ### Where does the premise hold?
@@ -171,11 +168,10 @@ display(Markdown(chapter.generator_table(records, cfg)))
 # With one iteration, MI-FGSM is FGSM; PGD is one step of 2.5·ε from a random start.
 
 # %%
-with timer("premise sweep"):
-    records += chapter.premise_all(pool, data, cfg)
+chapter.premise_all(run)
 
 # %% mystnb={"figure": {"caption": "The premise sweep on one (source, target) pair per data set: fooling rate against the radius (left) and against the number of iterations at the threat radius (right); solid lines on the target (transfer), dashed on the source itself (white box); bands are 95% Wilson intervals.", "name": "fig-transfer-premise"}}
-chapter.premise_figure(records)
+chapter.premise_figure(run.results())
 plt.show()
 
 # %% [markdown]
@@ -192,10 +188,8 @@ plt.show()
 # examples (ensemble adversarial training {cite}`tramer2018ensemble` does); this chapter does not use it.
 
 # %%
-with timer("adversary set"):
-    sets, set_records, set_info = chapter.adversary_sets(pool, data, records, cfg)
-records += set_records
-display(Markdown(chapter.set_table(records, set_info)))
+chapter.adversary_sets(run)
+display(Markdown(chapter.set_table(run.results())))
 
 # %% [markdown]
 # ## The defenses
@@ -219,11 +213,8 @@ display(Markdown(chapter.set_table(records, set_info)))
 #   capacity study; half and half, it learned.
 
 # %%
-with timer("defenses"):
-    nets, teachers, defense_records, defense_timings = chapter.train_defenses(cfg)
-records += defense_records
-timings.update(defense_timings)
-display(Markdown(chapter.defense_training_table(records, timings, cfg)))
+chapter.train_defenses(run)
+display(Markdown(chapter.training_table(run.results())))
 
 # %% [markdown]
 # ## What a training step costs
@@ -235,10 +226,8 @@ display(Markdown(chapter.defense_training_table(records, timings, cfg)))
 # the machine and go to the timings.
 
 # %%
-with timer("cost"):
-    cost_records, timings["cost"] = chapter.cost_all(teachers, cfg)
-records += cost_records
-display(Markdown(chapter.cost_table(records, timings)))
+chapter.cost_all(run)
+display(Markdown(chapter.cost_table(run.results())))
 
 # %% [markdown]
 # ## On the adversary set, and in the white box
@@ -260,16 +249,14 @@ display(Markdown(chapter.cost_table(records, timings)))
 # a transfer number for all of them.
 
 # %%
-with timer("scores"):
-    score_records, raw, notes = chapter.score_all(pool, nets, data, sets, cfg)
-records += score_records
-display(Markdown(chapter.score_table(records) + "\n\n" + chapter.notes_markdown(notes)))
+chapter.score_all(run)
+display(Markdown(chapter.score_table(run.results()) + "\n\n" + chapter.notes_markdown(run.results())))
 
 # %% [markdown]
 # A defense that only resists transfer shows a tall middle bar and a short right one.
 
 # %% mystnb={"figure": {"caption": "Per data set and network: clean accuracy, accuracy on the adversary set, and the white-box worst case at the same radius, with 95% Wilson intervals.", "name": "fig-transfer-scores"}}
-chapter.score_figure(records)
+chapter.score_figure(run.results())
 plt.show()
 
 # %% [markdown]
@@ -282,14 +269,11 @@ plt.show()
 # fool less often than white-box ones. A failed row is shown, never hidden.
 
 # %%
-with timer("health checks"):
-    health = chapter.health_all(nets, data, sets, raw, cfg)
-display(Markdown(health_markdown(health)))
+chapter.health_all(run)
+display(Markdown(chapter.health_tables(run.results())))
 
 # %% tags=["remove-cell"]
-timings["adversary_sets"], timings["not_scored"] = set_info, notes
-path = write_results(cfg, records, health=health, timer=timer, timings=timings)
-saved = load_results(cfg.chapter, cfg.profile, overrides_of(cfg))
+saved = run.saved()
 
 # %% [markdown]
 # ## Results and verdict

@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--norm", default="linf", choices=("linf", "l2"), help="--worst-case: threat-model norm")
     bench.add_argument("--steps", type=int, default=100, help="--worst-case: PGD steps of the worst-case members")
     bench.add_argument("--queries", type=int, default=5000, help="--worst-case: Square queries per image")
+    bench.add_argument("--members", nargs="+", default=None, metavar="NAME",
+                       help="--worst-case: the toolkit's members by name, in order (default: the chapters' default "
+                            "ensemble), e.g. apgd_ce apgd_t square")
+    bench.add_argument("--targets", type=int, default=9, help="--worst-case: target classes of the apgd_t member")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -146,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         return models_command(args.action, args.name, args.profile)
     from .bench import main as bench_main
 
-    for flag in ("n", "steps", "queries"):
+    if args.members is not None:
+        from .evaluate import check_members
+
+        try:
+            check_members(args.members)
+        except ValueError as err:
+            parser.error(str(err))
+    for flag in ("n", "steps", "queries", "targets"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be a positive integer")
     if args.eps is not None and any(not 0 <= e < float("inf") for e in args.eps):
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     return bench_main(batch_size=args.batch_size, profile=args.profile, worst_case=args.worst_case, n=args.n,
                       eps=args.eps, norm=args.norm, steps=args.steps, queries=args.queries, chapters=args.chapters,
                       peers=args.peers, page=args.page, json_path=args.json, min_seconds=args.seconds,
-                      note=args.note)
+                      note=args.note, members=args.members, targets=args.targets)
 
 
 if __name__ == "__main__":

@@ -236,7 +236,7 @@ def test_a_descent_step_on_the_regularizer_lowers_it_and_raises_rho(tiny_model, 
 @pytest.mark.notebook
 def test_deep_defense_smoke_run_writes_its_results(isolated_outputs):
     from robustness.chapters import deep_defense as dd
-    from robustness.results import FIELDS, load_results
+    from robustness.results import FIELDS, first, load_results, one, select
     from robustness.runner import run_chapter
 
     tmp_path = isolated_outputs
@@ -248,31 +248,32 @@ def test_deep_defense_smoke_run_writes_its_results(isolated_outputs):
     pairs = [("mnist", "mlp"), ("mnist", "lenet"), ("cifar10", "convnet")]
     assert dd.pairs(p) == pairs
     for d, m in pairs:
-        at = dd.find(recs, dataset=d, model=m)
+        at = select(recs, dataset=d, model=m)
         assert {r["defense"] for r in at} == set(dd.VARIANTS)
         for v in dd.VARIANTS:
-            mine = dd.find(at, defense=v, sweep=None)
-            clean = dd.find_one(mine, **dd.CLEAN)
+            mine = select(dd.measured(at), defense=v)
+            clean = one(mine, **dd.CLEAN)
             assert 0 <= clean["value"] <= 1 and clean["n"] == p["n_eval"][d] and len(clean["interval"]) == 2
             for clip in (False, True):
-                assert dd.find_one(mine, iterations=p["df_iter"], **{**dd.PAPER_RHO, "clip": clip})["value"] > 0
-                assert dd.find_one(mine, metric="rho", units="pixel", clip=clip, statistic="mean",
-                                   iterations=p["df_iter"]) is not None
-                assert 0 <= dd.find_one(mine, metric="success_rate", clip=clip, iterations=p["df_iter"])["value"] <= 1
-            assert sorted(r["setting"]["eps_factor"] for r in dd.find(mine, attack="fgsm")) == list(dd.FGSM_FACTORS)
-            worst = dd.find(mine, **dd.WORST)
+                assert one(mine, iterations=p["df_iter"], **{**dd.PAPER_RHO, "clip": clip})["value"] > 0
+                one(mine, metric="rho", units="pixel", clip=clip, statistic="mean", iterations=p["df_iter"])
+                assert 0 <= one(mine, metric="success_rate", clip=clip, iterations=p["df_iter"])["value"] <= 1
+            assert sorted(r["setting"]["eps_factor"] for r in select(mine, attack="fgsm")) == list(dd.FGSM_FACTORS)
+            worst = select(mine, **dd.WORST)
             assert sorted(r["eps"] for r in worst) == sorted(p["l2_eps"][d])
             assert all(len(r["interval"]) == 2 for r in worst)
-            assert dd.find_one(mine, attack="ddn", metric="rho") is not None
-            assert len(dd.find(at, defense=v, metric="rho", epoch=None, sweep=None)) >= 4
+            one(mine, attack="ddn", metric="rho", statistic="median")
+            assert one(mine, attack="ddn", metric="converged")["value"] in (0.0, 1.0)
+            assert len(select(mine, metric="rho")) >= 4
         # the per-epoch curve: epoch 0 (the reference), then each fine-tuning epoch of each variant
         epochs = [r for r in at if r["setting"].get("epoch") is not None]
         assert len(epochs) == 1 + 3 * p["ft_epochs"]
-        fooled = dd.find(at, defense="deep_defense", metric="images_fooled")
+        fooled = select(at, defense="deep_defense", metric="images_fooled", within="worst_case")
         assert "transfer_from_control" in {r["attack"] for r in fooled}
-        assert "transfer_from_control" not in {r["attack"] for r in dd.find(at, defense="fine_tune",
-                                                                             metric="images_fooled")}
-    sweep = dd.find(recs, defense="deep_defense", sweep=True, metric="rho")
+        assert "transfer_from_control" not in {r["attack"] for r in select(at, defense="fine_tune",
+                                                                           metric="images_fooled")}
+        assert first(fooled, attack="smaller_eps") is not None
+    sweep = select(recs, defense="deep_defense", sweep=True, metric="rho")
     assert sorted(r["setting"]["lam"] for r in sweep) == sorted(p["lam_sweep"])
     assert set(saved["timings"]["cost"]) == {f"{d}/{m}" for d, m in pairs}  # seconds: timings, never records
     assert all(set(t) == {"fine_tune", "adversarial_fine_tune", "pgd_training", "deep_defense"}
@@ -412,7 +413,7 @@ def test_verdict_calls_a_deepfool_only_gain_masked():
                      _variant("mnist", "mlp", "adversarial_fine_tune", 194, 0.22, [125, 66]))
     v = verdict_summary(saved)["mnist", "mlp"]
     assert v["category"] == "masked" and v["rho"] == "higher" and v["worst_up_at"] == []
-    assert v["clean"] == "overlap" and v["vs_adversarial"] == "is indistinguishable from"
+    assert v["clean"] == "same" and v["vs_adversarial"] == "is indistinguishable from"
     assert "not matched by the adaptive worst case" in verdict(saved)
 
 
@@ -434,6 +435,19 @@ def test_verdict_calls_a_near_chance_classifier_broken():
     assert "near chance" in verdict(saved)
 
 
+def test_broken_is_the_kits_interval_rule_and_the_verdict_states_it():
+    from robustness.chapters import kit
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    # MNIST, chance 10%: 30/200 = 15% [10.7%, 20.6%] lies within chance + 10 points as a point value, but the
+    # interval's upper end does not: not broken; 25/200 = 12.5% [8.6%, 17.8%] is broken.
+    for k, broken in ((30, False), (25, True)):
+        saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]),
+                         _variant("mnist", "mlp", "deep_defense", k, 0.30, [20, 10]))
+        assert (verdict_summary(saved)["mnist", "mlp"]["category"] == "broken") is broken, k
+        assert kit.BROKEN_RULE in verdict(saved)
+
+
 def test_verdict_calls_a_model_the_health_table_finds_near_constant_broken():
     from robustness.chapters.deep_defense import verdict, verdict_summary
 
@@ -442,8 +456,8 @@ def test_verdict_calls_a_model_the_health_table_finds_near_constant_broken():
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]),
                      _variant("mnist", "mlp", "deep_defense", 195, 0.30, [170, 110]), health=[row])
     v = verdict_summary(saved)["mnist", "mlp"]
-    assert v["category"] == "broken" and v["failed_checks"] == ["classifier is not near-constant"]
-    assert "Failed health checks: classifier is not near-constant" in verdict(saved)
+    assert v["category"] == "broken" and v["failed_checks"] == ["near_constant"]
+    assert "Failed health checks: near_constant" in verdict(saved)
 
 
 def test_verdict_without_a_clear_rho_gain_is_no_gain_even_if_the_point_is_higher():
@@ -493,38 +507,48 @@ def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, mon
     from robustness.chapters import deep_defense as dd
     from robustness.config import resolve
     from robustness.data import ArrayDataset
+    from robustness.results import one, select
 
     x, y = tiny_data
     monkeypatch.setattr(rho_mod, "mean_image", lambda name, split="train": x.mean(0))
     cfg = resolve(dd.SPEC, profile="smoke", datasets=["mnist"], models={"mnist": ["mlp"]})
     ds = ArrayDataset("mnist", "test", x[:24], y[:24], "blobs")
-    data = {"eval": ds, "epoch_eval": ds.first(8), "adaptive": ds.first(12), "health": ds.first(12)}
+    run = dd.Run(cfg)
+    run.data["mnist"] = {"eval": ds, "epoch_eval": ds.first(8), "adaptive": ds.first(12), "health": ds.first(12)}
+    run.eps_ref["mnist", "mlp"] = 0.1
     control = copy.deepcopy(tiny_model)
     with torch.no_grad():
         control.net[-1].bias.add_(0.01)  # a different model that computes almost the same function
     nets = {"none": tiny_model, "fine_tune": control, "deep_defense": tiny_model}
-    records, curves = [], {}
     for v, net in nets.items():
-        recs, curves[v] = dd.evaluate_model(cfg, "mnist", "mlp", v, net, data, 0.1,
-                                            dd.adaptive_members(cfg, None if v == "fine_tune" else control),
-                                            converged=v == "none")
-        records += recs
-    mine = dd.find(records, defense="deep_defense")
-    clean = dd.find_one(mine, **dd.CLEAN)
+        run.nets["mnist", "mlp", v] = net
+        dd.evaluate_model(run, "mnist", "mlp", v, dd.adaptive_members(cfg, None if v == "fine_tune" else control),
+                          converged=v == "none")
+    records = run.records
+    mine = select(records, defense="deep_defense")
+    clean = one(mine, **dd.CLEAN)
     assert clean["n"] == 24 and len(clean["interval"]) == 2 and clean["setting"] == {"lam": cfg.lam}
-    assert dd.find_one(mine, **dd.PAPER_RHO)["value"] > 0 and dd.find_one(mine, **dd.PAPER_RHO)["n"] == 24
-    assert len(dd.find(records, defense="none", **dd.PAPER_RHO)) == 2  # also the converged ρ for the anchors
-    assert sorted(r["eps"] for r in dd.find(mine, **dd.WORST)) == [0.5, 1.0]
-    assert "transfer_from_control" in curves["deep_defense"][0]["members"]
-    assert "transfer_from_control" not in curves["fine_tune"][0]["members"]
-    assert sorted(r["setting"]["eps_factor"] for r in dd.find(mine, attack="fgsm")) == [0.2, 0.5, 1.0]
-    checks = dd.health(cfg, tiny_model, control, data, "mnist", curves["deep_defense"][-1])
-    assert {"transfer", "gradient_free"} <= {c["id"] for c in checks}
-    results = {"records": records, "parameters": cfg,
-               "health": [{"dataset": "mnist", "model": "mlp", "eps": 1.0, **c} for c in checks]}
+    assert one(mine, **dd.PAPER_RHO)["value"] > 0 and one(mine, **dd.PAPER_RHO)["n"] == 24
+    assert len(select(records, defense="none", **dd.PAPER_RHO)) == 2  # also the converged ρ for the anchors
+    assert sorted(r["eps"] for r in select(mine, **dd.WORST)) == [0.5, 1.0]
+    assert "transfer_from_control" in run.raw["mnist", "mlp", "deep_defense"][0]["members"]
+    assert "transfer_from_control" not in run.raw["mnist", "mlp", "fine_tune"][0]["members"]
+    assert "fooled_by" in run.raw["mnist", "mlp", "deep_defense"][0]  # the per-image outcome, kept for figures
+    assert sorted(r["setting"]["eps_factor"] for r in select(mine, attack="fgsm")) == [0.2, 0.5, 1.0]
+    # the kit's vocabulary: members in order, the images a smaller radius fooled, DDN's convergence as a metric
+    fooled = select(mine, metric="images_fooled", within="worst_case", eps=0.5)
+    assert [r["attack"] for r in sorted(fooled, key=lambda r: r["setting"]["order"])][-1] == "smaller_eps"
+    assert one(mine, **dd.WORST, eps=0.5)["setting"]["steps"] == cfg.pgd_steps
+    assert one(mine, attack="ddn", metric="rho", statistic="median")["setting"]["over"] == "correct"
+    one(mine, attack="ddn", metric="converged")
+    dd.check_health(run)
+    assert {"transfer", "gradient_free"} <= {c["id"] for c in run.health}
+    assert {(h["dataset"], h["model"], h["defense"]) for h in run.health} == {("mnist", "mlp", "deep_defense")}
+    results = run.results()
     assert dd.verdict_summary(results)["mnist", "mlp"]["category"] == "no_gain"  # the same network: no gain
     assert "Box-constrained minimum norm" in dd.verdict(results)
     assert dd.model_tables(results).count("\n") == 3 + len(nets)  # heading, blank, header, rule, rows
-    assert dd.worst_case_tables(results).count("\n") == 3 + 2 * len(nets)
-    assert "mlp (mnist)" in dd.anchor_table(results) and "**mlp** on mnist" in dd.health_tables(results)
+    assert dd.worst_case_table(results).count("\n") == 3 + 2 * len(nets)
+    assert "mlp (mnist)" in dd.anchor_table(results)
+    assert "dataset `mnist` · model `mlp`" in dd.health_tables(results)
     assert len(dd.plot_worst_case(results).axes) == 1

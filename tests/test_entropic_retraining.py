@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from robustness.chapters import entropic_retraining as chapter
+from robustness.chapters import kit
 from robustness.config import resolve
 from robustness.data import ArrayDataset
 from robustness.defenses.entropic import layer_entropies
@@ -191,7 +192,7 @@ def _saved(*, lam=10.0, chosen=None, pgd=(0.02, 0.30), worst=(0.01, 0.02), clean
         kw = dict(defense=role, split="test", **setting)
         adv = dict(threat_model="linf", eps=8 / 255, n=n, **kw)
         return [rec(metric="accuracy", value=c, n=n_test, **kw),
-                rec(metric="accuracy", attack="pgd_ce", value=p, **adv),
+                rec(metric="accuracy", attack="pgd_ce", value=p, alone=True, **adv),
                 rec(metric="accuracy", attack="worst_case", value=w, **adv),
                 rec(metric="saturated_share", value=s, n=n, interval=_wilson(s, n), **kw)]
 
@@ -238,6 +239,25 @@ def test_verdict_compares_intervals_not_points():
     assert chapter.verdict_summary(_saved(clean=(0.78, 0.60)))[D]["clean_cost"]
 
 
+def test_verdict_a_broken_model_is_not_interpreted_by_the_interval_rule():
+    # 15% clean on 1,000 CIFAR-10 images: the interval's upper end (17.4%) is within chance + 10 points
+    v = chapter.verdict_summary(_saved(clean=(0.78, 0.15)))[D]
+    assert v["broken"] and v["category"] == "broken"
+    text = chapter.verdict(_saved(clean=(0.78, 0.15)))
+    assert "robustness numbers are not interpreted" in text and kit.BROKEN_RULE in text
+    # 19%: the point is within the margin, the interval [16.7%, 21.5%] is not, so the model is judged as usual
+    v = chapter.verdict_summary(_saved(clean=(0.78, 0.19)))[D]
+    assert not v["broken"] and v["category"] == "masked"
+
+
+def test_health_tables_name_the_data_set_and_network():
+    row = {"check": "eps = 0 gives clean accuracy", "measured": "m", "expected": "e", "passed": True}
+    rows = [{**row, "id": "eps_zero", "dataset": d, "model": MODEL, "defense": ENTROPIC} for d in ("mnist", D)]
+    text = chapter.health_tables({"health": rows})
+    assert text.count("All checks passed") == 2
+    assert "dataset `mnist` · model `entropic_cnn` · defense `entropic`" in text and "dataset `cifar10`" in text
+
+
 def test_verdict_when_validation_kept_lambda_zero():
     # the test images still measure the largest λ within the clean budget, and the verdict reads them
     saved = _saved(lam=10.0, chosen=0.0)
@@ -270,6 +290,8 @@ def test_verdict_when_validation_kept_lambda_zero():
     ({"at_from": "later"}, "at_from='later' is invalid"),
     ({"at_mix": 1.5}, "at_mix=1.5 is invalid: expected a number in \\[0, 1\\]"),
     ({"estimator": "knn"}, "estimator='knn' is invalid"),
+    ({"eps": 0.0}, "eps\\['mnist'\\]=0.0 must be positive"),
+    ({"eps": {"cifar10": 2}}, "eps.*is invalid: expected an L∞ radius in \\[0, 1\\]"),
 ])
 def test_bad_parameters_fail_before_any_work(given, match):
     with pytest.raises(ValueError, match=match):
@@ -289,6 +311,14 @@ def test_the_profiles_train_as_described():
     assert chapter.entropic_loss(laptop, targets, 10.0).spec["targets"] == targets
 
 
+def test_the_threat_radius_is_a_parameter_per_data_set():
+    # the profiles take the data sets' standard radii; a reader may set another one for one data set
+    assert resolve(chapter.SPEC, "laptop").eps == {"mnist": 0.3, "cifar10": 8 / 255}
+    cfg = resolve(chapter.SPEC, "smoke", eps={"cifar10": 4 / 255})
+    assert cfg.eps == {"mnist": 0.3, "cifar10": 4 / 255}
+    assert chapter.adversarial_loss(cfg, "cifar10").spec["eps"] == 4 / 255
+
+
 @pytest.mark.notebook
 def test_entropic_retraining_smoke_run_writes_its_results(isolated_outputs):
     from robustness.results import FIELDS, load_results
@@ -305,6 +335,12 @@ def test_entropic_retraining_smoke_run_writes_its_results(isolated_outputs):
         assert len([r for r in mine if r["metric"] == "entropy"]) == 9 * (2 + len(p["lams"]))
         assert len([r for r in mine if r["metric"] == "loss_layer"]) == p["n_layers"]
         assert {r["defense"] for r in mine if r["attack"] == "worst_case"} >= {NORMAL, CONTROL, ADVERSARIAL}
+        # per model: PGD-CE alone (the worst case's first member) and each member's images_fooled, in order
+        for role in {r["defense"] for r in mine if r["attack"] == "worst_case"}:
+            alone = [r for r in mine if r["defense"] == role and r["setting"].get("alone")]
+            assert [r["attack"] for r in alone] == ["pgd_ce"] and alone[0]["eps"] == p["eps"][d]
+            orders = [r["setting"]["order"] for r in mine if r["defense"] == role and r["metric"] == "images_fooled"]
+            assert orders == list(range(3 if role == NORMAL else 4))  # transfer from the normal model: not on itself
         assert saved["timings"]["cost"][d]["recipe"][NORMAL] == 1.0
     assert {h["dataset"] for h in saved["health"]} == set(p["datasets"])
     assert chapter.verdict_summary(saved).keys() == set(p["datasets"])

@@ -123,9 +123,9 @@ D, MODEL = "mnist", "lenet_like"
 
 
 def _saved(*, dropped=(0.98, 0.60, 0.97, 0.99), base=0.98, change=(0.1, 0.9, 0.2, 0.05), rho_p=0.01,
-           fgsm=(0.40, 0.70), worst=(0.02, 0.03), chosen=1.0, n=2000, n_adaptive=500):
-    """Hand-made results of one data set: held-out fragility, targeting correlation, test FGSM at strength 0 and at
-    the chosen strength, and the worst case at the threat radius of both models."""
+           fgsm=(0.40, 0.70), worst=(0.02, 0.03), chosen=1.0, n=2000, n_adaptive=500, clean=(0.98, 0.98), eps=0.3):
+    """Hand-made results of one data set: held-out fragility, targeting correlation, test clean accuracy and FGSM
+    at strength 0 and at the chosen strength, and the worst case at the threat radius ``eps`` of both models."""
     def rec(**kw):
         return record(CFG, dataset=D, model=MODEL, **kw)
 
@@ -140,17 +140,17 @@ def _saved(*, dropped=(0.98, 0.60, 0.97, 0.99), base=0.98, change=(0.1, 0.9, 0.2
                        threat_model="linf_normalized", eps=0.38, n=n, split="val"))
     out.append(rec(metric="rank_correlation", value=0.8, n=4, x="targeting_change", y="fragility_clean", p=rho_p,
                    permutations=10000))
-    for s, f in dict(zip((0.0, chosen), fgsm)).items():
+    for s, f, c in list(zip((0.0, chosen), fgsm, clean))[:2 if chosen > 0 else 1]:
         kw = dict(defense="compress_amplify", strength=s, score="clean", split="test", n=n)
-        out += [rec(metric="accuracy", value=0.98, **kw),
+        out += [rec(metric="accuracy", value=c, **kw),
                 rec(metric="accuracy", value=f, attack="fgsm", threat_model="linf_normalized", eps=0.38, clip=False,
                     **kw)]
     out.append(rec(metric="chosen_strength", value=chosen, defense="compress_amplify", budget=0.01, score="clean"))
     labels = ("none", "compress_amplify") if chosen > 0 else ("none",)
     for lab, w in zip(labels, worst):
         out.append(rec(metric="accuracy", attack="worst_case", value=w, n=n_adaptive, defense=lab,
-                       threat_model="linf", eps=0.3, strength=0.0 if lab == "none" else chosen))
-    return {"records": out, "health": [], "profile": "laptop"}
+                       threat_model="linf", eps=eps, strength=0.0 if lab == "none" else chosen))
+    return {"records": out, "health": [], "profile": "laptop", "parameters": {"datasets": [D], "eps": {D: eps}}}
 
 
 def test_verdict_fgsm_gain_that_the_worst_case_removes_is_an_artefact():
@@ -177,6 +177,48 @@ def test_verdict_when_validation_kept_strength_zero():
     v = chapter.verdict_summary(saved)[D]
     assert v["strength"] == 0 and v["category"] == "no_gain" and not v["fgsm_gain"]
     assert "kept the unmodified model" in chapter.verdict(saved)
+
+
+def test_a_broken_network_gets_no_robustness_verdict_by_the_interval_rule():
+    from robustness.chapters import kit
+
+    # the rescaled network is near chance on clean test images (10 classes): its FGSM "gain" is not interpreted
+    saved = _saved(clean=(0.98, 0.15))
+    v = chapter.verdict_summary(saved)[D]
+    assert v["broken"] and v["category"] == "broken" and v["fgsm_gain"]
+    text = chapter.verdict(saved)
+    assert "is broken" in text and kit.BROKEN_RULE in text
+    # the interval, not the point: 19% of 2,000 is below chance + 10 points, but its interval reaches above
+    assert not chapter.verdict_summary(_saved(clean=(0.98, 0.19)))[D]["broken"]
+    # with strength 0 the unmodified network is the one judged
+    assert chapter.verdict_summary(_saved(chosen=0.0, fgsm=(0.4, 0.4), clean=(0.12, 0.12)))[D]["broken"]
+
+
+def test_verdict_reads_the_worst_case_at_the_run_s_threat_radius():
+    v = chapter.verdict_summary(_saved(eps=0.2, worst=(0.02, 0.40)))[D]
+    assert v["worst"]["none"]["eps"] == 0.2 and v["category"] == "real"
+
+
+def test_threat_radius_is_a_per_dataset_parameter_defaulting_to_the_standard_one():
+    from robustness.config import resolve
+    from robustness.data import threat_eps
+
+    cfg = resolve(chapter.SPEC, "smoke")
+    assert cfg.eps == {d: threat_eps(d) for d in cfg.datasets}
+    cfg = resolve(chapter.SPEC, "smoke", eps={"mnist": 0.2})
+    assert cfg.eps == {"mnist": 0.2, "cifar10": threat_eps("cifar10")}
+    assert chapter.adaptive_radii(cfg, "mnist") == sorted({round(0.38 * 0.3081, 6), 0.2})
+    with pytest.raises(ValueError, match="eps"):
+        resolve(chapter.SPEC, "smoke", eps=0.0)
+
+
+def test_health_tables_name_the_data_set_network_and_strength():
+    rows = [{"id": "monotone", "check": "accuracy never rises with eps", "measured": "ok", "expected": "ok",
+             "passed": True, "dataset": d, "model": m, "strength": s}
+            for d, m, s in (("mnist", "lenet_like", 1.0), ("cifar10", "alex_like", 0.0))]
+    text = chapter.health_tables({"health": rows})
+    assert "dataset `mnist` · model `lenet_like` · strength `1.0`" in text
+    assert "dataset `cifar10` · model `alex_like` · strength `0.0`" in text
 
 
 def test_strength_rule_respects_the_clean_budget_and_prefers_the_smaller_strength():
@@ -242,5 +284,7 @@ def test_fragile_neurons_smoke_run_writes_its_results(isolated_outputs):
         assert sum(r["value"] for r in recs if r["dataset"] == d and r["metric"] == "targeting_share") \
             == pytest.approx(1.0)
         assert any(r["dataset"] == d and r["attack"] == "worst_case" for r in recs)
+        fooled = [r for r in recs if r["dataset"] == d and r["metric"] == "images_fooled"]
+        assert fooled and all(r["setting"]["within"] == "worst_case" and "order" in r["setting"] for r in fooled)
     assert {h["dataset"] for h in saved["health"]} == set(p["datasets"])
     assert chapter.verdict_summary(saved).keys() == set(p["datasets"])

@@ -9,6 +9,7 @@ from torch import nn
 from conftest import TinyNet
 from robustness import attacks, evaluate
 from robustness.chapters import jumprelu as chapter
+from robustness.chapters import kit
 from robustness.chapters.jumprelu import (MEMBERS_AT_ZERO, SPEC, adaptive_evaluation, choose_kappa, kappa_sweep,
                                           verdict, verdict_summary)
 from robustness.config import resolve
@@ -156,9 +157,11 @@ def test_the_validation_rule_takes_the_best_admissible_kappa_and_the_smaller_on_
 
 def test_adaptive_evaluation_is_a_per_image_worst_case(tiny_model, tiny_data):
     x, y = tiny_data[0][:80], tiny_data[1][:80]
-    cfg = resolve(SPEC, "smoke", pgd_steps=10, square_queries=50, seeds=[0, 1], batch_size=32)
-    res = adaptive_evaluation(cfg, tiny_model, [0.3], x, y, [0.05, 0.1, 0.3, 1.0], 0.1, dataset="mnist",
-                              model_name="tiny", ddn_steps=10)
+    cfg = resolve(SPEC, "smoke", pgd_steps=10, square_queries=50, seeds=[0, 1], batch_size=32,
+                  pgd_eps={"mnist": [0.05, 0.1, 0.3, 1.0]}, eps={"mnist": 0.1}, ddn_steps={"mnist": 10})
+    run = chapter.Run(cfg)
+    adaptive_evaluation(run, tiny_model, [0.3], x, y, dataset="mnist", model_name="tiny")
+    res = run.records
     check_records(res)
     assert {r["setting"]["kappa"] for r in res} == {0.0, 0.3}
     for k in (0.0, 0.3):
@@ -174,16 +177,47 @@ def test_adaptive_evaluation_is_a_per_image_worst_case(tiny_model, tiny_data):
         # the threat radius: one worst case per seed, the paper's gradient first and alone below the clean count
         threat = select(res, kappa=k, attack="worst_case", nested=False)
         assert [r["seed"] for r in threat] == [0, 1] and all(r["eps"] == 0.1 for r in threat)
-        added = select(res, kappa=k, metric="added", nested=False, seed=0)
-        assert added[0]["attack"] == "pgd_true"
-        alone = one(res, kappa=k, attack="pgd_true", metric="accuracy", seed=0)
+        added = select(res, kappa=k, metric="images_fooled", nested=False, seed=0)
+        assert added[0]["attack"] == "pgd_true" and [r["setting"]["order"] for r in added] == list(range(len(added)))
+        alone = one(res, kappa=k, attack="pgd_true", metric="accuracy", seed=0, alone=True)
         assert threat[0]["value"] <= alone["value"] <= clean["value"]
         assert alone["value"] == pytest.approx(clean["value"] - added[0]["value"] / 80)
-        assert select(res, kappa=k, attack="ddn_bpda", metric="rho") and select(res, kappa=k, metric="converged")
+        # the min-norm attack at its steps and at twice them, converged as evaluate.min_norm decides it
+        assert [r["setting"]["steps"] for r in select(res, kappa=k, attack="ddn_bpda", metric="rho",
+                                                      statistic="median")] == [10, 20]
+        assert one(res, kappa=k, metric="converged")["setting"]["steps_double"] == 20
+        # every worst case is kept with its per-image outcome: the threat radius's robust images are its own
+        raw = run.raw["mnist", "tiny", k, 0]
+        assert int(raw["robust_mask"].sum()) == round(threat[0]["value"] * 80)
+        assert evaluate.member_robust_masks(raw)["pgd_true"].sum() == round(alone["value"] * 80)
+        assert [r["eps"] for r in run.raw["mnist", "tiny", k, "curve"]] == [0.05, 0.1, 0.3, 1.0]
     # at kappa = 0 the BPDA and transfer members would repeat pgd_true and do not run
-    assert [r["attack"] for r in select(res, kappa=0.0, metric="added", nested=False, seed=0)] == list(
+    assert [r["attack"] for r in select(res, kappa=0.0, metric="images_fooled", nested=False, seed=0)] == list(
         MEMBERS_AT_ZERO)
-    assert select(res, kappa=0.3, attack="transfer", metric="added")
+    assert select(res, kappa=0.3, attack="transfer", metric="images_fooled")
+
+
+def test_train_all_holds_the_validation_images_out_of_training(monkeypatch, tiny_model):
+    from conftest import make_blobs
+    from robustness.data import ArrayDataset
+
+    x, y = make_blobs(n=100)
+    fake = lambda name, split: ArrayDataset(name, split, x, y, "synthetic")  # noqa: E731
+    monkeypatch.setattr(kit, "load_dataset", fake)
+    monkeypatch.setattr(chapter, "load_dataset", fake)
+    for kind in chapter.KINDS:
+        monkeypatch.setitem(chapter.RECIPES, kind, lambda cfg, d: (tiny_model, {"train_seconds": 1.0, "cached": True}))
+    cfg = resolve(SPEC, "smoke", datasets=["mnist"], train_size={"mnist": 80}, n_val={"mnist": 30},
+                  n_attack={"mnist": 20}, n_clean={"mnist": 100}, n_deepfool={"mnist": 20}, n_adaptive={"mnist": 20},
+                  n_autoattack={"mnist": 0})
+    run = chapter.Run(cfg)
+    chapter.train_all(run)
+    # the networks train on the first train_size - n_val images; the n_val after them only choose kappa
+    assert chapter.train_arguments(cfg, "mnist")["train_size"] == 50
+    assert torch.equal(run.data["mnist"]["val"].x, x[50:80]) and run.data["mnist"]["val"].split == "val"
+    assert [r["model"] for r in select(run.records, protocol="training")] == [
+        chapter.model_id("mnist", k) for k in chapter.KINDS]
+    assert run.timings["train"]["mnist/lenet_like-baseline"] == {"seconds": 1.0, "cached": True}
 
 
 def test_smooth_surrogate_sees_the_jump():
@@ -242,7 +276,12 @@ def test_profiles_give_every_data_set_its_values():
         # the adaptive ensemble's minimum strength, and a radius beyond each threat model (smoke CIFAR-10 aside)
         assert c.restarts >= 2 and (profile == "smoke" or c.pgd_steps >= 100)
         for d in DATASETS:
-            assert profile == "smoke" and d == "cifar10" or max(c.pgd_eps[d]) > threat_eps(d), (profile, d)
+            assert c.eps[d] == threat_eps(d)  # the threat radius is the data set's standard one unless set
+            assert profile == "smoke" and d == "cifar10" or max(c.pgd_eps[d]) > c.eps[d], (profile, d)
+    # a reader may move the threat radius per data set; it stays an L∞ radius on [0, 1] pixels
+    assert resolve(SPEC, "smoke", eps={"mnist": 0.2}).eps == {"mnist": 0.2, "cifar10": threat_eps("cifar10")}
+    with pytest.raises(ValueError, match=r"eps"):
+        resolve(SPEC, "smoke", eps=1.5)
 
 
 # ---------------------------------------------------------------------------
@@ -263,18 +302,13 @@ def _saved_one_model(paper_k: float, worst_k: float, clean_k: float = 0.98, n: i
                       metric="chosen_kappa", value=chosen, protocol="validation", budget=0.01)]
 
     def adaptive(kappa, clean, paper, worst):
-        def rec(**kw):
-            return record(CFG, dataset=d, model=m, defense="jumprelu", kappa=kappa, protocol="adaptive", **kw)
-
-        out = [rec(metric="accuracy", value=clean, n=n)]
+        at = dict(dataset=d, model=m, defense="jumprelu", kappa=kappa, protocol="adaptive")
+        out = [record(CFG, metric="accuracy", value=clean, n=n, **at)]
         added = {"pgd_true": round((clean - paper) * n), "transfer": round((paper - worst) * n), "square": 0}
-        for seed in (0, 1):
-            kw = dict(threat_model="linf", eps=0.3, nested=False, seed=seed)
-            out.append(rec(attack="worst_case", metric="accuracy", value=worst, n=n, members="pgd_true+transfer",
-                           **kw))
-            out += [rec(attack=a, metric="added", value=v, n=n, order=i, **kw) for i, (a, v) in
-                    enumerate(added.items())]
-            out.append(rec(attack="pgd_true", metric="accuracy", value=paper, n=n, **kw))
+        result = {"eps": 0.3, "norm": "linf", "n": n, "clean": clean, "robust": worst, "members": list(added),
+                  "added": added, "interval": evaluate.accuracy_record(round(worst * n), n)["interval"]}
+        for seed in (0, 1):  # the records adaptive_evaluation writes: the kit's, the first member alone included
+            out += kit.worst_case_records(CFG, result, first_alone=True, nested=False, seed=seed, **at)
         return out
 
     records += adaptive(0.0, 0.99, 0.10, 0.02) + adaptive(judged, clean_k, paper_k, worst_k)
@@ -287,7 +321,7 @@ def _saved_one_model(paper_k: float, worst_k: float, clean_k: float = 0.98, n: i
 
 
 def _category(saved) -> str:
-    (finding,) = verdict_summary(saved)
+    (finding,) = verdict_summary(saved).values()
     return finding["category"]
 
 
@@ -304,15 +338,23 @@ def test_verdict_is_computed_from_the_records():
     none = _saved_one_model(paper_k=0.11, worst_k=0.02)
     assert _category(none) == "no_gain" and "nothing to confirm" in verdict(none)
     # a retrofit at chance accuracy, or flagged near-constant, is broken however robust it looks
-    assert _category(_saved_one_model(0.15, 0.15, clean_k=0.15)) == "broken"
+    assert _category(_saved_one_model(0.12, 0.12, clean_k=0.12)) == "broken"
     broken = _saved_one_model(0.6, 0.5, constant=True)
     assert _category(broken) == "broken" and "not measurable" in verdict(broken)
     assert "classifier is not near-constant" in verdict(broken)
+    assert kit.BROKEN_RULE in verdict(broken)  # the page states the rule it applied
+
+
+def test_broken_is_the_interval_rule_not_the_point_value():
+    # 19% clean on 200 images: the point is within chance + 10 points, but its interval reaches above: not broken
+    # (the old point rule called it broken); on 20,000 images the whole interval is within: broken
+    assert _category(_saved_one_model(0.19, 0.19, clean_k=0.19)) == "no_gain"
+    assert _category(_saved_one_model(0.19, 0.19, clean_k=0.19, n=20000)) == "broken"
 
 
 def test_verdict_judges_the_largest_kappa_when_validation_chose_zero():
     saved = _saved_one_model(paper_k=0.60, worst_k=0.03, chosen=0.0, grid=(0.0, 0.5, 1.5))
-    (finding,) = verdict_summary(saved)
+    (finding,) = verdict_summary(saved).values()
     assert finding["kappa"] == 1.5 and not finding["chosen"] and finding["category"] == "masked"
     assert "validation chose κ = 0; the largest κ = 1.5 stands in" in verdict(saved)
 
@@ -348,16 +390,25 @@ def test_paper_comparison_reads_the_anchors_and_matches_like_with_like():
     assert ours["deepfool", "l2"]["setting"]["units"] == "normalized" and ours["deepfool", "l2"]["setting"]["box"] \
         == "white" and ours["deepfool", "l2"]["value"] == pytest.approx(0.45)
     assert ours["trust_region", "none"] is None  # not implemented here
-    table = chapter.paper_comparison_table(mine, resolve(SPEC, "smoke"))
+    def results(**given):
+        cfg = resolve(SPEC, "smoke", **given)
+        return {"profile": "smoke", "parameters": dict(cfg), "records": mine}
+
+    table = chapter.paper_comparison_table(results())
     assert f"| {100 * one(paper, attack='none')['value']:.2f}% |" in table and "not run" in table
-    assert "no comparison" in chapter.paper_comparison_table(mine, resolve(SPEC, "smoke", datasets=["mnist"]))
+    assert "no comparison" in chapter.paper_comparison_table(results(datasets=["mnist"]))
 
 
-def test_adaptive_and_health_tables_render_hand_made_records():
+def test_worst_case_and_health_tables_render_hand_made_records():
     saved = _saved_one_model(paper_k=0.60, worst_k=0.03)
-    table = chapter.adaptive_tables(saved["records"] + _curve())
+    table = chapter.worst_case_table({**saved, "records": saved["records"] + _curve()})
     assert "+ transfer" in table and "| 1 ← | 0.3 |" in table and "| 0 | 0.1 |" in table
-    assert "**MNIST lenet_like-baseline, κ = 1**" in chapter.health_tables(saved["health"])
+    # the health rows grouped by data set, network and kappa, each group named
+    assert "**dataset `mnist` · model `lenet_like-baseline` · kappa `1.0`**" in chapter.health_tables(saved)
+    saved["records"].append(record(CFG, dataset="mnist", model="lenet_like-baseline", defense="jumprelu",
+                                   attack="autoattack", threat_model="linf", eps=0.3, metric="accuracy", value=0.01,
+                                   n=200, kappa=1.0, protocol="autoattack", version="standard"))
+    assert "| MNIST lenet_like-baseline | 1 | 1.0% [" in chapter.autoattack_table(saved)
 
 
 def _curve() -> list[dict]:
@@ -369,7 +420,8 @@ def _curve() -> list[dict]:
             kw = dict(dataset=d, model=m, defense="jumprelu", threat_model="linf", eps=eps, n=200, kappa=k,
                       protocol="adaptive", nested=True)
             out += [record(CFG, attack="worst_case", metric="accuracy", value=v, **kw),
-                    record(CFG, attack="transfer", metric="added", value=3, **kw)]
+                    record(CFG, attack="transfer", metric="images_fooled", value=3, order=1, within="worst_case",
+                           **kw)]
     return out
 
 
@@ -412,9 +464,14 @@ def test_jumprelu_smoke_run_writes_its_results(isolated_outputs):
             assert worst[0] <= one(adaptive, kappa=k, attack="none")["value"] + 1e-9
             assert [r["seed"] for r in select(adaptive, kappa=k, attack="worst_case", nested=False)] == P["seeds"]
             assert one(adaptive, kappa=k, attack="ddn_bpda", metric="converged")["value"] in (0.0, 1.0)
+            # the kit's vocabulary: per member the images it fooled, in order, at the threat radius eps
+            fooled = select(adaptive, kappa=k, metric="images_fooled", nested=False, seed=P["seeds"][0])
+            assert fooled[0]["attack"] == "pgd_true" and all(r["eps"] == P["eps"][d] for r in fooled)
         # health at the judged (chosen, else largest) and at the largest kappa of every network
         judged = chosen or max(grid)
         assert {h["kappa"] for h in saved["health"] if (h["dataset"], h["model"]) == (d, m)} == {judged, max(grid)}
     assert len(select(recs, attack="autoattack")) == 2  # smoke: MNIST only
+    assert {r["eps"] for r in select(recs, attack="autoattack")} == {P["eps"]["mnist"]} == {threat_eps("mnist")}
+    assert not select(recs, metric="added")
     assert all({"check", "passed"} <= set(h) for h in saved["health"])
     assert saved["timings"]["train"] and "train" not in saved["extra"]

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import train_tiny
-from robustness.chapters import transferable_adversaries as chapter
+from robustness.chapters import kit, transferable_adversaries as chapter
 from robustness.config import resolve
-from robustness.data import ArrayDataset
+from robustness.data import DATASETS, ArrayDataset, threat_eps
 from robustness import zoo
 from robustness.defenses import AdversarialLoss, SuperimpositionLoss
 from robustness.evaluate import wilson_interval
@@ -131,6 +131,7 @@ def test_pass_counts_of_each_objective():
     ({"n_adaptive": {"mnist": 10_000}}, "n_adaptive"),
     ({"n_transfer": {"mnist": 100_000}}, "n_transfer"),
     ({"n_set": {"cifar10": 20_000}}, "n_set"),
+    ({"eps": {"mnist": 1.5}}, "eps"),
 ])
 def test_bad_parameters_fail_before_any_work(given, message, monkeypatch):
     def no_data(*args, **kwargs):
@@ -172,8 +173,10 @@ def _transfer(fgsm=0.6, pgd=0.3, best=0.9, best_gen="ensemble_mi_fgsm_di", n=100
     return out
 
 
-def _defenses(set_acc=None, worst=None, n=10000, n_adaptive=500) -> list[dict]:
+def _defenses(set_acc=None, worst=None, clean=None, n=10000, n_adaptive=500) -> list[dict]:
     """Per defense: clean accuracy, accuracy on the adversary set, the worst case and the pass counts."""
+    clean = {**dict.fromkeys(("normal", "fgsm_at", "distillation", "superimposition", "superimposition_fixed",
+                              "pgd_at"), 0.98), **(clean or {})}
     set_acc = {"normal": 0.30, "fgsm_at": 0.705, "distillation": 0.35, "superimposition": 0.70,
                "superimposition_fixed": 0.5, "pgd_at": 0.9, **(set_acc or {})}
     worst = {"normal": 0.0, "fgsm_at": 0.01, "distillation": 0.0, "superimposition": 0.01,
@@ -183,7 +186,7 @@ def _defenses(set_acc=None, worst=None, n=10000, n_adaptive=500) -> list[dict]:
     out = []
     for k in set_acc:
         kw = dict(dataset=D, model="lenet_like", defense="none" if k == "normal" else k, group="chapter")
-        out += [record(CFG, metric="accuracy", value=0.98, n=n, split="test", **kw),
+        out += [record(CFG, metric="accuracy", value=clean[k], n=n, split="test", **kw),
                 record(CFG, metric="accuracy", attack="adversary_set", threat_model="linf", eps=0.3,
                        value=set_acc[k], n=n, **kw),
                 record(CFG, metric="accuracy", attack="worst_case", threat_model="linf", eps=0.3, value=worst[k],
@@ -237,6 +240,21 @@ def test_verdict_on_defenses_robust_no_gain_and_not_comparable():
     assert chapter.verdict_summary(_results(_transfer()))[D]["defenses"] is None  # no defenses trained here
 
 
+def test_verdict_does_not_interpret_a_broken_defended_network():
+    # 10 classes: 19% clean on 10,000 images has its interval's upper end below chance + 10 points
+    results = _results(_transfer() + _defenses(clean={"superimposition": 0.19}, worst={"superimposition": 0.3}))
+    v = chapter.verdict_summary(results)[D]
+    assert v["defenses"]["category"] == "broken" and v["category"] == "broken"
+    text = chapter.verdict(results)
+    assert "is broken" in text and kit.BROKEN_RULE in text and "the reference, is" not in text
+    # the interval decides, not the point: 21.5% on 200 images reaches above 20%
+    ok = chapter.verdict_summary(_results(_transfer() + _defenses(clean={"superimposition": 0.215}, n=200)))
+    assert ok[D]["defenses"]["category"] != "broken"
+    # without defenses the category is claim (i)'s, and the rule is not stated
+    assert chapter.verdict_summary(_results(_transfer()))[D]["category"] == "beats_fgsm"
+    assert kit.BROKEN_RULE not in chapter.verdict(_results(_transfer()))
+
+
 def _premise(fgsm, pgd, by_steps, white=0.99, n=1000) -> list[dict]:
     """Premise-sweep records of one pair: FGSM and PGD transfer rates per radius (``{eps: rate}``), PGD's transfer
     rate per iteration count at the threat radius and a constant white-box rate."""
@@ -267,6 +285,18 @@ def test_premise_sweep_finds_the_radii_and_iterations_where_multi_step_transfers
     assert chapter.verdict_summary(_results(_transfer()))[D]["premise"] is None  # no sweep, no sentence
 
 
+def test_the_threat_radius_is_a_parameter_per_data_set():
+    for profile in chapter.PROFILES:
+        assert chapter.PROFILES[profile]["eps"] == {d: threat_eps(d) for d in DATASETS}
+        cfg = resolve(chapter.SPEC, profile)
+        assert cfg.eps == {d: threat_eps(d) for d in cfg.datasets}
+    cfg = resolve(chapter.SPEC, "smoke", eps={"mnist": 0.1})
+    assert cfg.eps == {"mnist": 0.1, "cifar10": threat_eps("cifar10")}
+    assert chapter.set_recipe(cfg, {}, "mnist", "pgd")["eps"] == 0.1  # another radius: another adversary set
+    assert chapter.defense_loss(cfg, "mnist", "fgsm_at").eps == 0.1
+    resolve(chapter.SPEC, "smoke", premise_radii=[3.0], eps={"mnist": 0.2})  # 3 × 0.2 stays in the image range
+
+
 def test_premise_parameters_are_checked_before_any_work():
     with pytest.raises(ValueError, match="premise_radii"):
         resolve(chapter.SPEC, "smoke", premise_radii=[0.5, 0.0])
@@ -277,8 +307,9 @@ def test_premise_parameters_are_checked_before_any_work():
 
 
 def test_verdict_reports_failed_health_checks():
-    health = [{"dataset": D, "check": "transfer no stronger than white-box", "passed": False}]
-    assert "Health checks failed: transfer no stronger" in chapter.verdict(_results(_transfer(), health))
+    health = [{"dataset": D, "id": "transfer", "check": "transfer no stronger than white-box", "passed": False},
+              {"dataset": "cifar10", "id": "monotone", "check": "accuracy never rises with eps", "passed": False}]
+    assert "Health checks failed: transfer." in chapter.verdict(_results(_transfer(), health))
 
 
 # --------------------------------------------------------------------------- the other chapters' networks
@@ -319,7 +350,7 @@ def test_score_table_names_another_chapters_network_as_that_chapter_exported_it(
     recs = [record(CFG, metric="accuracy", value=0.99, n=100, split="test", **kw)]
     recs += [record(CFG, metric="accuracy", attack=a, threat_model="linf", eps=0.3, value=v, n=100, **kw)
              for a, v in (("adversary_set", 0.2), ("worst_case", 0.0))]
-    table = chapter.score_table(recs)
+    table = chapter.score_table(_results(recs))
     assert "| entropic_cnn | plain fine-tuning (kept), λ = 0 | 99.0%" in table
 
 

@@ -128,9 +128,12 @@ def test_jumprelu_validation_images_are_never_trained_on(monkeypatch):
     monkeypatch.setattr(robustness.data, "load_dataset",
                         lambda name, split: ArrayDataset(name, split, x, y, "synthetic"))
     cfg = resolve(jumprelu.SPEC, "smoke", train_size={"mnist": 80}, n_val={"mnist": 30}, n_attack={"mnist": 20})
-    parts = jumprelu.splits(cfg, "mnist")
-    assert torch.equal(parts["train"].x, x[:50]) and torch.equal(parts["val"].x, x[50:80])
+    from robustness.chapters import kit
+
+    monkeypatch.setattr(kit, "load_dataset", lambda name, split: ArrayDataset(name, split, x, y, "synthetic"))
+    # the networks train on the first train_size - n_val images; kappa is chosen on the n_val after them
     assert jumprelu.train_arguments(cfg, "mnist")["train_size"] == 50
+    assert torch.equal(kit.holdout_split("mnist", 50, 80).x, x[50:80])
 
 
 # --------------------------------------------------------------------------- the cache, with a tiny recipe

@@ -74,7 +74,8 @@ __all__ = [
 def main(batch_size: int = 256, profile: str | None = None, worst_case: bool = False, n: int = 300,
          eps: list[float] | None = None, norm: str = "linf", steps: int = 100, queries: int = 5000,
          chapters: list[str] | None = None, peers: bool = False, page: bool = False, json_path: str | None = None,
-         min_seconds: float = 2.0, note: str | None = None) -> int:
+         min_seconds: float = 2.0, note: str | None = None, members: list[str] | None = None,
+         targets: int = 9) -> int:
     """The ``bench`` command; returns the exit status. ``chapters`` (a list, empty for all) selects the budget
     mode, whose ``profile`` defaults to laptop; the other modes load chapter 1's model of ``profile`` (default
     smoke)."""
@@ -98,7 +99,7 @@ def main(batch_size: int = 256, profile: str | None = None, worst_case: bool = F
     torch.set_num_threads(thread_count())
     if worst_case:
         content = run_worst_case(profile, n=n, eps=eps, norm=norm, steps=steps, queries=queries,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, members=members, targets=targets)
         if json_path:
             write_json(json_path, content)
         return 0

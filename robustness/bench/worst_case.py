@@ -16,10 +16,11 @@ from ._common import provenance
 
 def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, norm: str = "linf",
                              steps: int = 100, restarts: int = 1, queries: int = 5000, batch_size: int = 256,
-                             seed: int = 0) -> list[dict]:
+                             seed: int = 0, members: list[str] | None = None, targets: int = 9) -> list[dict]:
     """Per eps: the toolkit's worst case over the default members and AutoAttack (standard), each with its
     robust accuracy, 95% Wilson interval and seconds; printed as it goes and returned."""
-    members = evaluate.default_members(steps, restarts, queries)
+    members = (evaluate.members_from_names(members, steps, restarts, queries, targets) if members
+               else evaluate.default_members(steps, restarts, queries))
     rows = []
     print(f"worst case ({', '.join(m.name for m in members)}; PGD {steps} steps × {restarts} restart(s), "
           f"Square {queries} queries) vs AutoAttack standard, {norm}, {len(y)} images")
@@ -39,7 +40,8 @@ def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def run_worst_case(profile: str = "smoke", n: int = 300, eps: list[float] | None = None, norm: str = "linf",
-                   steps: int = 100, queries: int = 5000, batch_size: int = 256) -> dict:
+                   steps: int = 100, queries: int = 5000, batch_size: int = 256, members: list[str] | None = None,
+                   targets: int = 9) -> dict:
     """The ``--worst-case`` mode: :func:`worst_case_vs_autoattack` on chapter 1's model of ``profile`` and its first
     ``n`` test images, at each of ``eps`` (default: the chapter's eps); printed as it goes and returned as JSON
     content."""
@@ -52,6 +54,8 @@ def run_worst_case(profile: str = "smoke", n: int = 300, eps: list[float] | None
     print(f"model: {cfg.model} on {cfg.dataset} ({profile} recipe), device {device}, "
           f"threads {torch.get_num_threads()}, first {len(test.y)} test images")
     rows = worst_case_vs_autoattack(model, test.x, test.y, eps_list, norm=norm, steps=steps, queries=queries,
-                                    batch_size=batch_size, seed=cfg.seed)
+                                    batch_size=batch_size, seed=cfg.seed, members=members, targets=targets)
+    names = members or [m.name for m in evaluate.default_members()]
     return {"kind": "worst_case", "profile": profile, "model": cfg.model, "dataset": cfg.dataset, "n": len(test.y),
-            "norm": norm, "steps": steps, "queries": queries, "rows": rows, "provenance": provenance(device)}
+            "norm": norm, "steps": steps, "queries": queries, "members": names, "targets": targets, "rows": rows,
+            "provenance": provenance(device)}

@@ -5,34 +5,35 @@ Everything the chapter's page calls, in the order the page calls it:
 * the parameters (:data:`SPEC`, with the profiles ``smoke``, ``laptop``, ``paper``);
 * the one training recipe of the chapter's model (:func:`train_recipe`, :func:`train_model`), also used by
   ``python -m robustness bench``: the model zoo's (:mod:`robustness.zoo`) unless a reader changes it;
-* the measurements, each returning result records (:mod:`robustness.results`): :func:`clean_records`,
-  :func:`attack_curves`, :func:`threat_radius_records` (the headline: PGD at the threat radius, measured as its
-  own record), :func:`min_norm_records`, :func:`worst_case_records`, :func:`evaluation_health` (health rows)
-  and :func:`attack_cost` (wall-clock seconds, which go to the results' ``timings``, never to records);
-* tables and figures, functions of the records: :func:`clean_summary`, :func:`curves_figure`,
-  :func:`curves_table`, :func:`threat_table`, :func:`min_norm_table`, :func:`cost_table`,
-  :func:`examples_figure` (the one figure drawn from images; the health rows are shown with
-  :func:`robustness.report.health_markdown`);
-* the verdict, a pure function of the results as read back (:func:`verdict`, :func:`verdict_markdown`), with
-  its thresholds as module constants.
+* the measurements, each a step ``step(run)`` on a :class:`robustness.chapters.kit.Run` (``chapter.Run``) that
+  appends result records (:mod:`robustness.results`), health rows and timings: :func:`train`,
+  :func:`attack_curves`, :func:`threat_radius` (the headline: PGD at the threat radius, measured as its own
+  record), :func:`min_norm_attacks`, :func:`worst_case`, :func:`evaluation_health` and :func:`attack_cost`
+  (wall-clock seconds, which go to the results' ``timings``, never to records);
+* tables and figures, functions of the results (``run.results()`` or a saved file): :func:`clean_summary`,
+  :func:`curves_figure`, :func:`curves_table`, :func:`worst_case_table`, :func:`min_norm_table`,
+  :func:`health_tables`, :func:`cost_table`, and :func:`examples_figure` (the one figure drawn from images, so
+  from the run);
+* the verdict, a pure function of the results as read back (:func:`verdict_summary`, :func:`verdict`), with
+  its thresholds as module constants and the book's broken rule (:data:`robustness.chapters.kit.BROKEN_RULE`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from .. import attacks, evaluate, zoo
+from .. import attacks, evaluate, report, zoo
 from ..config import ChapterSpec, Param, RunConfig, check_counts
 from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..models import MODELS, check_model
-from ..report import markdown_table, pct, plot_curves, plot_examples, records_table
-from ..results import record, select
-
+from ..report import markdown_table, pct, pct_interval, plot_curves, plot_examples, record_table, records_table
+from ..results import first, record, select
+from . import kit
+from .kit import Run  # noqa: F401  (the page's ``chapter.Run(cfg)``)
 
 def _check(cfg: RunConfig) -> None:
     check_model(cfg.model, cfg.dataset)
@@ -109,20 +110,18 @@ SPEC = ChapterSpec(
 )
 
 
-# --------------------------------------------------------------------------- the model and the data
+# --------------------------------------------------------------------------- the model
 
 
 def train_recipe(cfg: Mapping[str, Any], seed: int | None = None) -> dict:
     """Chapter 1's training recipe: the keyword arguments of :func:`robustness.train.trained_model`.
 
     The zoo recipe of the data set at the run's profile (:func:`robustness.zoo.for_dataset`: plain
-    cross-entropy, SGD with momentum 0.9, weight decay 5e-4 and batch 128, JumpReLU's step schedule scaled to
-    the epochs, :func:`robustness.train.official_milestones`), with the run's ``model``, ``train_size`` (the
-    first N training images), ``epochs`` and ``lr``; the profile's values are the zoo's, so an unchanged run
-    asks for the zoo's model. ``seed`` (default ``cfg["seed"]``) seeds the initialization and the batch order:
-    another seed gives an independent copy of the same recipe (the transfer source of the health checks).
-    ``trained_model(**train_recipe(cfg))`` trains it, or loads it from the checkpoint cache, which is keyed by
-    this whole recipe.
+    cross-entropy, SGD with momentum 0.9, weight decay 5e-4, batch 128, JumpReLU's step schedule scaled to the
+    epochs) with the run's ``model``, ``train_size`` (the first N training images), ``epochs`` and ``lr``: an
+    unchanged run asks for the zoo's model. ``seed`` (default ``cfg["seed"]``) seeds the initialization and the
+    batch order; another seed gives an independent copy (the transfer source of the health checks). The
+    checkpoint cache is keyed by this whole recipe.
     """
     return zoo.variant(zoo.for_dataset(cfg["dataset"], cfg["profile"]), model=cfg["model"],
                        train_size=cfg["train_size"], epochs=cfg["epochs"], lr=cfg["lr"],
@@ -130,178 +129,137 @@ def train_recipe(cfg: Mapping[str, Any], seed: int | None = None) -> dict:
 
 
 def train_model(cfg: Mapping[str, Any], seed: int | None = None) -> tuple[nn.Module, dict]:
-    """``(model, meta)``: :func:`train_recipe` trained (or loaded from the cache). When the recipe is a zoo
-    recipe (the profile's training parameters, the data set's architecture, the profile's seed) the model is
-    the zoo's (:func:`robustness.zoo.get`), shared with JumpReLU's baseline; ``meta`` as
-    :func:`robustness.train.cached_train` returns it (``cached``, ``train_seconds``, ``history``), with ``zoo``
-    (the zoo name, or ``None`` for the chapter's own recipe)."""
+    """``(model, meta)``: :func:`train_recipe` trained (or loaded from the cache); an unchanged zoo recipe gives
+    the zoo's model (:func:`robustness.zoo.get`), shared with JumpReLU's baseline. ``meta`` as
+    :func:`robustness.train.cached_train` returns it, with ``zoo`` (the zoo name, or ``None``)."""
     return zoo.model_for(**train_recipe(cfg, seed))
 
 
-@dataclass(frozen=True)
-class TestImages:
-    """The test images of a run: the first ``n_clean`` for clean accuracy, the first ``n_attack`` (``x``, ``y``)
-    for every attack, and the data set's facts."""
-
-    source: str
-    clean_x: torch.Tensor
-    clean_y: torch.Tensor
-    x: torch.Tensor
-    y: torch.Tensor
-    classes: tuple[str, ...]
-    num_classes: int
-
-
-def load_test_images(cfg: Mapping[str, Any]) -> TestImages:
-    """The first ``n_clean`` and ``n_attack`` test images of ``cfg["dataset"]`` (views, not copies)."""
-    test = load_dataset(cfg["dataset"], "test")
-    clean, attacked = test.first(cfg["n_clean"]), test.first(cfg["n_attack"])
-    info = dataset_info(cfg["dataset"])
-    return TestImages(test.source, clean.x, clean.y, attacked.x, attacked.y, info.classes, info.num_classes)
-
-
-def train_timings(meta: dict) -> dict:
-    """What the results' ``timings`` keep of training: whether it came from the cache, and its seconds."""
-    return {"cached": bool(meta["cached"]), "seconds": float(meta["train_seconds"])}
-
-
-# --------------------------------------------------------------------------- measurements → records
+# --------------------------------------------------------------------------- the steps
 
 
 def _rec(cfg: Mapping[str, Any], **fields) -> dict:
     return record(cfg, dataset=cfg["dataset"], model=cfg["model"], **fields)
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Exactly k / n (not a float32 mean), so equal counts give equal records."""
-    return int((evaluate.predict(model, x) == y).sum()) / max(len(y), 1)
+def _attacked(run: Run) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    return run.nets["model"], run.data["attacked"].x, run.data["attacked"].y
 
 
-def _generator(model: nn.Module, seed: int) -> torch.Generator:
-    return torch.Generator(evaluate.model_device(model)).manual_seed(seed)
-
-
-def clean_records(cfg: Mapping[str, Any], model: nn.Module, data: TestImages, meta: dict | None = None) -> list[dict]:
-    """Clean accuracy on the first ``n_clean`` test images (``subset="clean"``) and on the attacked ones
-    (``subset="attacked"``, the starting point of every curve), and the last epoch's training loss."""
-    out = [_rec(cfg, metric="accuracy", value=_accuracy(model, data.clean_x, data.clean_y),
-                n=len(data.clean_y), subset="clean"),
-           _rec(cfg, metric="accuracy", value=_accuracy(model, data.x, data.y), n=len(data.y),
-                subset="attacked")]
-    epochs = (meta or {}).get("history", {}).get("epochs", [])
+def train(run: Run) -> None:
+    """Train (or load) the model and take the test images: the first ``n_clean`` (``run.data["clean"]``), the
+    first ``n_attack`` for every attack (``"attacked"``). Records the clean accuracy of both (``subset``) and the
+    last epoch's training loss; the timings keep whether training came from the cache, and its seconds."""
+    cfg = run.cfg
+    with run.timer("train"):
+        run.nets["model"], meta = train_model(cfg)
+    test = load_dataset(cfg.dataset, "test")
+    run.data.update(clean=test.first(cfg.n_clean), attacked=test.first(cfg.n_attack))
+    run.records += [kit.accuracy_record(cfg, run.nets["model"], run.data[s], dataset=cfg.dataset, model=cfg.model,
+                                        batch_size=cfg.batch_size, subset=s) for s in ("clean", "attacked")]
+    epochs = meta.get("history", {}).get("epochs", [])
     if epochs:
-        out.append(_rec(cfg, metric="train_loss", value=epochs[-1]["loss"], epoch=len(epochs)))
-    return out
+        run.records.append(_rec(cfg, metric="train_loss", value=epochs[-1]["loss"], epoch=len(epochs)))
+    run.timings["train"] = {"cached": bool(meta["cached"]), "seconds": float(meta["train_seconds"])}
 
 
-def attack_curves(cfg: Mapping[str, Any], model: nn.Module, data: TestImages) -> list[dict]:
+def attack_curves(run: Run) -> None:
     """Accuracy of the attacked images under FGSM and PGD-L∞ at each radius of ``eps_grid_linf`` and under
     PGD-L2 at each radius of ``eps_grid_l2``: one record per (attack, radius), ``role="curve"``. PGD takes
     ``pgd_steps`` steps of 2.5·ε/steps from a random start, ``restarts`` times, seeded by ``seed``."""
-    pgd = {"steps": cfg["pgd_steps"], "restarts": cfg["restarts"]}
-    plan = [("fgsm", attacks.fgsm, "linf", cfg["eps_grid_linf"], {}),
-            ("pgd_linf", attacks.pgd_linf, "linf", cfg["eps_grid_linf"], pgd),
-            ("pgd_l2", attacks.pgd_l2, "l2", cfg["eps_grid_l2"], pgd)]
-    out = []
-    for name, fn, threat, grid, kwargs in plan:
-        curve = evaluate.accuracy_curve(model, data.x, data.y, fn, grid, cfg["batch_size"], seed=cfg["seed"],
-                                        **kwargs)
-        out += [_rec(cfg, metric="accuracy", attack=name, threat_model=threat, eps=p["eps"],
-                     value=round(p["accuracy"] * len(data.y)) / len(data.y),
-                     n=len(data.y), role="curve", **kwargs) for p in curve]
-    return out
+    cfg, (model, x, y) = run.cfg, _attacked(run)
+    pgd = {"steps": cfg.pgd_steps, "restarts": cfg.restarts}
+    plan = [("fgsm", attacks.fgsm, "linf", cfg.eps_grid_linf, {}),
+            ("pgd_linf", attacks.pgd_linf, "linf", cfg.eps_grid_linf, pgd),
+            ("pgd_l2", attacks.pgd_l2, "l2", cfg.eps_grid_l2, pgd)]
+    with run.timer("accuracy curves"):
+        for name, fn, threat, grid, kwargs in plan:
+            curve = evaluate.accuracy_curve(model, x, y, fn, grid, cfg.batch_size, seed=cfg.seed, **kwargs)
+            run.records += [_rec(cfg, metric="accuracy", attack=name, threat_model=threat, eps=p["eps"],
+                                 value=round(p["accuracy"] * len(y)) / len(y), n=len(y), role="curve", **kwargs)
+                            for p in curve]
 
 
-def threat_radius_records(cfg: Mapping[str, Any], model: nn.Module,
-                          data: TestImages) -> tuple[list[dict], torch.Tensor]:
+def threat_radius(run: Run) -> None:
     """The headline: accuracy under PGD-L∞ at exactly the threat radius ``eps`` (``role="threat"``), measured
-    on its own whether or not ``eps`` lies on the curve's grid. Returns ``(records, adversarial images)``."""
-    kwargs = {"steps": cfg["pgd_steps"], "restarts": cfg["restarts"]}
-    x_adv = evaluate.run_attack(attacks.pgd_linf, model, data.x, data.y, cfg["batch_size"], eps=cfg["eps"],
-                                generator=_generator(model, cfg["seed"]), **kwargs)
-    acc = _accuracy(model, x_adv, data.y)
-    return [_rec(cfg, metric="accuracy", attack="pgd_linf", threat_model="linf", eps=cfg["eps"], value=acc,
-                 n=len(data.y), role="threat", **kwargs)], x_adv
+    on its own whether or not ``eps`` lies on the curve's grid. The adversarial images go to
+    ``run.raw["threat"]`` (:func:`examples_figure`)."""
+    cfg, (model, x, y) = run.cfg, _attacked(run)
+    kwargs = {"steps": cfg.pgd_steps, "restarts": cfg.restarts}
+    with run.timer("threat radius"):
+        run.raw["threat"] = evaluate.run_attack(
+            attacks.pgd_linf, model, x, y, cfg.batch_size, eps=cfg.eps,
+            generator=torch.Generator(evaluate.model_device(model)).manual_seed(cfg.seed), **kwargs)
+    correct = int((evaluate.predict(model, run.raw["threat"]) == y).sum())
+    run.records.append(_rec(cfg, metric="accuracy", attack="pgd_linf", threat_model="linf", eps=cfg.eps,
+                            value=correct / max(len(y), 1), n=len(y), role="threat", **kwargs))
 
 
-def _min_norm_rows(cfg, attack: str, threat: str, summary: dict, n: int, **setting) -> list[dict]:
-    common = {"attack": attack, "threat_model": threat, "n": n, **setting}
-    rows = [_rec(cfg, metric="success_rate", value=summary["success_rate"], **common),
-            _rec(cfg, metric="rho", value=summary["rho_median"], units="pixel", statistic="median", **common),
-            _rec(cfg, metric="rho", value=summary["rho_mean"], units="pixel", statistic="mean", **common)]
-    if "norm_median" in summary:
-        rows.append(_rec(cfg, metric="norm", value=summary["norm_median"], statistic="median", **common))
-    return rows
-
-
-def min_norm_records(cfg: Mapping[str, Any], model: nn.Module, data: TestImages) -> list[dict]:
+def min_norm_attacks(run: Run) -> None:
     """Minimum-norm attacks on the attacked images: DeepFool L2 and L∞ (``deepfool_iter`` iterations) and DDN
-    (``ddn_steps`` steps, then twice as many to see whether it converged). Per attack: the success rate over
-    the correctly classified images, the median and mean of ρ = ‖r‖/‖x‖ in pixels (the median counts a failure
-    as ∞, the mean averages the successes) and the median ‖r‖ (``statistic`` in the setting)."""
-    n, out = len(data.y), []
-    for attack, p, threat in (("deepfool_l2", 2, "l2"), ("deepfool_linf", math.inf, "linf")):
-        adv = evaluate.run_attack(attacks.deepfool, model, data.x, data.y, cfg["batch_size"], norm=p,
-                                  max_iter=cfg["deepfool_iter"])
-        summary = evaluate.min_norm_summary(data.x, adv, data.y, model, p=p)
-        out += _min_norm_rows(cfg, attack, threat, summary, n, max_iter=cfg["deepfool_iter"])
-    ddn = evaluate.min_norm(model, data.x, data.y, steps=cfg["ddn_steps"], batch_size=cfg["batch_size"],
-                            seed=cfg["seed"])
-    out += _min_norm_rows(cfg, "ddn", "l2", ddn, n, steps=ddn["steps"])
+    (``evaluate.min_norm``: ``ddn_steps`` steps, then twice as many), per attack and budget as
+    :func:`robustness.chapters.kit.min_norm_records` (success rate over the correct images, median and mean ρ in
+    pixels, median ‖r‖); DDN's ``converged`` record is ``evaluate.min_norm``'s."""
+    cfg, (model, x, y) = run.cfg, _attacked(run)
+    at = {"dataset": cfg.dataset, "model": cfg.model, "n": len(y)}
+    with run.timer("minimum-norm attacks"):
+        for attack, p, threat in (("deepfool_l2", 2, "l2"), ("deepfool_linf", math.inf, "linf")):
+            adv = evaluate.run_attack(attacks.deepfool, model, x, y, cfg.batch_size, norm=p,
+                                      max_iter=cfg.deepfool_iter)
+            run.records += kit.min_norm_records(cfg, evaluate.min_norm_summary(x, adv, y, model, p=p), attack=attack,
+                                                threat_model=threat, max_iter=cfg.deepfool_iter, **at)
+        ddn = evaluate.min_norm(model, x, y, steps=cfg.ddn_steps, batch_size=cfg.batch_size, seed=cfg.seed)
     double = {k[:-len("_double")]: v for k, v in ddn.items() if k.endswith("_double") and k != "steps_double"}
-    out += _min_norm_rows(cfg, "ddn", "l2", double, n, steps=ddn["steps_double"])
-    return out
+    for summary, steps in ((ddn, ddn["steps"]), (double, ddn["steps_double"])):
+        run.records += kit.min_norm_records(cfg, summary, attack="ddn", threat_model="l2", steps=steps, **at)
 
 
-def worst_case_records(cfg: Mapping[str, Any], model: nn.Module, data: TestImages) -> tuple[list[dict], dict]:
-    """The adaptive worst case at the threat radius (``evaluate.worst_case`` with the default members: PGD on
-    the cross-entropy, PGD on the margin loss, Square), each member run on the images the earlier ones left
-    standing. Records: the robust accuracy (``attack="worst_case"``, with its Wilson interval) and, per member,
-    the images it fooled that the earlier ones missed (``metric="newly_fooled"``, ``order`` in the setting).
-    Returns ``(records, the worst_case result)``; the result feeds :func:`evaluation_health`."""
-    members = evaluate.default_members(cfg["pgd_steps"], cfg["restarts"], cfg["square_queries"])
-    worst = evaluate.worst_case(model, data.x, data.y, cfg["eps"], members, batch_size=cfg["batch_size"],
-                                seed=cfg["seed"])
-    knobs = {"steps": cfg["pgd_steps"], "restarts": cfg["restarts"], "queries": cfg["square_queries"]}
-    out = [_rec(cfg, metric="accuracy", attack="worst_case", threat_model="linf", eps=worst["eps"],
-                value=worst["robust"], n=worst["n"], interval=worst["interval"], role="threat",
-                members="+".join(worst["members"]), **knobs)]
-    out += [_rec(cfg, metric="newly_fooled", attack=name, threat_model="linf", eps=worst["eps"],
-                 value=worst["added"][name], n=worst["n"], order=i, ensemble="worst_case")
-            for i, name in enumerate(worst["members"])]
-    return out, worst
+def worst_case(run: Run) -> None:
+    """The adaptive worst case at the threat radius (``evaluate.worst_case``, default members: PGD on the
+    cross-entropy, PGD on the margin loss, Square) as :func:`robustness.chapters.kit.worst_case_records` (the
+    robust accuracy with ``role="threat"``; per member ``images_fooled``). The result, with its per-image
+    outcome, goes to ``run.raw["worst_case"]`` (for :func:`evaluation_health`), its seconds to the timings."""
+    cfg, (model, x, y) = run.cfg, _attacked(run)
+    members = evaluate.default_members(cfg.pgd_steps, cfg.restarts, cfg.square_queries)
+    with run.timer("worst case"):
+        worst = evaluate.worst_case(model, x, y, cfg.eps, members, batch_size=cfg.batch_size, seed=cfg.seed)
+    recs = kit.worst_case_records(cfg, worst, dataset=cfg.dataset, model=cfg.model, run=run, key="worst_case")
+    first(recs, attack="worst_case")["setting"].update(role="threat", steps=cfg.pgd_steps, restarts=cfg.restarts,
+                                                       queries=cfg.square_queries)
+    run.records += recs
+    run.timings["worst_case"] = worst["seconds"]
 
 
-def evaluation_health(cfg: Mapping[str, Any], model: nn.Module, data: TestImages, worst: dict) -> list[dict]:
-    """The health rows of Carlini et al. (2019) for PGD-L∞ at ``eps`` (``evaluate.health_checks``), with the
-    gradient-free check of the worst case ``worst`` and a transfer check: examples crafted at full strength on
-    a second copy of the recipe trained from ``seed + 1`` must fool the model no more than white-box PGD."""
-    source, _ = train_model(cfg, seed=cfg["seed"] + 1)
-    transfer = evaluate.run_attack(attacks.pgd_linf, source, data.x, data.y, cfg["batch_size"], eps=cfg["eps"],
-                                   steps=cfg["pgd_steps"], early_stop=False,
-                                   generator=_generator(source, cfg["seed"]))
-    return evaluate.health_checks(model, data.x, data.y, eps=cfg["eps"], steps=cfg["pgd_steps"],
-                                  num_classes=data.num_classes, transfer_x_adv=transfer, worst=worst,
-                                  batch_size=cfg["batch_size"], seed=cfg["seed"])
+def evaluation_health(run: Run) -> None:
+    """The health rows of Carlini et al. (2019) for PGD-L∞ at ``eps`` (:func:`robustness.chapters.kit.health_rows`),
+    with the gradient-free check of the worst case and a transfer check: examples crafted at full strength on a
+    second copy of the recipe trained from ``seed + 1`` must fool the model no more than white-box PGD."""
+    cfg, (model, x, y) = run.cfg, _attacked(run)
+    with run.timer("health checks"):
+        source, _ = train_model(cfg, seed=cfg.seed + 1)
+        run.health += kit.health_rows(model, x, y, dataset=cfg.dataset, model=cfg.model, eps=cfg.eps,
+                                      steps=cfg.pgd_steps, num_classes=dataset_info(cfg.dataset).num_classes,
+                                      seed=cfg.seed, batch_size=cfg.batch_size, transfer_from=source,
+                                      worst=run.raw["worst_case"])
 
 
-def attack_cost(cfg: Mapping[str, Any], model: nn.Module, data: TestImages) -> dict:
+def attack_cost(run: Run) -> None:
     """Wall-clock seconds and images per second of each attack on the attacked images (radius attacks at
-    ``eps``), timed with :func:`robustness.evaluate.timed` (CUDA synchronized). Machine-dependent: these go to
-    the results' ``timings``, never to records."""
-    plan = {"FGSM": (attacks.fgsm, {"eps": cfg["eps"]}),
-            f"PGD-{cfg['pgd_steps']} L∞": (attacks.pgd_linf, {"eps": cfg["eps"], "steps": cfg["pgd_steps"]}),
-            f"DeepFool L2 (≤{cfg['deepfool_iter']} it.)": (attacks.deepfool,
-                                                           {"norm": 2, "max_iter": cfg["deepfool_iter"]}),
-            f"DDN ({cfg['ddn_steps']} steps)": (attacks.ddn, {"steps": cfg["ddn_steps"]})}
-    costs = {}
-    for name, (fn, kwargs) in plan.items():
-        _, seconds = evaluate.timed(evaluate.run_attack, fn, model, data.x, data.y, cfg["batch_size"], **kwargs)
-        costs[name] = {"seconds": seconds, "images_per_second": len(data.y) / max(seconds, 1e-9)}
-    return costs
+    ``eps``), timed with :func:`robustness.evaluate.timed` (CUDA synchronized), into
+    ``run.timings["attack_cost"]``. Machine-dependent: never in records."""
+    cfg, (model, x, y) = run.cfg, _attacked(run)
+    plan = {"FGSM": (attacks.fgsm, {"eps": cfg.eps}),
+            f"PGD-{cfg.pgd_steps} L∞": (attacks.pgd_linf, {"eps": cfg.eps, "steps": cfg.pgd_steps}),
+            f"DeepFool L2 (≤{cfg.deepfool_iter} it.)": (attacks.deepfool, {"norm": 2, "max_iter": cfg.deepfool_iter}),
+            f"DDN ({cfg.ddn_steps} steps)": (attacks.ddn, {"steps": cfg.ddn_steps})}
+    costs = run.timings["attack_cost"] = {}
+    with run.timer("attack cost"):
+        for name, (fn, kwargs) in plan.items():
+            _, seconds = evaluate.timed(evaluate.run_attack, fn, model, x, y, cfg.batch_size, **kwargs)
+            costs[name] = {"seconds": seconds, "images_per_second": len(y) / max(seconds, 1e-9)}
 
 
-# --------------------------------------------------------------------------- tables and figures of the records
+# --------------------------------------------------------------------------- tables and figures of the results
 
 _ATTACK_NAMES = {"fgsm": "FGSM", "pgd_linf": "PGD L∞", "pgd_l2": "PGD L2", "deepfool_l2": "DeepFool L2",
                  "deepfool_linf": "DeepFool L∞", "ddn": "DDN L2", "worst_case": "adaptive worst case",
@@ -317,84 +275,54 @@ def attack_name(rec: Mapping[str, Any]) -> str:
     return name
 
 
-def _with_interval(rec: Mapping[str, Any]) -> str:
-    if not rec.get("interval"):
-        return pct(rec["value"])
-    lo, hi = rec["interval"]
-    return f"{pct(rec['value'])} [{pct(lo)}, {pct(hi)}]"
+def _curves(records: list[dict], threat: str) -> dict[str, list[dict]]:
+    """Per attack (in the records' order), its curve's points ``{"eps", "accuracy"}`` sorted by radius."""
+    out: dict[str, list[dict]] = {}
+    for r in select(records, metric="accuracy", threat_model=threat, role="curve"):
+        out.setdefault(attack_name(r), []).append({"eps": r["eps"], "accuracy": r["value"]})
+    return {name: sorted(points, key=lambda p: p["eps"]) for name, points in out.items()}
 
 
-def _curve(records: Sequence[dict], attack: str, threat: str) -> list[dict]:
-    points = select(records, metric="accuracy", attack=attack, threat_model=threat, role="curve")
-    return sorted(({"eps": r["eps"], "accuracy": r["value"]} for r in points), key=lambda p: p["eps"])
-
-
-def clean_summary(records: Sequence[dict], timings: Mapping[str, Any] | None = None) -> str:
+def clean_summary(results: Mapping[str, Any]) -> str:
     """One sentence: clean accuracy with its interval, on how many images, and how training went."""
-    clean = select(records, metric="accuracy", attack="none", subset="clean")[0]
-    text = f"Clean accuracy on the first {clean['n']:,} test images: **{_with_interval(clean)}**"
-    loss = select(records, metric="train_loss")
+    records = results["records"]
+    clean = first(records, metric="accuracy", attack="none", subset="clean")
+    text = f"Clean accuracy on the first {clean['n']:,} test images: **{pct_interval(clean)}**"
+    loss = first(records, metric="train_loss")
     if loss:
-        text += f"; training loss in the last epoch {loss[0]['value']:.3f}"
-    train = (timings or {}).get("train")
+        text += f"; training loss in the last epoch {loss['value']:.3f}"
+    train = results.get("timings", {}).get("train")
     if train:
         text += (" (weights loaded from the cache" if train["cached"] else " (trained in this run")
         text += f", {train['seconds']:.0f} s of training)"
     return text + "."
 
 
-def curves_figure(records: Sequence[dict]):
+def curves_figure(results: Mapping[str, Any]):
     """Accuracy against the radius: FGSM and PGD in L∞ (left), PGD in L2 (right), chance as a dotted line, the
     threat radius as a red dashed line with the headline measurement (PGD at exactly ε) as a red star."""
-    rec = select(records, metric="accuracy", role="threat", attack="pgd_linf")
-    info = dataset_info(records[0]["dataset"])
+    records = results["records"]
+    rec = first(records, metric="accuracy", role="threat", attack="pgd_linf")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    chance = 1 / info.num_classes
+    chance = 1 / dataset_info(records[0]["dataset"]).num_classes
     for ax, threat, title in ((axes[0], "linf", "L∞ attacks"), (axes[1], "l2", "L2 attack")):
-        curves = {attack_name(r): _curve(records, r["attack"], threat) for r in _first_per_attack(records, threat)}
-        plot_curves(curves, f"{title[:2]} radius ε (pixels in [0, 1])", title=title, ax=ax, chance=chance)
+        plot_curves(_curves(records, threat), f"{title[:2]} radius ε (pixels in [0, 1])", title=title, ax=ax,
+                    chance=chance)
     if rec:
-        axes[0].axvline(rec[0]["eps"], color="red", ls="--", lw=1)
-        axes[0].plot([rec[0]["eps"]], [rec[0]["value"]], "*", color="red", ms=12,
-                     label=f"{attack_name(rec[0])} at ε = {rec[0]['eps']:.3g}")
+        axes[0].axvline(rec["eps"], color="red", ls="--", lw=1)
+        axes[0].plot([rec["eps"]], [rec["value"]], "*", color="red", ms=12,
+                     label=f"{attack_name(rec)} at ε = {rec['eps']:.3g}")
         axes[0].legend(fontsize=8)
     fig.tight_layout()
     plt.close(fig)  # shown once, as the cell's value
     return fig
 
 
-def _first_per_attack(records: Sequence[dict], threat: str) -> list[dict]:
-    seen, out = set(), []
-    for r in select(records, metric="accuracy", threat_model=threat, role="curve"):
-        if r["attack"] not in seen:
-            seen.add(r["attack"])
-            out.append(r)
-    return out
-
-
-def curves_table(records: Sequence[dict], threat: str = "linf") -> str:
+def curves_table(results: Mapping[str, Any], threat: str = "linf") -> str:
     """The curve's numbers: one row per attack, one column per radius."""
-    rows = select(records, metric="accuracy", threat_model=threat, role="curve")
+    rows = select(results["records"], metric="accuracy", threat_model=threat, role="curve")
     named = [{**r, "setting": {**r["setting"], "name": attack_name(r)}} for r in rows]
     return records_table(named, rows=["name"], column="eps", headers={"name": f"attack \\ {threat} radius ε"})
-
-
-def threat_table(records: Sequence[dict]) -> str:
-    """At the threat radius: clean accuracy of the attacked images, PGD alone (the headline), the adaptive worst
-    case, and what each member of the worst case added, each with its 95% interval."""
-    clean = select(records, metric="accuracy", attack="none", subset="attacked")
-    rows = [{"what": "no attack", "accuracy": _with_interval(clean[0]), "n": clean[0]["n"]}] if clean else []
-    for r in select(records, metric="accuracy", role="threat"):
-        what = attack_name(r) + (f" (members: {r['setting']['members'].replace('+', ', ')})"
-                                 if "members" in r["setting"] else f", {_restarts(r)}")
-        rows.append({"what": what, "accuracy": _with_interval(r), "n": r["n"]})
-    table = markdown_table(rows, {"what": f"at ε = {_threat_eps(records):.3g}", "accuracy": "accuracy [95% interval]",
-                                  "n": "images"}, {"n": lambda v: f"{v:,}"})
-    added = sorted(select(records, metric="newly_fooled"), key=lambda r: r["setting"]["order"])
-    if added:
-        table += ("\n\nImages each member of the worst case fooled that the earlier members missed: "
-                  + ", ".join(f"{attack_name(r)} {int(r['value'])}" for r in added) + ".")
-    return table
 
 
 def _restarts(rec: Mapping[str, Any]) -> str:
@@ -402,46 +330,69 @@ def _restarts(rec: Mapping[str, Any]) -> str:
     return f"{k} restart" + ("s" if k != 1 else "")
 
 
-def _threat_eps(records: Sequence[dict]) -> float:
-    return select(records, metric="accuracy", role="threat", attack="pgd_linf")[0]["eps"]
+def worst_case_table(results: Mapping[str, Any]) -> str:
+    """At the threat radius: clean accuracy of the attacked images, PGD alone (the headline), the adaptive worst
+    case, and what each member of the worst case added, each with its 95% interval."""
+    records = results["records"]
+    clean = first(records, metric="accuracy", attack="none", subset="attacked")
+    rows = [{"what": "no attack", "accuracy": pct_interval(clean), "n": clean["n"]}] if clean else []
+    for r in select(records, metric="accuracy", role="threat"):
+        what = attack_name(r) + (f" (members: {r['setting']['members'].replace('+', ', ')})"
+                                 if "members" in r["setting"] else f", {_restarts(r)}")
+        rows.append({"what": what, "accuracy": pct_interval(r), "n": r["n"]})
+    eps = first(records, metric="accuracy", role="threat", attack="pgd_linf")["eps"]
+    table = markdown_table(rows, {"what": f"at ε = {eps:.3g}", "accuracy": "accuracy [95% interval]",
+                                  "n": "images"}, {"n": lambda v: f"{v:,}"})
+    fooled = sorted(select(records, metric="images_fooled"), key=lambda r: r["setting"]["order"])
+    if fooled:
+        table += ("\n\nImages each member of the worst case fooled that the earlier members missed: "
+                  + ", ".join(f"{attack_name(r)} {int(r['value'])}" for r in fooled) + ".")
+    return table
 
 
-def min_norm_table(records: Sequence[dict]) -> str:
+def _number(**match: Any):
+    """A :func:`robustness.report.record_table` column: the row's one record matching ``match``, to 4 digits."""
+    def cell(recs: list[dict]) -> str:
+        rec = first(recs, **match)
+        return "–" if rec is None or math.isnan(rec["value"]) else f"{rec['value']:.4g}"
+    return cell
+
+
+def min_norm_table(results: Mapping[str, Any]) -> str:
     """Per minimum-norm attack (and DDN's step budget): success rate, median and mean ρ, median ‖r‖."""
-    rows = []
-    for attack in ("deepfool_l2", "deepfool_linf", "ddn"):
-        budgets = sorted({r["setting"].get("steps", r["setting"].get("max_iter")) for r in
-                          select(records, attack=attack, metric="success_rate")})
-        for b in budgets:
-            key = {"steps": b} if attack == "ddn" else {"max_iter": b}
-            get = lambda **m: select(records, attack=attack, **key, **m)  # noqa: E731
-            row = {"attack": f"{_ATTACK_NAMES[attack]}, " + (f"{b} steps" if attack == "ddn" else f"≤ {b} it."),
-                   "success": get(metric="success_rate")[0]["value"],
-                   "median": get(metric="rho", statistic="median")[0]["value"],
-                   "mean": get(metric="rho", statistic="mean")[0]["value"]}
-            norm = get(metric="norm", statistic="median")
-            row["norm"] = norm[0]["value"] if norm else float("nan")
-            rows.append(row)
-    fmt = lambda v: "–" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}"  # noqa: E731
-    return markdown_table(rows, {"attack": "attack", "success": "fooled (of correct)", "median": "median ρ",
-                                 "mean": "mean ρ (fooled only)", "norm": "median ‖r‖ (attack's norm)"},
-                          {"success": pct, "median": fmt, "mean": fmt, "norm": fmt})
+    records, rows = results["records"], {}
+    for r in select(records, metric="success_rate"):
+        budget = {k: r["setting"][k] for k in ("steps", "max_iter") if k in r["setting"]}
+        label = f"{budget['steps']} steps" if "steps" in budget else f"≤ {budget['max_iter']} it."
+        rows[f"{_ATTACK_NAMES[r['attack']]}, {label}"] = {"attack": r["attack"], **budget}
+    return record_table(records, rows, {"fooled (of correct)": {"metric": "success_rate"},
+                                        "median ρ": _number(metric="rho", statistic="median"),
+                                        "mean ρ (fooled only)": _number(metric="rho", statistic="mean"),
+                                        "median ‖r‖ (attack's norm)": _number(metric="norm", statistic="median")},
+                        corner="attack", cell=lambda rec: pct(rec["value"]))
 
 
-def cost_table(costs: Mapping[str, Mapping[str, float]]) -> str:
-    """Seconds and images per second per attack (from the results' ``timings``)."""
-    return markdown_table([{"attack": k, **v} for k, v in costs.items()],
+def health_tables(results: Mapping[str, Any]) -> str:
+    """The health rows under the data set and network they check (failed checks marked, never hidden)."""
+    return report.health_tables(results["health"])
+
+
+def cost_table(results: Mapping[str, Any]) -> str:
+    """Seconds and images per second per attack (from the results' ``timings["attack_cost"]``)."""
+    return markdown_table([{"attack": k, **v} for k, v in results["timings"]["attack_cost"].items()],
                           {"attack": "attack", "seconds": "seconds", "images_per_second": "images/s"},
                           {"seconds": lambda s: f"{s:.2f}", "images_per_second": lambda r: f"{r:.0f}"})
 
 
-def examples_figure(model: nn.Module, data: TestImages, x_adv: torch.Tensor, eps: float, k: int = 8):
-    """The first ``k`` attacked images: clean (true label → prediction), adversarial (new prediction) and the
-    perturbation amplified to the full gray range."""
-    k = min(k, len(data.y))
-    x, y, adv = data.x[:k], data.y[:k], x_adv[:k]
-    fig = plot_examples(x, adv, y, evaluate.predict(model, x), evaluate.predict(model, adv), data.classes, n=k,
-                        title=f"PGD-L∞ at the threat radius ε = {eps:.3g}")
+def examples_figure(run: Run, k: int = 8):
+    """The first ``k`` attacked images of a live run: clean (true label → prediction), adversarial under PGD-L∞
+    at the threat radius (:func:`threat_radius`; new prediction) and the perturbation amplified to the full
+    gray range."""
+    model, x, y = _attacked(run)
+    x, y, adv = x[:k], y[:k], run.raw["threat"][:k]
+    fig = plot_examples(x, adv, y, evaluate.predict(model, x), evaluate.predict(model, adv),
+                        dataset_info(run.cfg.dataset).classes, n=len(y),
+                        title=f"PGD-L∞ at the threat radius ε = {run.cfg.eps:.3g}")
     plt.close(fig)
     return fig
 
@@ -450,34 +401,24 @@ def examples_figure(model: nn.Module, data: TestImages, x_adv: torch.Tensor, eps
 
 #: PGD accuracy at the threat radius whose 95% interval lies below this: the model is not robust
 NOT_ROBUST_BELOW = 0.10
-#: clean accuracy at most chance plus this margin: the model is broken, nothing else is measurable
-BROKEN_MARGIN = 0.10
 #: DeepFool's median ρ above this multiple of DDN's: DeepFool over-states the distance to the boundary
 DEEPFOOL_OVERSTATES = 1.05
-#: doubling DDN's steps moves its median ρ by less than this fraction: DDN has converged
-DDN_CONVERGED = 0.02
 
 
-def _value(records, **match) -> float | None:
-    found = select(records, **match)
-    return found[0]["value"] if found else None
+def verdict_summary(results: Mapping[str, Any]) -> dict:
+    """What a reader should conclude, from a results dict (``records`` and ``health``) alone: ``{data set:
+    {"category", "broken", "sound", "failed_checks", "headline", "worst_case", "clean", "images_fooled",
+    "deepfool_ratio", "ddn_change", "ddn_converged"}}`` (one data set per run). ``headline`` is the PGD-L∞
+    record at the threat radius (``role="threat"``: measured there, never read off the curve). ``category``:
 
-
-def verdict(results: Mapping[str, Any]) -> dict:
-    """What a reader should conclude, from a results dict (``records`` and ``health``) alone.
-
-    Returns ``{"category", "sound", "failed_checks", "headline", "worst_case", "clean", "newly_fooled",
-    "deepfool_ratio", "ddn_change", "ddn_converged", "sentences"}``. ``headline`` is the PGD-L∞ record at the
-    threat radius (``role="threat"``: measured there, never read off the curve). ``category``:
-
-    * ``broken`` — clean accuracy ≤ chance + :data:`BROKEN_MARGIN`, or the near-constant health check failed;
-    * ``not_robust`` — the headline's 95% interval lies below :data:`NOT_ROBUST_BELOW` (what an undefended
-      model should show);
+    * ``broken`` — :func:`robustness.chapters.kit.is_broken` (the clean accuracy's interval, ``BROKEN_RULE``),
+      or the near-constant health check failed;
+    * ``not_robust`` — the headline's 95% interval lies below :data:`NOT_ROBUST_BELOW` (as expected);
     * ``resists`` — the interval lies at or above it (unexpected without a defense: read the health table);
     * ``unclear`` — the interval straddles it (too few images).
 
-    ``sound``: every health row passed. The minimum-norm findings compare DeepFool's median ρ with DDN's at the
-    larger step budget (:data:`DEEPFOOL_OVERSTATES`) and DDN's two budgets with each other (:data:`DDN_CONVERGED`).
+    ``sound``: every health row passed. DeepFool's median ρ is compared with DDN's at the larger budget
+    (:data:`DEEPFOOL_OVERSTATES`); convergence is DDN's ``converged`` record (``evaluate.min_norm``'s check).
     """
     records, health = results["records"], results.get("health", [])
     threat = select(records, metric="accuracy", attack="pgd_linf", role="threat")
@@ -485,34 +426,25 @@ def verdict(results: Mapping[str, Any]) -> dict:
         raise ValueError(f"the results hold {len(threat)} PGD records at the threat radius (role='threat'); "
                          "expected exactly one")
     headline = threat[0]
-    clean = select(records, metric="accuracy", attack="none", subset="clean")[0]
-    worst = select(records, metric="accuracy", attack="worst_case")
-    worst = worst[0] if worst else None
-    failed = [h for h in health if not h["passed"]]
-    chance = 1 / dataset_info(clean["dataset"]).num_classes
-    constant = any(h.get("id") == "near_constant" for h in failed)
+    clean = first(records, metric="accuracy", attack="none", subset="clean")
+    failed = kit.failed_checks(health)
+    broken = kit.is_broken(clean, dataset_info(headline["dataset"]).num_classes)
     lo, hi = headline["interval"]
-    if clean["value"] <= chance + BROKEN_MARGIN or constant:
-        category = "broken"
-    elif hi < NOT_ROBUST_BELOW:
-        category = "not_robust"
-    elif lo >= NOT_ROBUST_BELOW:
-        category = "resists"
-    else:
-        category = "unclear"
-    newly = sorted(select(records, metric="newly_fooled"), key=lambda r: r["setting"]["order"])
-    ddn_steps = sorted({r["setting"]["steps"] for r in select(records, attack="ddn", metric="rho")})
-    df = _value(records, attack="deepfool_l2", metric="rho", statistic="median")
-    ddn = [_value(records, attack="ddn", metric="rho", statistic="median", steps=s) for s in ddn_steps]
-    ratio = df / ddn[-1] if ddn and df is not None and ddn[-1] and math.isfinite(ddn[-1]) else None
-    change = (abs(ddn[-1] - ddn[0]) / ddn[0] if len(ddn) == 2 and all(v and math.isfinite(v) for v in ddn)
-              else None)
-    out = {"category": category, "sound": not failed, "failed_checks": [h["check"] for h in failed],
-           "headline": headline, "worst_case": worst, "clean": clean,
-           "newly_fooled": {r["attack"]: int(r["value"]) for r in newly}, "deepfool_ratio": ratio,
-           "ddn_change": change, "ddn_converged": change is not None and change < DDN_CONVERGED}
-    out["sentences"] = _sentences(out, results, len(health))
-    return out
+    category = ("broken" if broken or "near_constant" in failed else "not_robust" if hi < NOT_ROBUST_BELOW
+                else "resists" if lo >= NOT_ROBUST_BELOW else "unclear")
+    fooled = sorted(select(records, metric="images_fooled"), key=lambda r: r["setting"]["order"])
+    df = first(records, attack="deepfool_l2", metric="rho", statistic="median")
+    ddn = max(select(records, attack="ddn", metric="rho", statistic="median"), default=None,
+              key=lambda r: r["setting"]["steps"])
+    ratio = (df["value"] / ddn["value"] if df and ddn and ddn["value"] and math.isfinite(ddn["value"]) else None)
+    converged = first(records, attack="ddn", metric="converged")
+    change = converged["setting"]["relative_change"] if converged else None
+    return {headline["dataset"]: {
+        "category": category, "broken": broken, "sound": not failed, "failed_checks": failed, "headline": headline,
+        "worst_case": first(records, metric="accuracy", attack="worst_case"), "clean": clean,
+        "images_fooled": {r["attack"]: int(r["value"]) for r in fooled}, "deepfool_ratio": ratio,
+        "ddn_change": change if change is not None and math.isfinite(change) else None,
+        "ddn_converged": bool(converged and converged["value"])}}
 
 
 _HEAD = {
@@ -527,26 +459,26 @@ _HEAD = {
 }
 
 
-def _sentences(v: dict, results: Mapping[str, Any], n_checks: int) -> list[str]:
-    h, clean = v["headline"], v["clean"]
+def _sentences(v: dict, results: Mapping[str, Any]) -> list[str]:
+    h, clean, health = v["headline"], v["clean"], results.get("health", [])
     s = [_HEAD[v["category"]],
-         f"Clean accuracy is {_with_interval(clean)} on {clean['n']:,} test images. Under {attack_name(h)} "
+         f"Clean accuracy is {pct_interval(clean)} on {clean['n']:,} test images. Under {attack_name(h)} "
          f"({_restarts(h)}) at the threat radius ε = {h['eps']:.3g}, measured there, "
-         f"{_with_interval(h)} of {h['n']:,} attacked images stay correct (threshold for *not robust*: the "
-         f"interval below {pct(NOT_ROBUST_BELOW)})."]
+         f"{pct_interval(h)} of {h['n']:,} attacked images stay correct (threshold for *not robust*: the "
+         f"interval below {pct(NOT_ROBUST_BELOW)}).",
+         f"By the book's rule the model is {'' if v['broken'] else 'not '}broken: {kit.BROKEN_RULE}"]
     if v["worst_case"] is not None:
-        w = v["worst_case"]
-        late = {k: n for i, (k, n) in enumerate(v["newly_fooled"].items()) if i > 0}
-        s.append(f"The adaptive worst case leaves {_with_interval(w)}"
+        late = list(v["images_fooled"].items())[1:]
+        s.append(f"The adaptive worst case leaves {pct_interval(v['worst_case'])}"
                  + ("; after the first member, " + ", ".join(f"{attack_name({'attack': k})} fooled {n} more"
-                                                            for k, n in late.items())
-                    if late else "") + ".")
+                                                            for k, n in late) if late else "") + ".")
     if v["sound"]:
-        s.append(f"All {n_checks} health checks passed: the attacks behave as attacks should, so later chapters "
-                 "can compare a defense against these numbers.")
+        s.append(f"All {len(health)} health checks passed: the attacks behave as attacks should, so later "
+                 "chapters can compare a defense against these numbers.")
     else:
-        s.append(f"**{len(v['failed_checks'])} of {n_checks} health checks failed** ({'; '.join(v['failed_checks'])})"
-                 ": until they pass, the attack numbers may measure a broken attack rather than the model.")
+        names = [h["check"] for h in health if h["id"] in v["failed_checks"]]
+        s.append(f"**{len(names)} of {len(health)} health checks failed** ({'; '.join(names)}): until they pass, "
+                 "the attack numbers may measure a broken attack rather than the model.")
     if v["deepfool_ratio"] is not None:
         r = v["deepfool_ratio"]
         s.append(f"DeepFool's median ρ is {r:.2f}× DDN's: " + (
@@ -554,14 +486,13 @@ def _sentences(v: dict, results: Mapping[str, Any], n_checks: int) -> list[str]:
             "on this model DeepFool's estimate is close to the stronger attack's."))
     if v["ddn_change"] is not None:
         s.append(f"Doubling DDN's steps moved its median ρ by {pct(v['ddn_change'])} ("
-                 + ("converged" if v["ddn_converged"] else
-                    f"not converged: above {pct(DDN_CONVERGED)}, so DDN's ρ is an upper bound") + ").")
-    if results.get("profile") == "smoke":
-        s.append("Profile `smoke`: these numbers only exercise the code and mean nothing.")
-    return s
+                 + ("converged" if v["ddn_converged"] else "not converged by `robustness.evaluate.min_norm`'s "
+                    "rule, so DDN's ρ is an upper bound") + ").")
+    note = kit.smoke_note(results.get("profile", ""))
+    return s + ([note] if note else [])
 
 
-def verdict_markdown(results: Mapping[str, Any]) -> str:
-    """The verdict's sentences as the page shows them: the head, then one bullet per finding."""
-    first, *rest = verdict(results)["sentences"]
-    return first + "\n\n" + "\n".join(f"- {line}" for line in rest)
+def verdict(results: Mapping[str, Any]) -> str:
+    """The verdict as the page shows it, from the results as read back: the head, then one bullet per finding."""
+    head, *rest = _sentences(next(iter(verdict_summary(results).values())), results)
+    return head + "\n\n" + "\n".join(f"- {line}" for line in rest)

@@ -6,17 +6,19 @@ What lives here, in page order:
 - the official recipe (read once from ``robustness/anchors/deep_defense.json``) and the training recipes built
   on it: :func:`reference_model`, :func:`finetune_config`, :func:`variant_loss`, :func:`finetune`;
 - the protocol as steps on a :class:`Run` (:func:`train_references`, :func:`fine_tune_variants`,
-  :func:`evaluate_variants`, :func:`sweep_lambda`, :func:`check_health`, :func:`time_objectives`,
-  :func:`save`), each adding records (:func:`robustness.results.record`) to the run;
+  :func:`evaluate_variants`, :func:`sweep_lambda`, :func:`check_health`, :func:`time_objectives`), each adding
+  records (:func:`robustness.results.record`, the chapter kit's adapters) to the run; ``run.saved()`` writes them;
 - tables and figures, functions of the results (records, health rows, timings, parameters), whether the run is
-  live (:meth:`Run.results`) or read back (:func:`robustness.results.load_results`);
+  live (``run.results()``) or read back (:func:`robustness.results.load_results`);
 - the verdict (:func:`verdict_summary`, :func:`verdict`), a pure function of the results.
 
 The record vocabulary: ``defense`` is the variant (``"none"`` = the reference model, ``"fine_tune"``,
 ``"adversarial_fine_tune"``, ``"deep_defense"``); ρ records carry ``units`` (``"mean_image"``: the paper's
 ‖δ‖/‖x − mean image‖; ``"pixel"``: [0, 1] pixels), ``clip``, ``iterations``, ``statistic`` (``"mean"`` over
 ``"all"`` images as the official ``test()``, or ``"median"`` over the ``"correct"`` ones) and, for the per-epoch
-curve, ``epoch``; the λ sweep's records carry ``lam`` and ``sweep=True``.
+curve, ``epoch``; the λ sweep's records carry ``lam`` and ``sweep=True``. The worst case and DDN are recorded in
+the kit's vocabulary (:func:`kit.worst_case_records`: ``images_fooled``; :func:`kit.min_norm_records`:
+``converged`` as a metric).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from . import kit
 from .. import attacks, evaluate
 from .. import results as R
 from ..config import ChapterSpec, Param, RunConfig, check_counts
@@ -38,10 +41,8 @@ from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.deep_defense import RHO_REFERENCES, DeepDefenseLoss
 from ..evaluate import members as M
 from ..evaluate.rho import deep_defense_rho, mean_interval, mean_subtraction_factor
-from ..evaluate.stats import clearly_greater
 from ..models import build_model, check_model
-from ..report import health_markdown, markdown_table, pct
-from ..timing import StageTimer
+from ..report import health_tables as _health_tables, markdown_table, pct, pct_interval, record_table
 from ..train import TrainConfig, cached_train, cross_entropy, export_entry, seconds_per_step, trained_model
 
 CHAPTER = "deep_defense"
@@ -62,10 +63,9 @@ AUGMENT_REFERENCE = {"mnist": False, "fashion_mnist": False, "cifar10": True}
 #: (``cnn_cifar``: ``contrastNormalization = true``, ``whitenData = true``), a space not reproduced here.
 ANCHOR_COMPARABLE = {"mnist": True, "fashion_mnist": False, "cifar10": False}
 
-# Record selectors (a value None matches a record without that setting key; see :func:`find`).
-CLEAN = {"metric": "accuracy", "attack": "none", "epoch": None, "sweep": None}
-PAPER_RHO = {"metric": "rho", "attack": "deepfool", "units": "mean_image", "clip": False, "statistic": "mean",
-             "epoch": None, "sweep": None}
+# Record selectors, for the records of the evaluated models (:func:`measured`).
+CLEAN = {"metric": "accuracy", "attack": "none"}
+PAPER_RHO = {"metric": "rho", "attack": "deepfool", "units": "mean_image", "clip": False, "statistic": "mean"}
 WORST = {"metric": "accuracy", "attack": "worst_case"}
 
 
@@ -352,21 +352,22 @@ def _knobs(cfg: RunConfig, variant: str) -> dict:
     return {"lam": cfg.lam} if variant == "deep_defense" else {}
 
 
-def evaluate_model(cfg: RunConfig, dataset: str, model: str, variant: str, net: nn.Module, data: dict,
-                   eps_reference: float, members: list, converged: bool = False) -> tuple[list[dict], list[dict]]:
-    """Every number the page reports for one model, as records, and its worst-case curve (for the health table).
+def evaluate_model(run: Run, dataset: str, model: str, variant: str, members: list, converged: bool = False) -> None:
+    """Every number the page reports for one model (``run.nets[dataset, model, variant]``), as records; its
+    worst-case curve, with the per-image outcomes, goes to ``run.raw[dataset, model, variant]``.
 
     - clean accuracy (Wilson interval);
     - the paper's ρ_adv (official ``test()``: unclipped ``df_iter``-step DeepFool from the predicted label on every
       image, ‖δ‖/‖x − mean image‖, failures included; also in pixel units) with DeepFool's success rate,
       unclipped and with every iterate clipped to [0, 1]; with ``converged``, the same with ``eps_ref_iter`` iterations;
     - the box-constrained minimum-norm pair: pixel ρ medians over the correctly classified images (failure = ∞)
-      of the clipped DeepFool and of DDN (with its convergence check);
+      of the clipped DeepFool and of DDN (:func:`kit.min_norm_records`, with its convergence check);
     - FGSM accuracy at :data:`FGSM_FACTORS` × ε_ref;
     - the adaptive L2 worst-case curve (:func:`robustness.evaluate.worst_case_curve` with ``members`` over
       ``l2_eps``) on the first ``n_adaptive`` images, with the images each member fooled.
     """
-    rec = functools.partial(R.record, cfg, dataset=dataset, model=model, defense=variant, **_knobs(cfg, variant))
+    cfg, net, data, knobs = run.cfg, run.nets[dataset, model, variant], run.data[dataset], _knobs(run.cfg, variant)
+    rec = functools.partial(R.record, cfg, dataset=dataset, model=model, defense=variant, **knobs)
     x, y = data["eval"].x, data["eval"].y
     bs = cfg.batch_size
     paper = deep_defense_rho(net, x, dataset, y, max_iter=cfg.df_iter, batch_size=bs)
@@ -377,44 +378,26 @@ def evaluate_model(cfg: RunConfig, dataset: str, model: str, variant: str, net: 
     if converged and cfg.eps_ref_iter != cfg.df_iter:  # the converged ρ the anchors are compared with
         conv = deep_defense_rho(net, x, dataset, y, max_iter=cfg.eps_ref_iter, batch_size=bs)
         out += _rho_records(rec, conv, False, cfg.eps_ref_iter)
-    median = {"metric": "rho", "threat_model": "l2", "n": len(y), "units": "pixel", "clip": True,
-              "statistic": "median", "over": "correct"}
     out.append(rec(attack="deepfool", value=_median_over_correct(clipped["per_image_pixels"], clipped["fooled"],
-                                                                 correct), iterations=cfg.df_iter, **median))
-    ddn = evaluate.min_norm(net, x, y, steps=cfg.ddn_steps, batch_size=bs, seed=cfg.seed)
-    out.append(rec(attack="ddn", value=ddn["rho_median"], steps=cfg.ddn_steps,
-                   converged=bool(ddn.get("converged", True)), **median))
+                                                                 correct), iterations=cfg.df_iter, metric="rho",
+                   threat_model="l2", n=len(y), units="pixel", clip=True, statistic="median", over="correct"))
+    ddn = kit.min_norm_records(cfg, evaluate.min_norm(net, x, y, steps=cfg.ddn_steps, batch_size=bs, seed=cfg.seed),
+                               dataset=dataset, model=model, attack="ddn", threat_model="l2", defense=variant,
+                               steps=cfg.ddn_steps, clip=True, **knobs)
+    R.first(ddn, metric="rho", statistic="median")["setting"]["over"] = "correct"  # as the clipped DeepFool's
+    out += ddn
     for f in FGSM_FACTORS:
-        adv = evaluate.run_attack(attacks.fgsm, net, x, y, bs, eps=f * eps_reference)
-        out.append(rec(metric="accuracy", attack="fgsm", threat_model="linf", eps=f * eps_reference, n=len(y),
-                       value=float((evaluate.predict(net, adv) == y).float().mean()), eps_factor=f))
+        adv = evaluate.run_attack(attacks.fgsm, net, x, y, bs, eps=f * run.eps_ref[dataset, model])
+        out.append(rec(metric="accuracy", attack="fgsm", threat_model="linf", eps=f * run.eps_ref[dataset, model],
+                       n=len(y), value=float((evaluate.predict(net, adv) == y).float().mean()), eps_factor=f))
     xa, ya = data["adaptive"].x, data["adaptive"].y
-    curve = evaluate.to_record(evaluate.worst_case_curve(net, xa, ya, sorted(cfg.l2_eps[dataset]), members,
-                                                         norm="l2", batch_size=bs, seed=cfg.seed))
-    for p in curve:
-        at = {"threat_model": "l2", "eps": p["eps"], "n": p["n"]}
-        out.append(rec(metric="accuracy", attack="worst_case", value=p["robust"], interval=p["interval"],
-                       members="+".join(p["members"]), steps=cfg.pgd_steps, restarts=cfg.restarts,
-                       queries=cfg.square_queries, **at))
-        out += [rec(metric="images_fooled", attack=name, value=k, within="worst_case", **at)
-                for name, k in p["added"].items()]
-        out.append(rec(metric="images_fooled", attack="smaller_eps", value=p["carried"], within="worst_case", **at))
-    return out, curve
-
-
-def health(cfg: RunConfig, model: nn.Module, control: nn.Module, data: dict, dataset: str,
-           worst: dict | None) -> list[dict]:
-    """The health table of the Deep Defense model in the claim's threat model (L2 at ``claim_eps``), with a
-    transfer check from the plain fine-tuned control and, given ``worst`` (the worst case at that radius), the
-    gradient-free check."""
-    ev = data["health"]
-    eps = cfg.claim_eps[dataset]
-    gen = torch.Generator(evaluate.model_device(control)).manual_seed(cfg.seed)
-    transfer = evaluate.run_attack(attacks.pgd_l2, control, ev.x, ev.y, cfg.batch_size, eps=eps,
-                                   steps=cfg.health_steps, generator=gen, early_stop=False)
-    return evaluate.health_checks(model, ev.x, ev.y, eps=eps, norm="l2", steps=cfg.health_steps,
-                                  num_classes=dataset_info(dataset).num_classes, transfer_x_adv=transfer,
-                                  worst=worst, batch_size=cfg.batch_size, seed=cfg.seed)
+    curve = evaluate.worst_case_curve(net, xa, ya, sorted(cfg.l2_eps[dataset]), members, norm="l2", batch_size=bs,
+                                      seed=cfg.seed)
+    worst = kit.worst_case_records(cfg, curve, dataset=dataset, model=model, run=run, key=(dataset, model, variant),
+                                   defense=variant, **knobs)
+    for r in R.select(worst, attack="worst_case"):  # the ensemble's budget, on its robust accuracy
+        r["setting"].update(steps=cfg.pgd_steps, restarts=cfg.restarts, queries=cfg.square_queries)
+    run.records += out + worst
 
 
 def cost_rows(cfg: RunConfig, dataset: str, model: nn.Module, data, eps_reference: float) -> dict:
@@ -441,27 +424,14 @@ def cost_rows(cfg: RunConfig, dataset: str, model: nn.Module, data, eps_referenc
 
 
 @dataclass
-class Run:
-    """One run of the chapter: its parameters, the records and health rows measured so far, the timings, and
-    the live models and data the next steps need."""
+class Run(kit.Run):
+    """:class:`kit.Run` with the chapter's own state: ``eps_ref`` per (data set, model). ``nets`` are keyed
+    (data set, model, variant), ``data`` by data set (:func:`data_for`), ``raw`` holds each model's worst-case
+    curve under its ``nets`` key; ``timings`` hold the training seconds, fine-tuning seconds per epoch and cost."""
 
-    cfg: RunConfig
-    records: list = field(default_factory=list)
-    health: list = field(default_factory=list)
     timings: dict = field(default_factory=lambda: {"train_seconds": {}, "finetune_seconds_per_epoch": {},
                                                    "cost": {}})
-    timer: StageTimer = field(default_factory=StageTimer)
-    data: dict = field(default_factory=dict)  # data set -> data_for(...)
-    nets: dict = field(default_factory=dict)  # (data set, model, variant) -> model
     eps_ref: dict = field(default_factory=dict)  # (data set, model) -> ε_ref
-    worst: dict = field(default_factory=dict)  # (data set, model, variant) -> worst-case curve
-    exports: list = field(default_factory=list)  # the Deep Defense networks, for other chapters (train.export_entry)
-
-    def results(self) -> dict:
-        """The run so far in the shape of a results file (what the tables, figures and the verdict read)."""
-        return {"chapter": self.cfg.chapter, "profile": self.cfg.profile,
-                "parameters": {k: v for k, v in self.cfg.items() if k not in ("chapter", "profile")},
-                "records": self.records, "health": self.health, "timings": self.timings}
 
 
 def train_references(run: Run) -> None:
@@ -511,15 +481,11 @@ def fine_tune_variants(run: Run) -> None:
 def evaluate_variants(run: Run) -> None:
     """:func:`evaluate_model` for every variant of every model (the reference also with the converged ρ for the
     anchors; every model but the control with the transfer member from the control)."""
-    cfg = run.cfg
-    for d, m in pairs(cfg):
-        control = run.nets[d, m, CONTROL]
+    for d, m in pairs(run.cfg):
         for v in VARIANTS:
+            control = None if v == CONTROL else run.nets[d, m, CONTROL]
             with run.timer(f"evaluate {d}/{m} {v}"):
-                recs, run.worst[d, m, v] = evaluate_model(
-                    cfg, d, m, v, run.nets[d, m, v], run.data[d], run.eps_ref[d, m],
-                    adaptive_members(cfg, None if v == CONTROL else control), converged=v == "none")
-            run.records += recs
+                evaluate_model(run, d, m, v, adaptive_members(run.cfg, control), converged=v == "none")
 
 
 def sweep_lambda(run: Run) -> None:
@@ -542,14 +508,18 @@ def sweep_lambda(run: Run) -> None:
 
 
 def check_health(run: Run) -> None:
-    """The health table of every Deep Defense model at its data set's ``claim_eps``."""
+    """The health table of every Deep Defense model in the claim's threat model (L2 at its data set's
+    ``claim_eps``, :func:`kit.health_rows`): with a transfer check from the plain fine-tuned control and the
+    gradient-free check on the worst case at that radius."""
     cfg = run.cfg
     with run.timer("health checks"):
         for d, m in pairs(cfg):
-            worst = min(run.worst[d, m, "deep_defense"], key=lambda p: abs(p["eps"] - cfg.claim_eps[d]))
-            rows = health(cfg, run.nets[d, m, "deep_defense"], run.nets[d, m, CONTROL], run.data[d], d, worst)
-            run.health += [{"dataset": d, "model": m, "defense": "deep_defense", "eps": cfg.claim_eps[d], **row}
-                           for row in rows]
+            eps, ev = cfg.claim_eps[d], run.data[d]["health"]
+            worst = min(run.raw[d, m, "deep_defense"], key=lambda p: abs(p["eps"] - eps))
+            run.health += kit.health_rows(
+                run.nets[d, m, "deep_defense"], ev.x, ev.y, dataset=d, model=m, eps=eps, steps=cfg.health_steps,
+                num_classes=dataset_info(d).num_classes, seed=cfg.seed, batch_size=cfg.batch_size, norm="l2",
+                transfer_from=run.nets[d, m, CONTROL], worst=worst, defense="deep_defense", claim_eps=eps)
 
 
 def time_objectives(run: Run) -> None:
@@ -561,56 +531,23 @@ def time_objectives(run: Run) -> None:
                                                         run.eps_ref[d, m])
 
 
-def save(run: Run) -> dict:
-    """Write the results file and return it as read back (non-finite numbers restored)."""
-    R.write_results(run.cfg, run.records, health=run.health, timer=run.timer, timings=run.timings,
-                    extra={"models": run.exports})
-    return R.load_results(run.cfg.chapter, run.cfg.profile, R.overrides_of(run.cfg))
-
-
 # --------------------------------------------------------------------------- reading records
 
 
-def _field(rec: dict, key: str):
-    return rec[key] if key in R.FIELDS else rec["setting"].get(key)
-
-
-def find(records: list[dict], **match) -> list[dict]:
-    """:func:`robustness.results.select`, where a value ``None`` matches a record that lacks that setting key
-    (``epoch=None``: not a per-epoch record)."""
-    given = {k: v for k, v in match.items() if v is not None}
-    absent = [k for k, v in match.items() if v is None]
-    return [r for r in R.select(records, **given) if all(_field(r, k) is None for k in absent)]
-
-
-def find_one(records: list[dict], **match) -> dict | None:
-    """The record matching ``match`` (as :func:`find`); None when there is none; an error when several."""
-    found = find(records, **match)
-    if len(found) > 1:
-        raise KeyError(f"{len(found)} records match {match}")
-    return found[0] if found else None
+def measured(records: list[dict]) -> list[dict]:
+    """The records of the evaluated models: neither the λ sweep's (``sweep``) nor the per-epoch curve's
+    (``epoch``); what :data:`CLEAN`, :data:`PAPER_RHO` and :data:`WORST` select from."""
+    return [r for r in records if "sweep" not in r["setting"] and "epoch" not in r["setting"]]
 
 
 def _pairs_of(records: list[dict]) -> list[tuple[str, str]]:
     """(data set, model) pairs with model records, in the order of the records."""
-    out = []
-    for r in records:
-        if r["model"] != "none" and (r["dataset"], r["model"]) not in out:
-            out.append((r["dataset"], r["model"]))
-    return out
+    return list(dict.fromkeys((r["dataset"], r["model"]) for r in records if r["model"] != "none"))
 
 
 def _variants_of(records: list[dict], d: str, m: str) -> list[str]:
     present = {r["defense"] for r in records if r["dataset"] == d and r["model"] == m}
     return [v for v in VARIANTS if v in present]
-
-
-def iv(rec: dict | None) -> str:
-    """An accuracy record as ``97.0% [95.2, 98.2] (n=500)``."""
-    if rec is None:
-        return "–"
-    lo, hi = rec["interval"]
-    return f"{pct(rec['value'])} [{100 * lo:.1f}, {100 * hi:.1f}] (n={rec['n']})"
 
 
 def rho_iv(rec: dict | None) -> str:
@@ -663,12 +600,12 @@ def setup_table(results: dict) -> str:
     batch = official_recipe()["batch_size"]
     rows = []
     for d, m in _pairs_of(recs):
-        ratio = {r["setting"]["reference"]: r for r in find(recs, dataset=d, model="none", metric="norm_ratio")}
+        ratio = {r["setting"]["reference"]: r for r in R.select(recs, dataset=d, model="none", metric="norm_ratio")}
         n_eval = ratio["mean_image"]["n"]
         rows.append({"model": m, "data": d, "ref": min(p["ref_size"][d], dataset_info(d).n_train),
                      "ft": p["ft_size"][d], "steps": p["ft_epochs"] * math.ceil(p["ft_size"][d] / batch),
                      "eval": n_eval, "adaptive": min(p["n_adaptive"], n_eval),
-                     "eps": _num(find_one(recs, dataset=d, model=m, metric="eps_ref"), ".3f"),
+                     "eps": _num(R.first(recs, dataset=d, model=m, metric="eps_ref"), ".3f"),
                      "mi": _num(ratio["mean_image"], ".3f"), "cm": _num(ratio["channel_mean"], ".3f")})
     return markdown_table(
         rows, {"model": "model", "data": "data set", "ref": "reference train images", "ft": "fine-tuning images",
@@ -693,96 +630,104 @@ def scale_sentence(results: dict) -> str:
                "below are those of this budget, not the paper's.**" if reduced else ""))
 
 
+def _cell(fmt, **match):
+    """A :func:`robustness.report.record_table` column: ``fmt`` of the row's first record matching ``match``."""
+    return lambda recs: fmt(R.first(recs, **match))
+
+
+def _share(rec: dict | None) -> str:
+    return "–" if rec is None else pct(rec["value"])
+
+
+def _ddn_cell(recs: list[dict]) -> str:
+    converged = R.first(recs, attack="ddn", metric="converged")
+    return (_num(R.first(recs, attack="ddn", metric="rho", statistic="median"))
+            + (" (not converged)" if converged and not converged["value"] else ""))
+
+
 def model_tables(results: dict) -> str:
     """Per model, one row per variant: clean accuracy, the paper's ρ (unclipped and clipped DeepFool) with
-    DeepFool's success, the box-constrained min-norm pair and FGSM; accuracies with n and Wilson interval."""
-    recs = [r for r in results["records"] if _field(r, "sweep") is None and _field(r, "epoch") is None]
-    cols = {"variant": "variant", "clean": "clean acc.", "rho": "ρ_adv, paper units (DeepFool, unclipped)",
-            "succ": "DeepFool success", "rhoc": "ρ_adv, paper units (DeepFool clipped to [0, 1])",
-            "succc": "success (clipped)", "dfc": "median ρ px, DeepFool clipped", "ddn": "median ρ px, DDN"}
-    cols.update({f"f{f:g}": f"FGSM {f:g}·ε_ref" for f in FGSM_FACTORS})
-    out = []
-    for d, m in _pairs_of(recs):
-        iters = results["parameters"]["df_iter"] if "parameters" in results else None
-        rows = []
-        for v in _variants_of(recs, d, m):
-            at = find(recs, dataset=d, model=m, defense=v)
-            rho = {c: find_one(at, iterations=iters, **{**PAPER_RHO, "clip": c}) for c in (False, True)}
-            succ = {c: find_one(at, metric="success_rate", clip=c, iterations=iters) for c in (False, True)}
-            ddn = find_one(at, attack="ddn", metric="rho")
-            rows.append({"variant": LABELS[v], "clean": iv(find_one(at, **CLEAN)), "rho": rho_iv(rho[False]),
-                         "succ": "–" if succ[False] is None else pct(succ[False]["value"]), "rhoc": rho_iv(rho[True]),
-                         "succc": "–" if succ[True] is None else pct(succ[True]["value"]),
-                         "dfc": _num(find_one(at, attack="deepfool", metric="rho", statistic="median")),
-                         "ddn": _num(ddn) + ("" if ddn is None or ddn["setting"]["converged"] else " (not converged)"),
-                         **{f"f{f:g}": iv(find_one(at, attack="fgsm", eps_factor=f)) for f in FGSM_FACTORS}})
-        eps = find_one(recs, dataset=d, model=m, metric="eps_ref")
-        out.append(f"{_heading(d, m)} (ε_ref = {_num(eps, '.3f')})\n\n" + markdown_table(rows, cols))
-    return "\n\n".join(out)
+    DeepFool's success, the box-constrained min-norm pair and FGSM; accuracies with their Wilson interval."""
+    recs, iters = measured(results["records"]), results["parameters"]["df_iter"]
+    rho = {**PAPER_RHO, "iterations": iters}
+    columns = {"clean acc.": _cell(pct_interval, **CLEAN),
+               "ρ_adv, paper units (DeepFool, unclipped)": _cell(rho_iv, **rho),
+               "DeepFool success": _cell(_share, metric="success_rate", clip=False, iterations=iters),
+               "ρ_adv, paper units (DeepFool clipped to [0, 1])": _cell(rho_iv, **{**rho, "clip": True}),
+               "success (clipped)": _cell(_share, metric="success_rate", clip=True, iterations=iters),
+               "median ρ px, DeepFool clipped": _cell(_num, attack="deepfool", metric="rho", statistic="median"),
+               "median ρ px, DDN": _ddn_cell,
+               **{f"FGSM {f:g}·ε_ref": _cell(pct_interval, attack="fgsm", eps_factor=f) for f in FGSM_FACTORS}}
+    return "\n\n".join(
+        f"{_heading(d, m)} (ε_ref = {_num(R.first(recs, dataset=d, model=m, metric='eps_ref'), '.3f')})\n\n"
+        + record_table(recs, {LABELS[v]: {"dataset": d, "model": m, "defense": v} for v in _variants_of(recs, d, m)},
+                       columns, corner="variant") for d, m in _pairs_of(recs))
 
 
 def anchor_table(results: dict) -> str:
     """The reference models' ρ in the paper's units next to DeepFool's Table 1 (the ratio only where the units
     are comparable), and their clean accuracy next to the published one."""
-    recs, p = results["records"], results["parameters"]
+    recs, p = measured(results["records"]), results["parameters"]
     published = R.anchors(CHAPTER)
     rows = []
     for d, m in _pairs_of(recs):
-        ref = find(recs, dataset=d, model=m, defense="none")
-        a_rho = find_one(published, dataset=d, model=m, metric="rho")
-        a_acc = find_one(published, dataset=d, model=m, metric="accuracy")
-        conv = find_one(ref, iterations=p["eps_ref_iter"], **PAPER_RHO)
-        short = find_one(ref, iterations=p["df_iter"], **PAPER_RHO)
-        succ = find_one(ref, metric="success_rate", clip=False, iterations=p["eps_ref_iter"])
+        ref = R.select(recs, dataset=d, model=m, defense="none")
+        a_rho = R.first(published, dataset=d, model=m, metric="rho")
+        a_acc = R.first(published, dataset=d, model=m, metric="accuracy")
+        conv = R.first(ref, iterations=p["eps_ref_iter"], **PAPER_RHO)
+        short = R.first(ref, iterations=p["df_iter"], **PAPER_RHO)
+        succ = R.first(ref, metric="success_rate", clip=False, iterations=p["eps_ref_iter"])
         ratio = ("no published value" if a_rho is None else "not comparable (whitened inputs)"
                  if not ANCHOR_COMPARABLE[d] else "–" if conv is None else f"{conv['value'] / a_rho['value']:.2f}")
         rows.append({"model": f"{m} ({d})", "anchor": _num(a_rho, ".3f"), "conv": _num(conv),
-                     "succ": "–" if succ is None else pct(succ["value"]), "short": _num(short), "ratio": ratio,
-                     "a_acc": "–" if a_acc is None else pct(a_acc["value"]),
-                     "acc": iv(find_one(ref, **CLEAN))})
+                     "succ": _share(succ), "short": _num(short), "ratio": ratio, "a_acc": _share(a_acc),
+                     "acc": pct_interval(R.first(ref, **CLEAN))})
     return markdown_table(rows, {"model": "model", "anchor": "DeepFool Table 1 ρ_adv",
                                  "conv": f"ours, {p['eps_ref_iter']} it. (paper units)", "succ": "DeepFool success",
                                  "short": f"ours, {p['df_iter']} it. (paper units)", "ratio": "ours / published",
                                  "a_acc": "DeepFool Table 1 clean acc.", "acc": "our reference clean acc."})
 
 
-def _axes(n: int):
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.3), squeeze=False)
-    return fig, axes[0]
-
-
-def plot_rho_per_epoch(results: dict):
-    """The paper's ρ_adv after each fine-tuning epoch (epoch 0: the reference), one panel per model."""
-    recs = [r for r in results["records"] if r["metric"] == "rho" and _field(r, "epoch") is not None]
+def _panels(recs: list[dict], draw, **labels):
+    """One panel per (data set, model) of ``recs``: ``draw(ax, d, m)``, then its title, ``labels`` and grid."""
     pairs_ = _pairs_of(recs)
-    fig, axes = _axes(len(pairs_))
-    for ax, (d, m) in zip(axes, pairs_):
-        start = find_one(recs, dataset=d, model=m, defense="none", epoch=0)
-        for v in VARIANTS[1:]:
-            curve = sorted(find(recs, dataset=d, model=m, defense=v), key=lambda r: r["setting"]["epoch"])
-            points = ([start] if start else []) + curve
-            ax.plot([r["setting"]["epoch"] for r in points], [r["value"] for r in points], marker="o",
-                    label=LABELS[v])
-        ax.set(title=f"{m} ({d})", xlabel="fine-tuning epoch (0 = reference)", ylabel="ρ_adv (paper units)")
+    fig, axes = plt.subplots(1, len(pairs_), figsize=(4 * len(pairs_), 3.3), squeeze=False)
+    for ax, (d, m) in zip(axes[0], pairs_):
+        draw(ax, d, m)
+        ax.set(title=f"{m} ({d})", **labels)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def worst_case_tables(results: dict) -> str:
+def plot_rho_per_epoch(results: dict):
+    """The paper's ρ_adv after each fine-tuning epoch (epoch 0: the reference), one panel per model."""
+    recs = [r for r in results["records"] if r["metric"] == "rho" and "epoch" in r["setting"]]
+
+    def draw(ax, d, m):
+        start = R.first(recs, dataset=d, model=m, defense="none", epoch=0)
+        for v in VARIANTS[1:]:
+            curve = sorted(R.select(recs, dataset=d, model=m, defense=v), key=lambda r: r["setting"]["epoch"])
+            points = ([start] if start else []) + curve
+            ax.plot([r["setting"]["epoch"] for r in points], [r["value"] for r in points], marker="o",
+                    label=LABELS[v])
+    return _panels(recs, draw, xlabel="fine-tuning epoch (0 = reference)", ylabel="ρ_adv (paper units)")
+
+
+def worst_case_table(results: dict) -> str:
     """Per model, variant and L2 radius: the worst-case robust accuracy (Wilson) and what each member added."""
     recs = results["records"]
     out = []
     for d, m in _pairs_of(recs):
         rows = []
         for v in _variants_of(recs, d, m):
-            for w in sorted(find(recs, dataset=d, model=m, defense=v, **WORST), key=lambda r: r["eps"]):
-                fooled = find(recs, dataset=d, model=m, defense=v, metric="images_fooled", eps=w["eps"])
+            for w in sorted(R.select(recs, dataset=d, model=m, defense=v, **WORST), key=lambda r: r["eps"]):
+                fooled = R.select(recs, dataset=d, model=m, defense=v, metric="images_fooled", eps=w["eps"])
                 added = ", ".join(f"{r['attack']} {r['value']:.0f}" for r in fooled
                                   if r["attack"] != "smaller_eps" and r["value"]) or "—"
-                carried = find_one(fooled, attack="smaller_eps")
-                rows.append({"variant": LABELS[v], "eps": f"{w['eps']:g}", "robust": iv(w), "added": added,
+                carried = R.first(fooled, attack="smaller_eps")
+                rows.append({"variant": LABELS[v], "eps": f"{w['eps']:g}", "robust": pct_interval(w), "added": added,
                              "carried": "–" if carried is None else f"{carried['value']:.0f}"})
         out.append(f"{_heading(d, m)}\n\n" + markdown_table(
             rows, {"variant": "variant", "eps": "L2 ε", "robust": "worst-case robust accuracy",
@@ -792,38 +737,33 @@ def worst_case_tables(results: dict) -> str:
 
 def plot_worst_case(results: dict):
     """Adaptive worst-case robust accuracy vs L2 ε per model, one line per variant, 95% Wilson bands."""
-    recs = find(results["records"], **WORST)
-    pairs_ = _pairs_of(recs)
-    fig, axes = _axes(len(pairs_))
-    for ax, (d, m) in zip(axes, pairs_):
+    recs = R.select(results["records"], **WORST)
+
+    def draw(ax, d, m):
         for v in _variants_of(recs, d, m):
-            pts = sorted(find(recs, dataset=d, model=m, defense=v), key=lambda r: r["eps"])
+            pts = sorted(R.select(recs, dataset=d, model=m, defense=v), key=lambda r: r["eps"])
             e = [r["eps"] for r in pts]
             ax.plot(e, [r["value"] for r in pts], marker="o", label=LABELS[v])
             ax.fill_between(e, [r["interval"][0] for r in pts], [r["interval"][1] for r in pts], alpha=0.15)
-        ax.set(title=f"{m} ({d})", xlabel="L2 ε ([0, 1] pixels)", ylabel="worst-case robust accuracy",
-               ylim=(-0.02, 1.02))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _panels(recs, draw, xlabel="L2 ε ([0, 1] pixels)", ylabel="worst-case robust accuracy",
+                   ylim=(-0.02, 1.02))
 
 
 def plot_lambda_sweep(results: dict):
     """Clean accuracy against the paper's ρ_adv for each λ of the sweep, with the reference model for scale."""
     recs = results["records"]
-    sweep = find(recs, defense="deep_defense", sweep=True)
+    sweep = R.select(recs, defense="deep_defense", sweep=True)
     d, m = sweep[0]["dataset"], sweep[0]["model"]
     lams = sorted({r["setting"]["lam"] for r in sweep})
-    rho = [find_one(sweep, metric="rho", lam=lam)["value"] for lam in lams]
-    acc = [find_one(sweep, metric="accuracy", lam=lam)["value"] for lam in lams]
+    rho = [R.first(sweep, metric="rho", lam=lam)["value"] for lam in lams]
+    acc = [R.first(sweep, metric="accuracy", lam=lam)["value"] for lam in lams]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(rho, acc, marker="o", label="Deep Defense")
     for lam, r, a in zip(lams, rho, acc):
         ax.annotate(f"λ={lam:g}", (r, a), fontsize=8)
-    iters = find_one(sweep, metric="rho", lam=lams[0])["setting"]["iterations"]
-    ref_rho = find_one(recs, dataset=d, model=m, defense="none", iterations=iters, **PAPER_RHO)
-    ref_acc = find_one(recs, dataset=d, model=m, defense="none", **CLEAN)
+    iters = R.first(sweep, metric="rho", lam=lams[0])["setting"]["iterations"]
+    ref_rho = R.first(measured(recs), dataset=d, model=m, defense="none", iterations=iters, **PAPER_RHO)
+    ref_acc = R.first(measured(recs), dataset=d, model=m, defense="none", **CLEAN)
     if ref_rho and ref_acc:
         ax.scatter([ref_rho["value"]], [ref_acc["value"]], color="k", marker="x", label="reference")
     ax.set(xlabel="ρ_adv (paper units)", ylabel="clean accuracy", title=f"{m} ({d}): λ trade-off")
@@ -833,13 +773,9 @@ def plot_lambda_sweep(results: dict):
 
 
 def health_tables(results: dict) -> str:
-    """The health table of each Deep Defense model (failed checks marked, never hidden)."""
-    rows = results["health"]
-    out = []
-    for d, m in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
-        mine = [r for r in rows if r["dataset"] == d and r["model"] == m]
-        out.append(f"{_heading(d, m)} (L2 ε = {mine[0]['eps']:g})\n\n" + health_markdown(mine))
-    return "\n\n".join(out)
+    """The health table of each Deep Defense model, under its data set, network and the claim's L2 radius
+    (failed checks marked, never hidden)."""
+    return _health_tables(results["health"], by=("dataset", "model", "claim_eps"))
 
 
 def cost_table(results: dict) -> str:
@@ -869,21 +805,6 @@ def finetune_time_table(results: dict) -> str:
 
 # --------------------------------------------------------------------------- verdict
 
-#: Deep Defense is *broken* when the upper end of its clean-accuracy interval is at most chance plus this margin.
-BROKEN_MARGIN = 0.10
-
-
-def _compare(a: dict | None, b: dict | None) -> str:
-    """``"higher"`` / ``"lower"`` when ``a``'s interval lies entirely above / below ``b``'s, else ``"overlap"``
-    (also when an interval is missing or not a number: no interval, no claim)."""
-    if a is None or b is None or not a.get("interval") or not b.get("interval"):
-        return "overlap"
-    if clearly_greater(a, b):
-        return "higher"
-    if clearly_greater(b, a):
-        return "lower"
-    return "overlap"
-
 
 def _word_vs_adversarial(words: list[str]) -> str | None:
     if not words:
@@ -895,7 +816,8 @@ def _word_vs_adversarial(words: list[str]) -> str | None:
 
 def verdict_summary(results: dict) -> dict:
     """Per (data set, model), from results (live or read back, or hand-made records of the same shape), the
-    category of Deep Defense's claimed gain over the plain fine-tuned control. Intervals are compared, never
+    category of Deep Defense's claimed gain over the plain fine-tuned control. Intervals are compared
+    (:func:`robustness.evaluate.compare`: ``"higher"``, ``"lower"``, ``"same"``, None without intervals), never
     point values.
 
     Reads the records of the variants ``"fine_tune"`` and ``"deep_defense"`` (and ``"adversarial_fine_tune"``
@@ -903,35 +825,32 @@ def verdict_summary(results: dict) -> dict:
     (:data:`WORST`) and, for a point-value remark, the min-norm medians; ``results["health"]`` rows (with
     ``dataset`` and ``model``) and, if present, ``results["timings"]["cost"]``.
 
-    Categories: ``broken`` (Deep Defense's clean accuracy has an upper 95% bound ≤ chance + :data:`BROKEN_MARGIN`,
-    or the health table flags a near-constant classifier), ``no_gain`` (its ρ_adv interval does not lie above the
-    control's), ``masked`` (it does, but at no radius does its worst-case interval lie above the control's),
-    ``real`` (both).
+    Categories: ``broken`` (Deep Defense's network is broken by :data:`kit.BROKEN_RULE`, or the health table flags
+    a near-constant classifier), ``no_gain`` (its ρ_adv interval does not lie above the control's), ``masked`` (it
+    does, but at no radius does its worst-case interval lie above the control's), ``real`` (both).
     """
-    recs = [r for r in results["records"] if _field(r, "sweep") is None]
+    recs = measured(results["records"])
     out = {}
     for d, m in _pairs_of(recs):
-        at = {v: find(recs, dataset=d, model=m, defense=v) for v in VARIANTS}
-        if not at["deep_defense"] or not at[CONTROL]:
+        dd, ctl, adv = (R.select(recs, dataset=d, model=m, defense=v) for v in ("deep_defense", CONTROL,
+                                                                                 "adversarial_fine_tune"))
+        if not dd or not ctl:
             continue
-        dd, ctl, adv = at["deep_defense"], at[CONTROL], at["adversarial_fine_tune"]
-        chance = 1.0 / dataset_info(d).num_classes
-        checks = [h for h in results.get("health", []) if h.get("dataset") == d and h.get("model") == m]
-        failed = [h["check"] for h in checks if not h["passed"]]
-        constant = any(h.get("id") == "near_constant" and not h["passed"] for h in checks)
-        rho_dd, rho_ctl = find_one(dd, **PAPER_RHO), find_one(ctl, **PAPER_RHO)
-        clean_dd, clean_ctl = find_one(dd, **CLEAN), find_one(ctl, **CLEAN)
+        checked = any(h.get("dataset") == d and h.get("model") == m for h in results.get("health", []))
+        failed = kit.failed_checks(results.get("health", []), dataset=d, model=m)
+        rho_dd, rho_ctl = R.first(dd, **PAPER_RHO), R.first(ctl, **PAPER_RHO)
+        clean_dd, clean_ctl = R.first(dd, **CLEAN), R.first(ctl, **CLEAN)
         worst = []
-        for w in sorted(find(dd, **WORST), key=lambda r: r["eps"]):
-            c = find_one(ctl, eps=w["eps"], **WORST)
+        for w in sorted(R.select(dd, **WORST), key=lambda r: r["eps"]):
+            c = R.first(ctl, eps=w["eps"], **WORST)
             if c is None:
                 continue
-            a = find_one(adv, eps=w["eps"], **WORST)
-            worst.append({"eps": w["eps"], "deep_defense": w, "control": c, "vs_control": _compare(w, c),
-                          "vs_adversarial": _compare(w, a) if a else None})
+            a = R.first(adv, eps=w["eps"], **WORST)
+            worst.append({"eps": w["eps"], "deep_defense": w, "control": c, "vs_control": evaluate.compare(w, c),
+                          "vs_adversarial": evaluate.compare(w, a) if a else None})
         worst_up = [w["eps"] for w in worst if w["vs_control"] == "higher"]
-        rho = _compare(rho_dd, rho_ctl)
-        if clean_dd is None or clean_dd["interval"][1] <= chance + BROKEN_MARGIN or constant:
+        rho = evaluate.compare(rho_dd, rho_ctl)
+        if kit.is_broken(clean_dd, dataset_info(d).num_classes) or "near_constant" in failed:
             category = "broken"
         elif rho != "higher":
             category = "no_gain"
@@ -939,18 +858,19 @@ def verdict_summary(results: dict) -> dict:
             category = "masked"
         else:
             category = "real"
-        ddn = find_one(dd, attack="ddn", metric="rho")
-        dfc = find_one(dd, attack="deepfool", metric="rho", statistic="median")
+        ddn = R.first(dd, attack="ddn", metric="rho", statistic="median")
+        converged = R.first(dd, attack="ddn", metric="converged")
+        dfc = R.first(dd, attack="deepfool", metric="rho", statistic="median")
         ratio = (ddn["value"] / dfc["value"] if ddn and dfc and math.isfinite(ddn["value"])
                  and math.isfinite(dfc["value"]) and dfc["value"] > 0 else None)
         cost = results.get("timings", {}).get("cost", {}).get(f"{d}/{m}")
         out[d, m] = {"category": category, "rho": rho, "rho_dd": rho_dd, "rho_control": rho_ctl,
-                     "clean": _compare(clean_dd, clean_ctl), "clean_dd": clean_dd, "clean_control": clean_ctl,
+                     "clean": evaluate.compare(clean_dd, clean_ctl), "clean_dd": clean_dd, "clean_control": clean_ctl,
                      "worst": worst, "worst_up_at": worst_up,
                      "vs_adversarial": _word_vs_adversarial([w["vs_adversarial"] for w in worst
                                                              if w["vs_adversarial"]]),
-                     "health_checked": bool(checks), "failed_checks": failed,
-                     "ddn_over_deepfool": ratio, "ddn_converged": None if ddn is None else ddn["setting"]["converged"],
+                     "health_checked": checked, "failed_checks": failed, "ddn_over_deepfool": ratio,
+                     "ddn_converged": None if converged is None else bool(converged["value"]),
                      "cost_ratio": None if not cost else cost["deep_defense"]["ratio_to_plain"],
                      "pgd_cost_ratio": None if not cost or "pgd_training" not in cost
                      else cost["pgd_training"]["ratio_to_plain"]}
@@ -965,20 +885,23 @@ _SAY = {
               "the attack the model was trained against, not a gain in robustness that stronger attacks can see.",
     "real": "the gain survives the adaptive worst case: Deep Defense is more robust than its control at this scale.",
 }
-_COMPARED = {"higher": "clearly higher", "lower": "clearly lower", "overlap": "intervals overlap"}
-_CLEAN_WORD = {"higher": "clearly higher than", "lower": "clearly lower than", "overlap": "indistinguishable from"}
+_COMPARED = {"higher": "clearly higher", "lower": "clearly lower", "same": "intervals overlap",
+             None: "no interval to compare"}
+_CLEAN_WORD = {"higher": "clearly higher than", "lower": "clearly lower than", "same": "indistinguishable from",
+               None: "not comparable with"}
 
 
 def _sentences(d: str, m: str, v: dict) -> list[str]:
-    worst = "; ".join(f"ε = {w['eps']:g}: {iv(w['deep_defense'])} vs {iv(w['control'])} ({_COMPARED[w['vs_control']]})"
-                      for w in v["worst"]) or "not measured"
+    worst = "; ".join(f"ε = {w['eps']:g}: {pct_interval(w['deep_defense'])} vs {pct_interval(w['control'])} "
+                      f"({_COMPARED[w['vs_control']]})" for w in v["worst"]) or "not measured"
     lines = [f"- **{m}** on {d}: Deep Defense's ρ_adv (paper units, every image) is {rho_iv(v['rho_dd'])} against "
              f"{rho_iv(v['rho_control'])} for plain fine-tuning ({_COMPARED[v['rho']]}). Adaptive L2 worst case "
-             f"(Deep Defense vs control): {worst}. So {_SAY[v['category']]} Clean accuracy {iv(v['clean_dd'])} is "
-             f"{_CLEAN_WORD[v['clean']]} the control's {iv(v['clean_control'])}."
+             f"(Deep Defense vs control): {worst}. So {_SAY[v['category']]} Clean accuracy "
+             f"{pct_interval(v['clean_dd'])} is {_CLEAN_WORD[v['clean']]} the control's "
+             f"{pct_interval(v['clean_control'])}."
              + (f" On the worst case, Deep Defense {v['vs_adversarial']} adversarial fine-tuning."
                 if v["vs_adversarial"] else "")
-             + (f" Failed health checks: {'; '.join(v['failed_checks'])}." if v["failed_checks"] else
+             + (f" Failed health checks: {', '.join(v['failed_checks'])}." if v["failed_checks"] else
                 " All health checks passed." if v["health_checked"] else "")]
     r = v["ddn_over_deepfool"]
     if r is not None:
@@ -996,29 +919,30 @@ def _sentences(d: str, m: str, v: dict) -> list[str]:
 
 def verdict(results: dict) -> str:
     """The chapter's verdict in Markdown, computed by :func:`verdict_summary` from the results, with the λ sweep
-    and the anchors (point values) as context."""
+    and the anchors (point values) as context, the broken-network rule and the smoke-profile note."""
     lines = []
     for (d, m), v in verdict_summary(results).items():
         lines += _sentences(d, m, v)
-    sweep = find(results["records"], defense="deep_defense", sweep=True)
+    sweep = R.select(results["records"], defense="deep_defense", sweep=True)
     lams = sorted({r["setting"]["lam"] for r in sweep})
     if len(lams) > 1:
-        rho = [find_one(sweep, metric="rho", lam=lam)["value"] for lam in lams]
-        acc = [find_one(sweep, metric="accuracy", lam=lam)["value"] for lam in lams]
+        rho = [R.first(sweep, metric="rho", lam=lam)["value"] for lam in lams]
+        acc = [R.first(sweep, metric="accuracy", lam=lam)["value"] for lam in lams]
         where = f"{sweep[0]['model']} on {sweep[0]['dataset']}, λ = {', '.join(f'{x:g}' for x in lams)}"
         lines.append(f"- λ sweep ({where}): ρ_adv " + " → ".join(f"{x:.4f}" for x in rho) + ", clean accuracy "
                      + " → ".join(pct(x) for x in acc) + " (point values).")
     if "parameters" in results:
         p, published, parts = results["parameters"], R.anchors(CHAPTER), []
         for d, m in _pairs_of(results["records"]):
-            a = find_one(published, dataset=d, model=m, metric="rho")
-            ours = find_one(results["records"], dataset=d, model=m, defense="none", iterations=p["eps_ref_iter"],
-                            **PAPER_RHO)
+            a = R.first(published, dataset=d, model=m, metric="rho")
+            ours = R.first(measured(results["records"]), dataset=d, model=m, defense="none",
+                           iterations=p["eps_ref_iter"], **PAPER_RHO)
             if a and ours:
                 parts.append(f"{m} ({d}) {ours['value'] / a['value']:.2f}×" if ANCHOR_COMPARABLE[d]
                              else f"{m} ({d}) not comparable (whitened inputs)")
         if parts:
             lines.append("- Anchors (reference models, paper units / DeepFool's Table 1): " + ", ".join(parts) + ".")
-    if results.get("profile") == "smoke":
-        lines.append("- This is the smoke profile: the numbers only show that every cell runs.")
+    lines.append(f"- {kit.BROKEN_RULE}")
+    if kit.smoke_note(results.get("profile", "")):
+        lines.append(f"- {kit.smoke_note(results['profile'])}")
     return "\n".join(lines)

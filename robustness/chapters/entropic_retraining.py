@@ -8,20 +8,22 @@ order:
 * :data:`SPEC` (parameters, profiles ``smoke``/``laptop``/``paper``) and the training recipes: the anchor CNN
   (:func:`robustness.models.entropic_cnn`) with Keras' default initialization (:func:`keras_initialized`),
   :func:`train_config`, :func:`finetune_config`, :func:`adversarial_loss`, :func:`entropic_loss`;
-* the measurements, each returning result records: :func:`train_references` (the normal and the adversarially
-  trained model), :func:`profiles_all` (per-layer entropy profiles on held-out images), :func:`layers_all` (the
-  layers the loss acts on, chosen on held-out images), :func:`sweep_all` (entropic fine-tuning for every λ, λ chosen
-  on held-out images by :func:`choose_lambda`), :func:`evaluate_all` (clean, PGD-CE and the toolkit's worst case
-  with Square and transfer, and the float32 logit saturation of :func:`logit_saturation`), :func:`autoattack_all`,
+* the steps, each ``step(run)`` on a :class:`Run` (the kit's): :func:`train_references` (the normal and the
+  adversarially trained model), :func:`profiles_all` (per-layer entropy profiles on held-out images, and the layers
+  the loss acts on, chosen on them), :func:`sweep_all` (entropic fine-tuning for every λ, λ chosen on held-out
+  images by :func:`choose_lambda`), :func:`evaluate_all` (clean, PGD-CE and the toolkit's worst case with Square
+  and transfer, and the float32 logit saturation of :func:`logit_saturation`), :func:`autoattack_all`,
   :func:`health_all` and :func:`cost_all` (seconds per training step, into ``timings``; :func:`training_costs`
   turns them into each recipe's cost as a ratio to normal training);
-* tables and figures as functions of the results; the verdict (:func:`verdict_summary`, :func:`verdict`), a pure
-  function of the results dict.
+* tables and figures as functions of the results (``run.results()`` or a saved file); the verdict
+  (:func:`verdict_summary`, :func:`verdict`), a pure function of the results dict.
 
 Record vocabulary: ``defense`` is the model's role (:data:`NORMAL` = ``"none"``, :data:`CONTROL` =
 ``"fine_tune"``, :data:`ENTROPIC` = ``"entropic"``, :data:`ADVERSARIAL` = ``"adversarial_training"``); the
 λ sweep's records are ``defense="entropic"`` with ``lam`` (λ = 0 is the control) and ``split="val"``; entropy
-records carry ``layer``, ``kind`` (conv/dense), ``std`` (over the held-out batches) and ``batches``.
+records carry ``layer``, ``kind`` (conv/dense), ``std`` (over the held-out batches) and ``batches``. The worst
+case is in the kit's vocabulary (:func:`robustness.chapters.kit.worst_case_records`): ``images_fooled`` per member
+with ``order``, and PGD-CE alone (``alone=True``). The threat radius is the parameter ``eps`` (per data set).
 """
 from __future__ import annotations
 
@@ -40,9 +42,10 @@ from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.entropic import ESTIMATORS, EntropicLoss, layer_entropies
 from ..evaluate import members as M
 from ..models import MODELS, build_model, check_model
-from ..report import markdown_table, pct, pct_interval
-from ..results import anchors, one, record, select
+from ..report import duration, health_tables as _health_tables, markdown_table, pct, pct_interval, record_table
+from ..results import anchors, first, one, record, select
 from ..train import TrainConfig, cross_entropy, export_entry, seconds_per_step, trained_model
+from . import kit
 
 CHAPTER = "entropic_retraining"
 #: The models' roles, as the ``defense`` field of the records, in page order.
@@ -95,6 +98,8 @@ def _check(cfg: RunConfig) -> None:
     if cfg.estimator == "histogram" and cfg.bins < 2:
         raise ValueError(f"parameter bins={cfg.bins} must be at least 2")
     for d in cfg.datasets:
+        if not cfg.eps[d] > 0:
+            raise ValueError(f"parameter eps[{d!r}]={cfg.eps[d]} must be positive (the threat radius)")
         try:
             check_model(cfg.model[d], d)
         except ValueError as err:
@@ -121,6 +126,8 @@ def _check(cfg: RunConfig) -> None:
 PARAMS = {
     "datasets": Param("subset", "data sets the chapter runs on", DATASETS),
     "model": Param("choice", "architecture (robustness.models) per data set", tuple(MODELS), per_dataset=True),
+    "eps": Param("eps_linf", "L∞ threat radius (adversarial training, lambda selection, worst case, AutoAttack, "
+                 "health checks)", per_dataset=True),
     "train_size": Param("pos_int", "training images of the normal model (the first N)", per_dataset=True),
     "epochs": Param("pos_int", "epochs of normal training (and of adversarial training from scratch)",
                     per_dataset=True),
@@ -171,7 +178,7 @@ def _per(gray, color) -> dict:
 _COMMON = {
     "datasets": ["mnist", "cifar10"], "model": "entropic_cnn", "lr": 0.05, "ft_lr": 0.02, "estimator": "histogram",
     "bins": 16, "layer_candidates": "dense", "clean_budget": _per(0.01, 0.03), "batch_size": 128,
-    "eval_batch_size": 250, "seed": 0,
+    "eval_batch_size": 250, "seed": 0, "eps": {d: threat_eps(d) for d in DATASETS},  # the standard radii
 }
 
 PROFILES = {
@@ -251,11 +258,11 @@ def finetune_config(cfg: Mapping[str, Any], d: str) -> TrainConfig:
 
 
 def adversarial_loss(cfg: Mapping[str, Any], d: str) -> AdversarialLoss:
-    """PGD adversarial training at the data set's threat radius (``at_steps`` steps of 2.5·ε/steps, random start):
+    """PGD adversarial training at the threat radius ``eps`` (``at_steps`` steps of 2.5·ε/steps, random start):
     ``(1 − at_mix)·CE(clean) + at_mix·CE(PGD)``; ``at_mix = 1`` is Madry et al.'s objective. The laptop profile
     uses 0.5: fine-tuning the MNIST network on PGD examples alone collapsed to a constant classifier in a trial
     (chance accuracy after 80 steps), while the half-and-half objective gave 81% clean and 29% PGD-20 accuracy."""
-    return AdversarialLoss("pgd_linf", eps=threat_eps(d), steps=cfg["at_steps"][d], mix=cfg["at_mix"],
+    return AdversarialLoss("pgd_linf", eps=cfg["eps"][d], steps=cfg["at_steps"][d], mix=cfg["at_mix"],
                            seed=cfg["seed"])
 
 
@@ -265,12 +272,11 @@ def entropic_loss(cfg: Mapping[str, Any], targets: Mapping[str, float], lam: flo
 
 
 def splits(cfg: Mapping[str, Any], d: str) -> dict:
-    """``train``: the first ``train_size`` training images; ``val``: the ``n_val`` after them (never trained on);
-    ``test``: the first ``n_test`` test images."""
-    data = load_dataset(d, "train")
-    a, b = cfg["train_size"][d], cfg["train_size"][d] + cfg["n_val"][d]
-    val = ArrayDataset(d, "val", data.x[a:b], data.y[a:b], f"{data.source}; images {a + 1:,}–{b:,}, held out")
-    return {"train": data.first(a), "val": val, "test": load_dataset(d, "test").first(cfg["n_test"][d])}
+    """``train``: the first ``train_size`` training images; ``val``: the ``n_val`` after them (never trained on,
+    :func:`robustness.chapters.kit.holdout_split`); ``test``: the first ``n_test`` test images."""
+    a = cfg["train_size"][d]
+    return {"train": load_dataset(d, "train").first(a), "val": kit.holdout_split(d, a, a + cfg["n_val"][d]),
+            "test": load_dataset(d, "test").first(cfg["n_test"][d])}
 
 
 def _fine_tune(cfg: Mapping[str, Any], d: str, start: nn.Module, loss) -> tuple[nn.Module, dict]:
@@ -283,32 +289,37 @@ def _timing(meta: dict) -> dict:
 
 
 def _accuracy(cfg, d: str, net: nn.Module, ds: ArrayDataset, role: str, **setting) -> dict:
-    r = evaluate.accuracy_record(evaluate.predict(net, ds.x, cfg["eval_batch_size"]) == ds.y)
-    return record(cfg, dataset=d, model=cfg["model"][d], defense=role, metric="accuracy", value=r["value"],
-                  n=r["n"], interval=r["interval"], split=ds.split, **setting)
+    return kit.accuracy_record(cfg, net, ds, dataset=d, model=cfg["model"][d], batch_size=cfg["eval_batch_size"],
+                               defense=role, split=ds.split, **setting)
 
 
-def train_references(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
-    """Per data set the normal model (``nets[d, "none"]``) and the adversarially trained one
-    (``nets[d, "adversarial_training"]``: the normal model fine-tuned with PGD, or trained with PGD from new
-    weights), their data (``data[d]``, :func:`splits`) and their clean test accuracy as records. Timings:
+#: One run of the chapter (:class:`robustness.chapters.kit.Run`): ``nets[d, role]`` (and ``nets[d, "sweep", λ]``),
+#: ``data[d]`` (:func:`splits`), ``raw[d, role]`` (the worst cases, per image), ``exports`` (the tested models).
+Run = kit.Run
+
+
+def train_references(run: Run) -> None:
+    """Per data set the normal model (``run.nets[d, "none"]``) and the adversarially trained one
+    (``run.nets[d, "adversarial_training"]``: the normal model fine-tuned with PGD, or trained with PGD from new
+    weights), their data (``run.data[d]``, :func:`splits`) and their clean test accuracy as records. Timings:
     training seconds and whether each model came from the cache."""
-    nets, data, records, timings = {}, {}, [], {}
-    for d in cfg.datasets:
-        data[d] = splits(cfg, d)
-        fresh = keras_initialized(cfg.model[d], d, cfg.seed)
-        nets[d, NORMAL], meta = trained_model(cfg.model[d], d, train_config(cfg, d), train_size=cfg.train_size[d],
-                                              init=fresh)
-        timings[f"{d}/{NORMAL}"] = _timing(meta)
-        if cfg.at_from == "normal":
-            nets[d, ADVERSARIAL], meta = _fine_tune(cfg, d, nets[d, NORMAL], adversarial_loss(cfg, d))
-        else:
-            nets[d, ADVERSARIAL], meta = trained_model(cfg.model[d], d, train_config(cfg, d),
-                                                       train_size=cfg.train_size[d], loss=adversarial_loss(cfg, d),
-                                                       init=fresh)
-        timings[f"{d}/{ADVERSARIAL}"] = _timing(meta)
-        records += [_accuracy(cfg, d, nets[d, role], data[d]["test"], role) for role in (NORMAL, ADVERSARIAL)]
-    return nets, data, records, timings
+    cfg, nets = run.cfg, run.nets
+    with run.timer("train"):
+        for d in cfg.datasets:
+            run.data[d] = splits(cfg, d)
+            fresh = keras_initialized(cfg.model[d], d, cfg.seed)
+            nets[d, NORMAL], meta = trained_model(cfg.model[d], d, train_config(cfg, d), train_size=cfg.train_size[d],
+                                                  init=fresh)
+            run.timings[f"{d}/{NORMAL}"] = _timing(meta)
+            if cfg.at_from == "normal":
+                nets[d, ADVERSARIAL], meta = _fine_tune(cfg, d, nets[d, NORMAL], adversarial_loss(cfg, d))
+            else:
+                nets[d, ADVERSARIAL], meta = trained_model(cfg.model[d], d, train_config(cfg, d),
+                                                           train_size=cfg.train_size[d],
+                                                           loss=adversarial_loss(cfg, d), init=fresh)
+            run.timings[f"{d}/{ADVERSARIAL}"] = _timing(meta)
+            run.records += [_accuracy(cfg, d, nets[d, role], run.data[d]["test"], role)
+                            for role in (NORMAL, ADVERSARIAL)]
 
 
 # --------------------------------------------------------------------------- the analysis: entropy profiles
@@ -330,26 +341,31 @@ def entropy_profile(model: nn.Module, x: torch.Tensor, layers: Sequence[str], ba
     return {name: (float(table[:, i].mean()), float(std[i])) for i, name in enumerate(layers)}
 
 
-def _estimator(cfg: Mapping[str, Any]) -> dict:
-    return {"estimator": cfg["estimator"], "bins": cfg["bins"]}
-
-
 def _profile_records(cfg, d: str, net: nn.Module, val: ArrayDataset, role: str, **setting) -> list[dict]:
     kinds = layer_kinds(net)
     x = val.x[:cfg["entropy_batches"] * cfg["batch_size"]]
-    prof = entropy_profile(net, x, list(kinds), cfg["batch_size"], **_estimator(cfg))
+    prof = entropy_profile(net, x, list(kinds), cfg["batch_size"], estimator=cfg["estimator"], bins=cfg["bins"])
     return [record(cfg, dataset=d, model=cfg["model"][d], defense=role, metric="entropy", value=mean,
                    n=cfg["entropy_batches"], split="val", layer=name, kind=kinds[name], std=std,
                    batch_size=cfg["batch_size"], estimator=cfg["estimator"], **setting)
             for name, (mean, std) in prof.items()]
 
 
-def profiles_all(nets: dict, data: dict, cfg: RunConfig) -> list[dict]:
+def profiles_all(run: Run) -> None:
     """Per data set, the entropy profile (every activation layer, :func:`entropy_profile`) of the normal and the
     adversarially trained model on the first ``entropy_batches`` × ``batch_size`` held-out images, as records
-    (``n``: the number of batches)."""
-    return [r for d in cfg.datasets for role in (NORMAL, ADVERSARIAL)
-            for r in _profile_records(cfg, d, nets[d, role], data[d]["val"], role)]
+    (``n``: the number of batches); then :func:`choose_layers` among the ``layer_candidates`` layers, as
+    ``loss_layer`` records (value: the target entropy; ``change``: what adversarial training did to the layer)."""
+    cfg = run.cfg
+    with run.timer("profiles"):
+        for d in cfg.datasets:
+            for role in (NORMAL, ADVERSARIAL):
+                run.records += _profile_records(cfg, d, run.nets[d, role], run.data[d]["val"], role)
+            kinds = layer_kinds(run.nets[d, NORMAL])
+            chosen = choose_layers(run.records, d, candidate_layers(kinds, cfg.layer_candidates), cfg.n_layers)
+            run.records += [record(cfg, dataset=d, model=cfg.model[d], defense=ENTROPIC, metric="loss_layer",
+                                   value=c["target"], split="val", layer=c["layer"], kind=kinds[c["layer"]],
+                                   change=c["change"], order=rank) for rank, c in enumerate(chosen)]
 
 
 def profile_of(records: Sequence[dict], d: str, role: str, lam: float | None = None) -> dict[str, dict]:
@@ -383,20 +399,6 @@ def choose_layers(records: Sequence[dict], d: str, candidates: Sequence[str], n_
             for name in candidates if name in keep]
 
 
-def layers_all(nets: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
-    """Per data set, :func:`choose_layers` among the ``layer_candidates`` layers, as ``loss_layer`` records (value:
-    the target entropy; ``change``: what adversarial training did to the layer)."""
-    out = []
-    for d in cfg.datasets:
-        kinds = layer_kinds(nets[d, NORMAL])
-        for rank, c in enumerate(choose_layers(records, d, candidate_layers(kinds, cfg.layer_candidates),
-                                               cfg.n_layers)):
-            out.append(record(cfg, dataset=d, model=cfg.model[d], defense=ENTROPIC, metric="loss_layer",
-                              value=c["target"], split="val", layer=c["layer"], kind=kinds[c["layer"]],
-                              change=c["change"], order=rank))
-    return out
-
-
 def loss_targets(records: Sequence[dict], d: str) -> dict[str, float]:
     """``{layer: target entropy}`` of data set ``d``'s entropic loss, from its ``loss_layer`` records."""
     rows = sorted(select(records, dataset=d, metric="loss_layer"), key=lambda r: r["setting"]["order"])
@@ -408,47 +410,44 @@ def loss_targets(records: Sequence[dict], d: str) -> dict[str, float]:
 
 def _pgd_accuracy(cfg, d: str, net: nn.Module, ds: ArrayDataset, steps: int, role: str, **setting) -> dict:
     gen = torch.Generator(evaluate.model_device(net)).manual_seed(cfg["seed"])
-    x_adv = evaluate.run_attack(attacks.pgd_linf, net, ds.x, ds.y, cfg["eval_batch_size"], eps=threat_eps(d),
+    x_adv = evaluate.run_attack(attacks.pgd_linf, net, ds.x, ds.y, cfg["eval_batch_size"], eps=cfg["eps"][d],
                                 steps=steps, generator=gen)
     r = evaluate.accuracy_record(evaluate.predict(net, x_adv, cfg["eval_batch_size"]) == ds.y)
     return record(cfg, dataset=d, model=cfg["model"][d], defense=role, attack="pgd_ce", threat_model="linf",
-                  eps=threat_eps(d), metric="accuracy", value=r["value"], n=r["n"], interval=r["interval"],
+                  eps=cfg["eps"][d], metric="accuracy", value=r["value"], n=r["n"], interval=r["interval"],
                   split=ds.split, steps=steps, **setting)
 
 
-def sweep_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> tuple[list[dict], dict]:
+def sweep_all(run: Run) -> None:
     """Per data set and λ of ``lams``: the normal model fine-tuned on clean images with :func:`entropic_loss`
     (plain cross-entropy at λ = 0: the control), cached; on held-out images its clean and PGD-CE accuracy (first
     ``n_select``, ``select_steps`` steps) and its entropy profile; then the chosen λ (:func:`choose_lambda`) and the
-    λ the test images will measure (:func:`lambda_to_test`) as records. Adds the models to ``nets`` (``(d, "sweep",
-    λ)``, the control as ``(d, "fine_tune")``, the tested one as ``(d, "entropic")``); returns the records and
-    the training timings, with ``"exports"``: the tested model of each data set for other chapters
-    (:func:`robustness.train.export_entry`; the notebook writes them into the results file)."""
-    out, timings = [], {"exports": []}
-    for d in cfg.datasets:
-        targets, val = loss_targets(records, d), data[d]["val"]
-        metas = {}
-        for lam in sorted(cfg.lams):
-            loss = entropic_loss(cfg, targets, lam) if lam > 0 else cross_entropy
-            net, metas[lam] = _fine_tune(cfg, d, nets[d, NORMAL], loss)
-            meta = metas[lam]
-            nets[d, "sweep", lam] = net
-            timings[f"{d}/{ENTROPIC}/lam={lam:g}"] = _timing(meta)
-            sel = val.first(cfg.n_select[d])
-            out += [_accuracy(cfg, d, net, sel, ENTROPIC, lam=lam),
-                    _pgd_accuracy(cfg, d, net, sel, cfg.select_steps, ENTROPIC, lam=lam)]
-            out += _profile_records(cfg, d, net, val, ENTROPIC, lam=lam)
-        budget = cfg.clean_budget[d]
-        chosen, (tested, rule) = choose_lambda(out, d, budget), lambda_to_test(out, d, budget)
-        out += [record(cfg, dataset=d, model=cfg.model[d], defense=ENTROPIC, metric="chosen_lambda", value=chosen,
-                       budget=budget),
-                record(cfg, dataset=d, model=cfg.model[d], defense=ENTROPIC, metric="tested_lambda", value=tested,
-                       budget=budget, rule=rule)]
-        nets[d, CONTROL], nets[d, ENTROPIC] = nets[d, "sweep", 0.0], nets[d, "sweep", tested]
-        label = "entropic retraining (entropic-retraining chapter)" if tested > 0 else \
-            "plain fine-tuning (entropic-retraining chapter; validation kept λ = 0)"
-        timings["exports"].append(export_entry(metas[tested], label, d, cfg.model[d], lam=tested))
-    return out, timings
+    λ the test images will measure (:func:`lambda_to_test`) as records. Adds the models to ``run.nets`` (``(d,
+    "sweep", λ)``, the control as ``(d, "fine_tune")``, the tested one as ``(d, "entropic")``), the training
+    timings to ``run.timings``, and the tested model of each data set to ``run.exports`` for other chapters
+    (:func:`robustness.train.export_entry`)."""
+    cfg, nets = run.cfg, run.nets
+    with run.timer("lambda sweep"):
+        for d in cfg.datasets:
+            targets, val, metas, out = loss_targets(run.records, d), run.data[d]["val"], {}, []
+            for lam in sorted(cfg.lams):
+                loss = entropic_loss(cfg, targets, lam) if lam > 0 else cross_entropy
+                net, metas[lam] = _fine_tune(cfg, d, nets[d, NORMAL], loss)
+                nets[d, "sweep", lam] = net
+                run.timings[f"{d}/{ENTROPIC}/lam={lam:g}"] = _timing(metas[lam])
+                sel = val.first(cfg.n_select[d])
+                out += [_accuracy(cfg, d, net, sel, ENTROPIC, lam=lam),
+                        _pgd_accuracy(cfg, d, net, sel, cfg.select_steps, ENTROPIC, lam=lam)]
+                out += _profile_records(cfg, d, net, val, ENTROPIC, lam=lam)
+            budget = cfg.clean_budget[d]
+            chosen, (tested, rule) = choose_lambda(out, d, budget), lambda_to_test(out, d, budget)
+            at = dict(dataset=d, model=cfg.model[d], defense=ENTROPIC, budget=budget)
+            run.records += out + [record(cfg, metric="chosen_lambda", value=chosen, **at),
+                                  record(cfg, metric="tested_lambda", value=tested, rule=rule, **at)]
+            nets[d, CONTROL], nets[d, ENTROPIC] = nets[d, "sweep", 0.0], nets[d, "sweep", tested]
+            label = "entropic retraining (entropic-retraining chapter)" if tested > 0 else \
+                "plain fine-tuning (entropic-retraining chapter; validation kept λ = 0)"
+            run.exports.append(export_entry(metas[tested], label, d, cfg.model[d], lam=tested))
 
 
 def within_budget(records: Sequence[dict], d: str, budget: float) -> list[float]:
@@ -526,75 +525,61 @@ def _members(cfg, normal: nn.Module | None) -> list:
     return out
 
 
-def evaluate_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> tuple[list[dict], dict]:
+def evaluate_all(run: Run) -> None:
     """Per data set and model (normal, plain fine-tuning, the entropic model at the tested λ when there is one,
     adversarial training), on the test images: clean accuracy (first ``n_test``); on the first ``n_adaptive`` the
-    toolkit's worst case at the threat radius (PGD-CE, PGD-margin, Square, and for every model but the normal one
-    PGD transferred from the normal model) with the images each member added, PGD-CE alone (the first member: the
-    number a paper would report), and the float32 saturation (:func:`logit_saturation`). Returns the records and
-    the raw worst-case results (for the health table)."""
-    out, raw = [], {}
-    for d in cfg.datasets:
-        test, eps = data[d]["test"], threat_eps(d)
-        sub = test.first(cfg.n_adaptive[d])
-        for role in _roles(records, d):
-            net, setting = nets[d, role], _role_setting(records, d, role)
-            if _test(records, d, role, metric="accuracy", attack="none") is None:  # train_references has some
-                out.append(_accuracy(cfg, d, net, test, role, **setting))
-            members = _members(cfg, None if role == NORMAL else nets[d, NORMAL])
-            res = evaluate.worst_case(net, sub.x, sub.y, eps, members, batch_size=cfg.eval_batch_size, seed=cfg.seed)
-            raw[d, role] = res
-            at = dict(dataset=d, model=cfg.model[d], defense=role, threat_model="linf", eps=eps, n=res["n"],
-                      split="test", **setting)
-            out.append(record(cfg, metric="accuracy", attack="worst_case", value=res["robust"],
-                              interval=res["interval"], members="+".join(res["members"]), steps=cfg.pgd_steps,
-                              restarts=cfg.restarts, queries=cfg.square_queries, **at))
-            out += [record(cfg, metric="images_fooled", attack=m, value=k, **at) for m, k in res["added"].items()]
-            k_pgd = round(res["clean"] * res["n"]) - res["added"]["pgd_ce"]
-            iv = evaluate.wilson_interval(k_pgd, res["n"])
-            out.append(record(cfg, metric="accuracy", attack="pgd_ce", value=k_pgd / res["n"], interval=iv,
-                              steps=cfg.pgd_steps, restarts=cfg.restarts, **at))
-            s = logit_saturation(net, sub.x, sub.y, cfg.eval_batch_size)
-            common = {k: v for k, v in at.items() if k not in ("threat_model", "eps")}
-            out += [record(cfg, metric=f"{key}_share", value=s[key] / s["n"],
-                           interval=evaluate.wilson_interval(s[key], s["n"]), **common)
-                    for key in ("saturated", "ce_gradient_zero")]
-            out.append(record(cfg, metric="median_logit_gap", value=s["median_gap"], **common))
-    return out, raw
+    toolkit's worst case at the threat radius ``eps`` (PGD-CE, PGD-margin, Square, and for every model but the
+    normal one PGD transferred from the normal model) with the images each member fooled, PGD-CE alone (the first
+    member: the number a paper would report), and the float32 saturation (:func:`logit_saturation`). The worst
+    cases, with their per-image outcomes, go to ``run.raw[d, role]`` (for the health table)."""
+    cfg = run.cfg
+    with run.timer("evaluation"):
+        for d in cfg.datasets:
+            test, sub = run.data[d]["test"], run.data[d]["test"].first(cfg.n_adaptive[d])
+            for role in _roles(run.records, d):
+                net, setting = run.nets[d, role], _role_setting(run.records, d, role)
+                at = {"defense": role, "split": "test", **setting}
+                if first(run.records, dataset=d, metric="accuracy", attack="none", **at) is None:  # references have it
+                    run.records.append(_accuracy(cfg, d, net, test, role, **setting))
+                members = _members(cfg, None if role == NORMAL else run.nets[d, NORMAL])
+                res = evaluate.worst_case(net, sub.x, sub.y, cfg.eps[d], members, batch_size=cfg.eval_batch_size,
+                                          seed=cfg.seed)
+                run.records += kit.worst_case_records(cfg, res, dataset=d, model=cfg.model[d], run=run, key=(d, role),
+                                                      first_alone=True, steps=cfg.pgd_steps, restarts=cfg.restarts,
+                                                      queries=cfg.square_queries, **at)
+                s = logit_saturation(net, sub.x, sub.y, cfg.eval_batch_size)
+                common = {"dataset": d, "model": cfg.model[d], "n": s["n"], **at}
+                run.records += [record(cfg, metric=f"{key}_share", value=s[key] / s["n"],
+                                       interval=evaluate.wilson_interval(s[key], s["n"]), **common)
+                                for key in ("saturated", "ce_gradient_zero")]
+                run.records.append(record(cfg, metric="median_logit_gap", value=s["median_gap"], **common))
 
 
-def autoattack_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> tuple[list[dict], dict]:
-    """AutoAttack (standard, L∞ at the threat radius) on the entropic model (the control when no λ > 0 is
-    tested), on the first ``n_autoattack`` test images: the anchor's measurement. Returns records and seconds."""
-    out, seconds = [], {}
-    for d in cfg.datasets:
-        if cfg.n_autoattack[d] == 0:
-            continue
-        role, sub = evaluated_role(records, d), data[d]["test"].first(cfg.n_autoattack[d])
-        res = evaluate.autoattack_accuracy(nets[d, role], sub.x, sub.y, threat_eps(d), norm="linf",
-                                           batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        seconds[d] = res["seconds"]
-        out.append(record(cfg, dataset=d, model=cfg.model[d], defense=role, attack="autoattack", threat_model="linf",
-                          eps=threat_eps(d), metric="accuracy", value=res["robust"], n=res["n"],
-                          interval=res["interval"], split="test", version=res["version"],
-                          **_role_setting(records, d, role)))
-    return out, seconds
+def autoattack_all(run: Run) -> None:
+    """AutoAttack (standard, L∞ at the threat radius ``eps``) on the entropic model (the control when no λ > 0 is
+    tested), on the first ``n_autoattack`` test images: the anchor's measurement. Seconds go to
+    ``run.timings["autoattack_seconds"]``."""
+    cfg, seconds = run.cfg, run.timings.setdefault("autoattack_seconds", {})
+    with run.timer("autoattack"):
+        for d in [d for d in cfg.datasets if cfg.n_autoattack[d] > 0]:
+            role, sub = evaluated_role(run.records, d), run.data[d]["test"].first(cfg.n_autoattack[d])
+            rec, seconds[d] = kit.autoattack_record(cfg, run.nets[d, role], sub.x, sub.y, cfg.eps[d], dataset=d,
+                                                    model=cfg.model[d], batch_size=cfg.eval_batch_size, defense=role,
+                                                    split="test", **_role_setting(run.records, d, role))
+            run.records.append(rec)
 
 
-def health_all(nets: dict, data: dict, records: Sequence[dict], raw: dict, cfg: RunConfig) -> list[dict]:
-    """The health table of the entropic model (the control when no λ > 0 is tested) at the threat radius, on
-    the worst case's images, with the gradient-free check and transfer from the normal model."""
-    rows = []
-    for d in cfg.datasets:
-        role, sub, eps = evaluated_role(records, d), data[d]["test"].first(cfg.n_adaptive[d]), threat_eps(d)
-        gen = torch.Generator(evaluate.model_device(nets[d, NORMAL])).manual_seed(cfg.seed)
-        transfer = evaluate.run_attack(attacks.pgd_linf, nets[d, NORMAL], sub.x, sub.y, cfg.eval_batch_size,
-                                       eps=eps, steps=cfg.health_steps, generator=gen, early_stop=False)
-        checks = evaluate.health_checks(nets[d, role], sub.x, sub.y, eps=eps, steps=cfg.health_steps,
-                                        num_classes=dataset_info(d).num_classes, transfer_x_adv=transfer,
-                                        worst=raw[d, role], batch_size=cfg.eval_batch_size, seed=cfg.seed)
-        rows += [{**row, "dataset": d, "model": cfg.model[d], "defense": role, "eps": eps} for row in checks]
-    return rows
+def health_all(run: Run) -> None:
+    """The health table of the entropic model (the control when no λ > 0 is tested) at the threat radius ``eps``,
+    on the worst case's images, with the gradient-free check and transfer from the normal model."""
+    cfg = run.cfg
+    with run.timer("health checks"):
+        for d in cfg.datasets:
+            role, sub = evaluated_role(run.records, d), run.data[d]["test"].first(cfg.n_adaptive[d])
+            run.health += kit.health_rows(run.nets[d, role], sub.x, sub.y, dataset=d, model=cfg.model[d],
+                                          eps=cfg.eps[d], steps=cfg.health_steps, seed=cfg.seed,
+                                          num_classes=dataset_info(d).num_classes, batch_size=cfg.eval_batch_size,
+                                          transfer_from=run.nets[d, NORMAL], worst=run.raw[d, role], defense=role)
 
 
 # --------------------------------------------------------------------------- cost
@@ -617,84 +602,72 @@ def training_costs(per_step: Mapping[str, float], steps: Mapping[str, int], at_f
             "step": {k: v / per_step["plain"] for k, v in per_step.items()}}
 
 
-def cost_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> dict:
+def cost_all(run: Run) -> None:
     """Per data set: seconds per training step of each objective (plain cross-entropy, the entropic loss at the
     tested λ, or at the largest λ of the sweep when none is tested, and PGD adversarial training), timed back to back
     on the first training images with the fine-tuning recipe (:func:`robustness.train.seconds_per_step`); the
-    step counts of the run's recipes; and
-    :func:`training_costs`. Wall-clock numbers: they go to ``timings``, never to records."""
-    out = {}
-    for d in cfg.datasets:
-        lam = tested_lambda(records, d) or max(cfg.lams)
-        objectives = {"plain": cross_entropy, "entropic": entropic_loss(cfg, loss_targets(records, d), lam),
-                      "adversarial": adversarial_loss(cfg, d)}
-        config = finetune_config(cfg, d)
-        per_step = {k: seconds_per_step(nets[d, NORMAL], data[d]["train"], config, loss, cfg.cost_steps)
-                    for k, loss in objectives.items()}
-        steps = {"train": cfg.epochs[d] * math.ceil(cfg.train_size[d] / cfg.batch_size),
-                 "fine_tune": cfg.ft_epochs[d] * math.ceil(cfg.ft_size[d] / cfg.batch_size)}
-        out[d] = {"seconds_per_step": per_step, "steps": steps, "at_from": cfg.at_from, "lam": lam,
-                  **training_costs(per_step, steps, cfg.at_from)}
-    return out
+    step counts of the run's recipes; and :func:`training_costs`. Wall-clock numbers: they go to
+    ``run.timings["cost"]``, never to records."""
+    cfg, out = run.cfg, run.timings.setdefault("cost", {})
+    with run.timer("cost"):
+        for d in cfg.datasets:
+            lam = tested_lambda(run.records, d) or max(cfg.lams)
+            objectives = {"plain": cross_entropy, "entropic": entropic_loss(cfg, loss_targets(run.records, d), lam),
+                          "adversarial": adversarial_loss(cfg, d)}
+            per_step = {k: seconds_per_step(run.nets[d, NORMAL], run.data[d]["train"], finetune_config(cfg, d), loss,
+                                            cfg.cost_steps) for k, loss in objectives.items()}
+            steps = {"train": cfg.epochs[d] * math.ceil(cfg.train_size[d] / cfg.batch_size),
+                     "fine_tune": cfg.ft_epochs[d] * math.ceil(cfg.ft_size[d] / cfg.batch_size)}
+            out[d] = {"seconds_per_step": per_step, "steps": steps, "at_from": cfg.at_from, "lam": lam,
+                      **training_costs(per_step, steps, cfg.at_from)}
 
 
 # --------------------------------------------------------------------------- tables
-
-
-def _test(records: Sequence[dict], d: str, role: str, **match) -> dict | None:
-    rows = select(records, dataset=d, defense=role, split="test", **match)
-    return rows[0] if len(rows) == 1 else None
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _epochs(n: int) -> str:
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
-def _adversarial_words(cfg: Mapping[str, Any], d: str) -> str:
-    mix = cfg["at_mix"]
+def _adversarial_words(p: Mapping[str, Any], d: str) -> str:
+    mix = p["at_mix"]
     weights = "PGD examples only" if mix == 1 else f"weight {mix:g} on PGD examples, {1 - mix:g} on clean ones"
-    return f"PGD-{cfg['at_steps'][d]} at ε = {threat_eps(d):.3g} ({weights})"
+    return f"PGD-{p['at_steps'][d]} at ε = {p['eps'][d]:.3g} ({weights})"
 
 
 def _layer_text(name: str, kind: str | None) -> str:
     return f"{name} ({kind})" if kind else name
 
 
-def training_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
+def training_table(results: Mapping[str, Any]) -> str:
     """Per data set: the normal and the adversarially trained model, their recipe in words, clean test accuracy
     and training time."""
-    rows = []
-    for d in cfg["datasets"]:
+    p, recs, rows = results["parameters"], results["records"], []
+    for d in p["datasets"]:
         for role in (NORMAL, ADVERSARIAL):
-            t = timings.get(f"{d}/{role}", {})
+            t = results["timings"].get(f"{d}/{role}", {})
             if role == NORMAL:
-                what = f"{cfg['train_size'][d]:,} images, {train_config(cfg, d).describe()}"
-            elif cfg["at_from"] == "normal":
-                what = (f"the normal model fine-tuned on {cfg['ft_size'][d]:,} images with "
-                        f"{_adversarial_words(cfg, d)}, {finetune_config(cfg, d).describe()}")
+                what = f"{p['train_size'][d]:,} images, {train_config(p, d).describe()}"
+            elif p["at_from"] == "normal":
+                what = (f"the normal model fine-tuned on {p['ft_size'][d]:,} images with "
+                        f"{_adversarial_words(p, d)}, {finetune_config(p, d).describe()}")
             else:
-                what = (f"{cfg['train_size'][d]:,} images from new weights with {_adversarial_words(cfg, d)}, "
-                        f"{train_config(cfg, d).describe()}")
-            took = "cached" if t.get("cached") else _duration(t.get("seconds"))
-            rows.append({"data": d, "model": LABELS[role], "training": what,
-                         "clean": pct_interval(_test(records, d, role, metric="accuracy", attack="none")), "time": took})
+                what = (f"{p['train_size'][d]:,} images from new weights with {_adversarial_words(p, d)}, "
+                        f"{train_config(p, d).describe()}")
+            clean = first(recs, dataset=d, defense=role, split="test", metric="accuracy", attack="none")
+            rows.append({"data": d, "model": LABELS[role], "training": what, "clean": pct_interval(clean),
+                         "time": duration(t.get("seconds"), t.get("cached", False))})
     return markdown_table(rows, {"data": "data set", "model": "model", "training": "training",
                                  "clean": "clean test accuracy [95% CI]", "time": "training time"})
 
 
-def profile_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+def profile_table(results: Mapping[str, Any]) -> str:
     """Per data set and activation layer: the held-out entropy of the normal and the adversarially trained model
     (mean ± standard deviation over the batches), the change, and whether the loss acts on the layer."""
-    parts = []
-    for d in cfg["datasets"]:
-        normal, adv = profile_of(records, d, NORMAL), profile_of(records, d, ADVERSARIAL)
-        chosen = loss_targets(records, d)
+    recs, parts = results["records"], []
+    for d in results["parameters"]["datasets"]:
+        normal, adv = profile_of(recs, d, NORMAL), profile_of(recs, d, ADVERSARIAL)
+        chosen = loss_targets(recs, d)
         rows = [{"layer": _layer_text(name, r["setting"]["kind"]),
                  "normal": f"{r['value']:.3f} ± {r['setting']['std']:.3f}",
                  "adv": f"{adv[name]['value']:.3f} ± {adv[name]['setting']['std']:.3f}",
@@ -712,50 +685,47 @@ def target_distance(records: Sequence[dict], d: str, role: str, lam: float | Non
     return math.sqrt(sum((prof[k]["value"] - t) ** 2 for k, t in targets.items()) / len(targets))
 
 
-def sweep_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+def sweep_table(results: Mapping[str, Any]) -> str:
     """Per data set and λ: held-out clean and PGD-CE accuracy and the distance to the targets; the chosen and the
     tested λ are marked (the normal model's distance for scale)."""
-    parts = []
-    for d in cfg["datasets"]:
-        chosen, tested = chosen_lambda(records, d), tested_lambda(records, d)
-        val = select(records, dataset=d, defense=ENTROPIC, split="val", metric="accuracy")
-        rows = []
-        for lam in sorted({r["setting"]["lam"] for r in val}):
-            at = [r for r in val if r["setting"]["lam"] == lam]
-            mark = " (chosen)" if lam == chosen else " (tested: largest within the budget)" if lam == tested else ""
-            rows.append({"lam": f"{lam:g}" + mark,
-                         "clean": pct_interval(one(at, attack="none")), "pgd": pct_interval(one(at, attack="pgd_ce")),
-                         "dist": f"{target_distance(records, d, ENTROPIC, lam):.3f}"})
+    recs, parts = results["records"], []
+    for d in results["parameters"]["datasets"]:
+        chosen, tested = chosen_lambda(recs, d), tested_lambda(recs, d)
+        val = select(recs, dataset=d, defense=ENTROPIC, split="val", metric="accuracy")
+        marks = {tested: " (tested: largest within the budget)", chosen: " (chosen)"}  # chosen wins a tie
+        rows = {f"{lam:g}{marks.get(lam, '')}": {"lam": lam} for lam in sorted({r["setting"]["lam"] for r in val})}
         steps = one(val, attack="pgd_ce", lam=0.0)["setting"]["steps"]
-        parts.append(f"**{d}** (layers {', '.join(loss_targets(records, d))}; the normal model is "
-                     f"{target_distance(records, d, NORMAL):.3f} nats from the targets)\n\n"
-                     + markdown_table(rows, {"lam": "λ", "clean": "held-out clean [95% CI]",
-                                             "pgd": f"held-out PGD-CE ({steps} steps) [95% CI]",
-                                             "dist": "RMS distance to targets (nats)"}))
+
+        def distance(mine, d=d):
+            return f"{target_distance(recs, d, ENTROPIC, mine[0]['setting']['lam']):.3f}"
+
+        parts.append(f"**{d}** (layers {', '.join(loss_targets(recs, d))}; the normal model is "
+                     f"{target_distance(recs, d, NORMAL):.3f} nats from the targets)\n\n" + record_table(
+                         val, rows, {"held-out clean [95% CI]": {"attack": "none"},
+                                     f"held-out PGD-CE ({steps} steps) [95% CI]": {"attack": "pgd_ce"},
+                                     "RMS distance to targets (nats)": distance}, corner="λ"))
     return "\n\n".join(parts)
 
 
-def evaluation_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
-    """Per data set and model, on the test images: clean accuracy, PGD-CE, the worst case with what each member
-    added, AutoAttack where it ran, and the float32 saturation."""
-    rows = []
-    for d in cfg["datasets"]:
-        for role in _roles(records, d):
-            worst = _test(records, d, role, attack="worst_case")
-            fooled = select(records, dataset=d, defense=role, metric="images_fooled")
-            label = LABELS[role] + (f", λ = {tested_lambda(records, d):g}" if role == ENTROPIC else "")
-            rows.append({"data": d, "model": label, "clean": pct_interval(_test(records, d, role, metric="accuracy",
-                                                                        attack="none")),
-                         "pgd": pct_interval(_test(records, d, role, metric="accuracy", attack="pgd_ce")), "worst": pct_interval(worst),
-                         "added": ", ".join(f"{r['attack']} {int(r['value'])}" for r in fooled),
-                         "aa": pct_interval(_test(records, d, role, metric="accuracy", attack="autoattack")),
-                         "sat": pct(_test(records, d, role, metric="saturated_share")["value"]),
-                         "zero": pct(_test(records, d, role, metric="ce_gradient_zero_share")["value"])})
-    return markdown_table(rows, {"data": "data set", "model": "model", "clean": "clean [95% CI]",
-                                 "pgd": "PGD-CE [95% CI]", "worst": "worst case [95% CI]",
-                                 "added": "images each member fooled", "aa": "AutoAttack [95% CI]",
-                                 "sat": "softmax saturated (float32)",
-                                 "zero": "CE gradient exactly 0"})
+def worst_case_table(results: Mapping[str, Any]) -> str:
+    """Per data set and model, on the test images: clean accuracy, PGD-CE, the worst case with the images each
+    member fooled, AutoAttack where it ran, and the float32 saturation."""
+    recs = results["records"]
+    rows = {f"{d}: {LABELS[role]}" + (f", λ = {tested_lambda(recs, d):g}" if role == ENTROPIC else ""):
+            {"dataset": d, "defense": role, "split": "test"} for d in results["parameters"]["datasets"]
+            for role in _roles(recs, d)}
+
+    def share(metric):
+        return lambda mine: pct(first(mine, metric=metric)["value"])
+
+    return record_table(recs, rows, {
+        "clean [95% CI]": {"metric": "accuracy", "attack": "none"},
+        "PGD-CE [95% CI]": {"metric": "accuracy", "attack": "pgd_ce"},
+        "worst case [95% CI]": {"attack": "worst_case"},
+        "images each member fooled": lambda mine: ", ".join(f"{r['attack']} {int(r['value'])}" for r in mine
+                                                            if r["metric"] == "images_fooled"),
+        "AutoAttack [95% CI]": {"attack": "autoattack"}, "softmax saturated (float32)": share("saturated_share"),
+        "CE gradient exactly 0": share("ce_gradient_zero_share")}, corner="data set: model")
 
 
 def anchor_table(results: Mapping[str, Any]) -> str:
@@ -771,25 +741,27 @@ def anchor_table(results: Mapping[str, Any]) -> str:
              "l2": paper(attack="autoattack", threat_model="l2")}]
     if "cifar10" in p["datasets"]:
         role = evaluated_role(recs, "cifar10")
-        aa = _test(recs, "cifar10", role, attack="autoattack")
+        mine = select(recs, dataset="cifar10", defense=role, split="test")
+        aa = first(mine, attack="autoattack")
         rows.append({"who": f"this run ({results['profile']} profile, {LABELS[role]}"
                             + (f", λ = {tested_lambda(recs, 'cifar10'):g})" if role == ENTROPIC else ")"),
                      "scale": f"normal training on {p['train_size']['cifar10']:,} images × "
                               f"{_epochs(p['epochs']['cifar10'])}, fine-tuned for {_epochs(p['ft_epochs']['cifar10'])} "
                               f"on {p['ft_size']['cifar10']:,}",
-                     "clean": pct_interval(_test(recs, "cifar10", role, metric="accuracy", attack="none")),
-                     "linf": "not run" if aa is None else f"{pct_interval(aa)} (n = {aa['n']:,})", "l2": "not measured"})
+                     "clean": pct_interval(first(mine, metric="accuracy", attack="none")),
+                     "linf": "not run" if aa is None else f"{pct_interval(aa)} (n = {aa['n']:,})",
+                     "l2": "not measured"})
     return markdown_table(rows, {"who": "model", "scale": "scale", "clean": "clean",
                                  "linf": "AutoAttack L∞ 8/255", "l2": "AutoAttack L2 0.5"})
 
 
-def cost_table(cost: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
-    """Per data set, from :func:`cost_all`'s result: seconds per training step of each objective and its ratio to
-    a plain step; each recipe's training cost as a ratio to normal training."""
+def cost_table(results: Mapping[str, Any]) -> str:
+    """Per data set, from the ``timings["cost"]`` of :func:`cost_all`: seconds per training step of each objective
+    and its ratio to a plain step; each recipe's training cost as a ratio to normal training."""
     rows = []
-    for d, c in cost.items():
+    for d, c in results["timings"]["cost"].items():
         words = {"plain": "plain cross-entropy", "entropic": f"entropic loss (λ = {c['lam']:g})",
-                 "adversarial": f"adversarial, {_adversarial_words(cfg, d)}"}
+                 "adversarial": f"adversarial, {_adversarial_words(results['parameters'], d)}"}
         rows += [{"data": d, "what": f"one step: {words[k]}", "seconds": f"{s:.3f} s",
                   "ratio": f"{c['step'][k]:.2f}×"} for k, s in c["seconds_per_step"].items()]
         rows += [{"data": d, "what": f"recipe: {LABELS[k]}", "seconds": "", "ratio": f"{v:.2f}×"}
@@ -798,11 +770,13 @@ def cost_table(cost: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
                                  "ratio": "× plain step / × normal training"})
 
 
+def health_tables(results: Mapping[str, Any]) -> str:
+    """The health table of each data set's evaluated model (:func:`health_all`), under its data set, network and
+    role; failed checks are marked, never hidden."""
+    return _health_tables(results["health"], by=("dataset", "model", "defense"))
+
+
 # --------------------------------------------------------------------------- figures
-
-
-def _datasets_of(records: Sequence[dict]) -> list[str]:
-    return list(dict.fromkeys(r["dataset"] for r in records))
 
 
 def _draw_profile(ax, prof: Mapping[str, dict], label: str, **style) -> None:
@@ -811,10 +785,10 @@ def _draw_profile(ax, prof: Mapping[str, dict], label: str, **style) -> None:
                 marker="o", capsize=3, label=label, **style)
 
 
-def profile_figure(records: Sequence[dict]):
+def profile_figure(results: Mapping[str, Any]):
     """Per data set: the held-out entropy of each activation layer for the normal and the adversarially trained
     model (bars: the standard deviation over the batches); the layers the loss acts on are shaded."""
-    ds = _datasets_of(select(records, metric="entropy"))
+    records, ds = results["records"], results["parameters"]["datasets"]
     fig, axes = plt.subplots(1, len(ds), figsize=(5.5 * len(ds), 3.8), squeeze=False)
     for ax, d in zip(axes[0], ds):
         normal = profile_of(records, d, NORMAL)
@@ -832,11 +806,11 @@ def profile_figure(records: Sequence[dict]):
     return fig
 
 
-def sweep_figure(records: Sequence[dict]):
+def sweep_figure(results: Mapping[str, Any]):
     """Per data set: the profile of every λ model beside the normal and the adversarially trained one; the
     distance to the targets against λ; held-out clean and PGD-CE accuracy against λ (the chosen λ dashed, the
     tested one dotted when they differ)."""
-    ds = _datasets_of(select(records, metric="chosen_lambda"))
+    records, ds = results["records"], results["parameters"]["datasets"]
     fig, axes = plt.subplots(len(ds), 3, figsize=(15, 3.8 * len(ds)), squeeze=False)
     for (left, mid, right), d in zip(axes, ds):
         val = select(records, dataset=d, defense=ENTROPIC, split="val", metric="accuracy")
@@ -870,17 +844,18 @@ def sweep_figure(records: Sequence[dict]):
     return fig
 
 
-def evaluation_figure(records: Sequence[dict]):
+def evaluation_figure(results: Mapping[str, Any]):
     """Per data set: clean, PGD-CE and worst-case test accuracy (and AutoAttack where run) of each model, with
     95% Wilson intervals."""
-    ds = _datasets_of(select(records, attack="worst_case"))
+    records, ds = results["records"], results["parameters"]["datasets"]
     fig, axes = plt.subplots(1, len(ds), figsize=(6 * len(ds), 3.6), squeeze=False)
     measures = (("none", "clean"), ("pgd_ce", "PGD-CE"), ("worst_case", "worst case"), ("autoattack", "AutoAttack"))
     for ax, d in zip(axes[0], ds):
         roles = _roles(records, d)
         width = 0.8 / len(measures)
         for j, (attack, label) in enumerate(measures):
-            recs = [_test(records, d, role, metric="accuracy", attack=attack) for role in roles]
+            recs = [first(records, dataset=d, defense=role, split="test", metric="accuracy", attack=attack)
+                    for role in roles]
             pos = [i + (j - 1.5) * width for i, r in enumerate(recs) if r is not None]
             got = [r for r in recs if r is not None]
             if not got:
@@ -888,7 +863,8 @@ def evaluation_figure(records: Sequence[dict]):
             err = [[r["value"] - r["interval"][0] for r in got], [r["interval"][1] - r["value"] for r in got]]
             ax.bar(pos, [r["value"] for r in got], width=width, yerr=err, capsize=2, label=label)
         ax.set_xticks(range(len(roles)), [LABELS[r] for r in roles], rotation=15, fontsize=8)
-        ax.set(title=f"{d}: test accuracy (L∞ ε = {threat_eps(d):.3g})", ylabel="accuracy", ylim=(0, 1.05))
+        ax.set(title=f"{d}: test accuracy (L∞ ε = {results['parameters']['eps'][d]:.3g})", ylabel="accuracy",
+               ylim=(0, 1.05))
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -905,32 +881,34 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
       ``model``: the role evaluated as the entropic model;
     - ``pgd_gain`` / ``worst_gain``: its PGD-CE / worst-case test accuracy interval lies above plain fine-tuning's
       (the control: the same fine-tuning without the entropic term); never with λ = 0;
-    - ``category``: ``real`` (the worst-case gain holds), ``masked`` (only PGD-CE sees a gain: the worst case, with
-      PGD-margin, Square and transfer, removes it), ``no_gain``;
+    - ``broken``: the evaluated model is broken by :data:`robustness.chapters.kit.BROKEN_RULE`;
+    - ``category``: ``broken`` (its robustness is not interpreted), ``real`` (the worst-case gain holds),
+      ``masked`` (only PGD-CE sees a gain: the worst case, with PGD-margin, Square and transfer, removes it),
+      ``no_gain``;
     - ``vs_adversarial``: its worst case against adversarial training's (``higher``/``lower``/``same``);
     - ``clean_cost``: its clean accuracy lies clearly below the control's; ``saturates``: its share of float32-
       saturated softmax outputs lies clearly above the control's;
     - ``autoattack``: its AutoAttack record (or ``None``); ``cost``: the ``timings["cost"]`` entry of the data set
-      (:func:`training_costs`), or ``None``; ``failed_checks``: the health checks that failed.
+      (:func:`training_costs`), or ``None``; ``failed_checks``: the ids of the health checks that failed.
     """
     recs, out = results["records"], {}
     measures = (("clean", "none"), ("pgd", "pgd_ce"), ("worst", "worst_case"))
-    for d in _datasets_of(select(recs, metric="tested_lambda")):
+    for d in [r["dataset"] for r in select(recs, metric="tested_lambda")]:
         lam, role = tested_lambda(recs, d), evaluated_role(recs, d)
 
         def get(r, **match):
-            return _test(recs, d, r, **match)
+            return first(recs, dataset=d, defense=r, split="test", **match)
 
         ent = {k: get(role, metric="accuracy", attack=a) for k, a in measures}
         ctl = {k: get(CONTROL, metric="accuracy", attack=a) for k, a in measures}
         adversarial = get(ADVERSARIAL, metric="accuracy", attack="worst_case")
         pgd_gain = lam > 0 and evaluate.compare(ent["pgd"], ctl["pgd"]) == "higher"
         worst_gain = lam > 0 and evaluate.compare(ent["worst"], ctl["worst"]) == "higher"
-        checks = [h for h in results.get("health", []) if h.get("dataset") == d]
+        broken = kit.is_broken(ent["clean"], dataset_info(d).num_classes)
         out[d] = {"chosen": chosen_lambda(recs, d), "lam": lam, "model": role, "layers": list(loss_targets(recs, d)),
                   "changed": changed_layers(recs, d), "entropic": ent, "control": ctl,
-                  "adversarial_worst": adversarial, "pgd_gain": pgd_gain, "worst_gain": worst_gain,
-                  "category": "real" if worst_gain else "masked" if pgd_gain else "no_gain",
+                  "adversarial_worst": adversarial, "pgd_gain": pgd_gain, "worst_gain": worst_gain, "broken": broken,
+                  "category": "broken" if broken else "real" if worst_gain else "masked" if pgd_gain else "no_gain",
                   "vs_adversarial": evaluate.compare(ent["worst"], adversarial),
                   "clean_cost": lam > 0 and evaluate.compare(ctl["clean"], ent["clean"]) == "higher",
                   "saturates": lam > 0 and evaluate.compare(get(role, metric="saturated_share"),
@@ -938,18 +916,18 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
                   "saturated": get(role, metric="saturated_share"),
                   "autoattack": get(role, metric="accuracy", attack="autoattack"),
                   "cost": results.get("timings", {}).get("cost", {}).get(d),
-                  "failed_checks": [h["check"] for h in checks if not h["passed"]]}
+                  "failed_checks": kit.failed_checks(results.get("health", []), dataset=d)}
     return out
 
 
-_SAY = {"real": "some robustness survives the adaptive worst case: the entropic model is clearly more robust than "
+_SAY = {"broken": "the model evaluated is broken (its clean accuracy is near chance), so its robustness numbers are "
+                  "not interpreted.",
+        "real": "some robustness survives the adaptive worst case: the entropic model is clearly more robust than "
                 "plain fine-tuning.",
         "masked": "the gain is one PGD on the cross-entropy sees and the worst case (PGD-margin, Square, transfer "
                   "from the normal model) removes: masked gradients, not robustness.",
         "no_gain": "no robustness gain over plain fine-tuning."}
 _VS = {"higher": "lies above", "lower": "lies below", "same": "is indistinguishable from"}
-
-
 def _selection_sentence(v: dict) -> str:
     layers = f"layers {', '.join(v['layers'])}"
     if v["chosen"] > 0:
@@ -976,9 +954,10 @@ def verdict(results: Mapping[str, Any]) -> str:
         lines.append(_selection_sentence(v))
         who = "the entropic model" if v["lam"] > 0 else "plain fine-tuning"
         if v["lam"] > 0:
-            lines.append(f"On test images, entropic retraining against plain fine-tuning: clean {pct_interval(e['clean'])} vs "
-                         f"{pct_interval(c['clean'])}; PGD-CE {pct_interval(e['pgd'])} vs {pct_interval(c['pgd'])}; worst case "
-                         f"{pct_interval(e['worst'])} vs {pct_interval(c['worst'])}.")
+            lines.append(f"On test images, entropic retraining against plain fine-tuning: clean "
+                         f"{pct_interval(e['clean'])} vs {pct_interval(c['clean'])}; PGD-CE {pct_interval(e['pgd'])} "
+                         f"vs {pct_interval(c['pgd'])}; worst case {pct_interval(e['worst'])} vs "
+                         f"{pct_interval(c['worst'])}.")
         lines.append(f"Verdict: {_SAY[v['category']]}")
         if v["adversarial_worst"] is not None:
             lines.append(f"Adversarial training's worst case is {pct_interval(v['adversarial_worst'])}; that of {who}, "
@@ -1000,6 +979,5 @@ def verdict(results: Mapping[str, Any]) -> str:
         if v["failed_checks"]:
             lines.append(f"Health checks failed: {', '.join(v['failed_checks'])}.")
         lines.append("")
-    if results.get("profile") == "smoke":
-        lines.append("This is the smoke profile: the numbers only show that every cell runs.")
+    lines += [kit.BROKEN_RULE, kit.smoke_note(results.get("profile", ""))]
     return "\n".join(lines).strip()

@@ -4,14 +4,14 @@ Everything the page calls, in page order:
 
 * :data:`SPEC` (parameters, profiles ``smoke``/``laptop``/``paper``) and the training recipes (:func:`train_recipe`:
   the shared zoo's models in the smaller profiles, the authors' ResNet-18/Adam recipe in ``paper``);
-* the measurements, each returning result records: :func:`train_all` (models, clean test accuracy, and the
-  second-seed copies whose fragility is measured after every ``evolution_every`` epochs), :func:`fragility_all`
-  (nodal dropout on validation images), :func:`targeting_all` (where FGSM lands, with rank correlations),
-  :func:`strength_all` (compress/amplify over a strength grid: the strength chosen on validation, FGSM curves on
-  test), :func:`adaptive_all` (the toolkit's worst case on the unmodified and the rescaled model) and
-  :func:`health_all`;
-* tables and figures as functions of the records; the verdict (:func:`verdict_summary`, :func:`verdict`), a pure
-  function of the results with its thresholds as module constants.
+* the measurements, each a step ``step(run)`` on a :class:`Run` appending records: :func:`train_all` (models, clean
+  test accuracy, and the second-seed copies whose fragility is measured after every ``evolution_every`` epochs),
+  :func:`fragility_all` (nodal dropout on validation images), :func:`targeting_all` (where FGSM lands, with rank
+  correlations), :func:`strength_all` (compress/amplify over a strength grid: the strength chosen on validation,
+  FGSM curves on test), :func:`adaptive_all` (the toolkit's worst case on the unmodified and the rescaled model)
+  and :func:`health_all`;
+* tables and figures as functions of the results (``run.results()`` or a file read back); the verdict
+  (:func:`verdict_summary`, :func:`verdict`), a pure function of the results with its thresholds as module constants.
 
 The method itself (dropout views, fragility, targeting, compress/amplify) is :mod:`robustness.defenses.fragile_neurons`.
 """
@@ -26,13 +26,14 @@ from torch import nn
 
 from .. import attacks, evaluate, zoo
 from ..config import ChapterSpec, Param, RunConfig, check_counts
-from ..data import DATASETS, ArrayDataset, dataset_info, load_dataset, threat_eps
+from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..defenses import fragile_neurons as fn
 from ..evaluate import members as M
 from ..models import MODELS, check_model
-from ..report import markdown_table, pct, pct_interval
-from ..results import one, record, select
+from ..report import duration, health_tables as grouped_health_tables, markdown_table, pct, pct_interval, record_table
+from ..results import first, one, record, select
 from ..train import TrainConfig, trained_model
+from . import kit
 
 CHAPTER = "fragile_neurons"
 RECIPES = ("zoo", "authors")
@@ -68,6 +69,8 @@ def _check(cfg: RunConfig) -> None:
         if cfg.n_adaptive[d] > cfg.n_test[d]:
             raise ValueError(f"parameter n_adaptive['{d}']={cfg.n_adaptive[d]} must not exceed n_test['{d}']="
                              f"{cfg.n_test[d]}")
+        if cfg.eps[d] <= 0:
+            raise ValueError(f"parameter eps['{d}']={cfg.eps[d]} must be > 0 (the threat radius)")
     if 0.0 not in cfg.strengths:
         raise ValueError(f"parameter strengths={cfg.strengths} must contain 0 (the unmodified model)")
 
@@ -98,6 +101,8 @@ PARAMS = {
     "evolution_every": Param("pos_int", "epochs between two fragility measurements of the second copy",
                              per_dataset=True),
     "n_adaptive": Param("pos_int", "test images for the adaptive worst case (the first N)", per_dataset=True),
+    "eps": Param("eps_linf", "threat radius (L∞, [0, 1] pixels) of the adaptive worst case, the health checks and "
+                 "the verdict", per_dataset=True),
     "pgd_steps": Param("pos_int", "steps of the PGD members of the worst case"),
     "restarts": Param("pos_int", "random restarts of the PGD members"),
     "square_queries": Param("pos_int", "queries per image of the Square member"),
@@ -122,7 +127,7 @@ _COMMON = {
     "datasets": ["mnist", "cifar10"], "model": dict(zoo.ARCH), "recipe": "zoo", "authors_eps": dict(AUTHORS_EPS),
     "eps_grid": _per([0.05, 0.1, 0.2, 0.3], [1 / 255, 2 / 255, 4 / 255, 8 / 255]),
     "strengths": [0.0, 0.25, 0.5, 1.0, 2.0], "score": "clean", "clean_budget": _per(0.01, 0.03),
-    "batch_size": 250, "seed": 0,
+    "eps": {d: float(threat_eps(d)) for d in DATASETS}, "batch_size": 250, "seed": 0,
 }
 
 PROFILES = {
@@ -173,15 +178,6 @@ def train_recipe(cfg: Mapping[str, Any], d: str, seed: int | None = None) -> dic
     return {"model": cfg["model"][d], "dataset": d, "config": config, "train_size": cfg["train_size"][d]}
 
 
-def splits(cfg: Mapping[str, Any], d: str) -> dict:
-    """``val``: the ``n_val`` training images after the first ``train_size`` (never trained on); ``test``: the
-    first ``n_test`` test images."""
-    train = load_dataset(d, "train")
-    a, b = cfg["train_size"][d], cfg["train_size"][d] + cfg["n_val"][d]
-    val = ArrayDataset(d, "val", train.x[a:b], train.y[a:b], f"{train.source}; images {a + 1:,}–{b:,}, held out")
-    return {"val": val, "test": load_dataset(d, "test").first(cfg["n_test"][d])}
-
-
 class FragilityByEpoch:
     """An ``epoch_callback`` for the training loop: every ``every`` epochs (and at the last), the clean accuracy of
     the model and of each one-channel dropout on fixed held-out images, as counts (the history keeps them, so a
@@ -198,36 +194,40 @@ class FragilityByEpoch:
         return {"clean_k": round(r["clean_base"] * r["n"]), "dropped_k": r["clean_k"].tolist(), "n": r["n"]}
 
 
-def train_all(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
-    """Per data set: the model (``nets[d]``), the data (``data[d]``), and, with ``evolution``, the second copy
-    (seed + 1) trained with :class:`FragilityByEpoch`. Records: clean test accuracy of both; the copy's per-epoch
-    fragility (``epoch`` in the setting). Timings: training seconds and whether each model came from the cache."""
-    nets, data, records, timings = {}, {}, [], {}
-    for d in cfg.datasets:
-        data[d] = splits(cfg, d)
-        net, meta = zoo.model_for(**train_recipe(cfg, d))
-        nets[d] = net
-        timings[f"{d}/{cfg.model[d]}"] = {"seconds": meta.get("train_seconds"), "cached": meta["cached"],
-                                          "zoo": meta.get("zoo")}
-        records.append(_accuracy(cfg, d, net, data[d]["test"], seed=cfg.seed))
-        if cfg.evolution[d]:
-            val = data[d]["val"].first(cfg.n_fragility[d])
+class Run(kit.Run):
+    """The chapter's run (:class:`robustness.chapters.kit.Run`): ``nets[d]`` is data set ``d``'s model and
+    ``nets[d, "copy"]`` its second copy; ``data[d]`` holds its ``val`` and ``test`` images; ``raw[d, defense]`` the
+    worst case per radius (with its per-image outcomes) of the unmodified (``"none"``) or rescaled model."""
+
+
+def train_all(run: Run) -> None:
+    """Per data set: the data (``val``: the ``n_val`` training images after the first ``train_size``, never trained
+    on; ``test``: the first ``n_test`` test images), the model, and, with ``evolution``, the second copy (seed + 1)
+    trained with :class:`FragilityByEpoch`. Records: clean test accuracy of both; the copy's per-epoch fragility
+    (``epoch`` in the setting). Timings: training seconds and whether each model came from the cache."""
+    cfg = run.cfg
+    with run.timer("train"):
+        for d in cfg.datasets:
+            a = cfg.train_size[d]
+            test = load_dataset(d, "test").first(cfg.n_test[d])
+            run.data[d] = {"val": kit.holdout_split(d, a, a + cfg.n_val[d]), "test": test}
+            run.nets[d], meta = zoo.model_for(**train_recipe(cfg, d))
+            run.timings[f"{d}/{cfg.model[d]}"] = {"seconds": meta.get("train_seconds"), "cached": meta["cached"],
+                                                  "zoo": meta.get("zoo")}
+            run.records.append(kit.accuracy_record(cfg, run.nets[d], test, dataset=d, model=cfg.model[d],
+                                                   batch_size=cfg.batch_size, seed=cfg.seed, split="test"))
+            if not cfg.evolution[d]:
+                continue
+            val = run.data[d]["val"].first(cfg.n_fragility[d])
             kw = train_recipe(cfg, d, seed=cfg.seed + 1)
             cb = FragilityByEpoch(val.x, val.y, cfg.evolution_every[d], kw["config"].epochs, cfg.batch_size,
                                   val.source)
-            copy_net, copy_meta = trained_model(**kw, epoch_callback=cb)
-            nets[d, "copy"] = copy_net
-            timings[f"{d}/{cfg.model[d]}-seed{cfg.seed + 1}"] = {"seconds": copy_meta.get("train_seconds"),
-                                                                 "cached": copy_meta["cached"], "zoo": None}
-            records.append(_accuracy(cfg, d, copy_net, data[d]["test"], seed=cfg.seed + 1))
-            records += _evolution_records(cfg, d, copy_meta["history"]["epochs"])
-    return nets, data, records, timings
-
-
-def _accuracy(cfg, d, net, ds, seed, **setting) -> dict:
-    r = evaluate.accuracy_record(evaluate.predict(net, ds.x, cfg.batch_size) == ds.y)
-    return record(cfg, dataset=d, model=cfg.model[d], metric="accuracy", value=r["value"], n=r["n"],
-                  interval=r["interval"], seed=seed, split=ds.split, **setting)
+            run.nets[d, "copy"], meta = trained_model(**kw, epoch_callback=cb)
+            run.timings[f"{d}/{cfg.model[d]}-seed{cfg.seed + 1}"] = {"seconds": meta.get("train_seconds"),
+                                                                     "cached": meta["cached"], "zoo": None}
+            run.records.append(kit.accuracy_record(cfg, run.nets[d, "copy"], test, dataset=d, model=cfg.model[d],
+                                                   batch_size=cfg.batch_size, seed=cfg.seed + 1, split="test"))
+            run.records += _evolution_records(cfg, d, meta["history"]["epochs"])
 
 
 def _evolution_records(cfg, d: str, epochs: Sequence[dict]) -> list[dict]:
@@ -246,26 +246,24 @@ def _evolution_records(cfg, d: str, epochs: Sequence[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- fragility and targeting
 
 
-def fragility_all(nets: dict, data: dict, cfg: RunConfig) -> list[dict]:
+def fragility_all(run: Run) -> None:
     """Per data set, on the first ``n_fragility`` held-out images: each first-layer channel dropped in turn, clean
     accuracy and FGSM accuracy (the authors' convention: normalized-space radius ``authors_eps``, unclipped, every
     image attacked), as records with ``channel``; the undropped model's as ``channel=None``."""
-    out = []
-    for d in cfg.datasets:
-        val = data[d]["val"].first(cfg.n_fragility[d])
-        eps = authors_eps_pixels(cfg, d)
-        r = fn.fragility(nets[d], val.x, val.y, eps=eps, clip=False, batch_size=cfg.batch_size)
-        n = r["n"]
-        fgsm = dict(attack="fgsm", threat_model="linf_normalized", eps=cfg.authors_eps[d], clip=False)
-        kw = dict(dataset=d, model=cfg.model[d], metric="accuracy", n=n, split="val")
-        out.append(record(cfg, value=r["clean_base"], channel=None, **kw))
-        out.append(record(cfg, value=r["fgsm_base"], channel=None, **fgsm, **kw))
-        for j in range(len(r["clean"])):
-            out.append(record(cfg, value=float(r["clean"][j]), defense="nodal_dropout", channel=j,
-                              interval=evaluate.wilson_interval(int(r["clean_k"][j]), n), **kw))
-            out.append(record(cfg, value=float(r["fgsm"][j]), defense="nodal_dropout", channel=j,
-                              interval=evaluate.wilson_interval(int(r["fgsm_k"][j]), n), **fgsm, **kw))
-    return out
+    cfg = run.cfg
+    with run.timer("fragility"):
+        for d in cfg.datasets:
+            val = run.data[d]["val"].first(cfg.n_fragility[d])
+            r = fn.fragility(run.nets[d], val.x, val.y, eps=authors_eps_pixels(cfg, d), clip=False,
+                             batch_size=cfg.batch_size)
+            n = r["n"]
+            fgsm = dict(attack="fgsm", threat_model="linf_normalized", eps=cfg.authors_eps[d], clip=False)
+            kw = dict(dataset=d, model=cfg.model[d], metric="accuracy", n=n, split="val")
+            scores = (("clean", {}), ("fgsm", fgsm))
+            run.records += [record(cfg, value=r[f"{s}_base"], channel=None, **at, **kw) for s, at in scores]
+            run.records += [record(cfg, value=float(r[s][j]), defense="nodal_dropout", channel=j, **at, **kw,
+                                   interval=evaluate.wilson_interval(int(r[f"{s}_k"][j]), n))
+                            for j in range(len(r["clean"])) for s, at in scores]
 
 
 def fragility_scores(records: Sequence[dict], d: str, score: str = "clean", seed: int | None = None,
@@ -285,35 +283,35 @@ def fragility_scores(records: Sequence[dict], d: str, score: str = "clean", seed
     return torch.tensor([base[0]["value"] - r["value"] for r in dropped], dtype=torch.float64)
 
 
-def targeting_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
+def targeting_all(run: Run) -> None:
     """Per data set: the targeting measurement (:func:`robustness.defenses.fragile_neurons.targeting`, the authors'
     FGSM, held-out images) as per-channel records (``targeting_change``, ``targeting_share``), and rank
     correlations (Spearman, permutation p-value) of the targeting change with the clean fragility and with the
     FGSM fragility, of the two fragilities with each other, and, with a second copy, of the clean fragility of the
     two seeds."""
-    out = []
-    for d in cfg.datasets:
-        val = data[d]["val"].first(cfg.n_fragility[d])
-        t = fn.targeting(nets[d], val.x, val.y, eps=authors_eps_pixels(cfg, d), clip=False,
-                         batch_size=cfg.batch_size)
-        kw = dict(dataset=d, model=cfg.model[d], attack="fgsm", threat_model="linf_normalized",
-                  eps=cfg.authors_eps[d], n=t["n"], split="val")
-        for j in range(len(t["change"])):
-            out.append(record(cfg, metric="targeting_change", value=float(t["change"][j]), channel=j, **kw))
-            out.append(record(cfg, metric="targeting_share", value=float(t["share"][j]), channel=j, **kw))
-        fr = {s: fragility_scores(_no_epoch(records), d, s, seed=cfg.seed) for s in SCORES}
-        pairs = {("targeting_change", "fragility_clean"): (t["change"], fr["clean"]),
-                 ("targeting_change", "fragility_fgsm"): (t["change"], fr["fgsm"]),
-                 ("fragility_fgsm", "fragility_clean"): (fr["fgsm"], fr["clean"])}
-        if cfg.evolution[d]:
-            last = max(r["setting"]["epoch"] for r in select(records, dataset=d) if r["setting"].get("epoch"))
-            pairs["fragility_clean_seed2", "fragility_clean"] = (
-                fragility_scores(records, d, "clean", seed=cfg.seed + 1, epoch=last), fr["clean"])
-        for (a, b), (u, v) in pairs.items():
-            s = evaluate.spearman(u, v, seed=cfg.seed)
-            out.append(record(cfg, dataset=d, model=cfg.model[d], metric="rank_correlation", value=s["rho"],
-                              n=s["n"], x=a, y=b, p=s["p"], permutations=s["permutations"]))
-    return out
+    cfg, records, out = run.cfg, run.records, []
+    with run.timer("targeting"):
+        for d in cfg.datasets:
+            val = run.data[d]["val"].first(cfg.n_fragility[d])
+            t = fn.targeting(run.nets[d], val.x, val.y, eps=authors_eps_pixels(cfg, d), clip=False,
+                             batch_size=cfg.batch_size)
+            kw = dict(dataset=d, model=cfg.model[d], attack="fgsm", threat_model="linf_normalized",
+                      eps=cfg.authors_eps[d], n=t["n"], split="val")
+            out += [record(cfg, metric=f"targeting_{k}", value=float(t[k][j]), channel=j, **kw)
+                    for j in range(len(t["change"])) for k in ("change", "share")]
+            fr = {s: fragility_scores(_no_epoch(records), d, s, seed=cfg.seed) for s in SCORES}
+            pairs = {("targeting_change", "fragility_clean"): (t["change"], fr["clean"]),
+                     ("targeting_change", "fragility_fgsm"): (t["change"], fr["fgsm"]),
+                     ("fragility_fgsm", "fragility_clean"): (fr["fgsm"], fr["clean"])}
+            if cfg.evolution[d]:
+                last = max(r["setting"]["epoch"] for r in select(records, dataset=d) if r["setting"].get("epoch"))
+                pairs["fragility_clean_seed2", "fragility_clean"] = (
+                    fragility_scores(records, d, "clean", seed=cfg.seed + 1, epoch=last), fr["clean"])
+            for (a, b), (u, v) in pairs.items():
+                s = evaluate.spearman(u, v, seed=cfg.seed)
+                out.append(record(cfg, dataset=d, model=cfg.model[d], metric="rank_correlation", value=s["rho"],
+                                  n=s["n"], x=a, y=b, p=s["p"], permutations=s["permutations"]))
+    run.records += out
 
 
 def _no_epoch(records: Sequence[dict]) -> list[dict]:
@@ -343,9 +341,8 @@ def choose_strength(records: Sequence[dict], d: str, budget: float) -> dict:
     """The validation rule, fixed before any test number is seen: among the strengths whose held-out clean accuracy
     is at most ``budget`` below that of strength 0, the one with the highest held-out FGSM accuracy (the authors'
     convention: the paper's claim is about FGSM); ties go to the smaller strength, so 0 wins unless one helps."""
-    val = [r for r in select(records, dataset=d, defense="compress_amplify", split="val")]
     by = {}
-    for r in val:
+    for r in select(records, dataset=d, defense="compress_amplify", split="val"):
         by.setdefault(r["setting"]["strength"], {})[r["attack"]] = r["value"]
     clean0 = by[0.0]["none"]
     ok = [s for s, v in by.items() if v["none"] >= clean0 - budget - 1e-12]
@@ -353,28 +350,28 @@ def choose_strength(records: Sequence[dict], d: str, budget: float) -> dict:
     return {"strength": best, "clean": by[best]["none"], "fgsm": by[best]["fgsm"]}
 
 
-def strength_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
+def strength_all(run: Run) -> None:
     """Per data set and strength of ``strengths``: held-out clean and FGSM (authors') accuracy, the chosen strength
     (:func:`choose_strength`), then on the test images clean accuracy, the authors' FGSM and the book's clipped
     FGSM over ``eps_grid``."""
-    out = []
-    for d in cfg.datasets:
-        val = data[d]["val"].first(cfg.n_fragility[d])
-        test = data[d]["test"]
-        for s in sorted(cfg.strengths):
-            net = rescaled(nets[d], records, d, cfg, s)
-            base = dict(dataset=d, model=cfg.model[d], defense="compress_amplify", strength=s, score=cfg.score)
-            for ds in (val, test):
-                r = evaluate.accuracy_record(evaluate.predict(net, ds.x, cfg.batch_size) == ds.y)
-                out.append(record(cfg, metric="accuracy", value=r["value"], n=r["n"], interval=r["interval"],
-                                  split=ds.split, **base))
-                out.append(record(cfg, split=ds.split, **base, **_fgsm_accuracy(cfg, d, net, ds, authors=True)))
-            for e in cfg.eps_grid[d]:
-                out.append(record(cfg, split="test", **base, **_fgsm_accuracy(cfg, d, net, test, authors=False, eps=e)))
-        chosen = choose_strength(out, d, cfg.clean_budget[d])
-        out.append(record(cfg, dataset=d, model=cfg.model[d], defense="compress_amplify", metric="chosen_strength",
-                          value=chosen["strength"], budget=cfg.clean_budget[d], score=cfg.score))
-    return out
+    cfg, out = run.cfg, []
+    with run.timer("compress/amplify"):
+        for d in cfg.datasets:
+            val, test = run.data[d]["val"].first(cfg.n_fragility[d]), run.data[d]["test"]
+            for s in sorted(cfg.strengths):
+                net = rescaled(run.nets[d], run.records, d, cfg, s)
+                base = dict(dataset=d, model=cfg.model[d], defense="compress_amplify", strength=s, score=cfg.score)
+                for ds in (val, test):
+                    out.append(kit.accuracy_record(cfg, net, ds, batch_size=cfg.batch_size, split=ds.split, **base))
+                    out.append(record(cfg, split=ds.split, **base, **_fgsm_accuracy(cfg, d, net, ds, authors=True)))
+                for e in cfg.eps_grid[d]:
+                    out.append(record(cfg, split="test", **base,
+                                      **_fgsm_accuracy(cfg, d, net, test, authors=False, eps=e)))
+            chosen = choose_strength(out, d, cfg.clean_budget[d])
+            out.append(record(cfg, dataset=d, model=cfg.model[d], defense="compress_amplify",
+                              metric="chosen_strength", value=chosen["strength"], budget=cfg.clean_budget[d],
+                              score=cfg.score))
+    run.records += out
 
 
 def chosen_strength(records: Sequence[dict], d: str) -> float:
@@ -385,82 +382,71 @@ def chosen_strength(records: Sequence[dict], d: str) -> float:
 
 
 def adaptive_radii(cfg: Mapping[str, Any], d: str) -> list[float]:
-    """The worst case's radii: the authors' FGSM radius in pixels (as a clipped threat model) and the data set's
-    threat radius."""
-    return sorted({round(authors_eps_pixels(cfg, d), 6), float(threat_eps(d))})
+    """The worst case's radii: the authors' FGSM radius in pixels (as a clipped threat model) and the threat radius
+    ``eps``."""
+    return sorted({round(authors_eps_pixels(cfg, d), 6), float(cfg["eps"][d])})
 
 
-def adaptive_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> tuple[list[dict], dict]:
+def adaptive_all(run: Run) -> None:
     """The toolkit's worst case (PGD-CE, PGD-margin, Square; for the rescaled model also PGD transferred from the
     unmodified one) on the first ``n_adaptive`` test images, nested over :func:`adaptive_radii`, for the unmodified
-    model and, when validation chose a strength > 0, for the rescaled one. Returns records and the raw results (for
-    the health table's gradient-free check)."""
-    out, raw = [], {}
-    for d in cfg.datasets:
-        sub = data[d]["test"].first(cfg.n_adaptive[d])
-        s = chosen_strength(records, d)
-        for label, strength in (("none", 0.0), ("compress_amplify", s))[:2 if s > 0 else 1]:
-            net = nets[d] if label == "none" else rescaled(nets[d], records, d, cfg, strength)
-            members = M.default_members(cfg.pgd_steps, cfg.restarts, cfg.square_queries)
-            if label != "none":
-                members.append(M.transfer(nets[d], steps=cfg.pgd_steps, restarts=cfg.restarts,
-                                          name="transfer_from_unmodified"))
-            curve = evaluate.worst_case_curve(net, sub.x, sub.y, adaptive_radii(cfg, d), members,
-                                              batch_size=cfg.batch_size, seed=cfg.seed)
-            raw[d, label] = curve
-            for p in evaluate.to_record(curve):
-                at = dict(dataset=d, model=cfg.model[d], defense=label, threat_model="linf", eps=p["eps"],
-                          n=p["n"], strength=strength)
-                out.append(record(cfg, metric="accuracy", attack="worst_case", value=p["robust"],
-                                  interval=p["interval"], members="+".join(p["members"]), **at))
-                out += [record(cfg, metric="images_fooled", attack=m, value=k, **at) for m, k in p["added"].items()]
-    return out, raw
+    model and, when validation chose a strength > 0, for the rescaled one. Records: :func:`kit.worst_case_records`
+    (``defense`` the model, ``strength`` in the setting); the results with their per-image outcomes go to
+    ``run.raw[d, defense]`` (the health table's gradient-free check reads them)."""
+    cfg, out = run.cfg, []
+    with run.timer("adaptive"):
+        for d in cfg.datasets:
+            sub = run.data[d]["test"].first(cfg.n_adaptive[d])
+            s = chosen_strength(run.records, d)
+            for label, strength in (("none", 0.0), ("compress_amplify", s))[:2 if s > 0 else 1]:
+                net = run.nets[d] if label == "none" else rescaled(run.nets[d], run.records, d, cfg, strength)
+                members = M.default_members(cfg.pgd_steps, cfg.restarts, cfg.square_queries)
+                if label != "none":
+                    members.append(M.transfer(run.nets[d], steps=cfg.pgd_steps, restarts=cfg.restarts,
+                                              name="transfer_from_unmodified"))
+                curve = evaluate.worst_case_curve(net, sub.x, sub.y, adaptive_radii(cfg, d), members,
+                                                  batch_size=cfg.batch_size, seed=cfg.seed)
+                out += kit.worst_case_records(cfg, curve, dataset=d, model=cfg.model[d], run=run, key=(d, label),
+                                              defense=label, strength=strength)
+    run.records += out
 
 
-def health_all(nets: dict, data: dict, records: Sequence[dict], raw: dict, cfg: RunConfig) -> list[dict]:
+def health_all(run: Run) -> None:
     """The health table, per data set, of the model the defense chose (rescaled, or the unmodified one when the
-    chosen strength is 0) at the threat radius, with the gradient-free check and a transfer check: examples from
-    the unmodified model for a rescaled one, from the second copy (seed + 1) for the unmodified one (none without
-    a second copy)."""
-    rows = []
-    for d in cfg.datasets:
-        sub = data[d]["test"].first(cfg.n_adaptive[d])
-        eps = float(threat_eps(d))
-        s = chosen_strength(records, d)
-        net = rescaled(nets[d], records, d, cfg, s) if s > 0 else nets[d]
-        source = nets[d] if s > 0 else nets.get((d, "copy"))
-        transfer = None
-        if source is not None:
-            gen = torch.Generator(evaluate.model_device(source)).manual_seed(cfg.seed)
-            transfer = evaluate.run_attack(attacks.pgd_linf, source, sub.x, sub.y, cfg.batch_size, eps=eps,
-                                           steps=cfg.health_steps, generator=gen, early_stop=False)
-        worst = next(p for p in raw[d, "compress_amplify" if s > 0 else "none"] if math.isclose(p["eps"], eps))
-        for row in evaluate.health_checks(net, sub.x, sub.y, eps=eps, steps=cfg.health_steps,
-                                          num_classes=dataset_info(d).num_classes, transfer_x_adv=transfer,
-                                          worst=worst, batch_size=cfg.batch_size, seed=cfg.seed):
-            rows.append({**row, "dataset": d, "model": cfg.model[d], "strength": s})
-    return rows
+    chosen strength is 0) at the threat radius ``eps``, with the gradient-free check and a transfer check: examples
+    from the unmodified model for a rescaled one, from the second copy (seed + 1) for the unmodified one (none
+    without a second copy). Rows tagged with ``strength``."""
+    cfg = run.cfg
+    with run.timer("health checks"):
+        for d in cfg.datasets:
+            sub, eps = run.data[d]["test"].first(cfg.n_adaptive[d]), cfg.eps[d]
+            s = chosen_strength(run.records, d)
+            net = rescaled(run.nets[d], run.records, d, cfg, s) if s > 0 else run.nets[d]
+            worst = next(p for p in run.raw[d, "compress_amplify" if s > 0 else "none"]
+                         if math.isclose(p["eps"], eps))
+            run.health += kit.health_rows(net, sub.x, sub.y, dataset=d, model=cfg.model[d], eps=eps,
+                                          steps=cfg.health_steps, num_classes=dataset_info(d).num_classes,
+                                          seed=cfg.seed, batch_size=cfg.batch_size, worst=worst, strength=s,
+                                          transfer_from=run.nets[d] if s > 0 else run.nets.get((d, "copy")))
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def training_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
+def training_table(results: Mapping[str, Any]) -> str:
     """Per data set and model: the recipe in words, clean test accuracy with its interval, training time."""
-    rows = []
+    cfg, records, rows = {**results["parameters"], "profile": results["profile"]}, results["records"], []
     for d in cfg["datasets"]:
         for seed, suffix in ((cfg["seed"], ""), (cfg["seed"] + 1, f"-seed{cfg['seed'] + 1}")):
-            acc = [r for r in select(records, dataset=d, metric="accuracy", split="test", seed=seed)
-                   if r["defense"] == "none"]
-            if not acc:
+            acc = first(records, dataset=d, metric="accuracy", split="test", seed=seed, defense="none")
+            if acc is None:
                 continue
-            t = timings.get(f"{d}/{cfg['model'][d]}{suffix}", {})
+            t = results["timings"].get(f"{d}/{cfg['model'][d]}{suffix}", {})
             kw = train_recipe(cfg, d, seed)
-            where = f"zoo `{t['zoo']}`" if t.get("zoo") else "the chapter's own"
-            took = "cached" if t.get("cached") else (f"{t['seconds'] / 60:.1f} min" if t.get("seconds") else "–")
-            rows.append({"data": d, "model": cfg["model"][d], "seed": seed, "recipe": where,
+            rows.append({"data": d, "model": cfg["model"][d], "seed": seed,
+                         "recipe": f"zoo `{t['zoo']}`" if t.get("zoo") else "the chapter's own",
                          "training": f"{kw['train_size']:,} images, {kw['config'].describe()}",
-                         "clean": pct_interval(acc[0]), "time": took})
+                         "clean": pct_interval(acc), "time": duration(t.get("seconds"), t.get("cached", False))})
     return markdown_table(rows, {"data": "data set", "model": "model", "seed": "seed", "recipe": "model",
                                  "training": "training", "clean": "clean test accuracy [95% CI]",
                                  "time": "training time"})
@@ -471,10 +457,9 @@ def fragility_summary(records: Sequence[dict], d: str) -> dict:
     fragile channel with its dropped-accuracy record; which channels are *fragile* (dropped accuracy clearly below
     the undropped, intervals disjoint) and which *robust* (intervals overlap)."""
     recs = _no_epoch(records)
-    base = one([r for r in select(recs, dataset=d, attack="none", split="val", defense="none")
-                if r["metric"] == "accuracy"])
-    dropped = sorted((r for r in select(recs, dataset=d, attack="none", split="val", defense="nodal_dropout")
-                      if r["metric"] == "accuracy"), key=lambda r: r["setting"]["channel"])
+    base = one(recs, dataset=d, attack="none", split="val", defense="none", metric="accuracy")
+    dropped = sorted(select(recs, dataset=d, attack="none", split="val", defense="nodal_dropout", metric="accuracy"),
+                     key=lambda r: r["setting"]["channel"])
     base_iv = evaluate.wilson_interval(round(base["value"] * base["n"]), base["n"])
     fragile = [r["setting"]["channel"] for r in dropped if evaluate.clearly_greater(base_iv, r)]
     robust = [r["setting"]["channel"] for r in dropped if r["setting"]["channel"] not in fragile]
@@ -485,8 +470,7 @@ def fragility_summary(records: Sequence[dict], d: str) -> dict:
 
 
 def _correlation(records, d, x, y) -> dict | None:
-    rows = [r for r in select(records, dataset=d, metric="rank_correlation", x=x, y=y)]
-    return rows[0] if rows else None
+    return first(records, dataset=d, metric="rank_correlation", x=x, y=y)
 
 
 def _rho_text(r: dict | None) -> str:
@@ -495,12 +479,12 @@ def _rho_text(r: dict | None) -> str:
     return "undefined (constant)" if math.isnan(r["value"]) else f"{r['value']:+.2f} (p = {r['setting']['p']:.3g})"
 
 
-def fragility_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+def fragility_table(results: Mapping[str, Any]) -> str:
     """Per data set: held-out accuracy, the most fragile channel and what dropping it costs, and how many channels
     are fragile and robust."""
     rows = []
-    for d in cfg["datasets"]:
-        s = fragility_summary(records, d)
+    for d in results["parameters"]["datasets"]:
+        s = fragility_summary(results["records"], d)
         w = s["most_fragile"]
         rows.append({"data": d, "base": pct_interval(s["base"]), "top": f"#{w['setting']['channel']}: {pct_interval(w)}",
                      "counts": f"{len(s['fragile'])} / {len(s['robust'])} of {s['channels']}"})
@@ -509,73 +493,72 @@ def fragility_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
                                  "counts": "fragile / robust channels"})
 
 
-def correlation_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+def correlation_table(results: Mapping[str, Any]) -> str:
     """The rank correlations (Spearman's ρ with its permutation p-value) per data set."""
-    rows = []
-    for d in cfg["datasets"]:
-        top = [r for r in select(records, dataset=d, metric="targeting_share")]
-        share = max(r["value"] for r in top) if top else float("nan")
-        rows.append({"data": d, "share": pct(share),
-                     "clean": _rho_text(_correlation(records, d, "targeting_change", "fragility_clean")),
-                     "fgsm": _rho_text(_correlation(records, d, "targeting_change", "fragility_fgsm")),
-                     "both": _rho_text(_correlation(records, d, "fragility_fgsm", "fragility_clean")),
-                     "seeds": _rho_text(_correlation(records, d, "fragility_clean_seed2", "fragility_clean"))})
-    return markdown_table(rows, {"data": "data set", "share": "largest share of images targeting one channel",
-                                 "clean": "ρ(targeting, clean fragility)", "fgsm": "ρ(targeting, FGSM fragility)",
-                                 "both": "ρ(FGSM fragility, clean fragility)",
-                                 "seeds": "ρ(fragility of the second copy, of the first)"})
+    pairs = {"ρ(targeting, clean fragility)": ("targeting_change", "fragility_clean"),
+             "ρ(targeting, FGSM fragility)": ("targeting_change", "fragility_fgsm"),
+             "ρ(FGSM fragility, clean fragility)": ("fragility_fgsm", "fragility_clean"),
+             "ρ(fragility of the second copy, of the first)": ("fragility_clean_seed2", "fragility_clean")}
+    columns = {"largest share of images targeting one channel": lambda mine: pct(max(
+                   (r["value"] for r in select(mine, metric="targeting_share")), default=float("nan"))),
+               **{header: lambda mine, xy=xy: _rho_text(first(mine, metric="rank_correlation", x=xy[0], y=xy[1]))
+                  for header, xy in pairs.items()}}
+    rows = {d: {"dataset": d} for d in results["parameters"]["datasets"]}
+    return record_table(results["records"], rows, columns, corner="data set")
 
 
-def strength_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+def _test_strengths(records: Sequence[dict], d: str) -> tuple[list[dict], list[float]]:
+    test = select(records, dataset=d, defense="compress_amplify", split="test")
+    return test, sorted({r["setting"]["strength"] for r in test})
+
+
+def strength_table(results: Mapping[str, Any]) -> str:
     """Per data set and strength, on the test images: clean accuracy, the authors' FGSM, and the book's clipped FGSM
     at each radius of the grid; the chosen strength is marked."""
-    parts = []
+    cfg, parts = results["parameters"], []
     for d in cfg["datasets"]:
-        chosen = chosen_strength(records, d)
-        test = select(records, dataset=d, defense="compress_amplify", split="test")
-        rows = []
-        for s in sorted({r["setting"]["strength"] for r in test}):
-            at = [r for r in test if r["setting"]["strength"] == s]
-            row = {"s": f"{s:g}" + (" (chosen)" if s == chosen else ""),
-                   "clean": pct_interval(one(at, attack="none")), "authors": pct_interval(one(at, attack="fgsm", clip=False))}
-            for r in select(at, attack="fgsm", clip=True):
-                row[f"{r['eps']:.4f}"] = pct(r["value"])
-            rows.append(row)
-        eps_cols = {f"{e:.4f}": f"ε = {e:.3g}" for e in sorted(r["eps"] for r in select(test, clip=True,
-                                                                                          strength=0.0))}
+        chosen = chosen_strength(results["records"], d)
+        test, strengths = _test_strengths(results["records"], d)
+        grid = sorted(r["eps"] for r in select(test, clip=True, strength=0.0))
+        columns = {"clean [95% CI]": {"attack": "none"}, "FGSM, authors' [95% CI]": {"attack": "fgsm", "clip": False},
+                   **{f"ε = {e:.3g}": (lambda at, e=e: pct(one(at, attack="fgsm", clip=True, eps=e)["value"]))
+                      for e in grid}}
+        rows = {f"{s:g}" + (" (chosen)" if s == chosen else ""): {"strength": s} for s in strengths}
         parts.append(f"**{d}** (FGSM of the authors: {cfg['authors_eps'][d]:g} normalized units = "
                      f"{authors_eps_pixels(cfg, d):.4f} pixels, unclipped)\n\n"
-                     + markdown_table(rows, {"s": "strength", "clean": "clean [95% CI]",
-                                             "authors": "FGSM, authors' [95% CI]", **eps_cols}))
+                     + record_table(test, rows, columns, corner="strength"))
     return "\n\n".join(parts)
 
 
-def adaptive_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
-    """Per data set, model (unmodified, rescaled) and radius: the worst case with its interval, and what each
-    member added."""
-    rows = []
-    for d in cfg["datasets"]:
+def worst_case_table(results: Mapping[str, Any]) -> str:
+    """Per data set, model (unmodified, rescaled) and radius: the worst case with its interval, and the images each
+    member fooled that the earlier ones missed (``smaller ε``: fooled at a smaller radius already)."""
+    records, rows = results["records"], []
+    for d in results["parameters"]["datasets"]:
         for r in select(records, dataset=d, attack="worst_case"):
-            fooled = select(records, dataset=d, defense=r["defense"], eps=r["eps"], metric="images_fooled")
+            fooled = sorted(select(records, dataset=d, defense=r["defense"], eps=r["eps"], metric="images_fooled"),
+                            key=lambda x: x["setting"]["order"])
             rows.append({"data": d, "model": "unmodified" if r["defense"] == "none"
                          else f"compress/amplify, strength {r['setting']['strength']:g}",
                          "eps": f"{r['eps']:.4f}", "worst": pct_interval(r),
-                         "added": ", ".join(f"{x['attack']} {int(x['value'])}" for x in fooled)})
+                         "added": ", ".join(f"{x['attack'].replace('smaller_eps', 'smaller ε')} {int(x['value'])}"
+                                            for x in fooled)})
     return markdown_table(rows, {"data": "data set", "model": "model", "eps": "ε (pixels)",
                                  "worst": "worst-case accuracy [95% CI]", "added": "images each member fooled"})
+
+
+def health_tables(results: Mapping[str, Any]) -> str:
+    """The health checks, one table per data set, network and strength (0: the unmodified network)."""
+    return grouped_health_tables(results["health"], by=("dataset", "model", "strength"))
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def _datasets_of(records) -> list[str]:
-    return list(dict.fromkeys(r["dataset"] for r in records))
-
-
-def fragility_figure(records: Sequence[dict]):
+def fragility_figure(results: Mapping[str, Any]):
     """Per data set, each channel's clean and FGSM fragility (accuracy lost when it is dropped), channels ordered by
     clean fragility."""
-    ds = _datasets_of(select(records, defense="nodal_dropout"))
+    records, ds = results["records"], results["parameters"]["datasets"]
     fig, axes = plt.subplots(len(ds), 1, figsize=(10, 3.2 * len(ds)), squeeze=False)
     for ax, d in zip(axes[:, 0], ds):
         s = fragility_summary(records, d)
@@ -586,18 +569,17 @@ def fragility_figure(records: Sequence[dict]):
         ax.set_xticks(pos, [str(int(j)) for j in order], fontsize=7 if len(order) > 20 else 9,
                       rotation=90 if len(order) > 20 else 0)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set_ylabel("accuracy lost (points)")
-        ax.set_title(f"{d}: first-layer channels, most fragile first")
+        ax.set(ylabel="accuracy lost (points)", title=f"{d}: first-layer channels, most fragile first")
         ax.legend()
     axes[-1, 0].set_xlabel("channel")
     fig.tight_layout()
     return fig
 
 
-def targeting_figure(records: Sequence[dict]):
+def targeting_figure(results: Mapping[str, Any]):
     """Per data set: the targeting distribution (share of images whose most-changed channel is ``j``), channels in
     fragility order; and the targeting change against clean fragility, with Spearman's ρ."""
-    ds = _datasets_of(select(records, metric="targeting_share"))
+    records, ds = results["records"], results["parameters"]["datasets"]
     fig, axes = plt.subplots(len(ds), 2, figsize=(11, 3.4 * len(ds)), squeeze=False)
     for (left, right), d in zip(axes, ds):
         clean = fragility_scores(_no_epoch(records), d, "clean")
@@ -607,23 +589,20 @@ def targeting_figure(records: Sequence[dict]):
         change = torch.tensor([r["value"] for r in sorted(select(records, dataset=d, metric="targeting_change"),
                                                           key=lambda r: r["setting"]["channel"])])
         left.bar(range(len(order)), (100 * share[order]).numpy())
-        left.set_xlabel("channels, most fragile first")
-        left.set_ylabel("images targeting it (%)")
-        left.set_title(f"{d}: where FGSM lands")
+        left.set(xlabel="channels, most fragile first", ylabel="images targeting it (%)",
+                 title=f"{d}: where FGSM lands")
         right.scatter((100 * clean).numpy(), change.numpy(), s=14)
-        rho = _correlation(records, d, "targeting_change", "fragility_clean")
-        right.set_xlabel("clean fragility (points)")
-        right.set_ylabel("mean activation change")
-        right.set_title(f"Spearman ρ = {_rho_text(rho)}")
+        right.set(xlabel="clean fragility (points)", ylabel="mean activation change",
+                  title=f"Spearman ρ = {_rho_text(_correlation(records, d, 'targeting_change', 'fragility_clean'))}")
     fig.tight_layout()
     return fig
 
 
-def evolution_figure(records: Sequence[dict]):
+def evolution_figure(results: Mapping[str, Any]):
     """Per data set with a second copy: each channel's clean fragility after each measured epoch (the five most
     fragile at the end highlighted)."""
-    ev = [r for r in records if r["setting"].get("epoch")]
-    ds = _datasets_of(ev)
+    ev = [r for r in results["records"] if r["setting"].get("epoch")]
+    ds = [d for d in results["parameters"]["datasets"] if select(ev, dataset=d)]
     fig, axes = plt.subplots(1, max(len(ds), 1), figsize=(5.5 * max(len(ds), 1), 3.6), squeeze=False)
     for ax, d in zip(axes[0], ds):
         epochs = sorted({r["setting"]["epoch"] for r in select(ev, dataset=d)})
@@ -632,39 +611,31 @@ def evolution_figure(records: Sequence[dict]):
         for j in range(drops.shape[1]):
             ax.plot(epochs, (100 * drops[:, j]).numpy(), lw=1.6 if j in top else 0.6,
                     alpha=1.0 if j in top else 0.4, label=f"channel {j}" if j in top else None)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy lost when dropped (points)")
-        ax.set_title(f"{d}, second copy")
+        ax.set(xlabel="epoch", ylabel="accuracy lost when dropped (points)", title=f"{d}, second copy")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def strength_figure(records: Sequence[dict]):
+def strength_figure(results: Mapping[str, Any]):
     """Per data set: the book's FGSM accuracy against the radius, one line per strength (test images); and clean
     and authors'-FGSM accuracy against the strength (the cost beside the gain)."""
-    ds = _datasets_of(select(records, defense="compress_amplify"))
+    records, ds = results["records"], results["parameters"]["datasets"]
     fig, axes = plt.subplots(len(ds), 2, figsize=(11, 3.4 * len(ds)), squeeze=False)
     for (left, right), d in zip(axes, ds):
-        test = select(records, dataset=d, defense="compress_amplify", split="test")
-        strengths = sorted({r["setting"]["strength"] for r in test})
+        test, strengths = _test_strengths(records, d)
         for s in strengths:
-            at = [r for r in test if r["setting"]["strength"] == s]
+            at = select(test, strength=s)
             curve = [(0.0, one(at, attack="none")["value"])] + sorted(
                 (r["eps"], r["value"]) for r in select(at, attack="fgsm", clip=True))
             left.plot(*zip(*curve), marker="o", label=f"strength {s:g}")
-        left.set_xlabel("ε (pixels)")
-        left.set_ylabel("FGSM accuracy (clipped)")
-        left.set_title(f"{d}: FGSM vs ε")
+        left.set(xlabel="ε (pixels)", ylabel="FGSM accuracy (clipped)", title=f"{d}: FGSM vs ε")
         left.legend(fontsize=8)
-        for attack, label in (("none", "clean"), ("fgsm", "FGSM, authors'")):
-            match = {"attack": "none"} if attack == "none" else {"attack": "fgsm", "clip": False}
-            pts = [(s, one([r for r in test if r["setting"]["strength"] == s], **match)["value"]) for s in strengths]
+        for label, match in (("clean", {"attack": "none"}), ("FGSM, authors'", {"attack": "fgsm", "clip": False})):
+            pts = [(s, one(test, strength=s, **match)["value"]) for s in strengths]
             right.plot(*zip(*pts), marker="o", label=label)
         right.axvline(chosen_strength(records, d), color="red", ls="--", lw=1, label="chosen")
-        right.set_xlabel("strength")
-        right.set_ylabel("accuracy")
-        right.set_title(f"{d}: gain and cost")
+        right.set(xlabel="strength", ylabel="accuracy", title=f"{d}: gain and cost")
         right.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -681,26 +652,26 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
     - ``targeting``: FGSM's activation change is rank-correlated with clean fragility (ρ > 0, p < :data:`ALPHA`);
     - ``fgsm_gain``: compress/amplify at the chosen strength raises the authors'-FGSM test accuracy (intervals
       disjoint); ``False`` when validation chose strength 0;
-    - ``adaptive_gain``: the worst case at the threat radius is clearly higher for the rescaled model.
+    - ``adaptive_gain``: the worst case at the threat radius ``eps`` is clearly higher for the rescaled model.
 
-    ``category``: ``real`` (both gains), ``fgsm_only`` (the FGSM gain does not survive the worst case), ``no_gain``.
+    ``category``: ``broken`` (the network the defense chose is broken, :data:`kit.BROKEN_RULE`, on its clean test
+    accuracy: nothing else is interpreted), ``real`` (both gains), ``fgsm_only`` (the FGSM gain does not survive
+    the worst case), ``no_gain``.
     """
-    recs = results["records"]
+    recs, p = results["records"], results["parameters"]
     out = {}
-    for d in _datasets_of(select(recs, metric="chosen_strength")):
+    for d in p["datasets"]:
         s = fragility_summary(recs, d)
         rho = _correlation(recs, d, "targeting_change", "fragility_clean")
         chosen = chosen_strength(recs, d)
         test = select(recs, dataset=d, defense="compress_amplify", split="test")
-        at = {st: [r for r in test if r["setting"]["strength"] == st] for st in (0.0, chosen)}
-        fg = {st: one(v, attack="fgsm", clip=False) for st, v in at.items()}
-        clean = {st: one(v, attack="none") for st, v in at.items()}
-        threat = float(threat_eps(d))
-        worst = {lab: next((r for r in select(recs, dataset=d, attack="worst_case", defense=lab)
-                            if math.isclose(r["eps"], threat)), None) for lab in ("none", "compress_amplify")}
+        fg = {st: one(test, strength=st, attack="fgsm", clip=False) for st in (0.0, chosen)}
+        clean = {st: one(test, strength=st, attack="none") for st in (0.0, chosen)}
+        worst = {lab: first(recs, dataset=d, attack="worst_case", defense=lab, eps=float(p["eps"][d]))
+                 for lab in ("none", "compress_amplify")}
         fgsm_gain = chosen > 0 and evaluate.compare(fg[chosen], fg[0.0]) == "higher"
         adaptive_gain = chosen > 0 and evaluate.compare(worst["compress_amplify"], worst["none"]) == "higher"
-        checks = [h for h in results.get("health", []) if h.get("dataset") == d]
+        broken = kit.is_broken(clean[chosen], dataset_info(d).num_classes)
         out[d] = {"neurons": bool(s["fragile"]) and bool(s["robust"]), "fragile": s["fragile"],
                   "robust": s["robust"], "channels": s["channels"],
                   "targeting": rho is not None and not math.isnan(rho["value"]) and rho["value"] > 0
@@ -708,9 +679,10 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
                   "seed_rho": _correlation(recs, d, "fragility_clean_seed2", "fragility_clean"),
                   "strength": chosen, "fgsm": fg, "clean": clean, "fgsm_gain": fgsm_gain,
                   "clean_cost": evaluate.compare(clean[0.0], clean[chosen]) == "higher" if chosen > 0 else False,
-                  "worst": worst, "adaptive_gain": adaptive_gain,
-                  "category": "real" if fgsm_gain and adaptive_gain else "fgsm_only" if fgsm_gain else "no_gain",
-                  "failed_checks": [h["check"] for h in checks if not h["passed"]]}
+                  "worst": worst, "adaptive_gain": adaptive_gain, "broken": broken,
+                  "category": "broken" if broken else "real" if fgsm_gain and adaptive_gain
+                  else "fgsm_only" if fgsm_gain else "no_gain",
+                  "failed_checks": kit.failed_checks(results.get("health", []), dataset=d)}
     return out
 
 
@@ -719,7 +691,7 @@ def _yes(flag: bool) -> str:
 
 
 def verdict(results: Mapping[str, Any]) -> str:
-    """The verdict in Markdown, sentence by sentence from :func:`verdict_summary`."""
+    """The verdict in Markdown, sentence by sentence from :func:`verdict_summary`, with the broken-network rule."""
     lines = []
     for d, v in verdict_summary(results).items():
         rho = v["targeting_rho"]
@@ -738,13 +710,14 @@ def verdict(results: Mapping[str, Any]) -> str:
                          f"({'a clear gain' if v['fgsm_gain'] else 'no clear gain'}; clean {pct_interval(v['clean'][0.0])} → "
                          f"{pct_interval(v['clean'][v['strength']])}). Adaptive worst case at the threat radius: {pct_interval(w0)} → "
                          f"{pct_interval(w1)}.")
-        words = {"real": "the gain survives the adaptive evaluation.",
+        words = {"broken": f"the network the defense chose is broken (clean test accuracy "
+                           f"{pct_interval(v['clean'][v['strength']])}): its robustness numbers are not interpreted.",
+                 "real": "the gain survives the adaptive evaluation.",
                  "fgsm_only": "the gain is an FGSM artefact: it does not survive the adaptive worst case.",
                  "no_gain": "no robustness gain to audit."}
         lines.append(f"Verdict: {words[v['category']]}")
         if v["failed_checks"]:
             lines.append(f"Health checks failed: {', '.join(v['failed_checks'])}.")
         lines.append("")
-    if results.get("profile") == "smoke":
-        lines.append("This is the smoke profile: the numbers only show that every cell runs.")
+    lines += [kit.BROKEN_RULE, "", kit.smoke_note(results.get("profile", ""))]
     return "\n".join(lines).strip()

@@ -15,14 +15,14 @@ setting naming the step that measured it:
 - ``"paper"``: the kappa sweep on test images: clean, IFGSM (``box`` ``"white"``/``"gray"``) and DeepFool in L2
   and L∞ (accuracy, ``success_rate``, and ``rho`` with ``units`` ``"normalized"``, the official code's mean
   over all attacked images, or ``"pixel"``, the book's mean over the correctly classified images it fools);
-- ``"adaptive"``: clean accuracy, the worst case over the ensemble (``attack="worst_case"``) at each radius
-  (``nested=True``: the curve) and at the threat radius once per attack seed (``nested=False``, the record's
-  ``seed``), per member the images it fooled beyond the earlier ones (metric ``"added"``, ``attack`` the
-  member), the paper's gradient alone (``attack="pgd_true"``, accuracy), and the adaptive min-norm attack
-  (``attack="ddn_bpda"``: ``rho`` medians at ``steps`` and twice the steps, ``success_rate``, ``converged``);
+- ``"adaptive"``: clean accuracy; the worst case over the ensemble as the kit's records
+  (:func:`robustness.chapters.kit.worst_case_records`) at each radius of ``pgd_eps`` (``nested=True``) and at the
+  threat radius ``eps`` once per attack seed (``nested=False``, the record's ``seed``, with the paper's gradient
+  alone: ``attack="pgd_true"``, ``alone=True``); and the min-norm attack (``attack="ddn_bpda"``, the kit's
+  min-norm records at ``steps`` and at twice the steps);
 - ``"autoattack"``: AutoAttack (standard) at the threat radius.
 
-Tables, figures and the verdict are functions of those records (and of the run's parameters).
+Steps are ``step(run)`` on a :class:`Run`; tables, figures and the verdict are functions of the results.
 """
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import kit
 from .. import attacks, evaluate, zoo
 from ..config import ChapterSpec, Param, RunConfig, check_counts
-from ..data import DATASETS, dataset_info, normalized_to_pixels, threat_eps
+from ..data import DATASETS, dataset_info, load_dataset, normalized_to_pixels, threat_eps
 from ..defenses.jumprelu import bpda_relu, bpda_smooth, retrofit
-from ..report import markdown_table, pct, show_image
-from ..results import anchors, one, record, select
+from ..report import health_tables as _health_tables, markdown_table, pct, pct_interval, record_table, show_image
+from ..results import anchors, first, one, record, select
 
 #: The paper's architecture per data set: LeNetLike for the grayscale 28×28 sets, AlexLike for CIFAR-10 (the
 #: model zoo's, :data:`robustness.zoo.ARCH`: the baseline networks are the zoo's, shared with chapter 1).
@@ -56,8 +57,6 @@ MEMBERS_AT_ZERO = ("pgd_true", "pgd_bpda_margin", "square")
 OFFICIAL_EPOCHS = 90
 #: DeepFool's overshoot, as the official code.
 DEEPFOOL_OVERSHOOT = 0.02
-#: A retrofit whose clean accuracy is at most chance + this margin is a broken classifier, not a defense.
-BROKEN_MARGIN = 0.1
 
 
 def model_id(dataset: str, kind: str) -> str:
@@ -110,6 +109,8 @@ PARAMS = {
     "attack_iter": _each("pos_int", "IFGSM and DeepFool iterations (official: 40 on MNIST, 7 on CIFAR-10)"),
     "pgd_eps": _each("eps_linf_list", "L∞ radii on [0, 1] pixels of the adaptive attack ensemble"),
     "ddn_steps": _each("nonneg_int", "iterations of the min-norm attack (DDN through BPDA; 0: not run)"),
+    "eps": _each("eps_linf", "L∞ threat radius on [0, 1] pixels: the worst case per seed, AutoAttack and the "
+                             "health checks (profiles: the data set's standard radius)"),
     "ifgsm_step": Param("pos_float", "IFGSM step, official normalized units (× σ_c on pixels)"),
     "deepfool_classes": Param("choice", "DeepFool candidate classes (10: all, as the official code)",
                               tuple(range(2, 11))),
@@ -154,6 +155,7 @@ _COMMON = {
     # the threat-model radii (MNIST 0.3, Fashion-MNIST 0.1, CIFAR-10 8/255) and a larger one, where a sound
     # evaluation must approach 0
     "pgd_eps": _gray_color([0.1, 0.2, 0.3, 0.4], [8 / 255, 16 / 255]),
+    "eps": {d: threat_eps(d) for d in DATASETS},
     "ifgsm_step": 0.01, "smooth_temperature": 0.1, "members": list(MEMBERS), "batch_size": 250, "seed": 0,
 }
 
@@ -216,28 +218,22 @@ def adv_eps_pixels(cfg, d: str) -> torch.Tensor:
     return normalized_to_pixels(d, cfg["adv_eps_normalized"][d])
 
 
+class Run(kit.Run):
+    """One run of the chapter (:class:`robustness.chapters.kit.Run`): ``nets[(d, model)]`` the trained networks,
+    ``data[d] = {"test", "val", "info"}``, and in ``raw`` every adaptive worst case with its per-image outcome,
+    keyed ``(d, model, kappa, seed)`` at the threat radius and ``(d, model, kappa, "curve")`` for the curve."""
+
+
 # ---------------------------------------------------------------------------
 # The training recipes (the zoo's for the profile's values), on the training images minus the validation hold-out
-
-
-def splits(cfg: RunConfig, d: str) -> dict:
-    """The first ``train_size`` training images of ``d``: ``train``, the first ``train_size - n_val`` of them (the
-    images the networks train on, the zoo's for the profile's values), and ``val``, the last ``n_val`` (held out,
-    never trained on; only they choose kappa)."""
-    from ..data import ArrayDataset, load_dataset
-
-    full = load_dataset(d, "train").first(cfg.train_size[d])
-    n_train = cfg.train_size[d] - cfg.n_val[d]
-    val = ArrayDataset(full.name, "val", full.x[n_train:], full.y[n_train:],
-                       f"{full.source}; images {n_train + 1:,}–{len(full):,}, held out")
-    return {"train": full.first(n_train), "val": val}
 
 
 def train_arguments(cfg: RunConfig, d: str, epochs: int | None = None) -> dict:
     """The :func:`robustness.train.trained_model` keyword arguments of both networks of ``d`` (the loss aside):
     the zoo recipe of ``d`` at the run's profile (:func:`robustness.zoo.for_dataset`) with the run's
-    ``epochs``, ``lr``, ``augment`` and ``seed``, on the first ``train_size - n_val`` training images
-    (:func:`splits`). With the profile's values this is the zoo's recipe, so the baseline network is the zoo's."""
+    ``epochs``, ``lr``, ``augment`` and ``seed``, on the first ``train_size - n_val`` training images (the last
+    ``n_val`` of the first ``train_size`` are held out: :func:`robustness.chapters.kit.holdout_split`). With the
+    profile's values this is the zoo's recipe, so the baseline network is the zoo's."""
     return zoo.variant(zoo.for_dataset(d, cfg.profile), train_size=cfg.train_size[d] - cfg.n_val[d],
                        epochs=cfg.epochs[d] if epochs is None else epochs, lr=cfg.lr[d], augment=cfg.augment[d],
                        seed=cfg.seed)
@@ -386,156 +382,88 @@ def ensemble(net: nn.Module, source: nn.Module, kappa: float, names: Sequence[st
     return [make[m]() for m in names if kappa > 0 or m in MEMBERS_AT_ZERO]
 
 
-def _worst_case_records(rec, result: dict, nested: bool, seed: int) -> list[dict]:
-    """A :func:`evaluate.worst_case` result as records: the worst case, and per member what it added; at the
-    threat radius also ``pgd_true`` alone (it runs first, so what it fooled is what it fools standalone)."""
-    kw = dict(threat_model="linf", eps=result["eps"], nested=nested, seed=seed)
-    out = [rec(attack="worst_case", metric="accuracy", value=result["robust"], n=result["n"],
-               interval=result["interval"], members="+".join(result["members"]), **kw)]
-    out += [rec(attack=m, metric="added", value=result["added"][m], n=result["n"], order=i, **kw)
-            for i, m in enumerate(result["members"])]
-    if not nested:
-        clean_k = round(result["clean"] * result["n"])
-        alone = evaluate.accuracy_record(clean_k - result["added"]["pgd_true"], result["n"])
-        out.append(rec(attack="pgd_true", metric="accuracy", value=alone["value"], n=alone["n"],
-                       interval=alone["interval"], **kw))
-    return out
-
-
-def _min_norm_records(rec, r: dict) -> list[dict]:
-    kw = dict(attack="ddn_bpda", threat_model="l2")
-    out = []
-    for steps, suffix in ((r["steps"], ""), (r.get("steps_double"), "_double")):
-        if steps is None:
-            continue
-        out += [rec(metric="rho", value=r[f"rho_median{suffix}"], n=r["n_correct"], units="pixel",
-                    statistic="median (not fooled = ∞)", steps=steps, **kw),
-                rec(metric="success_rate", value=r[f"success_rate{suffix}"], n=r["n_correct"], steps=steps, **kw)]
-    if "converged" in r:
-        out.append(rec(metric="converged", value=float(r["converged"]), steps=r["steps"], **kw))
-    return out
-
-
-def adaptive_evaluation(cfg, model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y: torch.Tensor,
-                        eps_list: Sequence[float], threat: float, *, dataset: str, model_name: str,
-                        ddn_steps: int = 0) -> list[dict]:
-    """Records (``protocol="adaptive"``) per kappa of ``{0} ∪ kappas``: clean accuracy; the worst case over
-    ``cfg.members`` at every radius of ``eps_list``, nested (an image fooled at a smaller eps is fooled at a
-    larger one); at the ``threat`` radius the worst case rerun with each of ``cfg.seeds`` with what each member
-    added and the paper's gradient alone; and (``ddn_steps`` > 0) the adaptive min-norm attack (DDN through
-    BPDA) with its convergence check. Every accuracy carries n and a 95% Wilson interval."""
-    kw = dict(steps=cfg["pgd_steps"], restarts=cfg["restarts"], queries=cfg["square_queries"],
-              temperature=cfg["smooth_temperature"])
-    batch = cfg["batch_size"]
-    source = retrofit(model, 0.0)
-    out = []
+def adaptive_evaluation(run: Run, model: nn.Module, kappas: Sequence[float], x: torch.Tensor, y: torch.Tensor, *,
+                        dataset: str, model_name: str) -> None:
+    """Records (``protocol="adaptive"``) per kappa of ``{0} ∪ kappas``, appended to ``run.records``: clean
+    accuracy; the worst case over ``members`` at every radius of ``pgd_eps[dataset]``, nested (an image fooled at
+    a smaller eps is fooled at a larger one); at the threat radius ``eps[dataset]`` the worst case rerun with each
+    of ``seeds``, with what each member added and the paper's gradient alone (the first member); and
+    (``ddn_steps[dataset]`` > 0) the adaptive min-norm attack (DDN through BPDA) at its steps and twice them, with
+    its convergence check. Every accuracy carries n and a 95% Wilson interval; every worst case is kept with its
+    per-image outcome in ``run.raw`` (keys: :class:`Run`)."""
+    cfg, d, m = run.cfg, dataset, model_name
+    kw = dict(steps=cfg.pgd_steps, restarts=cfg.restarts, queries=cfg.square_queries,
+              temperature=cfg.smooth_temperature)
+    batch, source = cfg.batch_size, retrofit(model, 0.0)
     for kappa in sorted({0.0, *(float(k) for k in kappas)}):
         net = retrofit(model, kappa)
-        members = ensemble(net, source, kappa, cfg["members"], **kw)
-
-        def rec(**fields):
-            return record(cfg, dataset=dataset, model=model_name, defense="jumprelu", kappa=kappa,
-                          protocol="adaptive", **fields)
-
+        members = ensemble(net, source, kappa, cfg.members, **kw)
+        at = dict(dataset=d, model=m, defense="jumprelu", kappa=kappa, protocol="adaptive")
         clean = evaluate.accuracy_record(evaluate.predict(net, x) == y)
-        out.append(rec(metric="accuracy", value=clean["value"], n=clean["n"], interval=clean["interval"]))
-        for r in evaluate.worst_case_curve(net, x, y, sorted(eps_list), members, batch_size=batch, seed=cfg["seed"]):
-            out += _worst_case_records(rec, r, nested=True, seed=cfg["seed"])
-        for s in cfg["seeds"]:
-            r = evaluate.worst_case(net, x, y, threat, members, batch_size=batch, seed=s)
-            out += _worst_case_records(rec, r, nested=False, seed=s)
-        if ddn_steps > 0:
-            out += _min_norm_records(rec, evaluate.min_norm(net, x, y, attack_model=bpda_relu(net), steps=ddn_steps,
-                                                            batch_size=batch, seed=cfg["seed"]))
-    return out
-
-
-def autoattack_at(cfg, model: nn.Module, kappa: float, x: torch.Tensor, y: torch.Tensor, eps: float, *,
-                  dataset: str, model_name: str) -> dict:
-    """AutoAttack (standard) on the ``kappa``-retrofit, as a record: the field's reference number. It follows
-    the retrofit's own (masked) gradient and adds Square, so it is a reference, not an adaptive attack."""
-    res = evaluate.autoattack_accuracy(retrofit(model, kappa), x, y, eps, norm="linf", batch_size=cfg["batch_size"],
-                                       seed=cfg["seed"])
-    return record(cfg, dataset=dataset, model=model_name, defense="jumprelu", attack="autoattack",
-                  threat_model="linf", eps=eps, metric="accuracy", value=res["robust"], n=res["n"],
-                  interval=res["interval"], kappa=float(kappa), protocol="autoattack", version=res["version"])
-
-
-def _worst_for_health(records: Sequence[dict], d: str, m: str, kappa: float, seed: int) -> dict | None:
-    """The threat-radius worst case of one seed in the shape the gradient-free health check reads."""
-    added = select(records, dataset=d, model=m, protocol="adaptive", kappa=kappa, metric="added", nested=False,
-                   seed=seed)
-    if not added:
-        return None
-    names = [r["attack"] for r in added]
-    return {"members": names, "kinds": {n: "square" if n == "square" else "pgd" for n in names},
-            "added": {r["attack"]: int(r["value"]) for r in added}, "n": added[0]["n"], "eps": added[0]["eps"]}
-
-
-def health(cfg, model: nn.Module, kappa: float, x: torch.Tensor, y: torch.Tensor, d: str,
-           worst: dict | None = None) -> list[dict]:
-    """The health table of one retrofit at the threat radius: attacks follow the BPDA copy, gradients are
-    measured on the exact retrofit, the transfer check uses PGD examples of the kappa = 0 network."""
-    eps = threat_eps(d)
-    gen = torch.Generator(evaluate.model_device(model)).manual_seed(cfg["seed"])
-    transfer = evaluate.run_attack(attacks.pgd_linf, model, x, y, cfg["batch_size"], eps=eps,
-                                   steps=cfg["health_steps"], generator=gen, early_stop=False)
-    jump = retrofit(model, kappa)
-    return evaluate.health_checks(jump, x, y, eps=eps, norm="linf", steps=cfg["health_steps"],
-                                  num_classes=dataset_info(d).num_classes, attack_model=bpda_relu(jump),
-                                  transfer_x_adv=transfer, worst=worst, batch_size=cfg["batch_size"],
-                                  seed=cfg["seed"])
+        run.records.append(record(cfg, metric="accuracy", value=clean["value"], n=clean["n"],
+                                  interval=clean["interval"], **at))
+        curve = evaluate.worst_case_curve(net, x, y, sorted(cfg.pgd_eps[d]), members, batch_size=batch,
+                                          seed=cfg.seed)
+        run.records += kit.worst_case_records(cfg, curve, run=run, key=(d, m, kappa, "curve"), nested=True,
+                                              seed=cfg.seed, **at)
+        for s in cfg.seeds:
+            r = evaluate.worst_case(net, x, y, cfg.eps[d], members, batch_size=batch, seed=s)
+            run.records += kit.worst_case_records(cfg, r, run=run, key=(d, m, kappa, s), first_alone=True,
+                                                  nested=False, seed=s, **at)
+        if cfg.ddn_steps[d] > 0:
+            r = evaluate.min_norm(net, x, y, attack_model=bpda_relu(net), steps=cfg.ddn_steps[d], batch_size=batch,
+                                  seed=cfg.seed)
+            double = {"n": r["n"], **{k: r[f"{k}_double"] for k in ("success_rate", "rho_median", "rho_mean")}}
+            for summary, steps in ((r, r["steps"]), (double, r["steps_double"])):
+                run.records += kit.min_norm_records(cfg, summary, attack="ddn_bpda", threat_model="l2",
+                                                    steps=steps, **at)
 
 
 # ---------------------------------------------------------------------------
-# The chapter's steps, one call each from the notebook; each returns records
+# The chapter's steps, one call each from the notebook: step(run), appending to the run
 
 
-def train_all(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
-    """Train (or load) both networks of every data set of the run. Returns ``(nets, data, records, timings)``:
-    ``nets[(d, model)]``; ``data[d] = {"test", "val", "info"}``; the clean test accuracy of each network as
-    records (``protocol="training"``); training seconds and cache hits in ``timings["train"]``."""
-    from ..data import load_dataset
-
-    nets, data, records, timings = {}, {}, [], {"train": {}}
+def train_all(run: Run) -> None:
+    """Train (or load) both networks of every data set of the run into ``run.nets[(d, model)]`` (and
+    ``run.data[d] = {"test", "val", "info"}``), the clean test accuracy of each as a record
+    (``protocol="training"``), training seconds and cache hits in ``run.timings["train"]``."""
+    cfg = run.cfg
+    run.timings["train"] = {}
     for d in datasets_of(cfg):
-        data[d] = {"test": load_dataset(d, "test"), "val": splits(cfg, d)["val"], "info": dataset_info(d)}
-        clean = data[d]["test"].first(cfg.n_clean[d])
+        val = kit.holdout_split(d, cfg.train_size[d] - cfg.n_val[d], cfg.train_size[d])
+        run.data[d] = {"test": load_dataset(d, "test"), "val": val, "info": dataset_info(d)}
+        clean = run.data[d]["test"].first(cfg.n_clean[d])
         for kind in KINDS:
             m = model_id(d, kind)
-            nets[d, m], meta = RECIPES[kind](cfg, d)
-            acc = evaluate.accuracy_record(evaluate.predict(nets[d, m], clean.x) == clean.y)
-            records.append(record(cfg, dataset=d, model=m, metric="accuracy", value=acc["value"], n=acc["n"],
-                                  interval=acc["interval"], protocol="training"))
-            timings["train"][f"{d}/{m}"] = {"seconds": meta["train_seconds"], "cached": meta["cached"]}
-    return nets, data, records, timings
+            run.nets[d, m], meta = RECIPES[kind](cfg, d)
+            run.records.append(kit.accuracy_record(cfg, run.nets[d, m], clean, dataset=d, model=m,
+                                                   batch_size=cfg.batch_size, protocol="training"))
+            run.timings["train"][f"{d}/{m}"] = {"seconds": meta["train_seconds"], "cached": meta["cached"]}
 
 
-def choose_all(nets: dict, data: dict, cfg: RunConfig) -> list[dict]:
+def choose_all(run: Run) -> None:
     """The kappa sweep on validation images and the chosen kappa (metric ``chosen_kappa``), per network."""
-    out = []
-    for (d, m), net in nets.items():
-        v, n = data[d]["val"], cfg.n_attack[d]
+    cfg = run.cfg
+    for (d, m), net in run.nets.items():
+        v, n = run.data[d]["val"], cfg.n_attack[d]
         sweep = kappa_sweep(cfg, net, cfg.kappas[d], v.x[:n], v.y[:n], dataset=d, model_name=m,
                             protocol="validation", ifgsm_steps=cfg.attack_iter[d],
                             x_clean=v.x, y_clean=v.y, batch_size=cfg.batch_size)
         choice = choose_kappa(sweep, cfg.budget[d])
-        out += sweep + [record(cfg, dataset=d, model=m, defense="jumprelu", attack="ifgsm",
-                               threat_model="linf_normalized", metric="chosen_kappa", value=choice["kappa"],
-                               protocol="validation", budget=cfg.budget[d])]
-    return out
+        run.records += sweep + [record(cfg, dataset=d, model=m, defense="jumprelu", attack="ifgsm",
+                                       threat_model="linf_normalized", metric="chosen_kappa", value=choice["kappa"],
+                                       protocol="validation", budget=cfg.budget[d])]
 
 
-def protocol_all(nets: dict, data: dict, cfg: RunConfig) -> list[dict]:
+def protocol_all(run: Run) -> None:
     """The paper's protocol on the test set for every network: the kappa sweep with IFGSM and DeepFool."""
-    out = []
-    for (d, m), net in nets.items():
-        clean, att = data[d]["test"].first(cfg.n_clean[d]), data[d]["test"].first(cfg.n_attack[d])
-        out += kappa_sweep(cfg, net, cfg.kappas[d], att.x, att.y, dataset=d, model_name=m, protocol="paper",
-                           ifgsm_steps=cfg.attack_iter[d], deepfool_iter=cfg.attack_iter[d],
-                           deepfool_classes=cfg.deepfool_classes, n_deepfool=cfg.n_deepfool[d], x_clean=clean.x,
-                           y_clean=clean.y, batch_size=cfg.batch_size)
-    return out
+    cfg = run.cfg
+    for (d, m), net in run.nets.items():
+        clean, att = run.data[d]["test"].first(cfg.n_clean[d]), run.data[d]["test"].first(cfg.n_attack[d])
+        run.records += kappa_sweep(cfg, net, cfg.kappas[d], att.x, att.y, dataset=d, model_name=m, protocol="paper",
+                                   ifgsm_steps=cfg.attack_iter[d], deepfool_iter=cfg.attack_iter[d],
+                                   deepfool_classes=cfg.deepfool_classes, n_deepfool=cfg.n_deepfool[d],
+                                   x_clean=clean.x, y_clean=clean.y, batch_size=cfg.batch_size)
 
 
 def chosen_kappa(records: Sequence[dict], d: str, m: str) -> float:
@@ -543,63 +471,65 @@ def chosen_kappa(records: Sequence[dict], d: str, m: str) -> float:
     return one(records, dataset=d, model=m, metric="chosen_kappa")["value"]
 
 
-def _adaptive_kappas(records, d: str, m: str, cfg) -> list[float]:
-    grid = cfg["kappas"][d]
-    return grid if cfg["adaptive_all_kappas"] else sorted({0.0, chosen_kappa(records, d, m), max(grid)})
+def _judged(run: Run, d: str, m: str) -> float:
+    return evaluated_kappa(chosen_kappa(run.records, d, m), run.cfg.kappas[d])
 
 
-def adaptive_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
-    """The adaptive evaluation of every network (on every kappa, or on 0, the chosen and the largest)."""
-    out = []
-    for (d, m), net in nets.items():
-        sub = data[d]["test"].first(cfg.n_adaptive[d])
-        out += adaptive_evaluation(cfg, net, _adaptive_kappas(records, d, m, cfg), sub.x, sub.y, cfg.pgd_eps[d],
-                                   threat_eps(d), dataset=d, model_name=m, ddn_steps=cfg.ddn_steps[d])
-    return out
+def adaptive_all(run: Run) -> None:
+    """The adaptive evaluation (:func:`adaptive_evaluation`) of every network on its first ``n_adaptive`` test
+    images, on every kappa (``adaptive_all_kappas``) or on 0, the chosen and the largest."""
+    cfg = run.cfg
+    for (d, m), net in run.nets.items():
+        grid = cfg.kappas[d]
+        kappas = grid if cfg.adaptive_all_kappas else sorted({0.0, chosen_kappa(run.records, d, m), max(grid)})
+        sub = run.data[d]["test"].first(cfg.n_adaptive[d])
+        adaptive_evaluation(run, net, kappas, sub.x, sub.y, dataset=d, model_name=m)
 
 
-def autoattack_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
-    """AutoAttack at the threat radius on every network at its judged kappa (where ``n_autoattack`` > 0)."""
-    out = []
-    for (d, m), net in nets.items():
+def autoattack_all(run: Run) -> None:
+    """AutoAttack (standard) at the threat radius on every network at its judged kappa (where ``n_autoattack``
+    > 0): the field's reference number. It follows the retrofit's own (masked) gradient and adds Square, so it is
+    a reference, not an adaptive attack. Its seconds go to ``run.timings["autoattack"]``."""
+    cfg = run.cfg
+    for (d, m), net in run.nets.items():
         if cfg.n_autoattack[d] == 0:
             continue
-        sub = data[d]["test"].first(cfg.n_autoattack[d])
-        out.append(autoattack_at(cfg, net, evaluated_kappa(chosen_kappa(records, d, m), cfg.kappas[d]), sub.x,
-                                 sub.y, threat_eps(d), dataset=d, model_name=m))
-    return out
+        sub, k = run.data[d]["test"].first(cfg.n_autoattack[d]), _judged(run, d, m)
+        rec, seconds = kit.autoattack_record(cfg, retrofit(net, k), sub.x, sub.y, cfg.eps[d], dataset=d, model=m,
+                                             batch_size=cfg.batch_size, defense="jumprelu", kappa=float(k),
+                                             protocol="autoattack")
+        run.records.append(rec)
+        run.timings.setdefault("autoattack", {})[f"{d}/{m}"] = seconds
 
 
-def health_all(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> list[dict]:
-    """Health rows of every network at its judged and at the largest kappa, each row tagged with ``dataset``,
-    ``model`` and ``kappa``; the gradient-free check reads what Square added in the worst case."""
-    out = []
-    for (d, m), net in nets.items():
-        sub = data[d]["test"].first(cfg.n_adaptive[d])
-        judged = evaluated_kappa(chosen_kappa(records, d, m), cfg.kappas[d])
-        for k in sorted({judged, max(cfg.kappas[d])}):
-            worst = _worst_for_health(records, d, m, k, cfg.seeds[0]) if "square" in cfg.members else None
-            out += [{"dataset": d, "model": m, "kappa": k, **row}
-                    for row in health(cfg, net, k, sub.x, sub.y, d, worst=worst)]
-    return out
+def health_all(run: Run) -> None:
+    """The health rows of every network at its judged and at the largest kappa, at the threat radius, tagged with
+    ``dataset``, ``model`` and ``kappa``: attacks follow the BPDA copy, gradients are measured on the exact
+    retrofit, the transfer check uses PGD examples of the kappa = 0 network, and the gradient-free check reads
+    what Square added in the worst case of the first attack seed (kept in ``run.raw``)."""
+    cfg = run.cfg
+    for (d, m), net in run.nets.items():
+        sub = run.data[d]["test"].first(cfg.n_adaptive[d])
+        for k in sorted({_judged(run, d, m), max(cfg.kappas[d])}):
+            jump = retrofit(net, k)
+            worst = run.raw.get((d, m, k, cfg.seeds[0])) if "square" in cfg.members else None
+            run.health += kit.health_rows(jump, sub.x, sub.y, dataset=d, model=m, eps=cfg.eps[d],
+                                          steps=cfg.health_steps, num_classes=dataset_info(d).num_classes,
+                                          seed=cfg.seed, batch_size=cfg.batch_size, norm="linf",
+                                          attack_model=bpda_relu(jump), transfer_from=net, worst=worst, kappa=k)
 
 
 # ---------------------------------------------------------------------------
-# Tables of the records
-
-
-def _models(records: Sequence[dict]) -> list[tuple[str, str]]:
-    """The (data set, model) pairs of the records, in order of first appearance."""
-    return list(dict.fromkeys((r["dataset"], r["model"]) for r in records))
+# Tables of the results (``run.results()`` or a saved file)
 
 
 def _label(d: str, m: str) -> str:
     return f"{NAME[d]} {m}"
 
 
-def _iv(rec: dict) -> str:
-    lo, hi = rec["interval"]
-    return f"{pct(rec['value'])} [{pct(lo)}, {pct(hi)}]"
+def _params(results: dict) -> RunConfig:
+    """The run's parameters with attribute access and the profile (what the recipe helpers read)."""
+    return RunConfig(results["parameters"], profile=results["profile"])
 
 
 def _rho(v) -> str:
@@ -608,37 +538,33 @@ def _rho(v) -> str:
     return "∞ (not all fooled)" if v == math.inf else f"{100 * v:.2f}%"
 
 
-def _value(records, **match):
-    found = select(records, **match)
-    return found[0]["value"] if len(found) == 1 else None
-
-
 def _paper_pct(v: float) -> str:
     """A published percentage, with the two decimals the paper prints."""
     return f"{100 * v:.2f}%"
 
 
-def _pct_or_dash(v) -> str:
-    return "—" if v is None else pct(v)
+def _with_n(rec: dict) -> str:
+    return f"{pct_interval(rec)} (n = {rec['n']:,})"
 
 
-def training_table(records: Sequence[dict], timings: dict, cfg) -> str:
+def training_table(results: dict) -> str:
     """The networks, their clean test accuracy with its interval, the robust recipe's FGSM radius in both
     units, and what the profile cut from the official recipe (against the paper's clean accuracy)."""
+    records, timings, cfg = results["records"], results["timings"], _params(results)
     rows = []
-    for d, m in _models(select(records, protocol="training")):
-        acc, t = one(records, dataset=d, model=m, protocol="training"), timings["train"][f"{d}/{m}"]
+    for acc in select(records, protocol="training"):
+        d, m = acc["dataset"], acc["model"]
+        t = timings["train"][f"{d}/{m}"]
         fgsm = ("—" if m.endswith("baseline") else
                 f"{pct(cfg['adv_ratio'][d])} of each batch at ε = {cfg['adv_eps_normalized'][d]:g} normalized = "
                 + "/".join(f"{float(e):.4f}" for e in adv_eps_pixels(cfg, d).flatten()) + " on pixels")
         rows.append({"model": _label(d, m), "train": cfg["train_size"][d] - cfg["n_val"][d],
-                     "epochs": cfg["robust_epochs" if m.endswith("robust") else "epochs"][d], "fgsm": fgsm, "clean": acc, "seconds": t["seconds"],
-                     "cached": t["cached"]})
+                     "epochs": cfg["robust_epochs" if m.endswith("robust") else "epochs"][d], "fgsm": fgsm,
+                     "clean": acc, "seconds": t["seconds"], "cached": t["cached"]})
     table = markdown_table(
         rows, {"model": "network", "train": "train images", "epochs": "epochs", "fgsm": "FGSM mix (robust)",
                "clean": "clean test accuracy [95% CI]", "seconds": "train s", "cached": "from cache"},
-        {"clean": lambda r: f"{_iv(r)} (n = {r['n']:,})", "train": lambda v: f"{v:,}",
-         "seconds": lambda v: f"{v:.0f}"})
+        {"clean": _with_n, "train": lambda v: f"{v:,}", "seconds": lambda v: f"{v:.0f}"})
     paper_clean = select(anchors(SPEC.name), dataset="cifar10", attack="none", metric="accuracy")
     cuts = []
     for d in datasets_of(cfg):
@@ -661,21 +587,22 @@ def training_table(records: Sequence[dict], timings: dict, cfg) -> str:
     return table + note
 
 
-def choice_table(records: Sequence[dict]) -> str:
+def choice_table(results: dict) -> str:
     """Per network: the validation rule's budget, the admissible kappas, the chosen one and its numbers."""
-    rows = []
-    for d, m in _models(select(records, protocol="validation")):
-        budget = one(records, dataset=d, model=m, metric="chosen_kappa")["setting"]["budget"]
-        c = choose_kappa(select(records, dataset=d, model=m, protocol="validation"), budget)
-        rows.append({"model": _label(d, m), **c, "admissible": ", ".join(f"{a:g}" for a in c["admissible"])})
+    records, rows = results["records"], []
+    for c in select(records, metric="chosen_kappa"):
+        d, m = c["dataset"], c["model"]
+        choice = choose_kappa(select(records, dataset=d, model=m, protocol="validation"), c["setting"]["budget"])
+        rows.append({"model": _label(d, m), **choice, "admissible": ", ".join(f"{a:g}" for a in choice["admissible"])})
     return markdown_table(
         rows, {"model": "network", "budget": "clean-accuracy budget", "admissible": "admissible κ",
                "kappa": "chosen κ", "clean_drop": "val clean drop", "ifgsm_acc": "val IFGSM acc (white-box)"},
         {"budget": pct, "clean_drop": pct, "ifgsm_acc": pct, "kappa": lambda k: f"{k:g}"})
 
 
-def deepfool_note(cfg) -> str:
+def deepfool_note(results: dict) -> str:
     """What this run's IFGSM and DeepFool are, in the run's numbers (pixel budgets from the normalized steps)."""
+    cfg = results["parameters"]
     ds = datasets_of(cfg)
     budgets = ", ".join(
         f"{NAME[d]} {cfg['attack_iter'][d]} steps of {cfg['ifgsm_step']:g} normalized reach at most "
@@ -691,33 +618,35 @@ def deepfool_note(cfg) -> str:
                "boundary), though for a greedy path this is not guaranteed." if cfg["deepfool_classes"] < 10 else ""))
 
 
-def protocol_tables(records: Sequence[dict]) -> str:
+def _white(norm: str, **match) -> dict:
+    return dict(attack="deepfool", box="white", threat_model=norm, **match)
+
+
+#: The columns of :func:`protocol_tables`: each header with the one record of a kappa it shows.
+PROTOCOL_COLUMNS = {
+    "clean": dict(attack="none"),
+    "IFGSM acc (white)": dict(attack="ifgsm", box="white"),
+    "IFGSM acc (gray)": dict(attack="ifgsm", box="gray"),
+    "DF L2 ρ, paper units (white)": _white("l2", metric="rho", units="normalized"),
+    "DF L∞ ρ, paper units (white)": _white("linf", metric="rho", units="normalized"),
+    "DF L2 ρ, pixels (white)": _white("l2", metric="rho", units="pixel"),
+    "DF L2 success (white)": _white("l2", metric="success_rate"),
+    "DF L2 acc (gray)": dict(attack="deepfool", box="gray", threat_model="l2", metric="accuracy"),
+    "DF L∞ acc (gray)": dict(attack="deepfool", box="gray", threat_model="linf", metric="accuracy"),
+}
+
+
+def protocol_tables(results: dict) -> str:
     """One table per network: the paper's measurements per kappa on the test set (← = chosen kappa)."""
-    out = []
-    for d, m in _models(select(records, protocol="paper")):
+    records, out = results["records"], []
+    for c in select(records, metric="chosen_kappa"):
+        d, m = c["dataset"], c["model"]
         mine = select(records, dataset=d, model=m, protocol="paper")
-        chosen = chosen_kappa(records, d, m)
-        rows = []
-        for k in dict.fromkeys(r["setting"]["kappa"] for r in mine):
-            at = select(mine, kappa=k)
-            df = dict(attack="deepfool")
-            rows.append({
-                "kappa": f"{k:g}" + (" ←" if k == chosen else ""),
-                "clean": _value(at, attack="none"),
-                "w_ifgsm": _value(at, attack="ifgsm", box="white"), "g_ifgsm": _value(at, attack="ifgsm", box="gray"),
-                "w_df2p": _value(at, **df, box="white", threat_model="l2", metric="rho", units="normalized"),
-                "w_dfip": _value(at, **df, box="white", threat_model="linf", metric="rho", units="normalized"),
-                "w_df2": _value(at, **df, box="white", threat_model="l2", metric="rho", units="pixel"),
-                "w_dfs": _value(at, **df, box="white", threat_model="l2", metric="success_rate"),
-                "g_df2": _value(at, **df, box="gray", threat_model="l2", metric="accuracy"),
-                "g_dfi": _value(at, **df, box="gray", threat_model="linf", metric="accuracy")})
-        out.append(f"**{_label(d, m)}** (← = κ chosen on validation)\n\n" + markdown_table(
-            rows, {"kappa": "κ", "clean": "clean", "w_ifgsm": "IFGSM acc (white)", "g_ifgsm": "IFGSM acc (gray)",
-                   "w_df2p": "DF L2 ρ, paper units (white)", "w_dfip": "DF L∞ ρ, paper units (white)",
-                   "w_df2": "DF L2 ρ, pixels (white)", "w_dfs": "DF L2 success (white)",
-                   "g_df2": "DF L2 acc (gray)", "g_dfi": "DF L∞ acc (gray)"},
-            {"clean": _pct_or_dash, "w_ifgsm": _pct_or_dash, "g_ifgsm": _pct_or_dash, "w_df2p": _rho,
-             "w_dfip": _rho, "w_df2": _rho, "w_dfs": _pct_or_dash, "g_df2": _pct_or_dash, "g_dfi": _pct_or_dash}))
+        kappas = dict.fromkeys(r["setting"]["kappa"] for r in mine)
+        rows = {f"{k:g}" + (" ←" if k == c["value"] else ""): {"kappa": k} for k in kappas}
+        out.append(f"**{_label(d, m)}** (← = κ chosen on validation)\n\n" + record_table(
+            mine, rows, PROTOCOL_COLUMNS, corner="κ",
+            cell=lambda r: _rho(r["value"]) if r["metric"] == "rho" else pct(r["value"])))
     return "\n\n".join(out)
 
 
@@ -730,8 +659,8 @@ def paper_comparison(records: Sequence[dict], paper: Sequence[dict]) -> list[dic
     thing (the same network, attack, metric and units, white-box, at the chosen kappa), ``None`` where this run
     has none (the trust-region attack, or a data set not run). Rows ``{"anchor", "ours", "kappa"}``."""
     d, m = PAPER_NETWORK
-    found = select(records, dataset=d, model=m, metric="chosen_kappa")
-    k = found[0]["value"] if found else None
+    found = first(records, dataset=d, model=m, metric="chosen_kappa")
+    k = found["value"] if found else None
     rows = []
     for a in paper:
         ours = None
@@ -750,12 +679,12 @@ def _anchor_label(a: dict) -> str:
     return f"{attack.get(a['attack'], a['attack'])}{norm} {what}"
 
 
-def paper_comparison_table(records: Sequence[dict], cfg) -> str:
+def paper_comparison_table(results: dict) -> str:
     """The paper's published row (read from the anchors file) against this run's closest row."""
-    d = PAPER_NETWORK[0]
+    d, cfg = PAPER_NETWORK[0], results["parameters"]
     if d not in cfg["datasets"]:
         return f"{NAME[d]} is not among this run's `datasets`; no comparison."
-    rows = paper_comparison(records, anchors(SPEC.name))
+    rows = paper_comparison(results["records"], anchors(SPEC.name))
 
     def show(rec, published=False):
         if rec is None:
@@ -768,93 +697,94 @@ def paper_comparison_table(records: Sequence[dict], cfg) -> str:
         {"what": "measurement (white-box)", "paper": "paper", "ours": f"this run, κ = {rows[0]['kappa']:g}",
          "source": "paper's source"})
     return (table + f"\n\nThis run: {cfg['train_size'][d] - cfg['n_val'][d]:,} training images, "
-            f"{cfg['epochs'][d]} epoch(s) (profile `{cfg['profile']}`); clean accuracy on {cfg['n_clean'][d]:,}, "
-            f"IFGSM on {cfg['n_attack'][d]:,}, DeepFool on {cfg['n_deepfool'][d]:,} test images.")
+            f"{cfg['epochs'][d]} epoch(s) (profile `{results['profile']}`); clean accuracy on "
+            f"{cfg['n_clean'][d]:,}, IFGSM on {cfg['n_attack'][d]:,}, DeepFool on {cfg['n_deepfool'][d]:,} test "
+            "images.")
 
 
-def adaptive_tables(records: Sequence[dict]) -> str:
+def worst_case_table(results: dict) -> str:
     """Per network, kappa and eps: clean, the worst case with its interval, and the images each member added."""
-    out = []
-    for d, m in _models(select(records, protocol="adaptive")):
+    records, out = results["records"], []
+    for c in select(records, metric="chosen_kappa"):
+        d, m = c["dataset"], c["model"]
         mine = select(records, dataset=d, model=m, protocol="adaptive")
-        chosen = chosen_kappa(records, d, m)
-        names = [n for n in MEMBERS if select(mine, attack=n, metric="added")]
+        names = [n for n in MEMBERS if first(mine, attack=n, metric="images_fooled")]
         rows = []
         for r in select(mine, attack="worst_case", nested=True):
             k, eps = r["setting"]["kappa"], r["eps"]
-            at = select(mine, kappa=k, eps=eps, nested=True, metric="added")
-            rows.append({"kappa": f"{k:g}" + (" ←" if k == chosen else ""), "eps": eps,
-                         "clean": one(mine, kappa=k, attack="none"),
-                         **{n: _value(at, attack=n) for n in names}, "worst": r})
+            fooled = {n: first(mine, kappa=k, eps=eps, nested=True, attack=n, metric="images_fooled") for n in names}
+            rows.append({"kappa": f"{k:g}" + (" ←" if k == c["value"] else ""), "eps": eps,
+                         "clean": one(mine, kappa=k, attack="none"), "worst": r,
+                         **{n: f and f["value"] for n, f in fooled.items()}})
         n_img = one(mine, kappa=0.0, attack="none")["n"]
         out.append(f"**{_label(d, m)}**, {n_img:,} test images (← = chosen κ; + n = images that member fooled "
                    "beyond the earlier ones; — = not run at this κ)\n\n" + markdown_table(
                        rows, {"kappa": "κ", "eps": "ε", "clean": "clean", **{n: f"+ {n}" for n in names},
                               "worst": "**worst case** [95% CI]"},
-                       {"eps": lambda e: f"{e:.3g}", "clean": _iv,
+                       {"eps": lambda e: f"{e:.3g}", "clean": pct_interval,
                         **{n: (lambda v: "—" if v is None else f"+{v:.0f}") for n in names},
-                        "worst": lambda w: f"**{_iv(w)}**"}))
+                        "worst": lambda w: f"**{pct_interval(w)}**"}))
     return "\n\n".join(out)
 
 
-def min_norm_table(records: Sequence[dict]) -> str:
+def min_norm_table(results: dict) -> str:
     """DDN through BPDA: median ρ (pixels) with its convergence check, beside DeepFool's white-box mean ρ."""
-    rows = []
+    records, rows = results["records"], []
     for r in select(records, attack="ddn_bpda", metric="converged"):
         d, m, k, steps = r["dataset"], r["model"], r["setting"]["kappa"], r["setting"]["steps"]
-        mine = select(records, dataset=d, model=m, kappa=k, attack="ddn_bpda")
-        rows.append({"model": _label(d, m), "kappa": f"{k:g}",
-                     "median": _value(mine, metric="rho", steps=steps),
-                     "double": _value(mine, metric="rho", steps=2 * steps), "converged": r["value"] == 1.0,
-                     "success": _value(mine, metric="success_rate", steps=steps),
-                     "df": _value(records, dataset=d, model=m, protocol="paper", kappa=k, attack="deepfool",
-                                  box="white", threat_model="l2", metric="rho", units="pixel")})
+        mine = select(records, dataset=d, model=m, kappa=k)
+
+        def value(**match):
+            return (first(mine, **match) or {}).get("value")
+
+        ddn = dict(attack="ddn_bpda", protocol="adaptive")
+        rows.append({"model": _label(d, m), "kappa": f"{k:g}", "converged": r["value"] == 1.0,
+                     "median": value(**ddn, metric="rho", statistic="median", steps=steps),
+                     "double": value(**ddn, metric="rho", statistic="median", steps=2 * steps),
+                     "success": value(**ddn, metric="success_rate", steps=steps),
+                     "df": value(protocol="paper", **_white("l2", metric="rho", units="pixel"))})
     if not rows:
         return "The min-norm attack is off in this profile (`ddn_steps` = 0)."
     return markdown_table(
         rows, {"model": "network", "kappa": "κ", "median": "DDN-BPDA median ρ (pixels)",
                "double": "with 2× steps", "converged": "converged (< 2%)", "success": "DDN success",
                "df": "DeepFool L2 mean ρ (pixels, white)"},
-        {"median": _rho, "double": _rho, "success": _pct_or_dash, "df": _rho,
+        {"median": _rho, "double": _rho, "success": lambda v: "—" if v is None else pct(v), "df": _rho,
          "converged": lambda c: "yes" if c else "**no**"})
 
 
-def autoattack_table(records: Sequence[dict]) -> str:
+def autoattack_table(results: dict) -> str:
     """AutoAttack against the book's worst case (first attack seed) at the same radius and kappa."""
-    rows = []
-    for a in select(records, attack="autoattack"):
-        d, m, k = a["dataset"], a["model"], a["setting"]["kappa"]
-        ens = select(records, dataset=d, model=m, kappa=k, attack="worst_case", nested=False)[0]
-        rows.append({"model": _label(d, m), "kappa": f"{k:g}", "aa": a, "ens": ens})
+    rows = {_label(a["dataset"], a["model"]): dict(dataset=a["dataset"], model=a["model"], kappa=a["setting"]["kappa"])
+            for a in select(results["records"], attack="autoattack")}
     if not rows:
         return "AutoAttack is off in this profile (`n_autoattack` = 0)."
-    return markdown_table(
-        rows, {"model": "network", "kappa": "κ", "aa": "AutoAttack (standard) [95% CI]",
-               "ens": "book's worst case [95% CI]"},
-        {"aa": lambda r: f"{_iv(r)} (n = {r['n']:,})", "ens": lambda r: f"{_iv(r)} (n = {r['n']:,})"})
+    return record_table(results["records"], rows, {
+        "κ": lambda mine: f"{mine[0]['setting']['kappa']:g}",
+        "AutoAttack (standard) [95% CI]": dict(attack="autoattack"),
+        "book's worst case [95% CI]": dict(attack="worst_case", nested=False, seed=results["parameters"]["seeds"][0]),
+    }, corner="network", cell=_with_n)
 
 
-def health_tables(rows: Sequence[dict]) -> str:
-    """The health rows of :func:`health_all`, one table per network and kappa."""
-    from ..report import health_markdown
-
-    groups = dict.fromkeys((r["dataset"], r["model"], r["kappa"]) for r in rows)
-    return "\n\n".join(f"**{_label(d, m)}, κ = {k:g}**\n\n" + health_markdown(
-        [r for r in rows if (r["dataset"], r["model"], r["kappa"]) == (d, m, k)]) for d, m, k in groups)
+def health_tables(results: dict) -> str:
+    """The health rows of :func:`health_all`, one table per data set, network and kappa."""
+    return _health_tables(results["health"], by=("dataset", "model", "kappa"))
 
 
 # ---------------------------------------------------------------------------
 # Figures
 
 
-def plot_tradeoff(records: Sequence[dict]):
+def plot_tradeoff(results: dict):
     """Per network (columns): clean and IFGSM accuracy against kappa (top), DeepFool's white-box ρ in paper
     units against kappa (bottom), on the test set; the dotted red line marks the kappa chosen on validation."""
     import matplotlib.pyplot as plt
 
-    keys = _models(select(records, protocol="paper"))
-    fig, axes = plt.subplots(2, len(keys), figsize=(3.3 * len(keys), 6), squeeze=False)
-    for j, (d, m) in enumerate(keys):
+    records = results["records"]
+    chosen = select(records, metric="chosen_kappa")
+    fig, axes = plt.subplots(2, len(chosen), figsize=(3.3 * len(chosen), 6), squeeze=False)
+    for j, c in enumerate(chosen):
+        d, m = c["dataset"], c["model"]
         mine = select(records, dataset=d, model=m, protocol="paper")
 
         def curve(**match):
@@ -865,13 +795,13 @@ def plot_tradeoff(records: Sequence[dict]):
         ax.plot(*curve(attack="none"), "o-", label="clean")
         for box, ls in (("white", "-"), ("gray", "--")):
             ax.plot(*curve(attack="ifgsm", box=box), "s" + ls, label=f"IFGSM {box}-box")
-        ax.axvline(chosen_kappa(records, d, m), color="red", lw=1, ls=":", label="chosen κ")
+        ax.axvline(c["value"], color="red", lw=1, ls=":", label="chosen κ")
         ax.set_title(_label(d, m), fontsize=9)
         ax.set(xlabel="κ", ylim=(-0.02, 1.02), ylabel="accuracy" if j == 0 else None)
         ax.grid(alpha=0.3)
         ax = axes[1, j]
         for norm, marker in (("l2", "o"), ("linf", "^")):
-            ks, vals = curve(attack="deepfool", box="white", threat_model=norm, metric="rho", units="normalized")
+            ks, vals = curve(**_white(norm, metric="rho", units="normalized"))
             ax.plot(ks, [100 * v for v in vals], marker + "-",
                     label=f"DeepFool {'L2' if norm == 'l2' else 'L∞'} (white-box)")
         ax.set(xlabel="κ", ylabel="mean ρ, paper units (%)" if j == 0 else None)
@@ -882,14 +812,16 @@ def plot_tradeoff(records: Sequence[dict]):
     return fig
 
 
-def plot_worst_case(records: Sequence[dict]):
+def plot_worst_case(results: dict):
     """Per network: the adaptive worst case against eps (eps = 0: clean) for each attacked kappa, with its
     95% interval as a band; the dotted line is chance."""
     import matplotlib.pyplot as plt
 
-    keys = _models(select(records, protocol="adaptive"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
-    for ax, (d, m) in zip(axes[0], keys):
+    records = results["records"]
+    chosen = select(records, metric="chosen_kappa")
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3), squeeze=False)
+    for ax, c in zip(axes[0], chosen):
+        d, m = c["dataset"], c["model"]
         mine = select(records, dataset=d, model=m, protocol="adaptive")
         for k in dict.fromkeys(r["setting"]["kappa"] for r in mine):
             pts = [one(mine, kappa=k, attack="none")] + select(mine, kappa=k, attack="worst_case", nested=True)
@@ -907,21 +839,22 @@ def plot_worst_case(records: Sequence[dict]):
     return fig
 
 
-def kappa_examples_for(nets: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> dict:
-    """For the first network: one white-box IFGSM example of test image 0 per kappa, with the arguments
+def kappa_examples_for(run: Run) -> dict:
+    """For the run's first network: one white-box IFGSM example of test image 0 per kappa, with the arguments
     :func:`kappa_strip` and :func:`kappa_slider` take (accuracies from the paper-protocol records)."""
-    (d, m), net0 = next(iter(nets.items()))
-    first = data[d]["test"].first(1)
+    cfg = run.cfg
+    (d, m), net0 = next(iter(run.nets.items()))
+    image = run.data[d]["test"].first(1)
     rows, examples = {}, {}
     for k in cfg.kappas[d]:
         net = retrofit(net0, k)
-        adv = evaluate.run_attack(attacks.ifgsm, net, first.x, first.y, 1, step=step_pixels(cfg, d),
+        adv = evaluate.run_attack(attacks.ifgsm, net, image.x, image.y, 1, step=step_pixels(cfg, d),
                                   steps=cfg.attack_iter[d])
         examples[f"{k:g}"] = {"x_adv": adv[0], "pred_adv": int(evaluate.predict(net, adv)[0])}
-        at = select(records, dataset=d, model=m, protocol="paper", kappa=k)
+        at = select(run.records, dataset=d, model=m, protocol="paper", kappa=k)
         rows[f"{k:g}"] = {"clean": one(at, attack="none")["value"],
                           "ifgsm": one(at, attack="ifgsm", box="white")["value"]}
-    return {"rows": rows, "examples": examples, "classes": data[d]["info"].classes, "label": int(first.y[0]),
+    return {"rows": rows, "examples": examples, "classes": run.data[d]["info"].classes, "label": int(image.y[0]),
             "title": f"{_label(d, m)}:\nwhite-box IFGSM example of test image 0 per κ"}
 
 
@@ -964,19 +897,19 @@ def kappa_slider(rows: dict, examples: dict, classes, label: int, title: str = "
 # The verdict: a pure function of the results file
 
 
-def verdict_summary(saved: dict) -> list[dict]:
-    """Per network, from a results file as read back: the category of its retrofit's robustness and the
-    numbers behind it (the records themselves). Categories: ``broken`` (clean accuracy at most chance +
-    :data:`BROKEN_MARGIN`, or flagged near-constant by the health table), ``no_gain`` (the paper's own gradient
-    under the eps bound shows no gain whose 95% interval clears kappa = 0's), ``masked`` (it does, but the
-    adaptive worst case does not), ``survives`` (the worst case's interval clears kappa = 0's). Intervals are
-    compared, never point values; the judged kappa is the chosen one, else the largest of the grid."""
-    recs, P = saved["records"], saved["parameters"]
+def verdict_summary(results: dict) -> dict:
+    """Per network ``(dataset, model)``, from a results file as read back: the category of its retrofit's
+    robustness and the numbers behind it (the records themselves). Categories: ``broken`` (:data:`kit.BROKEN_RULE`
+    on the clean accuracy at the judged kappa, or flagged near-constant by the health table), ``no_gain`` (the
+    paper's own gradient under the eps bound shows no gain whose 95% interval clears kappa = 0's), ``masked`` (it
+    does, but the adaptive worst case does not), ``survives`` (the worst case's interval clears kappa = 0's).
+    Intervals are compared, never point values; the judged kappa is the chosen one, else the largest of the grid."""
+    recs, P = results["records"], results["parameters"]
     seed = P["seeds"][0]
-    out = []
-    for d, m in _models(select(recs, metric="chosen_kappa")):
-        chosen = chosen_kappa(recs, d, m)
-        k = evaluated_kappa(chosen, P["kappas"][d])
+    out = {}
+    for c in select(recs, metric="chosen_kappa"):
+        d, m = c["dataset"], c["model"]
+        k = evaluated_kappa(c["value"], P["kappas"][d])
         mine = select(recs, dataset=d, model=m, protocol="adaptive")
 
         def at(kappa, **match):
@@ -984,11 +917,10 @@ def verdict_summary(saved: dict) -> list[dict]:
 
         threat = dict(nested=False, seed=seed, metric="accuracy")
         clean, clean_0 = at(k, attack="none"), at(0.0, attack="none")
-        paper, paper_0 = at(k, attack="pgd_true", **threat), at(0.0, attack="pgd_true", **threat)
-        worst, worst_0 = at(k, attack="worst_case", **threat), at(0.0, attack="worst_case", **threat)
-        checks = [h for h in saved["health"] if (h["dataset"], h["model"]) == (d, m) and math.isclose(h["kappa"], k)]
-        constant = any(h["id"] == "near_constant" and not h["passed"] for h in checks)
-        if clean["value"] <= 1 / dataset_info(d).num_classes + BROKEN_MARGIN or constant:
+        paper, paper_0 = (at(x, attack="pgd_true", alone=True, **threat) for x in (k, 0.0))
+        worst, worst_0 = (at(x, attack="worst_case", **threat) for x in (k, 0.0))
+        checks = [h for h in results["health"] if (h["dataset"], h["model"], h["kappa"]) == (d, m, k)]
+        if kit.is_broken(clean, dataset_info(d).num_classes) or "near_constant" in kit.failed_checks(checks):
             category = "broken"
         elif not evaluate.clearly_greater(paper["interval"], paper_0["interval"]):
             category = "no_gain"
@@ -997,12 +929,13 @@ def verdict_summary(saved: dict) -> list[dict]:
         else:
             category = "survives"
         spread = [r["value"] for r in select(mine, kappa=k, attack="worst_case", nested=False)]
-        added = {r["attack"]: int(r["value"]) for r in select(mine, kappa=k, metric="added", nested=False, seed=seed)}
-        out.append({"dataset": d, "model": m, "kappa": k, "chosen": chosen > 0, "category": category,
-                    "clean": clean, "clean_0": clean_0, "paper_gradient": paper, "paper_gradient_0": paper_0,
-                    "worst": worst, "worst_0": worst_0, "eps": worst["eps"], "added": added,
-                    "failed_checks": [h["check"] for h in checks if not h["passed"]],
-                    "seed_spread": [min(spread), max(spread)], "n_seeds": len(spread)})
+        fooled = select(mine, kappa=k, metric="images_fooled", nested=False, seed=seed)
+        out[d, m] = {"dataset": d, "model": m, "kappa": k, "chosen": c["value"] > 0, "category": category,
+                     "clean": clean, "clean_0": clean_0, "paper_gradient": paper, "paper_gradient_0": paper_0,
+                     "worst": worst, "worst_0": worst_0, "eps": worst["eps"],
+                     "images_fooled": {r["attack"]: int(r["value"]) for r in fooled},
+                     "failed_checks": [h["check"] for h in checks if not h["passed"]],
+                     "seed_spread": [min(spread), max(spread)], "n_seeds": len(spread)}
     return out
 
 
@@ -1018,19 +951,21 @@ _SAY = {
 }
 
 
-def verdict(saved: dict) -> str:
-    """The chapter's verdict in Markdown: a headline and one sentence per network, from :func:`verdict_summary`."""
-    summary = verdict_summary(saved)
+def verdict(results: dict) -> str:
+    """The chapter's verdict in Markdown: a headline and one sentence per network, from :func:`verdict_summary`,
+    then the broken-classifier rule and the profile's scale."""
+    summary = list(verdict_summary(results).values())
     lines = []
     for v in summary:
-        added = ", ".join(f"{name} {count}" for name, count in v["added"].items() if count)
+        added = ", ".join(f"{name} {count}" for name, count in v["images_fooled"].items() if count)
         lines.append(
             f"- **{_label(v['dataset'], v['model'])}**, "
             + (f"chosen κ = {v['kappa']:g}" if v["chosen"] else
                f"validation chose κ = 0; the largest κ = {v['kappa']:g} stands in")
-            + f": clean {_iv(v['clean'])} (κ = 0: {_iv(v['clean_0'])}). At ε = {v['eps']:.3g}, the paper's "
-            f"gradient (PGD, true gradient) leaves {_iv(v['paper_gradient'])} (κ = 0: {_iv(v['paper_gradient_0'])}); "
-            f"the adaptive worst case leaves {_iv(v['worst'])} (κ = 0: {_iv(v['worst_0'])})"
+            + f": clean {pct_interval(v['clean'])} (κ = 0: {pct_interval(v['clean_0'])}). At ε = {v['eps']:.3g}, "
+            f"the paper's gradient (PGD, true gradient) leaves {pct_interval(v['paper_gradient'])} (κ = 0: "
+            f"{pct_interval(v['paper_gradient_0'])}); the adaptive worst case leaves {pct_interval(v['worst'])} "
+            f"(κ = 0: {pct_interval(v['worst_0'])})"
             + (f", images fooled per member in order: {added}" if added else "")
             + (f"; over {v['n_seeds']} attack seeds the worst case ranges {pct(v['seed_spread'][0])}–"
                f"{pct(v['seed_spread'][1])}" if v["n_seeds"] > 1 else "")
@@ -1049,6 +984,6 @@ def verdict(saved: dict) -> str:
         head = "**Verdict: nothing to confirm.** No usable network shows a gain under the paper's own gradient."
     else:
         head = "**Verdict: not measurable.** Every retrofit judged here is a near-constant classifier."
-    scale = (f"\n\nScale: profile `{saved['profile']}`" + (" — smoke-scale numbers only exercise the code and mean "
-                                                            "nothing." if saved["profile"] == "smoke" else "."))
-    return head + "\n\n" + "\n".join(lines) + scale
+    rule = (f"\n\n{kit.BROKEN_RULE} A retrofit the health table flags as near-constant counts as broken too. "
+            f"Scale: profile `{results['profile']}`. {kit.smoke_note(results['profile'])}")
+    return head + "\n\n" + "\n".join(lines) + rule.rstrip()

@@ -105,7 +105,8 @@ def accuracy_record(cfg: Mapping[str, Any], net: nn.Module, ds: ArrayDataset, *,
 
 def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *, dataset: str, model: str,
                        run: Run | None = None, key: Any = None, first_alone: bool = False,
-                       member_fields: Mapping[str, Any] | None = None, **fields: Any) -> list[dict]:
+                       member_fields: Mapping[str, Any] | None = None,
+                       robust_fields: Mapping[str, Any] | None = None, **fields: Any) -> list[dict]:
     """An adaptive worst case (``evaluate.worst_case``, or each radius of ``worst_case_curve``) as records.
 
     Per radius: the robust accuracy (``attack="worst_case"``, with its interval and ``members`` "a+b+c" in the
@@ -113,7 +114,8 @@ def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *,
     (``order``: its place; ``within="worst_case"``). A curve also records, as ``attack="smaller_eps"``, the images
     counted as fooled because a smaller radius fooled them. With ``first_alone``, the first member's own robust
     accuracy (``attack`` its name, ``alone=True``): what a single-attack evaluation would have reported.
-    ``fields`` go to every record (``defense=``, setting keys), ``member_fields`` to the per-member ones only.
+    ``fields`` go to every record (``defense=``, setting keys), ``member_fields`` to the per-member ones only,
+    ``robust_fields`` to the robust-accuracy record only (e.g. the ensemble's budget).
     With ``run`` and ``key``, the result (its per-image ``fooled_by`` and ``robust_mask`` included) is kept in
     ``run.raw[key]``, for figures and paired tests.
     """
@@ -122,7 +124,7 @@ def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *,
     for p in points:
         at = {"dataset": dataset, "model": model, "threat_model": p["norm"], "eps": p["eps"], "n": p["n"], **fields}
         out.append(record(cfg, metric="accuracy", attack="worst_case", value=p["robust"], interval=p["interval"],
-                          members="+".join(p["members"]), **at))
+                          members="+".join(p["members"]), **at, **dict(robust_fields or {})))
         if first_alone and p["members"]:
             first = p["members"][0]
             k = round(p["clean"] * p["n"]) - p["added"][first]
@@ -177,7 +179,7 @@ def health_rows(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: st
                 steps: int, num_classes: int, seed: int, batch_size: int = 256, **kwargs: Any) -> list[dict]:
     """Carlini et al.'s health checks (``evaluate.health_checks``; ``transfer_from=`` a second network crafts the
     transfer examples, ``worst=`` adds the gradient-free check, ``norm=``, ``attack_model=`` as there), each row
-    tagged with ``dataset`` and ``model`` so that pages show every table under the network it checks. Keyword
+    tagged with ``dataset``, ``model`` and ``eps`` so that pages show every table under the network it checks. Keyword
     arguments that are not health-check arguments (``defense=``, ``eps_tag=`` …) become tags too."""
     check_args = {"norm", "attack", "attack_model", "transfer_x_adv", "transfer_from", "worst", "large_eps",
                   "max_class_share"}
@@ -185,7 +187,7 @@ def health_rows(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dataset: st
     tags = {k: v for k, v in kwargs.items() if k not in check_args}
     rows = evaluate.health_checks(net, x, y, eps=eps, steps=steps, num_classes=num_classes, batch_size=batch_size,
                                   seed=seed, **checks)
-    return [{**row, "dataset": dataset, "model": model, **tags} for row in rows]
+    return [{**row, "dataset": dataset, "model": model, "eps": eps, **tags} for row in rows]
 
 
 # --------------------------------------------------------------------------- the verdict's shared tail

@@ -1,34 +1,39 @@
 """Chapter — transferable adversaries and superimposition training (Seiler, Trautmann & Kerschke, IJCNN 2020),
 reconstructed and attacked adaptively (id ``transferable_adversaries``).
 
-Everything the page calls, in page order:
+Everything the page calls, in page order; every step is ``step(run)`` on a :class:`Run`, every table and figure a
+function of ``run.results()`` (or of the saved file):
 
-* :data:`SPEC` (parameters, profiles ``smoke``/``laptop``/``paper``) and the model pool's recipes
-  (:func:`pool_recipes`: the zoo's architecture with several seeds, a second architecture beside it);
+* :data:`SPEC` (parameters, profiles ``smoke``/``laptop``/``paper``; the threat radius ``eps`` per data set) and
+  the model pool (:func:`pool_recipes`: the zoo's architecture with several seeds, a second architecture beside it;
+  :func:`train_pool`);
 * the transfer matrix: :data:`GENERATORS` (FGSM, PGD, MI-FGSM, ensemble PGD, with and without input diversity),
   :func:`craft`, :func:`fooling_counts` and :func:`transfer_matrix` (tested on tiny models), and
-  :func:`transfer_all` (records, on held-out training images);
+  :func:`transfer_all` (records, on held-out training images); the premise sweep (:func:`premise_all`);
 * the adversary set (:func:`adversary_sets`: written once with :func:`robustness.data.write_adversary_set`, with its
   recipe, and loaded back by name and checksum);
 * the defenses (:func:`defense_loss`, :func:`train_defenses`: normal training, FGSM and PGD adversarial training,
   defensive distillation with :class:`DistillationLoss`, superimposition training with ``a`` resampled per batch
   and fixed); their cost (:class:`PassCounter`, :func:`cost_all`); every model scored on the adversary set and by
   the toolkit's white-box worst case (:func:`score_all`, with the other chapters' defenses of the shared model:
-  :func:`book_models`) and the health table (:func:`health_all`);
-* tables and figures as functions of the records; the verdict (:func:`verdict_summary`, :func:`verdict`), a pure
-  function of the results with its thresholds as module constants.
+  :func:`book_models`, and their own defended networks: :func:`exported_models`) and the health table
+  (:func:`health_all`, :func:`health_tables`);
+* the verdict (:func:`verdict_summary`, :func:`verdict`), a pure function of the results with its thresholds as
+  module constants and the book's broken-network rule (:data:`kit.BROKEN_RULE`).
 
 The record vocabulary: the setting ``group`` is ``"pool"`` (the pool's own clean accuracy), ``"transfer"`` (a cell
 of the matrix: ``metric="fooling_rate"``, ``model`` the target, ``attack`` the generator, ``source`` the surrogate
-or ``"others"`` for a leave-one-out ensemble), ``"set"`` (the adversary set), ``"chapter"`` (this chapter's
-defenses, ``defense`` one of :data:`DEFENSES` with normal training as ``"none"``) or ``"book"`` (the shared
-reference model and the other chapters' defenses of it).
+or ``"others"`` for a leave-one-out ensemble), ``"premise"`` (the premise sweep), ``"set"`` (the adversary set),
+``"chapter"`` (this chapter's defenses, ``defense`` one of :data:`DEFENSES` with normal training as ``"none"``),
+``"book"`` (the shared reference model and the other chapters' defenses of it) or ``"other"`` (the other chapters'
+own networks). A worst case is recorded by :func:`kit.worst_case_records` (``attack="worst_case"`` and, per
+member, ``metric="images_fooled"`` with its ``order``).
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kit
 from .. import attacks, evaluate, zoo
 from ..config import ChapterSpec, Param, RunConfig, check_counts, images_limit
 from ..data import (DATASETS, ArrayDataset, CorruptDataError, DatasetNotFoundError, dataset_info, load_adversary_set,
@@ -46,8 +52,8 @@ from ..defenses.jumprelu import bpda_relu, retrofit
 from ..defenses.superimposition import SuperimpositionLoss
 from ..evaluate import members as M
 from ..models import MODELS, build_model, check_model
-from ..report import markdown_table, pct, pct_interval
-from ..results import ResultsFileError, load_results, overrides_of, record, run_id, select
+from ..report import duration, health_tables as _health_tables, markdown_table, pct, pct_interval
+from ..results import ResultsFileError, first, load_results, overrides_of, record, run_id, select
 from ..train import (CheckpointError, TrainConfig, cross_entropy, load_export, seconds_per_step, state_hash, train,
                      trained_model)
 
@@ -138,9 +144,9 @@ def _check(cfg: RunConfig) -> None:
             raise ValueError(f"parameter defenses={cfg.defenses} must contain {name!r} (the claim compares "
                              "superimposition training with normal training)")
     for d in cfg.datasets:
-        if max(cfg.premise_radii) * float(threat_eps(d)) > 1:
+        if max(cfg.premise_radii) * cfg.eps[d] > 1:
             raise ValueError(f"parameter premise_radii={cfg.premise_radii}: {max(cfg.premise_radii)} × the {d} "
-                             f"threat radius {float(threat_eps(d)):.4g} exceeds 1, the whole image range")
+                             f"threat radius eps['{d}']={cfg.eps[d]:.4g} exceeds 1, the whole image range")
         check_model(cfg.second_arch[d], d)
         if cfg.second_arch[d] == zoo.ARCH[d]:
             raise ValueError(f"parameter second_arch['{d}']={cfg.second_arch[d]!r} is the zoo architecture; "
@@ -167,6 +173,8 @@ def _check(cfg: RunConfig) -> None:
 
 PARAMS = {
     "datasets": Param("subset", "data sets the chapter runs on", DATASETS),
+    "eps": Param("eps_linf", "L∞ threat radius on [0, 1] pixels: of the transfer matrix, the adversary set, the "
+                 "adversarial training and every score", per_dataset=True),
     "seeds": Param("nonneg_int_list", "training seeds of the zoo architecture in the model pool (the first gives "
                    "the reference model, never a surrogate of the adversary set)", per_dataset=True),
     "second_arch": Param("choice", "second architecture of the model pool (robustness.models)", tuple(MODELS),
@@ -219,7 +227,8 @@ def _per(gray, color) -> dict:
 
 
 _COMMON = {
-    "datasets": ["mnist", "cifar10"], "second_arch": _per("mlp", "convnet"), "second_lr": 0.02,
+    "datasets": ["mnist", "cifar10"], "eps": {d: threat_eps(d) for d in DATASETS},
+    "second_arch": _per("mlp", "convnet"), "second_lr": 0.02,
     "generators": list(GENERATORS), "momentum": 1.0, "diversity": 0.5, "set_generator": "best",
     "defenses": list(DEFENSES), "lam": 10.0, "fixed_a": 1 / 6, "temperature": 100.0, "at_mix": 0.5,
     # the JumpReLU chapter's laptop run chose kappa 1.0 on MNIST and 0.2 on CIFAR-10 for the shared models
@@ -281,63 +290,63 @@ def pool_recipes(cfg: Mapping[str, Any], d: str) -> dict[str, dict]:
     return out
 
 
-def splits(cfg: Mapping[str, Any], d: str) -> dict:
-    """``val``: the ``n_transfer`` training images after the pool's training images (no pool model saw them; the
-    matrix and every choice are made on them); ``test``: the first ``n_set`` test images (the adversary set's)."""
-    train_set = load_dataset(d, "train")
-    a = _training_size(cfg, d)
-    b = a + cfg["n_transfer"][d]
-    val = ArrayDataset(d, "val", train_set.x[a:b], train_set.y[a:b],
-                       f"{train_set.source}; images {a + 1:,}–{b:,}, held out")
-    return {"val": val, "test": load_dataset(d, "test").first(cfg["n_set"][d])}
+@dataclass
+class Run(kit.Run):
+    """The kit's run plus this chapter's live state: the model pool (``pool[d]``: ``{name: model}``, reference
+    first), the adversary sets (``sets[d]``: the test set) and distillation's teachers (``teachers[d]``).
+    ``nets[d]`` holds this chapter's defended networks (``{defense: model}``), ``data[d]`` the held-out and test
+    images, ``raw`` the worst cases keyed ``(data set, group, defense, model)``."""
+
+    pool: dict = field(default_factory=dict)
+    sets: dict = field(default_factory=dict)
+    teachers: dict = field(default_factory=dict)
 
 
-def _took(t: Mapping[str, Any]) -> str:
-    """A model's training time in a table: ``cached``, seconds, or minutes."""
-    if t.get("cached"):
-        return "cached"
-    seconds = t.get("seconds")
-    return "–" if seconds is None else f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+def _cfg(results: Mapping[str, Any]) -> dict:
+    """The parameters of ``results`` with its chapter and profile: what the recipes read."""
+    return {**results["parameters"], "chapter": results["chapter"], "profile": results["profile"]}
 
 
-def _clean_record(cfg, d: str, model: str, net: nn.Module, ds: ArrayDataset, **setting) -> dict:
-    r = evaluate.accuracy_record(evaluate.predict(net, ds.x, cfg["batch_size"]) == ds.y)
-    return record(cfg, dataset=d, model=model, metric="accuracy", value=r["value"], n=r["n"], interval=r["interval"],
-                  split=ds.split, **setting)
+def _trained(*metas: Mapping[str, Any]) -> dict:
+    """A network's timing entry from the metadata of its training stages: seconds (summed), whether every stage
+    came from the cache, the zoo name of the last."""
+    seconds = [m.get("train_seconds") for m in metas]
+    return {"seconds": None if None in seconds else sum(seconds), "cached": all(m["cached"] for m in metas),
+            "zoo": metas[-1].get("zoo")}
 
 
-def train_pool(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
-    """Per data set: the pool (``pool[d]``: ``{name: model}``, reference first) and the data (:func:`splits`).
-    Records: each pool model's clean accuracy on the adversary set's test images. Timings: training seconds and
-    whether each model came from the cache (or the zoo)."""
-    pool, data, records, timings = {}, {}, [], {}
-    for d in cfg.datasets:
-        data[d] = splits(cfg, d)
-        pool[d] = {}
-        ref = reference_name(cfg, d)
-        for name, kwargs in pool_recipes(cfg, d).items():
-            net, meta = zoo.model_for(**kwargs)
-            pool[d][name] = net
-            timings[f"{d}/{name}"] = {"seconds": meta.get("train_seconds"), "cached": meta["cached"],
-                                      "zoo": meta.get("zoo")}
-            records.append(_clean_record(cfg, d, name, net, data[d]["test"], seed=kwargs["config"].seed,
-                                         group="pool", role="reference" if name == ref else "surrogate",
-                                         arch=kwargs["model"]))
-    return pool, data, records, timings
+def train_pool(run: Run) -> None:
+    """Per data set: the pool (``run.pool[d]``) and the data (``run.data[d]``: ``val``, the ``n_transfer`` training
+    images after the pool's training images, :func:`kit.holdout_split`: no pool model saw them, the matrix and every
+    choice are made on them; ``test``, the first ``n_set`` test images, the adversary set's). Records: each pool
+    model's clean accuracy on those test images. Timings: training seconds and whether each model came from the
+    cache (or the zoo)."""
+    cfg = run.cfg
+    with run.timer("pool"):
+        for d in cfg.datasets:
+            start = _training_size(cfg, d)
+            run.data[d] = {"val": kit.holdout_split(d, start, start + cfg.n_transfer[d]),
+                           "test": load_dataset(d, "test").first(cfg.n_set[d])}
+            run.pool[d] = {}
+            for name, kwargs in pool_recipes(cfg, d).items():
+                run.pool[d][name], meta = zoo.model_for(**kwargs)
+                run.timings[f"{d}/{name}"] = _trained(meta)
+                run.records.append(kit.accuracy_record(
+                    cfg, run.pool[d][name], run.data[d]["test"], dataset=d, model=name, batch_size=cfg.batch_size,
+                    split="test", seed=kwargs["config"].seed, group="pool",
+                    role="reference" if name == reference_name(cfg, d) else "surrogate", arch=kwargs["model"]))
 
 
-def pool_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
+def pool_table(results: Mapping[str, Any]) -> str:
     """Per data set and pool model: its role, its recipe in words, clean test accuracy, training time."""
     rows = []
-    for d in cfg["datasets"]:
-        kwargs = pool_recipes(cfg, d)
-        for r in select(records, dataset=d, group="pool"):
-            t = timings.get(f"{d}/{r['model']}", {})
-            kw = kwargs[r["model"]]
-            rows.append({"data": d, "model": r["model"], "role": r["setting"]["role"]
-                         + (f" (zoo `{t['zoo']}`)" if t.get("zoo") else ""),
-                         "training": f"{kw['train_size']:,} images, {kw['config'].describe()}", "clean": pct_interval(r),
-                         "time": _took(t)})
+    for r in select(results["records"], group="pool"):
+        t = results["timings"].get(f"{r['dataset']}/{r['model']}", {})
+        kw = pool_recipes(_cfg(results), r["dataset"])[r["model"]]
+        rows.append({"data": r["dataset"], "model": r["model"], "role": r["setting"]["role"]
+                     + (f" (zoo `{t['zoo']}`)" if t.get("zoo") else ""),
+                     "training": f"{kw['train_size']:,} images, {kw['config'].describe()}", "clean": pct_interval(r),
+                     "time": duration(t.get("seconds"), cached=t.get("cached", False))})
     return markdown_table(rows, {"data": "data set", "model": "model", "role": "role", "training": "training",
                                  "clean": "clean test accuracy [95% CI]", "time": "training time"})
 
@@ -427,21 +436,22 @@ def _generator_knobs(cfg: Mapping[str, Any], gen: str) -> dict:
     return out
 
 
-def transfer_all(pool: dict, data: dict, cfg: RunConfig) -> list[dict]:
-    """Per data set, :func:`transfer_matrix` of the pool on the held-out images at the threat radius, as records
-    (``metric="fooling_rate"``, ``model`` the target, ``attack`` the generator, ``n`` the images the target
+def transfer_all(run: Run) -> None:
+    """Per data set, :func:`transfer_matrix` of the pool on the held-out images at the threat radius ``eps``, as
+    records (``metric="fooling_rate"``, ``model`` the target, ``attack`` the generator, ``n`` the images the target
     classifies correctly, with the 95% Wilson interval)."""
-    out = []
-    for d in cfg.datasets:
-        val, eps = data[d]["val"], float(threat_eps(d))
-        for row in transfer_matrix(pool[d], val.x, val.y, cfg.generators, eps=eps, steps=cfg.steps,
-                                   momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size,
-                                   seed=cfg.seed):
-            out.append(record(cfg, dataset=d, model=row["target"], attack=row["generator"], threat_model="linf",
-                              eps=eps, metric="fooling_rate", value=row["k"] / row["n"] if row["n"] else math.nan,
-                              n=row["n"], interval=evaluate.wilson_interval(row["k"], row["n"]), group="transfer",
-                              source=row["source"], split="val", **_generator_knobs(cfg, row["generator"])))
-    return out
+    cfg = run.cfg
+    with run.timer("transfer matrix"):
+        for d in cfg.datasets:
+            val, eps = run.data[d]["val"], cfg.eps[d]
+            for row in transfer_matrix(run.pool[d], val.x, val.y, cfg.generators, eps=eps, steps=cfg.steps,
+                                       momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size,
+                                       seed=cfg.seed):
+                run.records.append(record(
+                    cfg, dataset=d, model=row["target"], attack=row["generator"], threat_model="linf", eps=eps,
+                    metric="fooling_rate", value=row["k"] / row["n"] if row["n"] else math.nan, n=row["n"],
+                    interval=evaluate.wilson_interval(row["k"], row["n"]), group="transfer", source=row["source"],
+                    split="val", **_generator_knobs(cfg, row["generator"])))
 
 
 #: The generators of the premise sweep: the single-step one, and the two multi-step ones of one source.
@@ -454,29 +464,30 @@ def premise_pair(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str) 
     return surrogate_names(cfg, pool, d)[0], reference_name(cfg, d)
 
 
-def premise_all(pool: dict, data: dict, cfg: RunConfig) -> list[dict]:
+def premise_all(run: Run) -> None:
     """Where the paper's premise holds: on one pair (:func:`premise_pair`) and the held-out images, the fooling
     rate of the examples on the target (transfer) and on the source itself (white box), for FGSM, PGD and MI-FGSM
-    at each fraction ``premise_radii`` of the threat radius (``steps`` iterations; ``sweep="radius"``), and for PGD
-    and MI-FGSM after each number of iterations in ``premise_steps`` at the threat radius (``sweep="steps"``).
-    Records: ``group="premise"``, ``model`` the network the rate is measured on, ``box`` white or transfer."""
-    out = []
-    for d in cfg.datasets:
-        val, eps0 = data[d]["val"], float(threat_eps(d))
-        source, target = premise_pair(cfg, pool[d], d)
-        cells = [("radius", gen, f * eps0, cfg.steps) for f in cfg.premise_radii for gen in PREMISE_GENERATORS]
-        cells += [("steps", gen, eps0, n) for n in cfg.premise_steps for gen in PREMISE_GENERATORS[1:]]
-        for sweep, gen, eps, steps in cells:
-            adv = craft(gen, [pool[d][source]], val.x, val.y, eps=eps, steps=steps, momentum=cfg.momentum,
-                        batch_size=cfg.batch_size, seed=cfg.seed)
-            knobs = {} if gen == "fgsm" else {"steps": steps}
-            for box, name in (("transfer", target), ("white", source)):
-                k, n = fooling_counts(pool[d][name], val.x, adv, val.y, cfg.batch_size)
-                out.append(record(cfg, dataset=d, model=name, attack=gen, threat_model="linf", eps=eps,
-                                  metric="fooling_rate", value=k / n if n else math.nan, n=n,
-                                  interval=evaluate.wilson_interval(k, n), group="premise", sweep=sweep, box=box,
-                                  source=source, split="val", **knobs))
-    return out
+    at each fraction ``premise_radii`` of the threat radius ``eps`` (``steps`` iterations; ``sweep="radius"``), and
+    for PGD and MI-FGSM after each number of iterations in ``premise_steps`` at the threat radius
+    (``sweep="steps"``). Records: ``group="premise"``, ``model`` the network the rate is measured on, ``box`` white
+    or transfer."""
+    cfg = run.cfg
+    with run.timer("premise sweep"):
+        for d in cfg.datasets:
+            val, eps0, pool = run.data[d]["val"], cfg.eps[d], run.pool[d]
+            source, target = premise_pair(cfg, pool, d)
+            cells = [("radius", gen, f * eps0, cfg.steps) for f in cfg.premise_radii for gen in PREMISE_GENERATORS]
+            cells += [("steps", gen, eps0, n) for n in cfg.premise_steps for gen in PREMISE_GENERATORS[1:]]
+            for sweep, gen, eps, steps in cells:
+                adv = craft(gen, [pool[source]], val.x, val.y, eps=eps, steps=steps, momentum=cfg.momentum,
+                            batch_size=cfg.batch_size, seed=cfg.seed)
+                knobs = {} if gen == "fgsm" else {"steps": steps}
+                for box, name in (("transfer", target), ("white", source)):
+                    k, n = fooling_counts(pool[name], val.x, adv, val.y, cfg.batch_size)
+                    run.records.append(record(
+                        cfg, dataset=d, model=name, attack=gen, threat_model="linf", eps=eps, metric="fooling_rate",
+                        value=k / n if n else math.nan, n=n, interval=evaluate.wilson_interval(k, n),
+                        group="premise", sweep=sweep, box=box, source=source, split="val", **knobs))
 
 
 def premise_summary(records: Sequence[dict], d: str) -> dict:
@@ -493,22 +504,23 @@ def premise_summary(records: Sequence[dict], d: str) -> dict:
     for r in sorted(at("radius", "pgd", "transfer"), key=lambda r: r["eps"]):
         c = evaluate.compare(r, fgsm.get(r["eps"]))
         (worse if c == "lower" else better if c == "higher" else alike).append(r["eps"])
-    first = select(records, dataset=d, group="premise", box="transfer")
+    pair = first(records, dataset=d, group="premise", box="transfer")
     by_steps = {r["setting"]["steps"]: r for r in at("steps", "pgd", "transfer")}
     white = {r["setting"]["steps"]: r for r in at("steps", "pgd", "white")}
     most = max(by_steps) if by_steps else None
     best = max(by_steps.values(), key=lambda r: r["value"]) if by_steps else None
-    return {"pair": (first[0]["setting"]["source"], first[0]["model"]) if first else None,
+    return {"pair": (pair["setting"]["source"], pair["model"]) if pair else None,
             "pgd_worse_at": worse, "pgd_better_at": better, "pgd_alike_at": alike,
             "steps": {n: {"transfer": by_steps[n], "white": white.get(n)} for n in sorted(by_steps)},
             "more_steps_worse": most is not None and evaluate.compare(by_steps[most], best) == "lower"}
 
 
-def premise_figure(records: Sequence[dict]):
+def premise_figure(results: Mapping[str, Any]):
     """Per data set, two panels: the fooling rate against the radius (FGSM, PGD, MI-FGSM) and against the number
     of iterations at the threat radius (PGD, MI-FGSM; FGSM's rate there as a line), on the target (solid:
     transfer) and on the source itself (dashed: white box), with 95% intervals."""
-    ds = _datasets_of(records, group="premise")
+    records = results["records"]
+    ds = list(dict.fromkeys(r["dataset"] for r in select(records, group="premise")))
     fig, axes = plt.subplots(len(ds), 2, figsize=(10, 3.4 * len(ds)), squeeze=False)
     for (left, right), d in zip(axes, ds):
         for color, gen in zip(("C0", "C1", "C2"), PREMISE_GENERATORS):  # one colour per generator in both panels
@@ -542,10 +554,6 @@ def premise_figure(records: Sequence[dict]):
 # --------------------------------------------------------------------------- reading the matrix
 
 
-def _datasets_of(records: Sequence[dict], **match) -> list[str]:
-    return list(dict.fromkeys(r["dataset"] for r in select(records, **match)))
-
-
 def _cells(records: Sequence[dict], d: str, gen: str) -> list[dict]:
     return select(records, dataset=d, group="transfer", attack=gen, metric="fooling_rate")
 
@@ -557,6 +565,14 @@ def _targets(records: Sequence[dict], d: str) -> list[str]:
 def _generators(records: Sequence[dict], d: str) -> list[str]:
     present = {r["attack"] for r in select(records, dataset=d, group="transfer")}
     return [g for g in GENERATORS if g in present]
+
+
+def _matrix(records: Sequence[dict], d: str) -> tuple[list[str], list[tuple[str, str, dict]]]:
+    """The targets of ``d``'s matrix and its rows in page order: ``(generator, source, {target: cell})``."""
+    rows = [(gen, source, {r["model"]: r for r in _cells(records, d, gen) if r["setting"]["source"] == source})
+            for gen in _generators(records, d)
+            for source in dict.fromkeys(r["setting"]["source"] for r in _cells(records, d, gen))]
+    return _targets(records, d), rows
 
 
 def pooled_rate(records: Sequence[dict], d: str, gen: str) -> float:
@@ -605,31 +621,28 @@ def fgsm_beats(records: Sequence[dict], d: str, gen: str) -> tuple[int, int]:
     return sum(evaluate.clearly_greater(f, r) for f, r in pairs), len(pairs)
 
 
-def transfer_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+def transfer_table(results: Mapping[str, Any]) -> str:
     """Per data set, the matrix: one row per generator and source, one column per target, the fooling rate (%) of
     the cell ("·" where the source is the target: white-box, left out)."""
-    parts = []
-    for d in _datasets_of(records, group="transfer"):
-        targets = _targets(records, d)
-        rows = []
-        for gen in _generators(records, d):
-            for source in dict.fromkeys(r["setting"]["source"] for r in _cells(records, d, gen)):
-                cells = {r["model"]: r for r in _cells(records, d, gen) if r["setting"]["source"] == source}
-                rows.append({"gen": GENERATORS[gen].label, "source": "all other models" if source == "others"
-                             else source, **{t: pct(cells[t]["value"]) if t in cells else "·" for t in targets}})
-        parts.append(f"**{d}** (L∞ ε = {threat_eps(d):.4g}, the first {cfg['n_transfer'][d]:,} held-out images; a "
-                     "cell counts only the images its target classifies correctly)\n\n"
+    records, parts = results["records"], []
+    for d in dict.fromkeys(r["dataset"] for r in select(records, group="transfer")):
+        targets, matrix = _matrix(records, d)
+        rows = [{"gen": GENERATORS[gen].label, "source": "all other models" if source == "others" else source,
+                 **{t: pct(cells[t]["value"]) if t in cells else "·" for t in targets}} for gen, source, cells in matrix]
+        eps, n = first(records, dataset=d, group="transfer")["eps"], results["parameters"]["n_transfer"][d]
+        parts.append(f"**{d}** (L∞ ε = {eps:.4g}, the first {n:,} held-out images; a cell counts only the images its "
+                     "target classifies correctly)\n\n"
                      + markdown_table(rows, {"gen": "generator", "source": "crafted on",
                                              **{t: f"→ {t}" for t in targets}}))
     return "\n\n".join(parts)
 
 
-def generator_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
+def generator_table(results: Mapping[str, Any]) -> str:
     """Per data set and generator: the pooled fooling rate, the weakest and strongest cell, on how many targets its
     strongest source clearly beats (or trails) FGSM's strongest, and, for single-source generators, on how many
     (source, target) pairs FGSM clearly beats it."""
-    rows = []
-    for d in _datasets_of(records, group="transfer"):
+    records, rows = results["records"], []
+    for d in dict.fromkeys(r["dataset"] for r in select(records, group="transfer")):
         for gen in _generators(records, d):
             cells = _cells(records, d, gen)
             c = compare_with_fgsm(records, d, gen)
@@ -644,21 +657,17 @@ def generator_table(records: Sequence[dict], cfg: Mapping[str, Any]) -> str:
                                  "pairs": "pairs where FGSM clearly transfers better"})
 
 
-def transfer_figure(records: Sequence[dict]):
+def transfer_figure(results: Mapping[str, Any]):
     """Per data set, the matrix as a heat map (fooling rate, %): rows generator and source, columns targets; the
     left-out white-box cells are blank."""
-    ds = _datasets_of(records, group="transfer")
-    heights = []
-    mats = []
+    records = results["records"]
+    ds = list(dict.fromkeys(r["dataset"] for r in select(records, group="transfer")))
+    heights, mats = [], []
     for d in ds:
-        targets = _targets(records, d)
-        rows, labels = [], []
-        for gen in _generators(records, d):
-            for source in dict.fromkeys(r["setting"]["source"] for r in _cells(records, d, gen)):
-                cells = {r["model"]: r["value"] for r in _cells(records, d, gen) if r["setting"]["source"] == source}
-                rows.append([100 * cells.get(t, math.nan) for t in targets])
-                labels.append(f"{GENERATORS[gen].label} ← {'others' if source == 'others' else source}")
-        mats.append((d, targets, labels, torch.tensor(rows, dtype=torch.float64)))
+        targets, matrix = _matrix(records, d)
+        rows = [[100 * cells[t]["value"] if t in cells else math.nan for t in targets] for _, _, cells in matrix]
+        mats.append((d, targets, [f"{GENERATORS[g].label} ← {s}" for g, s, _ in matrix],
+                     torch.tensor(rows, dtype=torch.float64)))
         heights.append(0.32 * len(rows) + 1.2)
     fig, axes = plt.subplots(len(ds), 1, figsize=(9, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
@@ -709,60 +718,61 @@ def set_recipe(cfg: Mapping[str, Any], pool: Mapping[str, nn.Module], d: str, ge
     n = cfg["n_set"][d] if split == "test" else cfg["n_set_train"][d]
     names = surrogate_names(cfg, pool, d)
     names = names if GENERATORS[gen].ensemble else names[:1]
-    return {"chapter": CHAPTER, "dataset": d, "generator": gen, "eps": float(threat_eps(d)),
+    return {"chapter": CHAPTER, "dataset": d, "generator": gen, "eps": cfg["eps"][d],
             **_generator_knobs(cfg, gen), "surrogates": {n: state_hash(pool[n]) for n in names},
             "images": f"the first {n} {d} {split} images", "seed": cfg["seed"]}
 
 
-def adversary_sets(pool: dict, data: dict, records: Sequence[dict], cfg: RunConfig) -> tuple[dict, list, dict]:
+def adversary_sets(run: Run) -> None:
     """Per data set, the adversary set of the first ``n_set`` test images and, when ``n_set_train`` > 0, a training
     adversary set of the first ``n_set_train`` training images (the pool's own training images; for readers who
     train on transferred examples): each loaded when a set of :func:`set_name` with the same :func:`set_recipe`
     exists, else crafted with :func:`set_generator` on the surrogates and written with
     :func:`robustness.data.write_adversary_set`; in both cases then loaded back by name through
-    ``load_dataset("adversary:<name>", split)``, which verifies its checksum. Returns the test sets (``sets[d]``),
-    one record per set (``metric="set_images"``, ``split``) and, per set name, its data set, split, generator,
-    surrogates, source and what happened (``status``: loaded, written, or rebuilt and why; machine facts, for the
-    timings)."""
-    sets, out, info = {}, [], {}
-    for d in cfg.datasets:
-        gen = set_generator(cfg, records, d)
-        parts = [("test", data[d]["test"])]
-        if cfg.n_set_train[d]:
-            parts.append(("train", load_dataset(d, "train").first(cfg.n_set_train[d])))
-        for split, clean in parts:
-            recipe, name = set_recipe(cfg, pool[d], d, gen, split), set_name(cfg, d, split)
-            try:
-                load_adversary_set(name, recipe=recipe, split=split)
-                status = "loaded"
-            except (DatasetNotFoundError, CorruptDataError, ValueError) as err:  # stale recipe, wrong split too
-                surrogates = [pool[d][n] for n in recipe["surrogates"]]
-                x_adv = craft(gen, surrogates, clean.x, clean.y, eps=recipe["eps"], steps=cfg.steps,
-                              momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size,
-                              seed=cfg.seed)
-                write_adversary_set(name, x_adv, clean.y, recipe, split=split)
-                status = "written" if isinstance(err, DatasetNotFoundError) else f"rebuilt ({type(err).__name__})"
-            loaded = load_dataset(f"adversary:{name}", split)
-            if not torch.equal(loaded.y, clean.y):
-                raise CorruptDataError(f"adversary set {name!r} does not hold the labels of its {split} images")
-            if split == "test":
-                sets[d] = loaded
-            info[name] = {"dataset": d, "split": split, "generator": gen, "surrogates": list(recipe["surrogates"]),
-                          "status": status, "source": loaded.source}
-            out.append(record(cfg, dataset=d, model="+".join(recipe["surrogates"]), attack=gen, threat_model="linf",
-                              eps=recipe["eps"], metric="set_images", value=len(loaded), group="set", set=name,
-                              split=split))
-    return sets, out, info
+    ``load_dataset("adversary:<name>", split)``, which verifies its checksum. Keeps the test sets (``run.sets[d]``);
+    records one record per set (``metric="set_images"``, ``split``) and, in ``run.timings["adversary_sets"]`` per
+    set name, its data set, split, generator, surrogates, source and what happened (``status``: loaded, written,
+    or rebuilt and why; machine facts)."""
+    cfg, info = run.cfg, run.timings.setdefault("adversary_sets", {})
+    with run.timer("adversary set"):
+        for d in cfg.datasets:
+            gen = set_generator(cfg, run.records, d)
+            parts = [("test", run.data[d]["test"])]
+            if cfg.n_set_train[d]:
+                parts.append(("train", load_dataset(d, "train").first(cfg.n_set_train[d])))
+            for split, clean in parts:
+                recipe, name = set_recipe(cfg, run.pool[d], d, gen, split), set_name(cfg, d, split)
+                try:
+                    load_adversary_set(name, recipe=recipe, split=split)
+                    status = "loaded"
+                except (DatasetNotFoundError, CorruptDataError, ValueError) as err:  # stale recipe, wrong split too
+                    surrogates = [run.pool[d][n] for n in recipe["surrogates"]]
+                    x_adv = craft(gen, surrogates, clean.x, clean.y, eps=recipe["eps"], steps=cfg.steps,
+                                  momentum=cfg.momentum, diversity=cfg.diversity, batch_size=cfg.batch_size,
+                                  seed=cfg.seed)
+                    write_adversary_set(name, x_adv, clean.y, recipe, split=split)
+                    status = "written" if isinstance(err, DatasetNotFoundError) else f"rebuilt ({type(err).__name__})"
+                loaded = load_dataset(f"adversary:{name}", split)
+                if not torch.equal(loaded.y, clean.y):
+                    raise CorruptDataError(f"adversary set {name!r} does not hold the labels of its {split} images")
+                if split == "test":
+                    run.sets[d] = loaded
+                info[name] = {"dataset": d, "split": split, "generator": gen, "surrogates": list(recipe["surrogates"]),
+                              "status": status, "source": loaded.source}
+                run.records.append(record(
+                    cfg, dataset=d, model="+".join(recipe["surrogates"]), attack=gen, threat_model="linf",
+                    eps=recipe["eps"], metric="set_images", value=len(loaded), group="set", set=name, split=split))
 
 
-def set_table(records: Sequence[dict], info: Mapping[str, dict]) -> str:
+def set_table(results: Mapping[str, Any]) -> str:
     """Per adversary set: how to load it, its generator, surrogates, size and split, and how this run got it."""
+    info = results["timings"].get("adversary_sets", {})
     rows = [{"data": r["dataset"], "name": f"`load_dataset(\"adversary:{r['setting']['set']}\", "
                                            f"\"{r['setting'].get('split', 'test')}\")`",
              "gen": GENERATORS[r["attack"]].label, "surrogates": r["model"].replace("+", ", "),
              "n": f"{int(r['value']):,} {r['setting'].get('split', 'test')}",
              "status": info.get(r["setting"]["set"], {}).get("status", "–")}
-            for r in select(records, group="set")]
+            for r in select(results["records"], group="set")]
     return markdown_table(rows, {"data": "data set", "name": "load it with", "gen": "generator",
                                  "surrogates": "crafted on", "n": "images", "status": "this run"})
 
@@ -816,7 +826,7 @@ def defense_recipe(cfg: Mapping[str, Any], d: str, epochs: int | None = None) ->
 def defense_loss(cfg: Mapping[str, Any], d: str, defense: str, teacher: nn.Module | None = None):
     """The training objective of ``defense`` (one of :data:`DEFENSES`); distillation's student needs its
     ``teacher`` (without one, the teacher's own objective)."""
-    eps = float(threat_eps(d))
+    eps = cfg["eps"][d]
     if defense == "normal":
         return cross_entropy
     if defense == "fgsm_at":
@@ -845,53 +855,45 @@ def _field(defense: str) -> str:
     return "none" if defense == "normal" else defense
 
 
-def train_defenses(cfg: RunConfig) -> tuple[dict, dict, list[dict], dict]:
+def train_defenses(run: Run) -> None:
     """Per data set with ``train_defenses``, every defense of ``defenses`` trained with :func:`defense_recipe` (or
-    loaded from the cache). Distillation, as in Papernot et al.'s and the third-party code: one epoch of normal
-    training as the common start, the teacher at temperature T from there, then the student at T on the teacher's
-    soft labels from the same start. Returns the models (``nets[d][defense]``), the teachers, records (clean
-    accuracy on the adversary set's test images) and timings (seconds, cached)."""
-    nets, teachers, records, timings = {}, {}, [], {}
-    for d in cfg.datasets:
-        if not cfg.train_defenses[d]:
-            continue
-        nets[d] = {}
-        test = load_dataset(d, "test").first(cfg.n_set[d])
-        for defense in cfg.defenses:
-            kw = defense_recipe(cfg, d)
-            seconds, cached = [], []
-            if defense == "distillation":
-                init, meta = zoo.model_for(**defense_recipe(cfg, d, epochs=1))
-                seconds.append(meta.get("train_seconds"))
-                cached.append(meta["cached"])
-                teacher, meta = trained_model(**{**kw, "loss": defense_loss(cfg, d, defense)}, init=init)
-                seconds.append(meta.get("train_seconds"))
-                cached.append(meta["cached"])
-                teachers[d] = teacher
-                net, meta = trained_model(**{**kw, "loss": defense_loss(cfg, d, defense, teacher)}, init=init)
-            else:
-                net, meta = zoo.model_for(**{**kw, "loss": defense_loss(cfg, d, defense)})
-            seconds.append(meta.get("train_seconds"))
-            cached.append(meta["cached"])
-            nets[d][defense] = net
-            timings[f"{d}/{defense}"] = {"seconds": None if None in seconds else sum(seconds),
-                                         "cached": all(cached), "zoo": meta.get("zoo")}
-            records.append(_clean_record(cfg, d, kw["model"], net, test, group="chapter", defense=_field(defense),
-                                         **_knobs(cfg, d, defense)))
-    return nets, teachers, records, timings
+    loaded from the cache) into ``run.nets[d][defense]``. Distillation, as in Papernot et al.'s and the third-party
+    code: one epoch of normal training as the common start, the teacher at temperature T from there
+    (``run.teachers[d]``), then the student at T on the teacher's soft labels from the same start. Records: clean
+    accuracy on the adversary set's test images; timings: seconds, cached."""
+    cfg = run.cfg
+    with run.timer("defenses"):
+        for d in (d for d in cfg.datasets if cfg.train_defenses[d]):
+            run.nets[d] = {}
+            test = load_dataset(d, "test").first(cfg.n_set[d])
+            for defense in cfg.defenses:
+                kw, metas = defense_recipe(cfg, d), []
+                if defense == "distillation":
+                    init, meta = zoo.model_for(**defense_recipe(cfg, d, epochs=1))
+                    run.teachers[d], teacher_meta = trained_model(**{**kw, "loss": defense_loss(cfg, d, defense)},
+                                                                  init=init)
+                    metas = [meta, teacher_meta]
+                    net, meta = trained_model(**{**kw, "loss": defense_loss(cfg, d, defense, run.teachers[d])},
+                                              init=init)
+                else:
+                    net, meta = zoo.model_for(**{**kw, "loss": defense_loss(cfg, d, defense)})
+                run.nets[d][defense] = net
+                run.timings[f"{d}/{defense}"] = _trained(*metas, meta)
+                run.records.append(kit.accuracy_record(cfg, net, test, dataset=d, model=kw["model"],
+                                                       batch_size=cfg.batch_size, split="test", group="chapter",
+                                                       defense=_field(defense), **_knobs(cfg, d, defense)))
 
 
-def defense_training_table(records: Sequence[dict], timings: Mapping[str, dict], cfg: Mapping[str, Any]) -> str:
+def training_table(results: Mapping[str, Any]) -> str:
     """Per defended model: the objective, the shared recipe in words, clean test accuracy and training time."""
-    rows = []
-    for d in _datasets_of(records, group="chapter"):
+    records, cfg, rows = results["records"], _cfg(results), []
+    for d in dict.fromkeys(r["dataset"] for r in select(records, group="chapter")):
         kw = defense_recipe(cfg, d)
         for defense in cfg["defenses"]:
-            r = next(iter(select(records, dataset=d, group="chapter", defense=_field(defense), metric="accuracy",
-                                 attack="none")), None)
-            t = timings.get(f"{d}/{defense}", {})
+            r = first(records, dataset=d, group="chapter", defense=_field(defense), metric="accuracy", attack="none")
+            t = results["timings"].get(f"{d}/{defense}", {})
             rows.append({"data": d, "defense": LABELS[defense] + (f" (zoo `{t['zoo']}`)" if t.get("zoo") else ""),
-                         "clean": pct_interval(r), "time": _took(t)})
+                         "clean": pct_interval(r), "time": duration(t.get("seconds"), cached=t.get("cached", False))})
         rows.append({"data": d, "defense": f"*every model: {kw['model']}, {kw['train_size']:,} images, "
                      f"{kw['config'].describe()}*", "clean": "", "time": ""})
     return markdown_table(rows, {"data": "data set", "defense": "defense", "clean": "clean test accuracy [95% CI]",
@@ -944,40 +946,37 @@ def training_cost(loss, arch: str, d: str, data: ArrayDataset, config: TrainConf
             "seconds_per_step": seconds_per_step(net, data, config, loss, batches)}
 
 
-def cost_all(teachers: Mapping[str, nn.Module], cfg: RunConfig) -> tuple[list[dict], dict]:
+def cost_all(run: Run) -> None:
     """Per data set with defenses: :func:`training_cost` of every defense back to back in this run. Records: the
     forward and backward images per training image (``metric`` ``forward_passes``/``backward_passes``; exact, so
-    two runs agree); timings: seconds per step and their ratio to normal training."""
-    out, timings = [], {}
-    for d in cfg.datasets:
-        if not cfg.train_defenses[d]:
-            continue
-        kw = defense_recipe(cfg, d)
-        data = load_dataset(d, "train").first(cfg.cost_batches * kw["config"].batch_size)
-        costs = {}
-        for defense in cfg.defenses:
-            loss = defense_loss(cfg, d, defense, teachers.get(d) if defense == "distillation" else None)
-            costs[defense] = training_cost(loss, kw["model"], d, data, kw["config"], cfg.cost_batches, cfg.seed)
-            for metric in ("forward", "backward"):
-                out.append(record(cfg, dataset=d, model=kw["model"], metric=f"{metric}_passes",
-                                  value=costs[defense][metric], n=len(data), group="chapter",
-                                  defense=_field(defense), **_knobs(cfg, d, defense)))
-        base = costs["normal"]["seconds_per_step"]
-        timings[d] = {k: {"seconds_per_step": v["seconds_per_step"], "ratio_to_normal": v["seconds_per_step"] / base}
-                      for k, v in costs.items()}
-    return out, timings
+    two runs agree); ``run.timings["cost"][d]``: seconds per step and their ratio to normal training."""
+    cfg, timings = run.cfg, run.timings.setdefault("cost", {})
+    with run.timer("cost"):
+        for d in (d for d in cfg.datasets if cfg.train_defenses[d]):
+            kw = defense_recipe(cfg, d)
+            data = load_dataset(d, "train").first(cfg.cost_batches * kw["config"].batch_size)
+            costs = {}
+            for defense in cfg.defenses:
+                loss = defense_loss(cfg, d, defense, run.teachers.get(d) if defense == "distillation" else None)
+                costs[defense] = training_cost(loss, kw["model"], d, data, kw["config"], cfg.cost_batches, cfg.seed)
+                run.records += [record(cfg, dataset=d, model=kw["model"], metric=f"{metric}_passes",
+                                       value=costs[defense][metric], n=len(data), group="chapter",
+                                       defense=_field(defense), **_knobs(cfg, d, defense))
+                                for metric in ("forward", "backward")]
+            base = costs["normal"]["seconds_per_step"]
+            timings[d] = {k: {"seconds_per_step": v["seconds_per_step"],
+                              "ratio_to_normal": v["seconds_per_step"] / base} for k, v in costs.items()}
 
 
 # --------------------------------------------------------------------------- scoring: adversary set and white box
 
 
-def book_models(pool: dict, data: dict, cfg: RunConfig, d: str) -> dict[str, nn.Module]:
+def book_models(run: Run, d: str) -> dict[str, nn.Module]:
     """The shared reference model of ``d`` and the other chapters' defenses of it that cost nothing to build:
     JumpReLU's retrofit at ``jumprelu_kappa`` and the fragile-neurons chapter's compress/amplify rescaling at
     ``rescale_strength``, driven by each first-layer channel's clean fragility (nodal dropout) on the held-out
     images."""
-    ref = pool[d][reference_name(cfg, d)]
-    val = data[d]["val"]
+    cfg, ref, val = run.cfg, run.pool[d][reference_name(run.cfg, d)], run.data[d]["val"]
     scores = fn.fragility(ref, val.x, val.y, eps=0.0, batch_size=cfg.batch_size, fgsm_too=False)["clean_drop"]
     return {"none": ref, "jumprelu": retrofit(ref, cfg.jumprelu_kappa[d]),
             "compress_amplify": fn.compress_amplify(ref, scores, cfg.rescale_strength)}
@@ -994,25 +993,18 @@ def worst_case_members(cfg: Mapping[str, Any], defense: str, net: nn.Module) -> 
     return out
 
 
-def _score(cfg, d: str, net: nn.Module, test: ArrayDataset, adv: ArrayDataset, members, model: str, group: str,
-           defense: str, **setting) -> tuple[list[dict], dict]:
-    knobs = {"group": group, **_knobs(cfg, d, defense), **setting}
-    field = _field(defense)
-    base = dict(dataset=d, model=model, defense=field)
-    eps = float(threat_eps(d))
-    out = [_clean_record(cfg, d, model, net, test, defense=field, **knobs)]
-    on_set = evaluate.accuracy_record(evaluate.predict(net, adv.x, cfg.batch_size) == adv.y)
-    out.append(record(cfg, **base, attack="adversary_set", threat_model="linf", eps=eps, metric="accuracy",
-                      value=on_set["value"], n=on_set["n"], interval=on_set["interval"], set=adv.name, **knobs))
+def _score(run: Run, d: str, net: nn.Module, model: str, group: str, defense: str, **setting) -> list[dict]:
+    cfg, test, eps = run.cfg, run.data[d]["test"], run.cfg.eps[d]
+    fields = {"defense": _field(defense), "group": group, **_knobs(cfg, d, defense), **setting}
+    out = [kit.accuracy_record(cfg, net, test, dataset=d, model=model, batch_size=cfg.batch_size, split="test",
+                               **fields),
+           kit.accuracy_record(cfg, net, run.sets[d], dataset=d, model=model, batch_size=cfg.batch_size,
+                               attack="adversary_set", threat_model="linf", eps=eps, set=run.sets[d].name, **fields)]
     sub = test.first(cfg.n_adaptive[d])
-    worst = evaluate.worst_case(net, sub.x, sub.y, eps=eps, members=members, batch_size=cfg.batch_size,
-                                seed=cfg.seed)
-    w = evaluate.to_record(worst)
-    out.append(record(cfg, **base, attack="worst_case", threat_model="linf", eps=eps, metric="accuracy",
-                      value=w["robust"], n=w["n"], interval=w["interval"], members="+".join(w["members"]), **knobs))
-    out += [record(cfg, **base, attack=m, threat_model="linf", eps=eps, metric="images_fooled", value=k,
-                   within="worst_case", **knobs) for m, k in w["added"].items()]
-    return out, worst
+    worst = evaluate.worst_case(net, sub.x, sub.y, eps=eps, members=worst_case_members(cfg, defense, net),
+                                batch_size=cfg.batch_size, seed=cfg.seed)
+    return out + kit.worst_case_records(cfg, worst, dataset=d, model=model, run=run, key=(d, group, defense, model),
+                                        **fields)
 
 
 def exported_models(cfg: RunConfig) -> tuple[list[tuple[str, dict, nn.Module]], list[str]]:
@@ -1044,50 +1036,49 @@ def exported_models(cfg: RunConfig) -> tuple[list[tuple[str, dict, nn.Module]], 
     return found, notes
 
 
-def score_all(pool: dict, nets: dict, data: dict, sets: dict, cfg: RunConfig) -> tuple[list[dict], dict, list[str]]:
+def score_all(run: Run) -> None:
     """Every model of every data set against the adversary set and the white box: the :func:`book_models` (group
     ``"book"``), the other chapters' own defended networks (group ``"other"``, :func:`exported_models`) and, where
     trained, this chapter's defenses (group ``"chapter"``). Per model: clean accuracy on the set's test images,
     accuracy on the adversary set, and the worst case of :func:`worst_case_members` at the threat radius on the
-    first ``n_adaptive`` of them, with the images each member fooled. Returns records, the raw worst-case results
-    (for the health table) and the notes of :func:`exported_models`."""
-    out, raw = [], {}
-    others, notes = exported_models(cfg)
-    for d in cfg.datasets:
-        test, adv = data[d]["test"], sets[d]
-        models = [("book", k, reference_name(cfg, d), v, {}) for k, v in book_models(pool, data, cfg, d).items()]
-        models += [("other", k, e["model"], v, {**e["setting"], "label": e["label"]})  # named by its chapter
-                   for k, e, v in others if e["dataset"] == d]
-        models += [("chapter", k, zoo.ARCH[d], v, {}) for k, v in nets.get(d, {}).items()]
-        for group, defense, model, net, setting in models:
-            recs, raw[d, group, defense, model] = _score(cfg, d, net, test, adv, worst_case_members(cfg, defense, net),
-                                                         model, group, defense, **setting)
-            out += recs
-    return out, raw, notes
+    first ``n_adaptive`` of them (:func:`kit.worst_case_records`: the images each member fooled; the result with its
+    per-image outcome in ``run.raw[d, group, defense, model]``). The notes of :func:`exported_models` go to
+    ``run.timings["not_scored"]``."""
+    cfg = run.cfg
+    with run.timer("scores"):
+        others, run.timings["not_scored"] = exported_models(cfg)
+        for d in cfg.datasets:
+            models = [("book", k, reference_name(cfg, d), v, {}) for k, v in book_models(run, d).items()]
+            models += [("other", k, e["model"], v, {**e["setting"], "label": e["label"]})  # named by its chapter
+                       for k, e, v in others if e["dataset"] == d]
+            models += [("chapter", k, zoo.ARCH[d], v, {}) for k, v in run.nets.get(d, {}).items()]
+            for group, defense, model, net, setting in models:
+                run.records += _score(run, d, net, model, group, defense, **setting)
 
 
-def health_all(nets: dict, data: dict, sets: dict, raw: dict, cfg: RunConfig) -> list[dict]:
+def health_all(run: Run) -> None:
     """The health table of the paper's defense (superimposition training, ``a`` resampled) per data set with
-    defenses, at the threat radius on the first ``n_adaptive`` test images, with the gradient-free check (its worst
-    case) and the transfer check (the adversary set's examples of the same images)."""
-    rows = []
-    for d in nets:
-        adv = sets[d].first(cfg.n_adaptive[d])
-        test = data[d]["test"].first(cfg.n_adaptive[d])
-        for row in evaluate.health_checks(nets[d]["superimposition"], test.x, test.y, eps=float(threat_eps(d)),
-                                          steps=cfg.health_steps, num_classes=dataset_info(d).num_classes,
-                                          transfer_x_adv=adv.x, worst=raw[d, "chapter", "superimposition", zoo.ARCH[d]],
-                                          batch_size=cfg.batch_size, seed=cfg.seed):
-            rows.append({**row, "dataset": d, "model": zoo.ARCH[d], "defense": "superimposition"})
-    return rows
+    defenses, at the threat radius on the first ``n_adaptive`` test images (:func:`kit.health_rows`), with the
+    gradient-free check (its worst case) and the transfer check (the adversary set's examples of the same
+    images)."""
+    cfg = run.cfg
+    with run.timer("health checks"):
+        for d, nets in run.nets.items():
+            n, model = cfg.n_adaptive[d], zoo.ARCH[d]
+            test = run.data[d]["test"].first(n)
+            run.health += kit.health_rows(
+                nets["superimposition"], test.x, test.y, dataset=d, model=model, eps=cfg.eps[d],
+                steps=cfg.health_steps, num_classes=dataset_info(d).num_classes, seed=cfg.seed,
+                batch_size=cfg.batch_size, transfer_x_adv=run.sets[d].first(n).x,
+                worst=run.raw[d, "chapter", "superimposition", model], defense="superimposition")
+
+
+def health_tables(results: Mapping[str, Any]) -> str:
+    """The health rows, one table per data set and network (:func:`robustness.report.health_tables`)."""
+    return _health_tables(results["health"], by=("dataset", "model", "defense"))
 
 
 # --------------------------------------------------------------------------- tables and figures of the scores
-
-
-def _first(records: Sequence[dict], **match) -> dict | None:
-    found = select(records, **match)
-    return found[0] if found else None
 
 
 def _scored(records: Sequence[dict], d: str, group: str) -> list[tuple[str, str]]:
@@ -1100,25 +1091,23 @@ def _scored(records: Sequence[dict], d: str, group: str) -> list[tuple[str, str]
 def _scores(records: Sequence[dict], d: str, group: str, defense: str, model: str | None = None) -> dict:
     kw = dict(dataset=d, group=group, defense=_field(defense) if group == "chapter" else defense,
               **({} if model is None else {"model": model}))
-    return {"clean": _first(records, attack="none", metric="accuracy", **kw),
-            "set": _first(records, attack="adversary_set", metric="accuracy", **kw),
-            "worst": _first(records, attack="worst_case", metric="accuracy", **kw)}
+    return {"clean": first(records, attack="none", metric="accuracy", **kw),
+            "set": first(records, attack="adversary_set", metric="accuracy", **kw),
+            "worst": first(records, attack="worst_case", metric="accuracy", **kw)}
 
 
-def cost_table(records: Sequence[dict], timings: Mapping[str, Any]) -> str:
+def cost_table(results: Mapping[str, Any]) -> str:
     """Per data set with defenses: forward and backward passes per training image (counted) and seconds per step
     (measured in this run) as a multiple of normal training."""
-    rows = []
-    for d in _datasets_of(records, group="chapter", metric="forward_passes"):
-        cost = timings.get("cost", {}).get(d, {})
-        for r in select(records, dataset=d, group="chapter", metric="forward_passes"):
-            defense = "normal" if r["defense"] == "none" else r["defense"]
-            back = _first(records, dataset=d, group="chapter", defense=r["defense"], metric="backward_passes")
-            c = cost.get(defense, {})
-            rows.append({"data": d, "defense": LABELS[defense], "forward": f"{r['value']:g}",
-                         "backward": "–" if back is None else f"{back['value']:g}",
-                         "seconds": f"{c['seconds_per_step']:.3f}" if c else "–",
-                         "ratio": f"{c['ratio_to_normal']:.1f}×" if c else "–"})
+    records, rows = results["records"], []
+    for r in select(records, group="chapter", metric="forward_passes"):
+        d, defense = r["dataset"], "normal" if r["defense"] == "none" else r["defense"]
+        back = first(records, dataset=d, group="chapter", defense=r["defense"], metric="backward_passes")
+        c = results["timings"].get("cost", {}).get(d, {}).get(defense, {})
+        rows.append({"data": d, "defense": LABELS[defense], "forward": f"{r['value']:g}",
+                     "backward": "–" if back is None else f"{back['value']:g}",
+                     "seconds": f"{c['seconds_per_step']:.3f}" if c else "–",
+                     "ratio": f"{c['ratio_to_normal']:.1f}×" if c else "–"})
     return markdown_table(rows, {"data": "data set", "defense": "defense", "forward": "forward passes per image",
                                  "backward": "backward passes per image", "seconds": "seconds per step",
                                  "ratio": "× normal training"})
@@ -1139,12 +1128,12 @@ def _defense_words(rec: dict) -> str:
     return label + ("" if setting.get("lam") is None else f", λ = {setting['lam']:g}")
 
 
-def score_table(records: Sequence[dict]) -> str:
+def score_table(results: Mapping[str, Any]) -> str:
     """Every model scored on an adversary set, one row each, in the order of :data:`GROUPS` (the shared reference
     model and the other chapters' defenses of it, the other chapters' own defended networks, this chapter's
     defenses): the book's one transfer number per defense, beside its clean accuracy and white-box worst case."""
-    rows = []
-    for d in _datasets_of(records, attack="adversary_set"):
+    records, rows = results["records"], []
+    for d in dict.fromkeys(r["dataset"] for r in select(records, attack="adversary_set")):
         for group in GROUPS:
             for defense, model in _scored(records, d, group):
                 s = _scores(records, d, group, defense, model)
@@ -1156,17 +1145,19 @@ def score_table(records: Sequence[dict]) -> str:
                                  "worst": "white-box worst case [95% CI]"})
 
 
-def notes_markdown(notes: Sequence[str]) -> str:
+def notes_markdown(results: Mapping[str, Any]) -> str:
     """The networks that could not be scored and why (:func:`exported_models`), as a note; empty when none."""
+    notes = results["timings"].get("not_scored")
     if not notes:
         return ""
     return "```{note}\nNot scored in this run:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n```"
 
 
-def score_figure(records: Sequence[dict]):
+def score_figure(results: Mapping[str, Any]):
     """Per data set, every scored model: clean accuracy, accuracy on the adversary set and the white-box worst case
     at the same radius, with 95% intervals: the gap between the last two is what transfer alone does not see."""
-    ds = _datasets_of(records, attack="adversary_set")
+    records = results["records"]
+    ds = list(dict.fromkeys(r["dataset"] for r in select(records, attack="adversary_set")))
     fig, axes = plt.subplots(len(ds), 1, figsize=(11, 4.2 * len(ds)), squeeze=False)
     for ax, d in zip(axes[:, 0], ds):
         entries = [(g, k, m) for g in GROUPS for k, m in _scored(records, d, g)]
@@ -1182,7 +1173,7 @@ def score_figure(records: Sequence[dict]):
                       fontsize=8, rotation=30, ha="right")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
-        ax.set_title(f"{d}: L∞ ε = {threat_eps(d):.4g}")
+        ax.set_title(f"{d}: L∞ ε = {first(records, dataset=d, attack='adversary_set')['eps']:.4g}")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -1197,7 +1188,7 @@ def transfer_summary(records: Sequence[dict], d: str) -> dict:
     FGSM target by target (``category``: ``beats_fgsm`` when clearly above on every target, ``matches_fgsm`` when
     clearly below on none, else ``below_fgsm``; ``fgsm`` when FGSM itself made the set)."""
     worse, pairs = fgsm_beats(records, d, "pgd")
-    rec = _first(records, dataset=d, group="set")
+    rec = first(records, dataset=d, group="set")
     gen = rec["attack"] if rec else best_generator(records, d)
     cmp = compare_with_fgsm(records, d, gen)
     if gen == "fgsm":
@@ -1218,16 +1209,19 @@ def defense_summary(records: Sequence[dict], d: str) -> dict:
     training on the adversary set (``set_gain``) and in the white box (``white_box_gain``); ``comparable``: its
     adversary-set accuracy is not clearly below the best established defense's (:data:`ESTABLISHED`); the fixed-a
     variant's set gain; ``extra_forward``: its forward passes per image minus normal training's (the paper: one).
-    ``category``: ``robust`` (both gains), ``transfer_only`` (the set gain is not a white-box gain), ``no_gain``."""
+    ``category``: ``broken`` (the superimposition network is, :func:`kit.is_broken`: its robustness is not
+    interpreted),
+    ``robust`` (both gains), ``transfer_only`` (the set gain is not a white-box gain), ``no_gain``."""
     scores = {k: _scores(records, d, "chapter", k) for k, _ in _scored(records, d, "chapter")}
     si, normal = scores["superimposition"], scores["normal"]
     established = [scores[k]["set"] for k in ESTABLISHED if k in scores]
     best = max(established, key=lambda r: r["value"]) if established else None
-    passes = {k: _first(records, dataset=d, group="chapter", defense=_field(k), metric="forward_passes")
+    passes = {k: first(records, dataset=d, group="chapter", defense=_field(k), metric="forward_passes")
               for k in ("normal", "superimposition")}
     set_gain = evaluate.compare(si["set"], normal["set"]) == "higher"
     white = evaluate.compare(si["worst"], normal["worst"]) == "higher"
     fixed = scores.get("superimposition_fixed")
+    broken = kit.is_broken(si["clean"], dataset_info(d).num_classes)
     return {"scores": scores, "set_gain": set_gain, "white_box_gain": white,
             "comparable": None if best is None else evaluate.compare(si["set"], best) != "lower",
             "best_established": None if best is None else best["defense"],
@@ -1236,22 +1230,22 @@ def defense_summary(records: Sequence[dict], d: str) -> dict:
             "extra_forward": None if None in passes.values()
             else passes["superimposition"]["value"] - passes["normal"]["value"],
             "clean_cost": evaluate.compare(normal["clean"], si["clean"]) == "higher",
-            "category": "robust" if set_gain and white else "transfer_only" if set_gain else "no_gain"}
+            "category": "broken" if broken else "robust" if set_gain and white else "transfer_only" if set_gain
+            else "no_gain"}
 
 
 def verdict_summary(results: Mapping[str, Any]) -> dict:
     """Per data set, from the results (live, read back, or hand-made records of the same shape): ``transfer``
-    (:func:`transfer_summary`), ``premise`` (:func:`premise_summary`, where the sweep ran), ``defenses`` (:func:`defense_summary`, where defenses were trained) and the failed
-    health checks."""
-    recs = results["records"]
-    out = {}
-    for d in _datasets_of(recs, group="transfer"):
-        checks = [h for h in results.get("health", []) if h.get("dataset") == d]
-        out[d] = {"transfer": transfer_summary(recs, d),
+    (:func:`transfer_summary`), ``premise`` (:func:`premise_summary`, where the sweep ran), ``defenses``
+    (:func:`defense_summary`, where defenses were trained), the failed health checks (their ids) and ``category``:
+    the defenses' category where defenses were trained, else claim (i)'s."""
+    recs, out = results["records"], {}
+    for d in dict.fromkeys(r["dataset"] for r in select(recs, group="transfer")):
+        t = transfer_summary(recs, d)
+        s = defense_summary(recs, d) if select(recs, dataset=d, group="chapter", attack="adversary_set") else None
+        out[d] = {"transfer": t, "defenses": s, "category": (s or t)["category"],
                   "premise": premise_summary(recs, d) if select(recs, dataset=d, group="premise") else None,
-                  "defenses": defense_summary(recs, d) if select(recs, dataset=d, group="chapter",
-                                                                  attack="adversary_set") else None,
-                  "failed_checks": [h["check"] for h in checks if not h["passed"]]}
+                  "failed_checks": kit.failed_checks(results.get("health", []), dataset=d)}
     return out
 
 
@@ -1270,6 +1264,8 @@ _DEFENSE_WORDS = {
     "transfer_only": "superimposition training resists the transferred examples better than normal training, but "
                      "its white-box worst case is not clearly higher: transfer success is not robustness.",
     "no_gain": "superimposition training does not clearly raise accuracy on the adversary set.",
+    "broken": "the superimposition-trained network is broken, so its accuracy on the adversary set and in the white "
+              "box is not interpreted.",
 }
 
 
@@ -1293,9 +1289,10 @@ def _premise_sentence(p: Mapping[str, Any]) -> str:
 
 
 def verdict(results: Mapping[str, Any]) -> str:
-    """The verdict in Markdown, sentence by sentence from :func:`verdict_summary`."""
-    lines = []
-    for d, v in verdict_summary(results).items():
+    """The verdict in Markdown, sentence by sentence from :func:`verdict_summary`; where defenses were judged, it
+    states :data:`kit.BROKEN_RULE`."""
+    lines, summary = [], verdict_summary(results)
+    for d, v in summary.items():
         t = v["transfer"]
         lines.append(f"**{d}.** Multi-step PGD transfers clearly worse than FGSM on {t['pgd_worse_pairs']} of "
                      f"{t['pairs']} (source, target) pairs, so the paper's premise (multi-step adversaries usually "
@@ -1309,19 +1306,20 @@ def verdict(results: Mapping[str, Any]) -> str:
             lines.append(_premise_sentence(p))
         s = v["defenses"]
         if s is not None:
-            sc = s["scores"]
+            sc, interpreted = s["scores"], s["category"] != "broken"
             si, nm = sc["superimposition"], sc["normal"]
-            lines.append(f"Adversary set: superimposition (a resampled) {pct_interval(si['set'])} against normal training "
-                         f"{pct_interval(nm['set'])}; white-box worst case {pct_interval(si['worst'])} against {pct_interval(nm['worst'])}; "
-                         f"clean {pct_interval(si['clean'])} against {pct_interval(nm['clean'])}.")
-            if s["comparable"] is not None:
+            lines.append(f"Adversary set: superimposition (a resampled) {pct_interval(si['set'])} against normal "
+                         f"training {pct_interval(nm['set'])}; white-box worst case {pct_interval(si['worst'])} "
+                         f"against {pct_interval(nm['worst'])}; clean {pct_interval(si['clean'])} against "
+                         f"{pct_interval(nm['clean'])}.")
+            if s["comparable"] is not None and interpreted:
                 lines.append(f"Against the best established defense on the set ({LABELS[s['best_established']]}): "
                              f"{'comparable (not clearly below)' if s['comparable'] else 'clearly below'}.")
             if s["fixed_set_gain"] is not None:
                 lines.append(f"The fixed-a variant {'also' if s['fixed_set_gain'] else 'does not'} clearly "
                              f"{'raises' if s['fixed_set_gain'] else 'raise'} accuracy on the set "
                              f"({pct_interval(sc['superimposition_fixed']['set'])}).")
-            if s["pgd_at_vs_si"] is not None:
+            if s["pgd_at_vs_si"] is not None and interpreted:
                 words = {"higher": "clearly above", "lower": "clearly below", "same": "not clearly different from"}
                 lines.append(f"PGD adversarial training, the reference, is {words[s['pgd_at_vs_si']]} superimposition "
                              f"training in the white box ({pct_interval(sc['pgd_at']['worst'])}).")
@@ -1332,6 +1330,7 @@ def verdict(results: Mapping[str, Any]) -> str:
         if v["failed_checks"]:
             lines.append(f"Health checks failed: {', '.join(v['failed_checks'])}.")
         lines.append("")
-    if results.get("profile") == "smoke":
-        lines.append("This is the smoke profile: the numbers only show that every cell runs.")
+    if any(v["defenses"] is not None for v in summary.values()):
+        lines.append(kit.BROKEN_RULE)
+    lines.append(kit.smoke_note(results.get("profile", "")))
     return "\n".join(lines).strip()
