@@ -211,7 +211,7 @@ def test_autoattack_accuracy_runs_on_cpu_and_restores_the_random_state(tiny_mode
     res = evaluate.autoattack_accuracy(tiny_model, x, y, EPS, batch_size=40)
     assert torch.equal(torch.random.get_rng_state(), state)  # AutoAttack seeds the global generator
     assert all(p.grad is None for p in tiny_model.parameters())  # nor does it leave gradients on the weights
-    assert set(res) == {"eps", "norm", "version", "n", "clean", "robust", "k", "interval", "seconds", "flags"}
+    assert set(res) == {"eps", "norm", "version", "n", "clean", "robust", "k", "interval", "seconds", "flags", "mask"}
     assert res["n"] == 40 and res["clean"] == 1.0 and 0 < res["robust"] < 1
     json.dumps(res)
     # AutoAttack is at least as strong as one PGD run on these images

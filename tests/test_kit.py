@@ -138,3 +138,76 @@ def test_holdout_split_takes_the_images_after_the_training_ones(monkeypatch):
     val = kit.holdout_split("synth", 30, 45)
     assert val.split == "val" and len(val) == 15 and torch.equal(val.x, x[30:45])
     assert "images 31–45, held out" in val.source
+
+
+# --------------------------------------------------------------------------- per-image outcomes and paired verdicts
+
+def _acc(mask, attack="worst_case", **setting):
+    from robustness.evaluate import pack_mask
+
+    r = __import__("robustness").evaluate.accuracy_record(mask)
+    return {"chapter": "t", "dataset": "mnist", "model": "m", "defense": "none", "attack": attack,
+            "threat_model": "linf", "eps": 0.1, "metric": "accuracy", "value": r["value"], "n": r["n"],
+            "interval": r["interval"], "profile": "smoke", "seed": 0,
+            "setting": {kit.PER_IMAGE: pack_mask(mask), **setting}}
+
+
+def _pair(n=200, ref_right=60, gain=30):
+    ref = torch.zeros(n, dtype=torch.bool)
+    ref[:ref_right] = True
+    dfd = ref.clone()
+    dfd[ref_right:ref_right + gain] = True
+    return dfd, ref
+
+
+def test_paired_outcome_holds_and_is_gated_by_health_and_autoattack():
+    dfd, ref = _pair()
+    outcome, test = kit.paired_outcome(_acc(dfd), _acc(ref), min_effect=0.05)
+    assert outcome.outcome == "holds" and test["a_only"] == 30
+    gated, _ = kit.paired_outcome(_acc(dfd), _acc(ref), min_effect=0.05,
+                                  health=[{"id": "gradient_free", "passed": False}])
+    assert (gated.outcome, gated.reason) == ("inconclusive", "unhealthy")
+    # AutoAttack on the survivors fools every image the defense gained: the positive does not stand
+    aa = dfd.clone()
+    aa[60:90] = False
+    confirmed, _ = kit.paired_outcome(_acc(dfd), _acc(ref), min_effect=0.05, confirm=_acc(aa, "autoattack"))
+    assert confirmed.outcome != "holds" and "AutoAttack" in confirmed.detail
+
+
+def test_paired_outcome_of_an_old_results_file_is_a_note_not_a_crash():
+    dfd, ref = _pair()
+    old = _acc(dfd)
+    del old["setting"][kit.PER_IMAGE]
+    outcome, test = kit.paired_outcome(old, _acc(ref), min_effect=0.05)
+    assert test is None and outcome.outcome == "inconclusive" and "rerun" in outcome.detail
+    assert kit.per_image(None) is None
+
+
+def test_a_broken_defended_network_is_not_judged():
+    dfd, ref = _pair()
+    clean = {"value": 0.12, "interval": [0.08, 0.18]}
+    outcome, _ = kit.paired_outcome(_acc(dfd), _acc(ref), min_effect=0.05, clean=clean, num_classes=10)
+    assert (outcome.outcome, outcome.reason) == ("inconclusive", "broken")
+
+
+def test_accuracy_and_worst_case_records_carry_per_image_outcomes(tiny_data):
+    x, y = tiny_data
+    model = train_tiny(x, y)
+    res = evaluate.worst_case(model, x[:40], y[:40], 0.3, evaluate.default_members(steps=3, queries=10))
+    recs = kit.worst_case_records(CFG, res, dataset="synth", model="tiny", first_alone=True)
+    (worst,) = select(recs, attack="worst_case")
+    assert torch.equal(kit.per_image(worst), res["robust_mask"])
+    (alone,) = select(recs, alone=True)
+    assert int(kit.per_image(alone).sum()) == round(alone["value"] * alone["n"])
+
+
+def test_autoattack_on_survivors_only_attacks_what_the_worst_case_left(tiny_data):
+    x, y = tiny_data
+    model = train_tiny(x, y)
+    x, y = x[:30], y[:30]
+    res = evaluate.worst_case(model, x, y, 0.05, evaluate.default_members(steps=3, queries=10))
+    rec, _ = kit.autoattack_on_survivors(CFG, model, x, y, res, dataset="synth", model="tiny", batch_size=30)
+    mask = kit.per_image(rec)
+    assert not (mask & ~res["robust_mask"]).any()  # never robust where the worst case already fooled
+    assert rec["setting"]["on"] == "worst_case_survivors" and isinstance(rec["setting"]["flags"], str)
+    assert kit.autoattack_flags([dict(rec, setting={**rec["setting"], "flags": "zero_gradients"})])

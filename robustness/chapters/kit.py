@@ -17,6 +17,8 @@ A chapter keeps its SPEC, recipes, protocol, its own tables and figures, and its
 * :func:`autoattack_record` — AutoAttack's robust accuracy as a record.
 * :func:`health_rows` — Carlini et al.'s health checks, tagged with the data set and network they belong to.
 * :func:`is_broken`, :func:`failed_checks`, :func:`smoke_note` — the verdict's shared tail: one rule each.
+* :func:`per_image`, :func:`paired_outcome`, :func:`autoattack_on_survivors`, :func:`autoattack_flags` — verdicts
+  on the same images: per-image outcomes, paired tests, the floor, the health gate and AutoAttack's confirmation.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from torch import nn
 
 from .. import evaluate
 from ..config import RunConfig
+from ..evaluate.outcome import Outcome, health_gate, judge_gain
 from ..data import ArrayDataset, load_dataset
 from ..results import load_results, overrides_of, record, write_results
 from ..timing import StageTimer
@@ -98,9 +101,10 @@ def accuracy_record(cfg: Mapping[str, Any], net: nn.Module, ds: ArrayDataset, *,
                     batch_size: int, **fields: Any) -> dict:
     """The accuracy of ``net`` on ``ds`` (exactly k / n) as a record with its 95% Wilson interval; ``fields`` are
     the record's other fields and setting (``defense=``, ``split=``, …)."""
-    r = evaluate.accuracy_record(evaluate.predict(net, ds.x, batch_size) == ds.y)
+    correct = evaluate.predict(net, ds.x, batch_size) == ds.y
+    r = evaluate.accuracy_record(correct)
     return record(cfg, dataset=dataset, model=model, metric="accuracy", value=r["value"], n=r["n"],
-                  interval=r["interval"], **fields)
+                  interval=r["interval"], **{PER_IMAGE: evaluate.pack_mask(correct)}, **fields)
 
 
 def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *, dataset: str, model: str,
@@ -113,7 +117,8 @@ def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *,
     setting) and, per member, ``metric="images_fooled"``: the images it fooled that the earlier members had not
     (``order``: its place; ``within="worst_case"``). A curve also records, as ``attack="smaller_eps"``, the images
     counted as fooled because a smaller radius fooled them. With ``first_alone``, the first member's own robust
-    accuracy (``attack`` its name, ``alone=True``): what a single-attack evaluation would have reported.
+    accuracy (``attack`` its name, ``alone=True``): what a single-attack evaluation would have reported. Both
+    accuracy records carry their per-image outcome (setting :data:`PER_IMAGE`) for paired tests.
     ``fields`` go to every record (``defense=``, setting keys), ``member_fields`` to the per-member ones only,
     ``robust_fields`` to the robust-accuracy record only (e.g. the ensemble's budget).
     With ``run`` and ``key``, the result (its per-image ``fooled_by`` and ``robust_mask`` included) is kept in
@@ -123,14 +128,17 @@ def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *,
     out = []
     for p in points:
         at = {"dataset": dataset, "model": model, "threat_model": p["norm"], "eps": p["eps"], "n": p["n"], **fields}
+        masks = evaluate.member_robust_masks(p) if "fooled_by" in p else {}
+        robust_image = {PER_IMAGE: evaluate.pack_mask(p["robust_mask"])} if "robust_mask" in p else {}
         out.append(record(cfg, metric="accuracy", attack="worst_case", value=p["robust"], interval=p["interval"],
-                          members="+".join(p["members"]), **at, **dict(robust_fields or {})))
+                          members="+".join(p["members"]), **at, **dict(robust_fields or {}), **robust_image))
         if first_alone and p["members"]:
             first = p["members"][0]
             k = round(p["clean"] * p["n"]) - p["added"][first]
             r = evaluate.accuracy_record(k, p["n"])
+            alone_image = {PER_IMAGE: evaluate.pack_mask(masks[first])} if masks else {}
             out.append(record(cfg, metric="accuracy", attack=first, value=r["value"], interval=r["interval"],
-                              alone=True, **at))
+                              alone=True, **at, **alone_image))
         extra = dict(member_fields or {})
         out += [record(cfg, metric="images_fooled", attack=name, value=p["added"][name], order=i,
                        within="worst_case", **at, **extra) for i, name in enumerate(p["members"])]
@@ -171,7 +179,8 @@ def autoattack_record(cfg: Mapping[str, Any], net: nn.Module, x: torch.Tensor, y
     res = evaluate.autoattack_accuracy(net, x, y, eps, norm=norm, version=version, batch_size=batch_size,
                                        seed=cfg["seed"])
     rec = record(cfg, dataset=dataset, model=model, metric="accuracy", attack="autoattack", threat_model=norm,
-                 eps=eps, value=res["robust"], n=res["n"], interval=res["interval"], version=version, **fields)
+                 eps=eps, value=res["robust"], n=res["n"], interval=res["interval"], version=version,
+                 **{PER_IMAGE: res["mask"]}, **fields)
     return rec, res["seconds"]
 
 
@@ -219,3 +228,87 @@ def smoke_note(profile: str) -> str:
         return ""
     return ("This is the smoke profile: it checks that every cell runs, on too few images and too little training "
             "for any of these outcomes to mean anything.")
+
+
+# --------------------------------------------------------------------------- per-image outcomes and paired verdicts
+
+#: The setting key holding a record's per-image outcome (packed bits, :func:`robustness.evaluate.stats.pack_mask`):
+#: whether each of the record's ``n`` images was classified correctly. Paired tests read it.
+PER_IMAGE = "correct"
+
+NO_PER_IMAGE_NOTE = ("this results file has no per-image outcomes (it was written before they were recorded): "
+                     "rerun the chapter to get paired tests")
+
+
+def per_image(rec: Mapping[str, Any] | None) -> torch.Tensor | None:
+    """A record's per-image outcome (bool tensor of its ``n`` images), or ``None`` when the record has none (a
+    results file written before they were recorded)."""
+    if rec is None or PER_IMAGE not in rec.get("setting", {}) or not rec.get("n"):
+        return None
+    return evaluate.unpack_mask(rec["setting"][PER_IMAGE], rec["n"])
+
+
+def paired_outcome(defended: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, *, min_effect: float,
+                   health: Sequence[Mapping[str, Any]] = (), confirm: Mapping[str, Any] | None = None,
+                   p_adjusted: float | None = None, num_classes: int | None = None,
+                   clean: Mapping[str, Any] | None = None) -> tuple[Outcome, dict | None]:
+    """The book's rule for "the defended network is more robust than the reference" on the same images.
+
+    ``defended``/``reference``: accuracy records with per-image outcomes (same images, same radius). The outcome
+    (:func:`robustness.evaluate.outcome.judge_gain`): holds / does not hold / inconclusive with its reason; a
+    positive is then gated by the failed health checks among ``health`` (``unhealthy``), must be confirmed by
+    ``confirm`` (AutoAttack's record on the same images: a positive whose gain AutoAttack removes is not one), and
+    a defended network that :func:`is_broken` (``clean``, ``num_classes``) is never judged. Returns ``(outcome,
+    paired test or None)``."""
+    if clean is not None and num_classes is not None and is_broken(clean, num_classes):
+        return Outcome("inconclusive", "broken", "the defended network is near chance (" + BROKEN_RULE + ")"), None
+    a, b = per_image(defended), per_image(reference)
+    if a is None or b is None:
+        return Outcome("inconclusive", "underpowered", NO_PER_IMAGE_NOTE), None
+    outcome, test = judge_gain(a, b, min_effect=min_effect, p_adjusted=p_adjusted)
+    outcome = health_gate(outcome, health)
+    if outcome.outcome == "holds" and confirm is not None:
+        c = per_image(confirm)
+        if c is not None:
+            confirmed, _ = judge_gain(c & a, b, min_effect=min_effect, p_adjusted=p_adjusted)
+            if confirmed.outcome != "holds":
+                outcome = Outcome(confirmed.outcome, confirmed.reason,
+                                  f"AutoAttack on the survivors removed the gain: {confirmed.detail}")
+    return outcome, test
+
+
+def autoattack_on_survivors(cfg: Mapping[str, Any], net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            worst: Mapping[str, Any], *, dataset: str, model: str, batch_size: int = 256,
+                            **fields: Any) -> tuple[dict, float]:
+    """AutoAttack (standard) on the images the worst case ``worst`` left standing, at its radius: the record is the
+    accuracy over all of the worst case's images (an image counts as robust only if both left it standing), with
+    AutoAttack's reliability flags (``flags`` in the setting, "" when none fired) and the per-image outcome.
+    Returns ``(record, seconds)``."""
+    standing = worst["robust_mask"].bool()
+    idx = standing.nonzero().flatten()
+    robust = standing.clone()
+    seconds, flags = 0.0, []
+    if len(idx):
+        res = evaluate.autoattack_accuracy(net, x[idx], y[idx], worst["eps"], norm=worst["norm"],
+                                           batch_size=batch_size, seed=cfg["seed"])
+        seconds, flags = res["seconds"], res["flags"]
+        robust[idx] = evaluate.unpack_mask(res["mask"], len(idx))
+    r = evaluate.accuracy_record(robust)
+    rec = record(cfg, dataset=dataset, model=model, metric="accuracy", attack="autoattack",
+                 threat_model=worst["norm"], eps=worst["eps"], value=r["value"], n=r["n"], interval=r["interval"],
+                 on="worst_case_survivors", flags=",".join(flags), **{PER_IMAGE: evaluate.pack_mask(robust)},
+                 **fields)
+    return rec, seconds
+
+
+def autoattack_flags(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Sentences naming every AutoAttack record whose run raised a reliability flag (RobustBench: "potentially
+    unreliable"), for the page."""
+    out = []
+    for r in records:
+        flags = r["setting"].get("flags") if r["attack"] == "autoattack" else None
+        if flags:
+            out.append(f"AutoAttack flagged {r['dataset']}/{r['model']}"
+                       f"{'/' + r['defense'] if r['defense'] != 'none' else ''} at ε = {r['eps']:g}: "
+                       f"{flags.replace(',', ', ')} (potentially unreliable)")
+    return out

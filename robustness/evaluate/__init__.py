@@ -12,7 +12,8 @@ from .core import (accuracy, accuracy_curve, gradient_norms, min_norm_summary, m
                    run_attack, timed)
 from .health import health_checks
 from .min_norm import min_norm
-from .stats import accuracy_record, clearly_greater, compare, intervals_overlap, ranks, spearman, wilson_interval
+from .stats import (accuracy_record, clearly_greater, compare, holm, intervals_overlap, mcnemar_exact, pack_mask,
+                    paired_test, ranks, spearman, unpack_mask, wilson_interval)
 from . import members
 from .members import MEMBER_NAMES, NORMS, Member, check_members, default_members, members_from_names
 from .worst_case import member_robust_masks, to_record, worst_case, worst_case_curve
@@ -22,4 +23,5 @@ __all__ = ["MEMBER_NAMES", "Member", "NORMS", "accuracy", "accuracy_curve", "acc
            "check_members", "clearly_greater", "compare", "default_members", "gradient_norms", "health_checks",
            "intervals_overlap", "members", "members_from_names", "min_norm", "min_norm_summary", "model_device",
            "predict", "ranks", "run_attack", "run_autoattack", "spearman", "timed", "to_record", "wilson_interval", "member_robust_masks",
+           "holm", "mcnemar_exact", "pack_mask", "paired_test", "unpack_mask",
            "worst_case", "worst_case_curve"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..attacks import eval_mode
 from .core import model_device, predict
-from .stats import accuracy_record
+from .stats import accuracy_record, pack_mask
 
 __all__ = ["AUTOATTACK_FLAGS", "AUTOATTACK_VERSIONS", "autoattack_accuracy", "flags_of", "run_autoattack"]
 
@@ -134,7 +134,8 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     """Robust accuracy of ``model`` under AutoAttack (see :func:`run_autoattack` for the arguments).
 
     Returns JSON-ready numbers only: ``{"eps", "norm", "version", "n", "clean", "robust", "k", "interval" (95%
-    Wilson of robust), "seconds", "flags" (AutoAttack's reliability warnings, :data:`AUTOATTACK_FLAGS` ids)}``; accuracy is judged on ``model`` at the returned
+    Wilson of robust), "seconds", "flags" (AutoAttack's reliability warnings, :data:`AUTOATTACK_FLAGS` ids), "mask"
+    (per image robust or not, packed with :func:`.stats.pack_mask`)}``; accuracy is judged on ``model`` at the returned
     examples (an image counts as robust only if ``model`` classifies its example correctly).
     """
     start = time.perf_counter()
@@ -150,4 +151,4 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     rec = accuracy_record(robust)
     return {"eps": float(eps), "norm": norm, "version": version, "n": len(y),
             "clean": int(clean.sum()) / max(len(y), 1), "robust": rec["value"], "k": rec["k"],
-            "interval": rec["interval"], "seconds": seconds, "flags": flags}
+            "interval": rec["interval"], "seconds": seconds, "flags": flags, "mask": pack_mask(robust)}
