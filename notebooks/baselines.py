@@ -168,8 +168,12 @@ display(Markdown(chapter.min_norm_table(run.results())))
 # gradient-free Square attack {cite}`andriushchenko2020square`, each run only on the images the earlier ones
 # left standing. An image counts as robust only if it survives all three, and each example is checked against
 # the threat model before it counts. On an undefended model the later members should add almost nothing: PGD
-# alone already finds the examples. The table shows the headline next to the worst case, each with its 95%
-# interval.
+# alone already finds the examples. The table shows the headline next to the worst case, the worst case's first
+# member alone (what a single PGD reports on the same images) and AutoAttack (standard) run on the images the
+# worst case left standing, each with its 95% interval and, in the results file, its per-image outcome. Where
+# the worst case is at 0% (or 100%) at the threat radius, no paired comparison can show there: the worst case
+# is then also run at the largest radius of the PGD curve below the threat radius that is off the floor, and
+# shown in a second table.
 
 # %%
 chapter.worst_case(run)
@@ -213,12 +217,18 @@ display(Markdown(chapter.cost_table(run.results())))
 # ## Results and verdict
 #
 # Every number above is saved as a record in one results file. The verdict below is computed from that file as
-# read back, by `robustness.chapters.baselines.verdict`: it takes PGD's accuracy at the threat radius with its
-# interval and calls the model not robust when the whole interval lies below a threshold named in the chapter
-# module, unless the model is broken by the book's rule (stated in the verdict, and read on the interval of the
-# clean accuracy, never its point value); it then reads the health rows to say whether the attacks can be
-# trusted, and compares the minimum-norm attacks with each other, reading DDN's convergence as
-# `robustness.evaluate.min_norm` decided it.
+# read back, by `robustness.chapters.baselines.verdict`, with the book's three outcomes (holds, does not hold,
+# inconclusive with its reason). Claim 1, *the undefended model is not robust*: the strongest robust accuracy
+# measured at the threat radius (AutoAttack on the worst case's survivors) has its whole interval below a
+# threshold named in the chapter module, unless the model is broken by the book's rule (stated in the verdict,
+# and read on the interval of the clean accuracy, never its point value). Claim 2, *the adaptive worst case finds
+# more than PGD alone*: an exact McNemar test of the same images under the worst case's first member alone and
+# under the whole worst case, with the smallest gain that matters named in the module; it is judged at the threat
+# radius unless the worst case is at the floor there (then at the radius above, the threat-radius outcome
+# reported beside it), failed gradient-free, transfer, step-doubling or chance checks make a positive
+# inconclusive, and the member that fooled PGD alone's survivors is named only when the test shows they were
+# fooled. The verdict then reads the health rows and AutoAttack's flags, and compares the minimum-norm attacks
+# with each other, reading DDN's convergence as `robustness.evaluate.min_norm` decided it.
 
 # %% tags=["remove-cell"]
 run.save()

@@ -77,7 +77,7 @@ n_select = None  # held-out images lambda is chosen on (clean and PGD accuracy) 
 select_steps = None  # PGD steps when choosing lambda
 n_test = None  # test images for clean accuracy (the first N) (per data set)
 n_adaptive = None  # test images for PGD, the worst case, saturation and the health checks (the first N) (per data set)
-n_autoattack = None  # test images for AutoAttack on the entropic model (the first N; 0: not run) (per data set)
+n_autoattack = None  # AutoAttack on the worst case's survivors among its first N images, for the entropic model and adversarial training (0: not run) (per data set)
 pgd_steps = None  # steps of the PGD members of the worst case
 restarts = None  # random restarts of the PGD members
 square_queries = None  # queries per image of the Square member
@@ -176,8 +176,10 @@ plt.show()
 # PGD-CE is the first member of the book's worst case; the worst case then adds PGD on the
 # margin loss, the gradient-free Square attack and, for every network but the normal one, PGD examples crafted on
 # the normal network and transferred. An image counts as robust only if it survives them all. AutoAttack
-# {cite}`croce2020reliable`, the measurement behind the anchor, runs on the entropic model only, on the first
-# `n_autoattack` of those images.
+# {cite}`croce2020reliable`, the measurement behind the anchor, then attacks the images the worst case left standing
+# (among the first `n_autoattack`), on the entropic model and on adversarial training, the two networks the verdict
+# could call more robust than the normal one: an image counts as robust only if both left it standing, and
+# AutoAttack's own reliability flags are shown in the verdict.
 #
 # Two columns belong to the audit. When the largest softmax probability rounds to exactly 1 in float32, the
 # cross-entropy is 0 and its gradient is made of the other, tiny probabilities; when those underflow too, the
@@ -237,11 +239,18 @@ display(Markdown(chapter.anchor_table(saved)))
 # ## Verdict
 #
 # Everything above is one results file; the verdict is computed from it as read back, by
-# {func}`robustness.chapters.entropic_retraining.verdict`. Per data set it compares 95% intervals, never point
-# values: does the entropic model beat plain fine-tuning under PGD-CE, and does that gain survive the worst case
-# (a gain only PGD-CE sees is masking)? It then sets the result beside adversarial training and AutoAttack, and
-# says what the method cost in clean accuracy and in training time. A model evaluated with a clean accuracy near
-# chance is called broken, and its robustness is not interpreted; the verdict ends with the rule.
+# {func}`robustness.chapters.entropic_retraining.verdict`. Per data set it judges one claim, entropic retraining
+# (at the tested λ) is more robust than the normal network, and checks the yardstick, adversarial training against
+# the normal network, both on the same test images: the worst case's per-image outcomes, an exact McNemar test on
+# the images only one network gets right, Holm-adjusted across the data sets. Each outcome is *holds*, *does not
+# hold* (the paired interval excludes the smallest gain that would matter) or *inconclusive* with its reason: at
+# the floor (the normal network is at 0% at the threat radius, the radius of the paper's claim; the chapter measures
+# no smaller one), too few images, an unhealthy evaluation or a broken network. A positive must also survive
+# AutoAttack on the survivors and the gating health checks. "Masked gradients" is said only with evidence: the
+# worst case clearly below PGD-CE alone on the same images, naming the member that removed the gain. Plain
+# fine-tuning and adversarial training are set beside it as paired numbers, with what the method cost in clean
+# accuracy and in training time. A model evaluated with a clean accuracy near chance is called broken, and its
+# robustness is not interpreted; the verdict ends with the rule.
 
 # %%
 display(Markdown(chapter.verdict(saved)))

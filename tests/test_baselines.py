@@ -5,11 +5,13 @@ import json
 
 import matplotlib
 import pytest
+import torch
 
 from conftest import TinyNet, make_blobs
 from robustness.chapters import baselines as chapter, kit
 from robustness.config import resolve
 from robustness.data import ArrayDataset
+from robustness.evaluate import pack_mask
 from robustness.results import FIELDS, check_records, load_results, overrides_of, record, results_path, select
 from robustness.runner import run_chapter
 from robustness.train import TrainConfig, trained_model
@@ -23,10 +25,38 @@ def _rec(**kw):
     return record(CFG, dataset="mnist", model="lenet_like", **kw)
 
 
-def make_results(*, clean=0.98, pgd=0.01, worst=0.0, n=1000, eps=0.3, grid=(0.0, 0.1, 0.2, 0.3),
-                 failed=(), df_rho=0.25, ddn_rho=(0.21, 0.209), profile="laptop") -> dict:
+def _mask(k, n):
+    return pack_mask(torch.arange(n) < round(k))
+
+
+def _worst_case(*, clean, alone, worst, n, eps, role, aa=None, flags=""):
+    """The worst case's records at ``eps`` as ``kit.worst_case_records`` writes them, per-image outcomes made by
+    hand (the first images are the ones standing): the robust accuracy, the first member alone, each member's
+    images_fooled (PGD (margin loss) fooled what PGD alone left standing) and, with ``aa``, AutoAttack on the
+    survivors."""
+    ks = {name: round(v * n) for name, v in (("clean", clean), ("alone", alone), ("worst", worst))}
+    at = {"threat_model": "linf", "eps": eps, "n": n}
+    recs = [_rec(metric="accuracy", attack="worst_case", value=ks["worst"] / n, members="pgd_ce+pgd_margin+square",
+                 correct=_mask(ks["worst"], n), role=role, steps=40, restarts=1, queries=5000, **at),
+            _rec(metric="accuracy", attack="pgd_ce", value=ks["alone"] / n, alone=True,
+                 correct=_mask(ks["alone"], n), **at)]
+    added = [("pgd_ce", ks["clean"] - ks["alone"]), ("pgd_margin", ks["alone"] - ks["worst"]), ("square", 0)]
+    recs += [_rec(metric="images_fooled", attack=name, value=count, order=i, within="worst_case", **at)
+             for i, (name, count) in enumerate(added)]
+    if aa is not None:
+        recs.append(_rec(metric="accuracy", attack="autoattack", value=round(aa * n) / n, on="worst_case_survivors",
+                         flags=flags, correct=_mask(aa * n, n), **at))
+    return recs
+
+
+def make_results(*, clean=0.98, pgd=0.01, worst=0.0, alone=None, aa=None, flags="", n=1000, eps=0.3,
+                 grid=(0.0, 0.1, 0.2, 0.3), judged=None, failed=(), df_rho=0.25, ddn_rho=(0.21, 0.209),
+                 profile="laptop") -> dict:
     """A results dict as ``load_results`` returns it, with every record the page writes (made by hand): DDN's
-    ``converged`` record as ``evaluate.min_norm`` decides it (the doubled run moves the median by under 2%)."""
+    ``converged`` record as ``evaluate.min_norm`` decides it (the doubled run moves the median by under 2%); the
+    worst case with its first member alone (default: 3 images more than the worst case) and AutoAttack on its
+    survivors (default: as the worst case), per-image outcomes included; ``judged=(eps, alone, worst)`` adds the
+    worst case at a judged radius (``role="judged"``)."""
     pgd_knobs = {"steps": 40, "restarts": 1}
     recs = [_rec(metric="accuracy", value=clean, n=10 * n, subset="clean"),
             _rec(metric="accuracy", value=clean, n=n, subset="attacked")]
@@ -55,11 +85,11 @@ def make_results(*, clean=0.98, pgd=0.01, worst=0.0, n=1000, eps=0.3, grid=(0.0,
     change = abs(ddn_rho[1] - ddn_rho[0]) / ddn_rho[0]
     recs.append(_rec(metric="converged", attack="ddn", threat_model="l2", value=float(change < 0.02), n=n, steps=100,
                      steps_double=200, relative_change=change))
-    recs.append(_rec(metric="accuracy", attack="worst_case", threat_model="linf", eps=eps, value=worst, n=n,
-                     role="threat", members="pgd_ce+pgd_margin+square", steps=40, restarts=1, queries=5000))
-    for i, (name, count) in enumerate([("pgd_ce", round((clean - pgd) * n)), ("pgd_margin", 3), ("square", 0)]):
-        recs.append(_rec(metric="images_fooled", attack=name, threat_model="linf", eps=eps, value=count, n=n, order=i,
-                         within="worst_case"))
+    alone = worst + 3 / n if alone is None else alone
+    recs += _worst_case(clean=clean, alone=alone, worst=worst, n=n, eps=eps, role="threat",
+                        aa=worst if aa is None else aa, flags=flags)
+    if judged:
+        recs += _worst_case(clean=clean, alone=judged[1], worst=judged[2], n=n, eps=judged[0], role="judged")
     health = [{"id": h, "check": f"check {h}", "measured": "m", "expected": "e", "passed": h not in failed,
                "dataset": "mnist", "model": "lenet_like"} for h in HEALTH_IDS]
     check_records(recs)
@@ -105,7 +135,7 @@ def test_verdict_sound_evaluation_of_a_non_robust_model():
     assert v["category"] == "not_robust" and v["sound"] and v["failed_checks"] == [] and not v["broken"]
     assert v["headline"]["value"] == 0.01 and v["headline"]["eps"] == 0.3
     assert v["headline"]["setting"] == {"role": "threat", "steps": 40, "restarts": 1}
-    assert v["images_fooled"] == {"pgd_ce": 970, "pgd_margin": 3, "square": 0}
+    assert v["images_fooled"] == {"pgd_ce": 977, "pgd_margin": 3, "square": 0}
     assert v["deepfool_ratio"] == pytest.approx(0.25 / 0.209) and v["ddn_converged"]
     assert v["ddn_change"] == pytest.approx(0.001 / 0.21)
     text = chapter.verdict(make_results())
@@ -153,10 +183,96 @@ def test_broken_reads_the_clean_accuracy_interval_not_the_point():
     assert "the model is broken: " + kit.BROKEN_RULE in chapter.verdict(make_results(clean=0.15))
 
 
-@pytest.mark.parametrize("pgd, n, category", [(0.6, 1000, "resists"), (0.08, 100, "unclear"),
-                                              (0.08, 10000, "not_robust")])
-def test_verdict_compares_the_interval_with_the_threshold(pgd, n, category):
-    assert summary(make_results(pgd=pgd, n=n))["category"] == category
+@pytest.mark.parametrize("worst, n, category, outcome, reason",
+                         [(0.6, 1000, "resists", "does not hold", None), (0.08, 100, "unclear", "inconclusive",
+                                                                           "underpowered"),
+                          (0.08, 10000, "not_robust", "holds", None)])
+def test_verdict_compares_the_strongest_interval_with_the_threshold(worst, n, category, outcome, reason):
+    # claim 1 reads the strongest evaluation (AutoAttack on the worst case's survivors), not the PGD headline
+    v = summary(make_results(pgd=0.01, worst=worst, n=n))
+    assert (v["category"], v["outcome"], v["reason"]) == (category, outcome, reason)
+    assert v["strongest"]["attack"] == "autoattack" and v["claims"]["not_robust"]["outcome"] == outcome
+
+
+def test_not_robust_reads_autoattack_below_the_worst_case():
+    v = summary(make_results(worst=0.6, aa=0.05))  # AutoAttack fooled what the worst case left standing
+    assert v["category"] == "not_robust" and "5.0%" in v["detail"]
+
+
+def test_an_unexpectedly_robust_model_with_a_failed_gating_check_is_inconclusive():
+    v = summary(make_results(worst=0.6, failed=("gradient_free",)))
+    assert (v["category"], v["outcome"], v["reason"]) == ("unclear", "inconclusive", "unhealthy")
+    assert "gradient_free" in v["detail"]
+    assert chapter.verdict(make_results(worst=0.6, failed=("gradient_free",))).startswith(
+        "**Verdict: not settled.** Claim 1 is inconclusive: the evaluation is unhealthy.")
+
+
+def claim2(**kwargs) -> dict:
+    return summary(make_results(**kwargs))["claims"]["worst_case_beyond_pgd"]
+
+
+def test_worst_case_beyond_pgd_holds_and_names_the_member_that_removed_pgd_alone():
+    # PGD alone leaves 10% standing, the worst case 2%: 80 of the same 1,000 images fooled by the later members
+    c = claim2(worst=0.02, alone=0.10)
+    assert (c["outcome"], c["reason"], c["eps"], c["threat"]) == ("holds", None, 0.3, None)
+    assert "gain 8.0 points" in c["detail"] and "80 right only when defended, 0 only without" in c["detail"]
+    assert c["mechanism"] == "PGD alone's extra accuracy was removed by PGD (margin loss) (80 images)"
+    assert c["mechanism"] in chapter.verdict(make_results(worst=0.02, alone=0.10))
+
+
+def test_worst_case_beyond_pgd_does_not_hold_and_names_no_mechanism():
+    # 2 images more on 1,000: the paired interval excludes the 5 points that would matter
+    c = claim2(worst=0.02, alone=0.022)
+    assert (c["outcome"], c["reason"], c["mechanism"]) == ("does not hold", None, None)
+    assert "a gain of 5.0 points is excluded" in c["detail"]
+    text = chapter.verdict(make_results(worst=0.02, alone=0.022))
+    assert "removed by" not in text and "**does not hold**" in text
+
+
+def test_worst_case_beyond_pgd_at_the_floor_is_inconclusive():
+    c = claim2(worst=0.0, alone=0.05)  # the worst case at 0% of the images: nothing to compare against
+    assert (c["outcome"], c["reason"], c["mechanism"] is None) == ("inconclusive", "floor", False)
+    # rewritten floor fixture: the evidence of removal is still named, the outcome is not a verdict
+    assert "at the floor" in chapter.verdict(make_results(worst=0.0, alone=0.05))
+
+
+def test_worst_case_beyond_pgd_is_judged_off_the_floor_and_reports_the_threat_radius_beside():
+    c = claim2(worst=0.0, alone=0.0, judged=(0.2, 0.30, 0.20))
+    assert (c["outcome"], c["eps"], c["role"]) == ("holds", 0.2, "judged")
+    assert c["threat"]["outcome"] == "inconclusive" and c["threat"]["reason"] == "floor"
+    text = chapter.verdict(make_results(worst=0.0, alone=0.0, judged=(0.2, 0.30, 0.20)))
+    assert "judged at ε = 0.2, the largest radius of the PGD curve" in text
+    assert "At the threat radius (reported, not judged): **inconclusive** (at the floor" in text
+
+
+def test_worst_case_beyond_pgd_underpowered_names_the_smallest_detectable_difference():
+    c = claim2(worst=0.02, alone=0.05, n=100)  # 3 discordant images of 100
+    assert (c["outcome"], c["reason"]) == ("inconclusive", "underpowered")
+    assert "100 images cannot show a gain below 6.0 points" in c["detail"]
+
+
+def test_worst_case_beyond_pgd_with_a_failed_gating_check_is_inconclusive():
+    c = claim2(worst=0.02, alone=0.10, failed=("step_doubling",))
+    assert (c["outcome"], c["reason"]) == ("inconclusive", "unhealthy")
+    assert "failed health checks: step_doubling" in c["detail"]
+
+
+def test_old_results_without_per_image_outcomes_read_with_a_note():
+    results = make_results(worst=0.02, alone=0.10)
+    for r in results["records"]:
+        r["setting"].pop(kit.PER_IMAGE, None)
+    c = summary(results)["claims"]["worst_case_beyond_pgd"]
+    assert c["outcome"] == "inconclusive" and not c["per_image"] and c["mechanism"] is None
+    assert kit.NO_PER_IMAGE_NOTE in chapter.verdict(results)
+    results["records"] = [r for r in results["records"] if not r["setting"].get("alone")
+                          and r["attack"] != "autoattack"]  # written before the first member alone was recorded
+    assert kit.NO_PER_IMAGE_NOTE in chapter.verdict(results)
+
+
+def test_autoattack_flags_are_shown():
+    assert "No AutoAttack flag fired" in chapter.verdict(make_results())
+    text = chapter.verdict(make_results(flags="zero_gradients"))
+    assert "AutoAttack flagged mnist/lenet_like at ε = 0.3: zero_gradients (potentially unreliable)" in text
 
 
 def test_verdict_minimum_norm_findings():
@@ -187,7 +303,7 @@ def test_worst_case_table_shows_clean_headline_worst_case_and_members():
     assert "at ε = 0.25" in table
     assert "| no attack | 98.0% [" in table and "| PGD-40 L∞, 1 restart | 3.0% [" in table
     assert "adaptive worst case (members: pgd_ce, pgd_margin, square) | 0.0% [0.0%," in table
-    assert "PGD (cross-entropy) 950, PGD (margin loss) 3, Square 0" in table
+    assert "PGD (cross-entropy) 977, PGD (margin loss) 3, Square 0" in table
 
 
 def test_min_norm_table_and_clean_summary():
@@ -236,7 +352,13 @@ def test_steps_append_records_in_the_kit_vocabulary_and_keep_the_raw_worst_case(
     assert len(worst) == 1 and worst[0]["setting"]["role"] == "threat" and worst[0]["setting"]["queries"] == 20
     members = select(records, metric="images_fooled")
     assert [r["setting"] for r in members] == [{"order": i, "within": "worst_case"} for i in range(3)]
-    assert "fooled_by" in run.raw["worst_case"] and set(run.timings) == {"worst_case"}
+    assert "fooled_by" in run.raw["worst_case"] and set(run.timings) == {"worst_case", "autoattack"}
+    alone = select(records, alone=True)
+    assert len(alone) == 1 and kit.per_image(alone[0]) is not None and kit.per_image(worst[0]) is not None
+    aa = select(records, attack="autoattack", on="worst_case_survivors")
+    assert len(aa) == 1 and "flags" in aa[0]["setting"] and not (kit.per_image(aa[0]) & ~kit.per_image(worst[0])).any()
+    # the worst case is at the floor here (the tiny net is right on few images): judged on the curve when measured
+    assert ("worst_case_judged" in run.raw) == bool(select(records, role="judged"))
 
 
 # --------------------------------------------------------------------------- the notebook, end to end
@@ -265,7 +387,7 @@ def test_smoke_run_writes_records_and_puts_banner_and_figures_on_the_page(isolat
     assert {h["id"] for h in saved["health"]} == set(HEALTH_IDS)
     assert all(h["dataset"] == "mnist" and h["model"] == "lenet_like" for h in saved["health"])
     assert len(select(saved["records"], attack="ddn", metric="converged", steps=30, steps_double=60)) == 1
-    assert set(saved["timings"]) == {"train", "worst_case", "attack_cost"}
+    assert set(saved["timings"]) == {"train", "worst_case", "autoattack", "attack_cost"}
     outputs = _outputs(notebook)
     markdown = ["".join(o.get("data", {}).get("text/markdown", "")) for o in outputs]
     assert any("Profile `smoke`" in m for m in markdown)  # the banner, a MyST admonition

@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from robustness.chapters import entropic_retraining as chapter
+from robustness import evaluate
 from robustness.chapters import kit
 from robustness.config import resolve
 from robustness.data import ArrayDataset
+from robustness.evaluate.stats import pack_mask
 from robustness.defenses.entropic import layer_entropies
 from robustness.models import build_model
 from robustness.results import record
@@ -175,36 +177,60 @@ def test_cost_ratios_are_steps_times_seconds_over_normal_training():
 
 # --------------------------------------------------------------------------- the verdict on hand-made results
 
+N = 200
+MEMBERS = ("pgd_ce", "pgd_margin", "square", "transfer_from_normal")
 
-def _saved(*, lam=10.0, chosen=None, pgd=(0.02, 0.30), worst=(0.01, 0.02), clean=(0.78, 0.77),
-           adversarial_worst=0.35, saturated=(0.05, 0.60), n=1000, n_test=1000, autoattack=0.01):
-    """Results of one data set: the tested λ (``chosen`` by validation: λ unless given), the control's and the
-    entropic model's (clean, PGD-CE, worst case, saturation; pairs are (control, entropic)), the normal and the
-    adversarially trained model's, and the cost timings."""
+
+def _mask(k, n=N):
+    """The first ``k`` of ``n`` images right (nested masks: a network right on more images is right on these)."""
+    return torch.arange(n) < k
+
+
+def _acc(mask, **kw):
+    r = evaluate.accuracy_record(mask)
+    return rec(metric="accuracy", value=r["value"], n=r["n"], interval=r["interval"], correct=pack_mask(mask), **kw)
+
+
+def _saved(*, lam=10.0, chosen=None, normal=(160, 40, 20), control=(156, 40, 20), entropic=(154, 60, 50),
+           adversarial=(130, 110, 100), removed=None, survivors=None, saturated=(0.05, 0.60), n=N, health=(),
+           per_image=True):
+    """Results of one data set (CIFAR-10), per image on ``n`` test images: per network the number of images right
+    (clean, PGD-CE alone, worst case), nested; the worst case's members removed ``removed`` (member → images) of
+    what PGD-CE alone left standing (by default all by square); AutoAttack on the survivors of the entropic and the
+    adversarially trained network leaves ``survivors`` (role → images; by default all) standing."""
     chosen = lam if chosen is None else chosen
     out = [rec(metric="loss_layer", defense=ENTROPIC, value=1.5, split="val", layer=name, kind="dense",
                change=0.2, order=i) for i, name in enumerate(("15", "17"))]
     out += [rec(metric="chosen_lambda", defense=ENTROPIC, value=chosen, budget=0.03),
             rec(metric="tested_lambda", defense=ENTROPIC, value=lam, budget=0.03,
                 rule="chosen" if chosen else "largest_within_budget" if lam else "none")]
+    survivors = survivors or {}
 
-    def model(role, c, p, w, s, **setting):
-        kw = dict(defense=role, split="test", **setting)
-        adv = dict(threat_model="linf", eps=8 / 255, n=n, **kw)
-        return [rec(metric="accuracy", value=c, n=n_test, **kw),
-                rec(metric="accuracy", attack="pgd_ce", value=p, alone=True, **adv),
-                rec(metric="accuracy", attack="worst_case", value=w, **adv),
+    def model(role, counts, s, **setting):
+        (c, p, w), kw = counts, dict(defense=role, split="test", **setting)
+        adv = dict(threat_model="linf", eps=8 / 255, **kw)
+        gone = (removed or {}).get(role, {"square": p - w})
+        fooled = {"pgd_ce": c - p, **{m: gone.get(m, 0) for m in MEMBERS[1:]}}
+        recs = [_acc(_mask(c, n), **kw), _acc(_mask(p, n), attack="pgd_ce", alone=True, **adv),
+                _acc(_mask(w, n), attack="worst_case", members="+".join(MEMBERS), **adv),
                 rec(metric="saturated_share", value=s, n=n, interval=_wilson(s, n), **kw)]
+        recs += [rec(metric="images_fooled", attack=m, value=fooled[m], order=i, within="worst_case", n=n, **adv)
+                 for i, m in enumerate(MEMBERS)]
+        if role in (ENTROPIC, ADVERSARIAL):
+            recs.append(_acc(_mask(survivors.get(role, w), n), attack="autoattack", on="worst_case_survivors",
+                             flags="", **adv))
+        return recs
 
-    out += model(NORMAL, 0.80, 0.0, 0.0, 0.02) + model(CONTROL, clean[0], pgd[0], worst[0], saturated[0])
-    out += model(ADVERSARIAL, 0.65, adversarial_worst + 0.05, adversarial_worst, 0.0)
+    out += model(NORMAL, normal, 0.02) + model(CONTROL, control, saturated[0])
+    out += model(ADVERSARIAL, adversarial, 0.0)
     if lam > 0:
-        out += model(ENTROPIC, clean[1], pgd[1], worst[1], saturated[1], lam=lam)
-        out.append(rec(metric="accuracy", attack="autoattack", threat_model="linf", eps=8 / 255, value=autoattack,
-                       n=100, defense=ENTROPIC, split="test", lam=lam, version="standard"))
+        out += model(ENTROPIC, entropic, saturated[1], lam=lam)
+    if not per_image:
+        for r in out:
+            r["setting"].pop(kit.PER_IMAGE, None)
     cost = {D: chapter.training_costs({"plain": 0.1, "entropic": 0.11, "adversarial": 0.4},
                                       {"train": 2000, "fine_tune": 300}, "normal")}
-    return {"records": out, "health": [], "profile": "laptop", "timings": {"cost": cost}}
+    return {"records": out, "health": list(health), "profile": "laptop", "timings": {"cost": cost}}
 
 
 def _wilson(share, n):
@@ -213,41 +239,113 @@ def _wilson(share, n):
     return wilson_interval(round(share * n), n)
 
 
-def test_verdict_a_gain_only_pgd_ce_sees_is_masking():
-    v = chapter.verdict_summary(_saved())[D]
-    assert v["pgd_gain"] and not v["worst_gain"] and v["category"] == "masked"
-    assert v["saturates"] and not v["clean_cost"] and v["vs_adversarial"] == "lower"
-    assert v["layers"] == ["15", "17"] and v["autoattack"]["value"] == 0.01
-    text = chapter.verdict(_saved())
-    assert "masked gradients, not robustness" in text and "41.88%" in text
+def test_verdict_a_gain_over_the_normal_network_on_the_same_images_holds():
+    # worst case 50/200 against the normal network's 20/200 on the same images: 30 images only the entropic
+    # network gets right, none the other way; AutoAttack on its 50 survivors leaves them standing
+    saved = _saved()
+    v = chapter.verdict_summary(saved)[D]
+    assert v["outcome"] == "holds" and v["reason"] is None and v["mechanism"] is None and v["category"] == "holds"
+    assert "30 right only when defended, 0 only without" in v["detail"]
+    assert v["yardstick"]["outcome"] == "holds"
+    assert v["vs_control"]["difference"] == 30 / N and v["vs_adversarial"]["difference"] == -50 / N
+    text = chapter.verdict(saved)
+    assert "entropic retraining (λ = 10) is more robust than the normal network: **holds**" in text
+    assert "Yardstick: adversarial training is more robust than the normal network: **holds**" in text
+    assert "No AutoAttack flag fired." in text and "the authors report 41.88%" in text
+    assert "smallest gain that would matter is 5 points" in text and "masked" not in text
     # the cost sentence reads the timings: normal 200 s; entropic + 300 × 0.11 s; adversarial + 300 × 0.4 s
     assert "entropic retraining 1.17× normal training" in text and "adversarial training 1.60×" in text
 
 
-def test_verdict_a_gain_that_survives_the_worst_case_is_real():
-    v = chapter.verdict_summary(_saved(worst=(0.01, 0.25), adversarial_worst=0.25))[D]
-    assert v["category"] == "real" and v["vs_adversarial"] == "same"
-    assert "some robustness survives" in chapter.verdict(_saved(worst=(0.01, 0.25)))
+def test_verdict_autoattack_on_the_survivors_can_remove_a_positive():
+    v = chapter.verdict_summary(_saved(survivors={ENTROPIC: 21}))[D]
+    assert v["outcome"] != "holds" and "AutoAttack on the survivors removed the gain" in v["detail"]
 
 
-def test_verdict_compares_intervals_not_points():
-    # 2 points on 1,000 images: inside the noise, for PGD as for clean accuracy and saturation
-    v = chapter.verdict_summary(_saved(pgd=(0.02, 0.04), worst=(0.01, 0.02), clean=(0.78, 0.76),
-                                       saturated=(0.05, 0.07)))[D]
-    assert v["category"] == "no_gain" and not v["clean_cost"] and not v["saturates"]
-    # a real clean cost is reported as such
-    assert chapter.verdict_summary(_saved(clean=(0.78, 0.60)))[D]["clean_cost"]
+def test_verdict_a_gain_the_stronger_members_remove_names_the_mechanism_with_evidence():
+    # PGD-CE alone leaves 90 images standing, the worst case 20, as for the normal network: Square removed 50,
+    # PGD-margin 15 and transfer 5 on the same images. The gain is excluded (does not hold) and, with evidence,
+    # the mechanism is named with the member that removed it
+    removed = {ENTROPIC: {"pgd_margin": 15, "square": 50, "transfer_from_normal": 5}}
+    saved = _saved(entropic=(154, 90, 20), removed=removed)
+    v = chapter.verdict_summary(saved)[D]
+    assert v["outcome"] == "does not hold" and v["reason"] is None
+    assert v["mechanism"] == "the gain was removed by square (50 images)"
+    text = chapter.verdict(saved)
+    assert "**does not hold**" in text and "masked gradients" in text and "removed by square (50 images)" in text
+
+
+def test_verdict_without_a_gain_the_weak_attack_saw_names_no_mechanism():
+    # rewritten from "a gain only PGD-CE sees is masking" (absence of evidence): the worst case equals PGD-CE alone,
+    # so nothing was removed and no mechanism word is printed, whatever the outcome
+    saved = _saved(entropic=(154, 21, 21), normal=(160, 20, 20))
+    v = chapter.verdict_summary(saved)[D]
+    assert v["outcome"] == "does not hold" and v["mechanism"] is None
+    assert "masked" not in chapter.verdict(saved)
+
+
+def test_verdict_at_the_floor_is_inconclusive_and_says_so():
+    # the normal network at 0/200 under the worst case: its interval includes 0%, no gain can show
+    saved = _saved(normal=(160, 5, 0), control=(156, 5, 0), entropic=(154, 6, 1), adversarial=(130, 3, 0))
+    v = chapter.verdict_summary(saved)[D]
+    assert v["outcome"] == "inconclusive" and v["reason"] == "floor" and v["category"] == "inconclusive"
+    assert v["yardstick"]["reason"] == "floor" and v["mechanism"] is None
+    text = chapter.verdict(saved)
+    assert "**inconclusive** (at the floor" in text and "the chapter measures no smaller one" in text
+
+
+def test_verdict_with_too_few_images_is_inconclusive_and_names_the_smallest_detectable_difference():
+    # 20 images: 8 against 5 is 3 discordant images, not significant, and the interval admits 5 points
+    saved = _saved(n=20, normal=(16, 6, 5), control=(16, 6, 5), entropic=(16, 8, 8), adversarial=(14, 12, 12))
+    v = chapter.verdict_summary(saved)[D]
+    assert v["outcome"] == "inconclusive" and v["reason"] == "underpowered"
+    assert "20 images cannot show a gain below 30.0 points" in v["detail"]
+    assert "too few images for the gain that would matter" in chapter.verdict(saved)
+
+
+def test_verdict_a_failed_gating_health_row_makes_a_positive_inconclusive():
+    row = {"id": "gradient_free", "check": "c", "measured": "m", "expected": "e", "passed": False, "dataset": D,
+           "model": MODEL, "defense": ENTROPIC}
+    saved = _saved(health=[row])
+    v = chapter.verdict_summary(saved)[D]
+    assert v["outcome"] == "inconclusive" and v["reason"] == "unhealthy" and "gradient_free" in v["detail"]
+    assert v["yardstick"]["outcome"] == "holds"  # the row is the entropic model's, not adversarial training's
+    assert "the evaluation is unhealthy" in chapter.verdict(saved)
+
+
+def test_verdict_reads_old_results_without_per_image_outcomes():
+    saved = _saved(per_image=False)
+    v = chapter.verdict_summary(saved)[D]
+    assert v["outcome"] == "inconclusive" and not v["per_image"] and v["vs_control"] is None
+    assert kit.NO_PER_IMAGE_NOTE in chapter.verdict(saved)
+
+
+def test_verdict_holm_adjusts_across_data_sets():
+    one_set = _saved(entropic=(154, 30, 27))  # 7 discordant images: p = 2⁻⁶ ≈ 0.016
+    assert chapter.verdict_summary(one_set)[D]["outcome"] == "holds"
+    # the same claim tested on two data sets: each p is doubled (0.031), still below 5% here
+    other = [{**r, "dataset": "mnist"} for r in one_set["records"]]
+    both = {**one_set, "records": one_set["records"] + other}
+    v = chapter.verdict_summary(both)
+    assert v.keys() == {D, "mnist"} and "p = 0.031" in v[D]["detail"]
+
+
+def test_verdict_clean_cost_is_a_paired_comparison():
+    # 2 points on 200 images, all in one direction: 4 discordant images, not significant
+    assert not chapter.verdict_summary(_saved(control=(158, 40, 20), entropic=(154, 60, 50)))[D]["clean_cost"]
+    assert chapter.verdict_summary(_saved(control=(170, 40, 20), entropic=(154, 60, 50)))[D]["clean_cost"]
 
 
 def test_verdict_a_broken_model_is_not_interpreted_by_the_interval_rule():
-    # 15% clean on 1,000 CIFAR-10 images: the interval's upper end (17.4%) is within chance + 10 points
-    v = chapter.verdict_summary(_saved(clean=(0.78, 0.15)))[D]
-    assert v["broken"] and v["category"] == "broken"
-    text = chapter.verdict(_saved(clean=(0.78, 0.15)))
+    # 12.5% clean on 200 CIFAR-10 images: the interval's upper end (17.9%) is within chance + 10 points
+    saved = _saved(entropic=(25, 22, 20))
+    v = chapter.verdict_summary(saved)[D]
+    assert v["broken"] and v["category"] == "broken" and v["reason"] == "broken"
+    text = chapter.verdict(saved)
     assert "robustness numbers are not interpreted" in text and kit.BROKEN_RULE in text
-    # 19%: the point is within the margin, the interval [16.7%, 21.5%] is not, so the model is judged as usual
-    v = chapter.verdict_summary(_saved(clean=(0.78, 0.19)))[D]
-    assert not v["broken"] and v["category"] == "masked"
+    # 25%: the point is within the margin, the interval [19.5%, 31.4%] is not, so the model is judged as usual
+    v = chapter.verdict_summary(_saved(entropic=(50, 45, 40)))[D]
+    assert not v["broken"] and v["outcome"] == "holds"
 
 
 def test_health_tables_name_the_data_set_and_network():
@@ -262,13 +360,13 @@ def test_verdict_when_validation_kept_lambda_zero():
     # the test images still measure the largest λ within the clean budget, and the verdict reads them
     saved = _saved(lam=10.0, chosen=0.0)
     v = chapter.verdict_summary(saved)[D]
-    assert v["chosen"] == 0 and v["lam"] == 10 and v["model"] == ENTROPIC and v["category"] == "masked"
+    assert v["chosen"] == 0 and v["lam"] == 10 and v["model"] == ENTROPIC and v["outcome"] == "holds"
     text = chapter.verdict(saved)
     assert "validation kept λ = 0" in text and "at the largest λ the clean budget allows, λ = 10" in text
     # no λ > 0 within the budget: plain fine-tuning is all there is, and no gain is claimed
     saved = _saved(lam=0.0)
     v = chapter.verdict_summary(saved)[D]
-    assert v["model"] == CONTROL and v["category"] == "no_gain" and not v["pgd_gain"] and v["autoattack"] is None
+    assert v["model"] == CONTROL and v["outcome"] == "does not hold" and v["mechanism"] is None
     assert "no entropic model is tested" in chapter.verdict(saved)
 
 

@@ -211,3 +211,13 @@ def test_autoattack_on_survivors_only_attacks_what_the_worst_case_left(tiny_data
     assert not (mask & ~res["robust_mask"]).any()  # never robust where the worst case already fooled
     assert rec["setting"]["on"] == "worst_case_survivors" and isinstance(rec["setting"]["flags"], str)
     assert kit.autoattack_flags([dict(rec, setting={**rec["setting"], "flags": "zero_gradients"})])
+
+
+def test_autoattack_confirmation_gets_its_own_p_value_under_holm():
+    # the claim's gain is large; AutoAttack leaves one image more than the reference: the positive must not stand
+    dfd, ref = _pair(n=200, ref_right=60, gain=30)
+    aa = ref.clone()
+    aa[60] = True
+    outcome, _ = kit.paired_outcome(_acc(dfd), _acc(ref), min_effect=0.05, confirm=_acc(aa, "autoattack"),
+                                    p_adjusted=1e-6)
+    assert outcome.outcome != "holds"

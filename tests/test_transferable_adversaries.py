@@ -15,7 +15,7 @@ from robustness.config import resolve
 from robustness.data import DATASETS, ArrayDataset, threat_eps
 from robustness import zoo
 from robustness.defenses import AdversarialLoss, SuperimpositionLoss
-from robustness.evaluate import wilson_interval
+from robustness.evaluate import pack_mask, wilson_interval
 from robustness.models import build_model
 from robustness.results import record
 from robustness.train import TrainConfig, cross_entropy
@@ -173,24 +173,49 @@ def _transfer(fgsm=0.6, pgd=0.3, best=0.9, best_gen="ensemble_mi_fgsm_di", n=100
     return out
 
 
-def _defenses(set_acc=None, worst=None, clean=None, n=10000, n_adaptive=500) -> list[dict]:
-    """Per defense: clean accuracy, accuracy on the adversary set, the worst case and the pass counts."""
+MEMBERS = ("pgd_ce", "pgd_margin", "square")
+
+
+def _mask(value, n):
+    """The first round(value · n) of ``n`` images right: masks of several networks nest (a paired comparison then
+    has every discordant image in one direction)."""
+    return torch.arange(n) < round(value * n)
+
+
+def _defenses(set_acc=None, worst=None, clean=None, aa=None, n=10000, n_adaptive=500, per_image=True) -> list[dict]:
+    """Per defense: clean accuracy, accuracy on the adversary set, the worst case (its members: PGD on the margin
+    loss fools every image it removes), AutoAttack on its survivors and the pass counts; with per-image outcomes
+    (packed masks) unless ``per_image`` is False (a results file written before they were recorded)."""
     clean = {**dict.fromkeys(("normal", "fgsm_at", "distillation", "superimposition", "superimposition_fixed",
                               "pgd_at"), 0.98), **(clean or {})}
     set_acc = {"normal": 0.30, "fgsm_at": 0.705, "distillation": 0.35, "superimposition": 0.70,
                "superimposition_fixed": 0.5, "pgd_at": 0.9, **(set_acc or {})}
     worst = {"normal": 0.0, "fgsm_at": 0.01, "distillation": 0.0, "superimposition": 0.01,
              "superimposition_fixed": 0.0, "pgd_at": 0.6, **(worst or {})}
+    aa = {**worst, **(aa or {})}
     passes = {"normal": (1, 1), "fgsm_at": (3, 3), "distillation": (2, 1), "superimposition": (2, 2),
               "superimposition_fixed": (2, 2), "pgd_at": (7, 6)}
+
+    def bits(value, size, key=kit.PER_IMAGE):
+        return {key: pack_mask(_mask(value, size))} if per_image else {}
+
     out = []
     for k in set_acc:
         kw = dict(dataset=D, model="lenet_like", defense="none" if k == "normal" else k, group="chapter")
-        out += [record(CFG, metric="accuracy", value=clean[k], n=n, split="test", **kw),
-                record(CFG, metric="accuracy", attack="adversary_set", threat_model="linf", eps=0.3,
-                       value=set_acc[k], n=n, **kw),
-                record(CFG, metric="accuracy", attack="worst_case", threat_model="linf", eps=0.3, value=worst[k],
-                       n=n_adaptive, **kw)]
+        at = dict(threat_model="linf", eps=0.3, **kw)
+        out += [record(CFG, metric="accuracy", value=clean[k], n=n, split="test", **bits(clean[k], n), **kw),
+                record(CFG, metric="accuracy", attack="adversary_set", value=set_acc[k], n=n,
+                       **bits(set_acc[k], n), **at),
+                record(CFG, metric="accuracy", attack="worst_case", value=worst[k], n=n_adaptive,
+                       members="+".join(MEMBERS), **bits(worst[k], n_adaptive), **at)]
+        fooled = _mask(clean[k], n_adaptive) & ~_mask(worst[k], n_adaptive)
+        for i, m in enumerate(MEMBERS):
+            mine = fooled if m == "pgd_margin" else torch.zeros(n_adaptive, dtype=torch.bool)
+            out.append(record(CFG, metric="images_fooled", attack=m, value=int(mine.sum()), n=n_adaptive, order=i,
+                              within="worst_case", **({chapter.FOOLED: pack_mask(mine)} if per_image else {}), **at))
+        if k in chapter.CONFIRMED:
+            out.append(record(CFG, metric="accuracy", attack="autoattack", value=aa[k], n=n_adaptive,
+                              on="worst_case_survivors", flags="", **bits(aa[k], n_adaptive), **at))
         out += [record(CFG, metric=f"{m}_passes", value=v, n=256, **kw) for m, v in zip(("forward", "backward"),
                                                                                       passes[k])]
     return out
@@ -222,21 +247,91 @@ def test_best_generator_is_chosen_by_pooled_fooling_rate():
     assert chapter.best_generator(_transfer(best=0.7), D) == "ensemble_mi_fgsm_di"
 
 
-def test_verdict_on_defenses_transfer_gain_that_the_white_box_removes():
-    v = chapter.verdict_summary(_results(_transfer() + _defenses()))[D]["defenses"]
-    assert v["set_gain"] and not v["white_box_gain"] and v["category"] == "transfer_only"
-    assert v["comparable"] and v["best_established"] == "fgsm_at" and v["extra_forward"] == 1
-    assert v["fixed_set_gain"] and v["pgd_at_vs_si"] == "higher"
-    assert "transfer success is not robustness" in chapter.verdict(_results(_transfer() + _defenses()))
+def _claims(records, health=()):
+    return chapter.verdict_summary(_results(_transfer() + records, health))[D]["defenses"]["claims"]
 
 
-def test_verdict_on_defenses_robust_no_gain_and_not_comparable():
-    robust = chapter.verdict_summary(_results(_transfer() + _defenses(worst={"superimposition": 0.3})))
-    assert robust[D]["defenses"]["category"] == "robust"
-    none = chapter.verdict_summary(_results(_transfer() + _defenses(set_acc={"superimposition": 0.31})))
-    assert none[D]["defenses"]["category"] == "no_gain"
-    below = chapter.verdict_summary(_results(_transfer() + _defenses(set_acc={"fgsm_at": 0.9})))
-    assert below[D]["defenses"]["comparable"] is False
+def test_verdict_at_the_floor_is_inconclusive_not_transfer_only():
+    # rewritten: normal training at 0% in the white box (the threat radius on MNIST) against 1% used to be called
+    # "transfer only"; at the floor no white-box gain can show, so the white box is inconclusive (floor), and the
+    # transfer claim is judged in its own threat model
+    summary = chapter.verdict_summary(_results(_transfer() + _defenses()))[D]
+    v = summary["defenses"]
+    white, on_set = v["claims"]["white_box"], v["claims"]["set"]
+    assert (white["outcome"], white["reason"], white["mechanism"]) == ("inconclusive", "floor", None)
+    assert on_set["outcome"] == "holds" and on_set["reason"] is None and "on the same 10000 images" in on_set["detail"]
+    assert (summary["outcome"], summary["category"]) == ("holds", "holds")
+    assert v["claims"]["comparable"]["outcome"] == "holds" and v["best_established"] == "fgsm_at"
+    assert v["claims"]["fixed_set"]["outcome"] == "holds" and v["extra_forward"] == 1
+    text = chapter.verdict(_results(_transfer() + _defenses()))
+    assert "transfer success is not robustness" not in text and "transfer-only" not in text
+    assert "**inconclusive** (at the floor" in text and "no AutoAttack flag fired" in text
+
+
+def test_verdict_holds_in_the_white_box_when_autoattack_confirms_it():
+    c = _claims(_defenses(worst={"normal": 0.3, "superimposition": 0.6}))
+    assert c["white_box"]["outcome"] == "holds" and c["white_box"]["mechanism"] is None
+    # AutoAttack on the survivors brings superimposition back to normal training: the positive is withdrawn
+    c = _claims(_defenses(worst={"normal": 0.3, "superimposition": 0.6}, aa={"superimposition": 0.3}))
+    assert c["white_box"]["outcome"] != "holds" and "AutoAttack on the survivors removed the gain" in \
+        c["white_box"]["detail"]
+
+
+def test_verdict_names_transfer_only_with_evidence_that_the_white_box_removed_the_gain():
+    recs = _defenses(worst={"normal": 0.3, "superimposition": 0.3})
+    c = _claims(recs)
+    assert c["set"]["outcome"] == "holds" and c["white_box"]["outcome"] == "does not hold"
+    assert c["white_box"]["mechanism"].startswith("transfer-only") and "pgd_margin" in c["white_box"]["mechanism"]
+    # the first 500 of the set's 10,000 images are all right on the set (nested masks), 150 survive the white box:
+    # of the 350 removed, PGD on the margin fooled the 340 the network got right clean
+    assert "70.0 points" in c["white_box"]["mechanism"]
+    assert "removed by pgd_margin (340 of the 350 images)" in c["white_box"]["mechanism"]
+    assert "Mechanism: transfer-only" in chapter.verdict(_results(_transfer() + recs))
+    # no set gain: no mechanism, whatever the white box removed
+    c = _claims(_defenses(set_acc={"superimposition": 0.3}, worst={"normal": 0.3, "superimposition": 0.3}))
+    assert c["set"]["outcome"] == "does not hold" and c["white_box"]["mechanism"] is None
+
+
+def test_verdict_underpowered_names_the_smallest_detectable_difference():
+    c = _claims(_defenses(set_acc={"superimposition": 0.4}, worst={"normal": 0.3, "superimposition": 0.4},
+                          n=40, n_adaptive=40))
+    for key in ("set", "white_box"):  # 4 discordant images of 40: p = 0.125
+        assert (c[key]["outcome"], c[key]["reason"]) == ("inconclusive", "underpowered")
+        assert "40 images cannot show a gain below 15.0 points" in c[key]["detail"]  # 6 of 40 discordant at least
+
+
+def test_verdict_holm_adjusts_the_comparisons_of_one_claim():
+    # 6 more images of 10,000 right, for each variant: p = 0.031 alone, 0.062 after Holm over the two variants
+    c = _claims(_defenses(set_acc={"superimposition": 0.3006, "superimposition_fixed": 0.3006}))
+    assert c["set"]["test"]["p"] < 0.05 and c["set"]["outcome"] != "holds" and c["fixed_set"]["outcome"] != "holds"
+
+
+def test_verdict_a_failed_gating_health_check_makes_a_positive_inconclusive():
+    health = [{"dataset": D, "defense": "superimposition", "id": "gradient_free", "passed": False}]
+    recs = _defenses(worst={"normal": 0.3, "superimposition": 0.6})
+    c = _claims(recs, health)
+    for key in ("set", "white_box"):
+        assert (c[key]["outcome"], c[key]["reason"]) == ("inconclusive", "unhealthy")
+        assert "failed health checks: gradient_free" in c[key]["detail"]
+    assert c["fixed_set"]["outcome"] == "holds"  # the rows checked the resampled variant only
+    assert "Health checks failed: gradient_free." in chapter.verdict(_results(_transfer() + recs, health))
+
+
+def test_verdict_on_results_without_per_image_outcomes_says_rerun():
+    results = _results(_transfer() + _defenses(per_image=False))
+    v = chapter.verdict_summary(results)[D]
+    assert v["defenses"]["claims"]["set"]["detail"] == kit.NO_PER_IMAGE_NOTE
+    assert v["defenses"]["claims"]["white_box"]["mechanism"] is None
+    assert "rerun the chapter to get paired tests" in chapter.verdict(results)
+
+
+def test_verdict_on_defenses_no_gain_and_not_comparable():
+    none = _claims(_defenses(set_acc={"superimposition": 0.30}))
+    assert none["set"]["outcome"] == "does not hold" and "a gain of 5.0 points is excluded" in none["set"]["detail"]
+    below = _claims(_defenses(set_acc={"fgsm_at": 0.9}))
+    assert below["comparable"]["outcome"] == "does not hold"
+    # PGD training, the white-box reference, is 59 points above: superimposition is not comparable to it
+    assert _claims(_defenses())["versus_pgd_at"]["outcome"] == "does not hold"
     assert chapter.verdict_summary(_results(_transfer()))[D]["defenses"] is None  # no defenses trained here
 
 
@@ -245,8 +340,10 @@ def test_verdict_does_not_interpret_a_broken_defended_network():
     results = _results(_transfer() + _defenses(clean={"superimposition": 0.19}, worst={"superimposition": 0.3}))
     v = chapter.verdict_summary(results)[D]
     assert v["defenses"]["category"] == "broken" and v["category"] == "broken"
+    assert all(v["defenses"]["claims"][k]["reason"] == "broken" for k in ("set", "white_box", "comparable",
+                                                                          "versus_pgd_at"))
     text = chapter.verdict(results)
-    assert "is broken" in text and kit.BROKEN_RULE in text and "the reference, is" not in text
+    assert "near chance" in text and kit.BROKEN_RULE in text
     # the interval decides, not the point: 21.5% on 200 images reaches above 20%
     ok = chapter.verdict_summary(_results(_transfer() + _defenses(clean={"superimposition": 0.215}, n=200)))
     assert ok[D]["defenses"]["category"] != "broken"

@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import attacks, evaluate, report, zoo
 from ..config import ChapterSpec, Param, RunConfig, check_counts
+from ..evaluate.outcome import GATING_CHECKS, REASONS, Outcome, off_floor, removed_by
 from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..models import MODELS, check_model
 from ..report import markdown_table, pct, pct_interval, plot_curves, plot_examples, record_table, records_table
@@ -214,20 +215,45 @@ def min_norm_attacks(run: Run) -> None:
         run.records += kit.min_norm_records(cfg, summary, attack="ddn", threat_model="l2", steps=steps, **at)
 
 
+def _judged_radius(run: Run) -> float | None:
+    """The radius of the PGD-L∞ curve where the worst-case claim is judged when the threat radius is at the floor:
+    the largest grid radius below ``eps`` whose PGD accuracy interval excludes 0 and 100% (``None`` if none)."""
+    cfg = run.cfg
+    off = [r["eps"] for r in select(run.records, metric="accuracy", attack="pgd_linf", role="curve")
+           if 0 < r["eps"] < cfg.eps and off_floor(r["interval"])]
+    return max(off, default=None)
+
+
 def worst_case(run: Run) -> None:
     """The adaptive worst case at the threat radius (``evaluate.worst_case``, default members: PGD on the
     cross-entropy, PGD on the margin loss, Square) as :func:`robustness.chapters.kit.worst_case_records` (the
-    robust accuracy with ``role="threat"``; per member ``images_fooled``). The result, with its per-image
-    outcome, goes to ``run.raw["worst_case"]`` (for :func:`evaluation_health`), its seconds to the timings."""
+    robust accuracy with ``role="threat"``; per member ``images_fooled``; the first member alone, ``alone=True``,
+    every accuracy with its per-image outcome), then AutoAttack (standard) on the images it left standing
+    (:func:`robustness.chapters.kit.autoattack_on_survivors`, its flags in the record). When the worst case is at
+    the floor there (0% or 100%: no paired comparison can show), it is also run at the radius of
+    :func:`_judged_radius` (``role="judged"``), where the verdict judges the worst case against PGD alone. The
+    results, with their per-image outcomes, go to ``run.raw["worst_case"]`` (and ``"worst_case_judged"``)."""
     cfg, (model, x, y) = run.cfg, _attacked(run)
     members = evaluate.default_members(cfg.pgd_steps, cfg.restarts, cfg.square_queries)
+    at = {"dataset": cfg.dataset, "model": cfg.model}
+    knobs = {"steps": cfg.pgd_steps, "restarts": cfg.restarts, "queries": cfg.square_queries}
     with run.timer("worst case"):
         worst = evaluate.worst_case(model, x, y, cfg.eps, members, batch_size=cfg.batch_size, seed=cfg.seed)
-    recs = kit.worst_case_records(cfg, worst, dataset=cfg.dataset, model=cfg.model, run=run, key="worst_case")
-    first(recs, attack="worst_case")["setting"].update(role="threat", steps=cfg.pgd_steps, restarts=cfg.restarts,
-                                                       queries=cfg.square_queries)
+    recs = kit.worst_case_records(cfg, worst, **at, run=run, key="worst_case", first_alone=True)
+    first(recs, attack="worst_case")["setting"].update(role="threat", **knobs)
     run.records += recs
     run.timings["worst_case"] = worst["seconds"]
+    with run.timer("AutoAttack on the survivors"):
+        aa, run.timings["autoattack"] = kit.autoattack_on_survivors(cfg, model, x, y, worst, **at,
+                                                                    batch_size=cfg.batch_size)
+    run.records.append(aa)
+    judged = None if off_floor(worst["interval"]) else _judged_radius(run)
+    if judged is not None:
+        with run.timer("worst case at the judged radius"):
+            worst = evaluate.worst_case(model, x, y, judged, members, batch_size=cfg.batch_size, seed=cfg.seed)
+        recs = kit.worst_case_records(cfg, worst, **at, run=run, key="worst_case_judged", first_alone=True)
+        first(recs, attack="worst_case")["setting"].update(role="judged", **knobs)
+        run.records += recs
 
 
 def evaluation_health(run: Run) -> None:
@@ -263,7 +289,8 @@ def attack_cost(run: Run) -> None:
 
 _ATTACK_NAMES = {"fgsm": "FGSM", "pgd_linf": "PGD L∞", "pgd_l2": "PGD L2", "deepfool_l2": "DeepFool L2",
                  "deepfool_linf": "DeepFool L∞", "ddn": "DDN L2", "worst_case": "adaptive worst case",
-                 "pgd_ce": "PGD (cross-entropy)", "pgd_margin": "PGD (margin loss)", "square": "Square"}
+                 "pgd_ce": "PGD (cross-entropy)", "pgd_margin": "PGD (margin loss)", "square": "Square",
+                 "autoattack": "AutoAttack (standard) on the worst case's survivors"}
 
 
 def attack_name(rec: Mapping[str, Any]) -> str:
@@ -331,23 +358,56 @@ def _restarts(rec: Mapping[str, Any]) -> str:
 
 
 def worst_case_table(results: Mapping[str, Any]) -> str:
-    """At the threat radius: clean accuracy of the attacked images, PGD alone (the headline), the adaptive worst
-    case, and what each member of the worst case added, each with its 95% interval."""
+    """At the threat radius: clean accuracy of the attacked images, PGD alone (the headline), the worst case's
+    first member alone, the adaptive worst case, AutoAttack on its survivors, and what each member of the worst
+    case added, each with its 95% interval; then the same at the judged radius when the worst case ran there."""
     records = results["records"]
     clean = first(records, metric="accuracy", attack="none", subset="attacked")
     rows = [{"what": "no attack", "accuracy": pct_interval(clean), "n": clean["n"]}] if clean else []
-    for r in select(records, metric="accuracy", role="threat"):
-        what = attack_name(r) + (f" (members: {r['setting']['members'].replace('+', ', ')})"
-                                 if "members" in r["setting"] else f", {_restarts(r)}")
-        rows.append({"what": what, "accuracy": pct_interval(r), "n": r["n"]})
     eps = first(records, metric="accuracy", role="threat", attack="pgd_linf")["eps"]
+    for r in select(records, metric="accuracy", role="threat") + _strong(records, eps, "threat")[1:]:
+        rows.append({"what": _what(r), "accuracy": pct_interval(r), "n": r["n"]})
     table = markdown_table(rows, {"what": f"at ε = {eps:.3g}", "accuracy": "accuracy [95% interval]",
                                   "n": "images"}, {"n": lambda v: f"{v:,}"})
-    fooled = sorted(select(records, metric="images_fooled"), key=lambda r: r["setting"]["order"])
-    if fooled:
-        table += ("\n\nImages each member of the worst case fooled that the earlier members missed: "
-                  + ", ".join(f"{attack_name(r)} {int(r['value'])}" for r in fooled) + ".")
+    table += _fooled_line(records, eps)
+    judged = first(records, metric="accuracy", attack="worst_case", role="judged")
+    if judged:
+        rows = [{"what": _what(r), "accuracy": pct_interval(r), "n": r["n"]}
+                for r in (_alone(records, judged["eps"]), judged) if r]
+        table += ("\n\n" + markdown_table(rows, {"what": f"at the judged radius ε = {judged['eps']:.3g}",
+                                                  "accuracy": "accuracy [95% interval]", "n": "images"},
+                                           {"n": lambda v: f"{v:,}"}) + _fooled_line(records, judged["eps"]))
     return table
+
+
+def _what(r: Mapping[str, Any]) -> str:
+    s = r["setting"]
+    if "members" in s:
+        return f"{attack_name(r)} (members: {s['members'].replace('+', ', ')})"
+    if s.get("alone"):
+        return f"{attack_name(r)} alone (the worst case's first member)"
+    if r["attack"] == "autoattack":
+        return "AutoAttack (standard) on the worst case's survivors" + (f" — flags: {s['flags']}" if s.get("flags")
+                                                                       else "")
+    return f"{attack_name(r)}, {_restarts(r)}"
+
+
+def _fooled_line(records: list[dict], eps: float) -> str:
+    fooled = sorted(select(records, metric="images_fooled", eps=eps), key=lambda r: r["setting"]["order"])
+    return ("\n\nImages each member of the worst case fooled that the earlier members missed: "
+            + ", ".join(f"{attack_name(r)} {int(r['value'])}" for r in fooled) + ".") if fooled else ""
+
+
+def _alone(records: list[dict], eps: float) -> dict | None:
+    """The worst case's first member alone at ``eps`` (``alone=True``)."""
+    return first(records, metric="accuracy", alone=True, eps=eps)
+
+
+def _strong(records: list[dict], eps: float, role: str) -> list[dict]:
+    """At ``eps``: the worst case (``role``), the first member alone, AutoAttack on the survivors (those present)."""
+    out = [first(records, metric="accuracy", attack="worst_case", role=role), _alone(records, eps),
+           first(records, metric="accuracy", attack="autoattack", on="worst_case_survivors", eps=eps)]
+    return [r for r in out if r is not None] if out[0] is not None else []
 
 
 def _number(**match: Any):
@@ -399,26 +459,117 @@ def examples_figure(run: Run, k: int = 8):
 
 # --------------------------------------------------------------------------- the verdict
 
-#: PGD accuracy at the threat radius whose 95% interval lies below this: the model is not robust
+#: The strongest robust accuracy at the threat radius whose 95% interval lies below this: the model is not robust
 NOT_ROBUST_BELOW = 0.10
+#: The smallest share of images the worst case must fool beyond PGD alone for it to matter: later chapters judge
+#: defense gains of 5–10 points against this baseline, so a single PGD that misses 5 points would be a weak one
+WORST_CASE_MIN_EFFECT = 0.05
 #: DeepFool's median ρ above this multiple of DDN's: DeepFool over-states the distance to the boundary
 DEEPFOOL_OVERSTATES = 1.05
 
 
+def _strongest(records: list[dict], eps: float) -> dict:
+    """The lowest robust accuracy measured at the threat radius: AutoAttack on the worst case's survivors, else the
+    worst case, else the PGD headline (each an upper bound on the true robust accuracy)."""
+    for match in ({"attack": "autoattack", "on": "worst_case_survivors"}, {"attack": "worst_case", "role": "threat"},
+                  {"attack": "pgd_linf", "role": "threat"}):
+        rec = first(records, metric="accuracy", eps=eps, **match)
+        if rec is not None:
+            return rec
+    raise AssertionError("unreachable: the headline is always present")
+
+
+def _not_robust(strongest: dict, broken: bool, health: list[dict]) -> Outcome:
+    """Claim 1, one measurement against a threshold (no comparison, so no floor): *holds* when the strongest
+    robust accuracy's interval lies below :data:`NOT_ROBUST_BELOW`; *does not hold* when it lies at or above it
+    (a positive robustness finding for an undefended network, so a failed gating health check makes it
+    inconclusive); else inconclusive (too few images)."""
+    lo, hi = strongest["interval"]
+    detail = (f"{attack_name(strongest)} leaves {pct_interval(strongest)} of {strongest['n']:,} images correct "
+              f"at ε = {strongest['eps']:.3g}; threshold {pct(NOT_ROBUST_BELOW)}")
+    if broken:
+        return Outcome("inconclusive", "broken", detail)
+    if hi < NOT_ROBUST_BELOW:
+        return Outcome("holds", None, detail)
+    if lo < NOT_ROBUST_BELOW:
+        return Outcome("inconclusive", "underpowered", detail + f"; the interval straddles the threshold at "
+                                                                f"{strongest['n']:,} images")
+    failed = [r["id"] for r in health if not r["passed"] and r["id"] in GATING_CHECKS]
+    if failed:
+        return Outcome("inconclusive", "unhealthy", detail + f"; failed health checks: {', '.join(failed)}")
+    return Outcome("does not hold", None, detail)
+
+
+def _removed(alone: dict, worst: dict, records: list[dict]) -> str | None:
+    """:func:`robustness.evaluate.outcome.removed_by` on the records: the images PGD alone left standing and the
+    worst case fooled were fooled by its later members, whose counts are the ``images_fooled`` records (the
+    per-image ``fooled_by`` is not in the results; on these images only its counts matter). ``None`` without
+    evidence, or when the records do not add up."""
+    weak, strong = kit.per_image(alone), kit.per_image(worst)
+    members = worst["setting"]["members"].split("+")
+    counts = {r["attack"]: int(r["value"]) for r in select(records, metric="images_fooled", eps=worst["eps"],
+                                                           within="worst_case") if r["setting"]["order"] > 0}
+    removed = (weak & ~strong).nonzero().flatten()
+    if sum(counts.values()) != len(removed):
+        return None
+    fooled_by = torch.full((len(strong),), -1, dtype=torch.int16)
+    codes = [members.index(m) for m, k in counts.items() for _ in range(k)]
+    fooled_by[removed] = torch.tensor(codes, dtype=torch.int16)
+    ev = removed_by(weak, {"robust_mask": strong, "fooled_by": fooled_by, "members": members})
+    if ev is None:
+        return None
+    return (f"PGD alone's extra accuracy was removed by {attack_name({'attack': ev['member']})} "
+            f"({ev['images']} images)")
+
+
+def _beyond_pgd(records: list[dict], health: list[dict], clean: dict | None, num_classes: int) -> dict:
+    """Claim 2, the adaptive worst case finds more than PGD alone (its first member, on the same images): a paired
+    test (:func:`robustness.chapters.kit.paired_outcome`, ``min_effect`` :data:`WORST_CASE_MIN_EFFECT`, the health
+    gate) judged at the threat radius, or, where the worst case is at the floor there, at the judged radius
+    (``role="judged"``), the threat-radius outcome reported beside it."""
+    def judge(role: str) -> dict | None:
+        worst = first(records, metric="accuracy", attack="worst_case", role=role)
+        if worst is None:
+            return None
+        alone = _alone(records, worst["eps"])
+        outcome, _ = kit.paired_outcome(alone, worst, min_effect=WORST_CASE_MIN_EFFECT, health=health,
+                                        clean=clean, num_classes=num_classes)
+        paired = kit.per_image(alone) is not None and kit.per_image(worst) is not None
+        mechanism = _removed(alone, worst, records) if paired else None
+        return {**outcome.to_dict(), "mechanism": mechanism, "eps": worst["eps"], "role": role,
+                "min_effect": WORST_CASE_MIN_EFFECT, "per_image": paired}
+
+    threat, judged = judge("threat"), judge("judged")
+    if threat is None:
+        return {"outcome": "inconclusive", "reason": "underpowered", "detail": "no worst case in the results",
+                "mechanism": None, "eps": None, "role": None, "min_effect": WORST_CASE_MIN_EFFECT,
+                "per_image": False, "threat": None}
+    if judged is None:
+        return {**threat, "threat": None}
+    return {**judged, "threat": threat}
+
+
 def verdict_summary(results: Mapping[str, Any]) -> dict:
     """What a reader should conclude, from a results dict (``records`` and ``health``) alone: ``{data set:
-    {"category", "broken", "sound", "failed_checks", "headline", "worst_case", "clean", "images_fooled",
-    "deepfool_ratio", "ddn_change", "ddn_converged"}}`` (one data set per run). ``headline`` is the PGD-L∞
-    record at the threat radius (``role="threat"``: measured there, never read off the curve). ``category``:
+    {"outcome", "reason", "detail", "mechanism", "category", "claims", "broken", "sound", "failed_checks",
+    "headline", "strongest", "worst_case", "clean", "images_fooled", "autoattack_flags", "deepfool_ratio",
+    "ddn_change", "ddn_converged"}}`` (one data set per run). ``headline`` is the PGD-L∞ record at the threat
+    radius (``role="threat"``: measured there, never read off the curve). Two claims
+    (``claims``, each ``{"outcome", "reason", "detail", "mechanism"}``: holds / does not hold / inconclusive with
+    a :data:`robustness.evaluate.outcome.REASONS` key):
 
-    * ``broken`` — :func:`robustness.chapters.kit.is_broken` (the clean accuracy's interval, ``BROKEN_RULE``),
-      or the near-constant health check failed;
-    * ``not_robust`` — the headline's 95% interval lies below :data:`NOT_ROBUST_BELOW` (as expected);
-    * ``resists`` — the interval lies at or above it (unexpected without a defense: read the health table);
-    * ``unclear`` — the interval straddles it (too few images).
+    * ``not_robust`` (its outcome is also the top level's) — the undefended network is not robust at the threat
+      radius: the strongest robust accuracy there (:func:`_strongest`: AutoAttack on the worst case's survivors)
+      against :data:`NOT_ROBUST_BELOW` (:func:`_not_robust`); ``broken`` by
+      :func:`robustness.chapters.kit.is_broken` (``BROKEN_RULE``) or a failed near-constant check;
+    * ``worst_case_beyond_pgd`` — the adaptive worst case finds more than PGD alone (:func:`_beyond_pgd`); its
+      ``mechanism`` names the member that removed PGD alone's extra accuracy, only with
+      :func:`robustness.evaluate.outcome.removed_by`'s evidence.
 
-    ``sound``: every health row passed. DeepFool's median ρ is compared with DDN's at the larger budget
-    (:data:`DEEPFOOL_OVERSTATES`); convergence is DDN's ``converged`` record (``evaluate.min_norm``'s check).
+    ``category`` (the page's head) maps claim 1's outcome: ``broken``, ``not_robust`` (holds), ``resists`` (does
+    not hold), ``unclear`` (inconclusive). ``sound``: every health row passed. DeepFool's median ρ is compared
+    with DDN's at the larger budget (:data:`DEEPFOOL_OVERSTATES`; a ratio of medians, reported, not judged: the
+    results keep no per-image distances); convergence is DDN's ``converged`` record (``evaluate.min_norm``'s).
     """
     records, health = results["records"], results.get("health", [])
     threat = select(records, metric="accuracy", attack="pgd_linf", role="threat")
@@ -426,13 +577,17 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
         raise ValueError(f"the results hold {len(threat)} PGD records at the threat radius (role='threat'); "
                          "expected exactly one")
     headline = threat[0]
+    num_classes = dataset_info(headline["dataset"]).num_classes
     clean = first(records, metric="accuracy", attack="none", subset="clean")
     failed = kit.failed_checks(health)
-    broken = kit.is_broken(clean, dataset_info(headline["dataset"]).num_classes)
-    lo, hi = headline["interval"]
-    category = ("broken" if broken or "near_constant" in failed else "not_robust" if hi < NOT_ROBUST_BELOW
-                else "resists" if lo >= NOT_ROBUST_BELOW else "unclear")
-    fooled = sorted(select(records, metric="images_fooled"), key=lambda r: r["setting"]["order"])
+    broken = kit.is_broken(clean, num_classes)
+    strongest = _strongest(records, headline["eps"])
+    claim1 = _not_robust(strongest, broken or "near_constant" in failed, health)
+    category = {"holds": "not_robust", "does not hold": "resists"}.get(claim1.outcome, "unclear")
+    category = "broken" if claim1.reason == "broken" else category
+    claims = {"not_robust": claim1.to_dict(),
+              "worst_case_beyond_pgd": _beyond_pgd(records, health, clean, num_classes)}
+    fooled = sorted(select(records, metric="images_fooled", eps=headline["eps"]), key=lambda r: r["setting"]["order"])
     df = first(records, attack="deepfool_l2", metric="rho", statistic="median")
     ddn = max(select(records, attack="ddn", metric="rho", statistic="median"), default=None,
               key=lambda r: r["setting"]["steps"])
@@ -440,9 +595,11 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
     converged = first(records, attack="ddn", metric="converged")
     change = converged["setting"]["relative_change"] if converged else None
     return {headline["dataset"]: {
-        "category": category, "broken": broken, "sound": not failed, "failed_checks": failed, "headline": headline,
-        "worst_case": first(records, metric="accuracy", attack="worst_case"), "clean": clean,
-        "images_fooled": {r["attack"]: int(r["value"]) for r in fooled}, "deepfool_ratio": ratio,
+        **claim1.to_dict(), "category": category, "claims": claims,
+        "broken": broken, "sound": not failed, "failed_checks": failed, "headline": headline,
+        "strongest": strongest, "worst_case": first(records, metric="accuracy", attack="worst_case", role="threat"),
+        "clean": clean, "images_fooled": {r["attack"]: int(r["value"]) for r in fooled},
+        "autoattack_flags": kit.autoattack_flags(records), "deepfool_ratio": ratio,
         "ddn_change": change if change is not None and math.isfinite(change) else None,
         "ddn_converged": bool(converged and converged["value"])}}
 
@@ -451,27 +608,38 @@ _HEAD = {
     "broken": "**Verdict: the model is broken.** Its clean accuracy is near chance (or one class takes most "
               "predictions), so no robustness number on this page means anything.",
     "not_robust": "**Verdict: the undefended model is not robust in this threat model**, as expected.",
-    "resists": "**Verdict: unexpected.** The undefended model keeps a notable accuracy at the threat radius: "
-               "either the radius is small for this data set, or the attack is weaker than it should be (see "
-               "the health checks).",
-    "unclear": "**Verdict: not settled at this scale.** The headline's interval straddles the threshold; attack "
-               "more images.",
+    "resists": "**Verdict: unexpected.** The undefended model keeps a notable accuracy at the threat radius even "
+               "under AutoAttack on the worst case's survivors: the radius is small for this data set, or the "
+               "attacks are weaker than they should be (see the health checks).",
+    "unclear": "**Verdict: not settled.**",
 }
+
+
+def _claim_text(c: Mapping[str, Any]) -> str:
+    return Outcome(c["outcome"], c["reason"], c["detail"]).text()
 
 
 def _sentences(v: dict, results: Mapping[str, Any]) -> list[str]:
     h, clean, health = v["headline"], v["clean"], results.get("health", [])
-    s = [_HEAD[v["category"]],
+    c1, c2 = v["claims"]["not_robust"], v["claims"]["worst_case_beyond_pgd"]
+    head = _HEAD[v["category"]] + (f" Claim 1 is inconclusive: {REASONS[v['reason']]}." if v["category"] == "unclear"
+                                   else "")
+    s = [head,
          f"Clean accuracy is {pct_interval(clean)} on {clean['n']:,} test images. Under {attack_name(h)} "
          f"({_restarts(h)}) at the threat radius ε = {h['eps']:.3g}, measured there, "
-         f"{pct_interval(h)} of {h['n']:,} attacked images stay correct (threshold for *not robust*: the "
-         f"interval below {pct(NOT_ROBUST_BELOW)}).",
-         f"By the book's rule the model is {'' if v['broken'] else 'not '}broken: {kit.BROKEN_RULE}"]
+         f"{pct_interval(h)} of {h['n']:,} attacked images stay correct.",
+         f"By the book's rule the model is {'' if v['broken'] else 'not '}broken: {kit.BROKEN_RULE}",
+         f"Claim 1, *the undefended model is not robust at the threat radius* (the strongest evaluation's interval "
+         f"below {pct(NOT_ROBUST_BELOW)}): {_claim_text(c1)}."]
     if v["worst_case"] is not None:
         late = list(v["images_fooled"].items())[1:]
         s.append(f"The adaptive worst case leaves {pct_interval(v['worst_case'])}"
                  + ("; after the first member, " + ", ".join(f"{attack_name({'attack': k})} fooled {n} more"
                                                             for k, n in late) if late else "") + ".")
+    s.append(_beyond_text(c2))
+    flags = v["autoattack_flags"]
+    if first(results["records"], attack="autoattack"):
+        s.append("; ".join(flags) + "." if flags else "No AutoAttack flag fired on the worst case's survivors.")
     if v["sound"]:
         s.append(f"All {len(health)} health checks passed: the attacks behave as attacks should, so later "
                  "chapters can compare a defense against these numbers.")
@@ -482,14 +650,35 @@ def _sentences(v: dict, results: Mapping[str, Any]) -> list[str]:
     if v["deepfool_ratio"] is not None:
         r = v["deepfool_ratio"]
         s.append(f"DeepFool's median ρ is {r:.2f}× DDN's: " + (
-            "DeepFool over-states the distance to the decision boundary." if r > DEEPFOOL_OVERSTATES else
-            "on this model DeepFool's estimate is close to the stronger attack's."))
+            "on the median, DeepFool over-states the distance to the decision boundary" if r > DEEPFOOL_OVERSTATES
+            else "on this model DeepFool's median is close to the stronger attack's")
+            + f" (margin {DEEPFOOL_OVERSTATES:g}×; a ratio of medians on the same images, reported, not a paired "
+              "test: the results keep no per-image distances).")
     if v["ddn_change"] is not None:
         s.append(f"Doubling DDN's steps moved its median ρ by {pct(v['ddn_change'])} ("
                  + ("converged" if v["ddn_converged"] else "not converged by `robustness.evaluate.min_norm`'s "
                     "rule, so DDN's ρ is an upper bound") + ").")
     note = kit.smoke_note(results.get("profile", ""))
     return s + ([note] if note else [])
+
+
+def _beyond_text(c: Mapping[str, Any]) -> str:
+    """Claim 2's sentence: where it was judged and why, the outcome, the mechanism only with evidence, and the
+    threat-radius outcome beside it when the claim was judged elsewhere."""
+    if not c["per_image"]:
+        return f"Claim 2, *the adaptive worst case finds more than PGD alone*: not judged; {kit.NO_PER_IMAGE_NOTE}."
+    where = (f"at the threat radius ε = {c['eps']:.3g}" if c["threat"] is None else
+             f"at ε = {c['eps']:.3g}, the largest radius of the PGD curve below the threat radius that is off the "
+             f"floor (at the threat radius the worst case is at the floor)")
+    text = (f"Claim 2, *the adaptive worst case finds more than PGD alone* (its first member, on the same images; "
+            f"the smallest gain that matters: {pct(c['min_effect'])} of the images; in the test's words *defended* is "
+            f"PGD alone, *without* the worst case), judged {where}: "
+            f"{_claim_text(c)}")
+    if c["mechanism"]:
+        text += f". {c['mechanism']}"
+    if c["threat"] is not None:
+        text += f". At the threat radius (reported, not judged): {_claim_text(c['threat'])}"
+    return text + "."
 
 
 def verdict(results: Mapping[str, Any]) -> str:

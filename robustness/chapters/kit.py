@@ -32,6 +32,7 @@ from torch import nn
 from .. import evaluate
 from ..config import RunConfig
 from ..evaluate.outcome import Outcome, health_gate, judge_gain
+from ..evaluate.stats import paired_test
 from ..data import ArrayDataset, load_dataset
 from ..results import load_results, overrides_of, record, write_results
 from ..timing import StageTimer
@@ -264,13 +265,16 @@ def paired_outcome(defended: Mapping[str, Any] | None, reference: Mapping[str, A
         return Outcome("inconclusive", "broken", "the defended network is near chance (" + BROKEN_RULE + ")"), None
     a, b = per_image(defended), per_image(reference)
     if a is None or b is None:
-        return Outcome("inconclusive", "underpowered", NO_PER_IMAGE_NOTE), None
+        return Outcome("inconclusive", "not_measured", NO_PER_IMAGE_NOTE), None
     outcome, test = judge_gain(a, b, min_effect=min_effect, p_adjusted=p_adjusted)
     outcome = health_gate(outcome, health)
     if outcome.outcome == "holds" and confirm is not None:
         c = per_image(confirm)
         if c is not None:
-            confirmed, _ = judge_gain(c & a, b, min_effect=min_effect, p_adjusted=p_adjusted)
+            # AutoAttack's own paired test, under the same multiplicity correction as the claim's (Holm's factor)
+            own = paired_test(c & a, b)["p"]
+            scaled = None if p_adjusted is None else min(1.0, own * p_adjusted / max(test["p"], 1e-300))
+            confirmed, _ = judge_gain(c & a, b, min_effect=min_effect, p_adjusted=scaled)
             if confirmed.outcome != "holds":
                 outcome = Outcome(confirmed.outcome, confirmed.reason,
                                   f"AutoAttack on the survivors removed the gain: {confirmed.detail}")

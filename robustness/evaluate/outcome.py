@@ -36,6 +36,7 @@ REASONS = {
     "unhealthy": "the evaluation is unhealthy",
     "broken": "a network is near chance",
     "reduced_scale": "training far below the paper's budget",
+    "not_measured": "this results file holds no per-image outcomes",
 }
 #: Health checks whose failure makes a positive outcome inconclusive: each says the attack may have missed
 #: examples that exist (gradient-free or transfer attacks did better, more steps changed the answer, or an
