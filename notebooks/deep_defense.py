@@ -279,16 +279,23 @@ display(Markdown(dd.finetune_time_table(run.results())))
 # and *inconclusive* (with its reason). Robustness is judged once per model, at the claim radius `claim_eps`
 # (L2; fixed before the run, the radius of the health checks): the worst-case outcomes of Deep Defense and the
 # plain fine-tuned control on the same images are compared image by image (exact McNemar test, Newcombe
-# interval of the gain), Holm-adjusted across the models judged, with 5 points as the smallest gain that
-# matters. A model is judged only where the control's interval excludes 0 and 100 % (otherwise: at the floor);
-# a failed gradient-free, transfer, step-doubling or chance check turns a positive into *inconclusive
-# (evaluation unhealthy)*; AutoAttack (L2, standard) runs on the images the worst case left standing and must
-# confirm a positive, and its reliability flags are printed. The other radii are reported beside, not judged.
-# A negative outcome on a fine-tuning budget below a quarter of the official one is *inconclusive (training far
-# below the paper's budget)*. "Masked" is printed only with evidence: Deep Defense's worst case significantly
-# below its own accuracy under the clipped DeepFool on the same images, naming the attack that removed it.
+# interval of the gain), Holm-adjusted across the models judged, with a smallest gain that matters
+# (`MIN_EFFECT`, below). A model is judged only where the control's interval excludes 0 and 100 % (otherwise:
+# at the floor); a failed gradient-free, transfer, step-doubling or chance check turns a positive into
+# *inconclusive (evaluation unhealthy)*; AutoAttack (L2, standard) runs on the images the worst case left
+# standing and must confirm a positive, and its reliability flags are printed. The other radii are reported
+# beside, not judged. A negative outcome on a fine-tuning budget below `REDUCED_SCALE` of the official one
+# (below) is *inconclusive (training far below the paper's budget)*. "Masked" is printed only with evidence:
+# Deep Defense's worst case significantly below its own accuracy under the clipped DeepFool on the same images,
+# naming the attack that removed it.
 # ρ_adv, the paper's metric, is compared by its intervals and reported as what it is: a mean distance from
 # DeepFool, not robustness. A near-chance model is *broken*, by the book's rule, stated in the verdict.
+
+# %% tags=["remove-input"]
+display(Markdown(f"The rule's numbers, from the chapter module: the smallest gain that matters is "
+                 f"{100 * dd.MIN_EFFECT:.0f} points of the same images (`MIN_EFFECT`), and a negative outcome is "
+                 f"inconclusive on a fine-tuning budget below {100 * dd.REDUCED_SCALE:.0f}% of the official one "
+                 f"(`REDUCED_SCALE`)."))
 
 # %% tags=["remove-cell"]
 saved = run.saved()

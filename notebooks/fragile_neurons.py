@@ -164,9 +164,14 @@ plt.show()
 # strength, so the unmodified network wins unless a strength helps). Then the test images: clean accuracy, the
 # authors' FGSM, and the book's FGSM, which clips to $[0, 1]$ and is measured in pixels, over a grid of radii.
 #
-# The two FGSMs differ in two ways. The authors' radius is in normalized units: on CIFAR-10 their 0.015 is 0.0075
-# pixels, about 2/255, a quarter of the usual 8/255. And their examples are not clipped, so they can leave the
+# The two FGSMs differ in two ways. The authors' radius (`authors_eps`) is in normalized units, far below the
+# usual 8/255 in pixels on CIFAR-10 (converted below). And their examples are not clipped, so they can leave the
 # range of valid images; the book's cannot.
+
+# %% tags=["remove-input"]
+display(Markdown("The authors' radius in pixels: " + "; ".join(
+    f"{d}: {cfg.authors_eps[d]:g} normalized = {chapter.authors_eps_pixels(cfg, d):.4f} "
+    f"({255 * chapter.authors_eps_pixels(cfg, d):.1f}/255)" for d in cfg.datasets) + "."))
 
 # %%
 chapter.strength_all(run)

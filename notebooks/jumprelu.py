@@ -291,9 +291,9 @@ saved = run.saved()
 # {func}`robustness.chapters.jumprelu.verdict`. Every comparison is of the retrofit and $\kappa = 0$ on the
 # *same images*, image by image (exact McNemar test, Newcombe interval of the gain, Holm across the networks).
 # Per model it first asks whether the paper's own measurement (white-box IFGSM) reproduces, then judges the claim:
-# the adaptive worst case at the radius nearest the paper's IFGSM reach (MNIST: 0.1; CIFAR-10: the smallest
-# radius measured, 8/255), confirmed by AutoAttack on its survivors, with the threat-radius result reported beside
-# it. The claim **holds**, **does not hold** (the gain's interval excludes the smallest gain that matters), or is
+# the adaptive worst case at the radius nearest the paper's IFGSM reach (`paper_radius`, named per network in the
+# verdict), confirmed by AutoAttack on its survivors, with the threat-radius result reported beside it. The
+# claim **holds**, **does not hold** (the gain's interval excludes the smallest gain that matters), or is
 # **inconclusive**, naming why: the floor ($\kappa = 0$ at 0% there, so no gain can show), too few images, a failed
 # health check, or a broken network (near chance, or near-constant). A mechanism ("masked gradients") is named only
 # with evidence: the worst case significantly below the retrofit's own IFGSM accuracy on the same images, and the

@@ -36,8 +36,11 @@ def _worst_case(*, clean, alone, worst, n, eps, role, aa=None, flags=""):
     survivors."""
     ks = {name: round(v * n) for name, v in (("clean", clean), ("alone", alone), ("worst", worst))}
     at = {"threat_model": "linf", "eps": eps, "n": n}
+    fooled_by = torch.tensor([-1 if i < ks["worst"] else 1 if i < ks["alone"] else 0 if i < ks["clean"] else -2
+                              for i in range(n)])  # which member fooled each image, as the kit writes it
     recs = [_rec(metric="accuracy", attack="worst_case", value=ks["worst"] / n, members="pgd_ce+pgd_margin+square",
-                 correct=_mask(ks["worst"], n), role=role, steps=40, restarts=1, queries=5000, **at),
+                 correct=_mask(ks["worst"], n), role=role, steps=40, restarts=1, queries=5000,
+                 **{kit.FOOLED_BY: kit.pack_fooled_by(fooled_by)}, **at),
             _rec(metric="accuracy", attack="pgd_ce", value=ks["alone"] / n, alone=True,
                  correct=_mask(ks["alone"], n), **at)]
     added = [("pgd_ce", ks["clean"] - ks["alone"]), ("pgd_margin", ks["alone"] - ks["worst"]), ("square", 0)]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from robustness.chapters import kit
 from robustness.data import dataset_info
 from robustness.defenses import AdversarialLoss, DeepDefenseLoss, relative_norm
 from robustness.models import Normalize
@@ -402,7 +403,6 @@ def _variant(dataset, model, defense, clean_k, rho, worst_ks, eps=(0.5, 1.0), n=
     """The records the verdict reads for one variant: clean accuracy, the paper's ρ, the worst-case curve with
     its per-image outcomes (images ``start`` … correct) and each member's fooled images (all by the first
     member), and the clipped DeepFool's accuracy at each radius on ``n_weak`` images (the first ``n`` shared)."""
-    from robustness.chapters.deep_defense import FOOLED
     from robustness.evaluate import pack_mask
 
     rec = functools.partial(record, _cfg(), dataset=dataset, model=model, defense=defense)
@@ -413,13 +413,13 @@ def _variant(dataset, model, defense, clean_k, rho, worst_ks, eps=(0.5, 1.0), n=
                n=n, units="mean_image", clip=False, iterations=5, statistic="mean", over="all")]
     for e, k, w in zip(eps, worst_ks, weak_ks or worst_ks):
         robust = _mask(n, k, start)
-        out.append(rec(metric="accuracy", attack="worst_case", threat_model="l2", eps=e, value=k / n, n=n,
-                       members="+".join(members), **img(robust)))
         fooled = _mask(n, clean_k) & ~robust
+        fooled_by = torch.where(robust, -1, torch.where(fooled, 0, -2))  # the first member fooled them all
+        out.append(rec(metric="accuracy", attack="worst_case", threat_model="l2", eps=e, value=k / n, n=n,
+                       members="+".join(members), **img(robust),
+                       **({kit.FOOLED_BY: kit.pack_fooled_by(fooled_by)} if per_image else {})))
         out += [rec(metric="images_fooled", attack=name, threat_model="l2", eps=e, n=n, order=i, within="worst_case",
-                    value=int(fooled.sum()) if i == 0 else 0,
-                    **({FOOLED: pack_mask(fooled if i == 0 else torch.zeros(n, dtype=torch.bool))} if per_image
-                       else {})) for i, name in enumerate(members)]
+                    value=int(fooled.sum()) if i == 0 else 0) for i, name in enumerate(members)]
         weak = torch.cat([_mask(n, w, start), clean[n:]])
         out.append(rec(metric="accuracy", attack="deepfool", threat_model="l2", eps=e, value=float(weak.float().mean()),
                        n=n_weak, clip=True, iterations=5, **img(weak)))

@@ -211,8 +211,13 @@ def _saved(*, lam=10.0, chosen=None, normal=(160, 40, 20), control=(156, 40, 20)
         adv = dict(threat_model="linf", eps=8 / 255, **kw)
         gone = (removed or {}).get(role, {"square": p - w})
         fooled = {"pgd_ce": c - p, **{m: gone.get(m, 0) for m in MEMBERS[1:]}}
+        # which member fooled each image: PGD-CE the images after p, the later members in turn those from w to p
+        codes = [i for i, m in enumerate(MEMBERS[1:], 1) for _ in range(fooled[m])]
+        fooled_by = torch.tensor([-1] * w + codes + [0] * (c - p) + [-2] * (n - c))
+        assert len(fooled_by) == n, "removed must account for every image PGD-CE alone left and the worst case did not"
         recs = [_acc(_mask(c, n), **kw), _acc(_mask(p, n), attack="pgd_ce", alone=True, **adv),
-                _acc(_mask(w, n), attack="worst_case", members="+".join(MEMBERS), **adv),
+                _acc(_mask(w, n), attack="worst_case", members="+".join(MEMBERS), **adv,
+                     **{kit.FOOLED_BY: kit.pack_fooled_by(fooled_by)}),
                 rec(metric="saturated_share", value=s, n=n, interval=_wilson(s, n), **kw)]
         recs += [rec(metric="images_fooled", attack=m, value=fooled[m], order=i, within="worst_case", n=n, **adv)
                  for i, m in enumerate(MEMBERS)]
@@ -228,6 +233,7 @@ def _saved(*, lam=10.0, chosen=None, normal=(160, 40, 20), control=(156, 40, 20)
     if not per_image:
         for r in out:
             r["setting"].pop(kit.PER_IMAGE, None)
+            r["setting"].pop(kit.FOOLED_BY, None)
     cost = {D: chapter.training_costs({"plain": 0.1, "entropic": 0.11, "adversarial": 0.4},
                                       {"train": 2000, "fine_tune": 300}, "normal")}
     return {"records": out, "health": list(health), "profile": "laptop", "timings": {"cost": cost}}

@@ -116,6 +116,7 @@ def test_bad_scales_fail_naming_the_layer():
 # --------------------------------------------------------------------------- the chapter: rule, verdict, smoke run
 
 from robustness.chapters import fragile_neurons as chapter  # noqa: E402
+from robustness.chapters import kit  # noqa: E402
 from robustness.evaluate.stats import pack_mask  # noqa: E402
 from robustness.results import record  # noqa: E402
 
@@ -169,11 +170,11 @@ def _saved(*, dropped=(0.98, 0.60, 0.97, 0.99), base=0.98, change=(0.1, 0.9, 0.2
     members = ["pgd_ce", "pgd_margin", "square"]
     for lab, w, tw in zip(labels, worst, threat_worst):
         standing = _mask(w, n_adaptive)
-        fooled_by = "".join("-" if ok else str(members.index(remover)) if i % 4 else "0"
-                            for i, ok in enumerate(standing.tolist()))
+        fooled_by = kit.pack_fooled_by(torch.tensor([-1 if ok else members.index(remover) if i % 4 else 0
+                                                     for i, ok in enumerate(standing.tolist())]))
         for e, m in ((AUTHORS_PX, standing), (eps, _mask(tw, n_adaptive))):
             out.append(_acc(m, attack="worst_case", defense=lab, threat_model="linf", eps=e, members="+".join(members),
-                            strength=0.0 if lab == "none" else chosen, fooled_by=fooled_by))
+                            strength=0.0 if lab == "none" else chosen, **{kit.FOOLED_BY: fooled_by}))
     if autoattack is not None:
         out.append(_acc(autoattack, attack="autoattack", defense="compress_amplify", threat_model="linf",
                         eps=AUTHORS_PX, on="worst_case_survivors", flags="", strength=chosen))
@@ -304,11 +305,6 @@ def test_verdict_judges_at_the_authors_radius_and_reports_the_run_s_threat_radiu
     assert v["judged_eps"] == pytest.approx(AUTHORS_PX) and v["worst"]["none"]["eps"] == pytest.approx(AUTHORS_PX)
     assert v["threat"]["eps"] == 0.2 and v["threat"]["test"]["difference"] == pytest.approx(0.10)
     assert v["category"] == "real"
-
-
-def test_fooled_by_round_trips():
-    codes = torch.tensor([-2, -1, 0, 1, 2, 3], dtype=torch.int16)
-    assert torch.equal(chapter._unpack_fooled_by(chapter._pack_fooled_by(codes)), codes)
 
 
 def test_threat_radius_is_a_per_dataset_parameter_defaulting_to_the_standard_one():

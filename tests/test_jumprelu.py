@@ -191,6 +191,11 @@ def test_adaptive_evaluation_is_a_per_image_worst_case(tiny_model, tiny_data):
         assert int(raw["robust_mask"].sum()) == round(threat[0]["value"] * 80)
         assert evaluate.member_robust_masks(raw)["pgd_true"].sum() == round(alone["value"] * 80)
         assert [r["eps"] for r in run.raw["mnist", "tiny", k, "curve"]] == [0.05, 0.1, 0.3, 1.0]
+        # which member fooled each image is written once, by the kit, and read back as the run had it
+        for rec_, point in zip(curve, run.raw["mnist", "tiny", k, "curve"]):
+            back = kit.worst_from_record(rec_)
+            assert torch.equal(back["fooled_by"], point["fooled_by"].to(torch.int16))
+            assert back["members"] == point["members"]
     # at kappa = 0 the BPDA and transfer members would repeat pgd_true and do not run
     assert [r["attack"] for r in select(res, kappa=0.0, metric="images_fooled", nested=False, seed=0)] == list(
         MEMBERS_AT_ZERO)
@@ -328,7 +333,7 @@ def _saved_one_model(ifgsm_k: int = 120, ifgsm_0: int = 20, worst_k: int = 100, 
                 where = dict(threat_model="linf", eps=eps, n=n, nested=nested, seed=seed, protocol="adaptive", **at)
                 records.append(record(CFG, metric="accuracy", attack="worst_case", value=worst / n,
                                       members="+".join(MEMBERS3), **where, **pack(_first(n, worst)),
-                                      **({chapter.FOOLED_BY: chapter.fooled_by_code(fooled_by)} if nested else {})))
+                                      **{kit.FOOLED_BY: kit.pack_fooled_by(fooled_by)}))
                 records += [record(CFG, metric="images_fooled", attack=name, value=added[name], order=i,
                                    within="worst_case", **where) for i, name in enumerate(MEMBERS3)]
     if autoattack is not None:
@@ -435,7 +440,7 @@ def test_old_results_without_per_image_outcomes_are_read_with_a_note():
     saved = _saved_one_model()
     for r in saved["records"]:
         r["setting"].pop(kit.PER_IMAGE, None)
-        r["setting"].pop(chapter.FOOLED_BY, None)
+        r["setting"].pop(kit.FOOLED_BY, None)
     f = _finding(saved)
     assert f["outcome"] == "inconclusive" and f["mechanism"] is None
     assert kit.NO_PER_IMAGE_NOTE in verdict(saved)

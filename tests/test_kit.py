@@ -221,3 +221,27 @@ def test_autoattack_confirmation_gets_its_own_p_value_under_holm():
     outcome, _ = kit.paired_outcome(_acc(dfd), _acc(ref), min_effect=0.05, confirm=_acc(aa, "autoattack"),
                                     p_adjusted=1e-6)
     assert outcome.outcome != "holds"
+
+
+def test_worst_case_record_keeps_which_member_fooled_each_image(tiny_data):
+    from robustness.evaluate.outcome import removed_by
+
+    x, y = tiny_data
+    model = train_tiny(x, y)
+    res = evaluate.worst_case(model, x[:40], y[:40], 0.3, evaluate.default_members(steps=3, queries=10))
+    (rec,) = select(kit.worst_case_records(CFG, res, dataset="synth", model="tiny"), attack="worst_case")
+    back = kit.worst_from_record(rec)
+    assert torch.equal(back["fooled_by"], res["fooled_by"]) and back["members"] == res["members"]
+    weak = evaluate.predict(model, x[:40]) == y[:40]
+    assert removed_by(weak, back) == removed_by(weak, res)
+    assert kit.unpack_fooled_by(kit.pack_fooled_by(torch.tensor([-2, -1, 0, 11]))).tolist() == [-2, -1, 0, 11]
+    assert kit.worst_from_record({"setting": {}}) is None
+
+
+def test_holm_by_leaves_unjudged_claims_out():
+    tests = {"a": {"p": 0.01}, "b": None, "c": {"p": 0.04}}
+    assert kit.holm_by(tests) == pytest.approx({"a": 0.02, "c": 0.04})
+
+
+def test_an_older_fooled_by_encoding_reads_as_no_attribution():
+    assert kit.worst_from_record({"setting": {kit.FOOLED_BY: "..0.1"}}) is None

@@ -203,16 +203,18 @@ def _defenses(set_acc=None, worst=None, clean=None, aa=None, n=10000, n_adaptive
     for k in set_acc:
         kw = dict(dataset=D, model="lenet_like", defense="none" if k == "normal" else k, group="chapter")
         at = dict(threat_model="linf", eps=0.3, **kw)
+        robust = _mask(worst[k], n_adaptive)
+        fooled = _mask(clean[k], n_adaptive) & ~robust
+        fooled_by = torch.where(robust, -1, torch.where(fooled, MEMBERS.index("pgd_margin"), -2))
         out += [record(CFG, metric="accuracy", value=clean[k], n=n, split="test", **bits(clean[k], n), **kw),
                 record(CFG, metric="accuracy", attack="adversary_set", value=set_acc[k], n=n,
                        **bits(set_acc[k], n), **at),
                 record(CFG, metric="accuracy", attack="worst_case", value=worst[k], n=n_adaptive,
-                       members="+".join(MEMBERS), **bits(worst[k], n_adaptive), **at)]
-        fooled = _mask(clean[k], n_adaptive) & ~_mask(worst[k], n_adaptive)
+                       members="+".join(MEMBERS), **bits(worst[k], n_adaptive),
+                       **({kit.FOOLED_BY: kit.pack_fooled_by(fooled_by)} if per_image else {}), **at)]
         for i, m in enumerate(MEMBERS):
-            mine = fooled if m == "pgd_margin" else torch.zeros(n_adaptive, dtype=torch.bool)
-            out.append(record(CFG, metric="images_fooled", attack=m, value=int(mine.sum()), n=n_adaptive, order=i,
-                              within="worst_case", **({chapter.FOOLED: pack_mask(mine)} if per_image else {}), **at))
+            out.append(record(CFG, metric="images_fooled", attack=m, value=int(fooled.sum()) if m == "pgd_margin"
+                              else 0, n=n_adaptive, order=i, within="worst_case", **at))
         if k in chapter.CONFIRMED:
             out.append(record(CFG, metric="accuracy", attack="autoattack", value=aa[k], n=n_adaptive,
                               on="worst_case_survivors", flags="", **bits(aa[k], n_adaptive), **at))

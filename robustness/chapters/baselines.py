@@ -500,22 +500,14 @@ def _not_robust(strongest: dict, broken: bool, health: list[dict]) -> Outcome:
     return Outcome("does not hold", None, detail)
 
 
-def _removed(alone: dict, worst: dict, records: list[dict]) -> str | None:
+def _removed(alone: dict, worst: dict) -> str | None:
     """:func:`robustness.evaluate.outcome.removed_by` on the records: the images PGD alone left standing and the
-    worst case fooled were fooled by its later members, whose counts are the ``images_fooled`` records (the
-    per-image ``fooled_by`` is not in the results; on these images only its counts matter). ``None`` without
-    evidence, or when the records do not add up."""
-    weak, strong = kit.per_image(alone), kit.per_image(worst)
-    members = worst["setting"]["members"].split("+")
-    counts = {r["attack"]: int(r["value"]) for r in select(records, metric="images_fooled", eps=worst["eps"],
-                                                           within="worst_case") if r["setting"]["order"] > 0}
-    removed = (weak & ~strong).nonzero().flatten()
-    if sum(counts.values()) != len(removed):
+    worst case fooled, and the member that fooled most of them (:func:`kit.worst_from_record`). ``None`` without
+    evidence, or for a file that does not say which member fooled each image."""
+    weak, strong = kit.per_image(alone), kit.worst_from_record(worst)
+    if weak is None or strong is None:
         return None
-    fooled_by = torch.full((len(strong),), -1, dtype=torch.int16)
-    codes = [members.index(m) for m, k in counts.items() for _ in range(k)]
-    fooled_by[removed] = torch.tensor(codes, dtype=torch.int16)
-    ev = removed_by(weak, {"robust_mask": strong, "fooled_by": fooled_by, "members": members})
+    ev = removed_by(weak, strong)
     if ev is None:
         return None
     return (f"PGD alone's extra accuracy was removed by {attack_name({'attack': ev['member']})} "
@@ -535,7 +527,7 @@ def _beyond_pgd(records: list[dict], health: list[dict], clean: dict | None, num
         outcome, _ = kit.paired_outcome(alone, worst, min_effect=WORST_CASE_MIN_EFFECT, health=health,
                                         clean=clean, num_classes=num_classes)
         paired = kit.per_image(alone) is not None and kit.per_image(worst) is not None
-        mechanism = _removed(alone, worst, records) if paired else None
+        mechanism = _removed(alone, worst) if paired else None
         return {**outcome.to_dict(), "mechanism": mechanism, "eps": worst["eps"], "role": role,
                 "min_effect": WORST_CASE_MIN_EFFECT, "per_image": paired}
 

@@ -46,7 +46,7 @@ from ..data import DATASETS, dataset_info, load_dataset
 from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.deep_defense import RHO_REFERENCES, DeepDefenseLoss
 from ..evaluate import members as M
-from ..evaluate.outcome import Outcome, judge_gain, off_floor, removed_by
+from ..evaluate.outcome import Outcome, off_floor, removed_by
 from ..evaluate.rho import deep_defense_rho, mean_interval, mean_subtraction_factor
 from ..models import build_model, check_model
 from ..report import health_tables as _health_tables, markdown_table, pct, pct_interval, record_table
@@ -76,8 +76,6 @@ PAPER_RHO = {"metric": "rho", "attack": "deepfool", "units": "mean_image", "clip
 WORST = {"metric": "accuracy", "attack": "worst_case"}
 #: The weak attack a mechanism word is tested against: the paper's clipped DeepFool, as an accuracy at a radius.
 WEAK = {"metric": "accuracy", "attack": "deepfool", "threat_model": "l2"}
-#: Setting key of a worst-case member's record holding the images it fooled (packed bits).
-FOOLED = "fooled"
 #: The smallest gain in worst-case robust accuracy at the claim radius that would matter: 5 points of the same
 #: images. Below it a defense that costs 40-55× a plain step buys too little to call "more robust".
 MIN_EFFECT = 0.05
@@ -417,10 +415,6 @@ def evaluate_model(run: Run, dataset: str, model: str, variant: str, members: li
                                    defense=variant, **knobs)
     for r in R.select(worst, attack="worst_case"):  # the ensemble's budget, on its robust accuracy
         r["setting"].update(steps=cfg.pgd_steps, restarts=cfg.restarts, queries=cfg.square_queries)
-    for p in curve:  # per member, the images it fooled (for removed_by's evidence, read back from the file)
-        for i, name in enumerate(p["members"]):
-            R.first(worst, metric="images_fooled", attack=name, eps=p["eps"])["setting"][FOOLED] = \
-                evaluate.pack_mask(p["fooled_by"] == i)
     run.records += out + worst
     if variant == "deep_defense":  # AutoAttack (L2, standard) confirms a positive on the worst case's survivors
         point = min(curve, key=lambda p: abs(p["eps"] - cfg.claim_eps[dataset]))
@@ -866,31 +860,6 @@ def _budget_share(results: dict, d: str) -> float | None:
     return p["ft_size"][d] * p["ft_epochs"] / (dataset_info(d).n_train * official_recipe()["ft_epochs"])
 
 
-def _member_evidence(recs: list[dict], worst: dict, n: int) -> dict | None:
-    """The worst case at one radius rebuilt from its records for :func:`removed_by`: ``robust_mask``, ``members``
-    and ``fooled_by`` (from each member's :data:`FOOLED` mask); ``None`` when a mask is missing."""
-    robust = kit.per_image(worst)
-    members = worst["setting"].get("members", "").split("+")
-    fooled_by = torch.full((n,), -1, dtype=torch.int16)
-    for i, name in enumerate(members):
-        r = R.first(recs, metric="images_fooled", attack=name, eps=worst["eps"])
-        if robust is None or r is None or FOOLED not in r["setting"]:
-            return None
-        fooled_by[evaluate.unpack_mask(r["setting"][FOOLED], n)] = i
-    return {"robust_mask": robust, "fooled_by": fooled_by, "members": members}
-
-
-def _confirmed_mask(recs: list[dict], worst: dict | None, eps: float | None) -> torch.Tensor | None:
-    """Per image, standing after the worst case *and* AutoAttack on its survivors (None without the record).
-
-    Private stand-in for ``kit.paired_outcome(confirm=…)``, which reuses the worst case's Holm-adjusted p for the
-    confirmation and so cannot let AutoAttack remove a gain once it is significant; here the confirmation gets
-    its own p-values, Holm-adjusted over the same family."""
-    aa = R.first(recs, attack="autoattack", eps=eps) if eps is not None else None
-    a, c = kit.per_image(worst), kit.per_image(aa)
-    return None if a is None or c is None or len(a) != len(c) else a & c
-
-
 def _paired(a: dict | None, b: dict | None, n: int | None = None) -> dict | None:
     """The paired test of two accuracy records on their first ``n`` common images (None without masks)."""
     ma, mb = kit.per_image(a), kit.per_image(b)
@@ -926,7 +895,7 @@ def verdict_summary(results: dict) -> dict:
     """
     recs = measured(results["records"])
     health = results.get("health", [])
-    rows, pvals, confirm_p = {}, {}, {}
+    rows, tests = {}, {}
     for d, m in _pairs_of(recs):
         dd, ctl = (R.select(recs, dataset=d, model=m, defense=v) for v in ("deep_defense", CONTROL))
         if not dd or not ctl:
@@ -939,13 +908,8 @@ def verdict_summary(results: dict) -> dict:
         failed = kit.failed_checks(health, dataset=d, model=m)
         broken = kit.is_broken(clean_dd, dataset_info(d).num_classes) or "near_constant" in failed
         rows[d, m] = (dd, ctl, radii, eps, w_dd, w_ctl, clean_dd, failed, broken)
-        if test is not None and not broken and off_floor(w_ctl["interval"]):
-            pvals[d, m] = test["p"]
-            confirmed = _confirmed_mask(dd, w_dd, eps)
-            confirm_p[d, m] = 1.0 if confirmed is None else evaluate.paired_test(confirmed,
-                                                                                 kit.per_image(w_ctl))["p"]
-    adjusted = dict(zip(pvals, evaluate.holm(list(pvals.values()))))
-    confirm_adjusted = dict(zip(confirm_p, evaluate.holm(list(confirm_p.values()))))
+        tests[d, m] = test if test is not None and not broken and off_floor(w_ctl["interval"]) else None
+    adjusted = kit.holm_by(tests)
     out = {}
     for (d, m), (dd, ctl, radii, eps, w_dd, w_ctl, clean_dd, failed, broken) in rows.items():
         mine = [h for h in health if h.get("dataset") == d and h.get("model") == m]
@@ -956,15 +920,8 @@ def verdict_summary(results: dict) -> dict:
         elif "near_constant" in failed:
             outcome = Outcome("inconclusive", "broken", "the health table finds a near-constant classifier")
         else:
-            outcome, _ = kit.paired_outcome(w_dd, w_ctl, min_effect=MIN_EFFECT, health=mine,
+            outcome, _ = kit.paired_outcome(w_dd, w_ctl, min_effect=MIN_EFFECT, health=mine, confirm=aa,
                                             p_adjusted=adjusted.get((d, m)), num_classes=nc, clean=clean_dd)
-            confirmed = _confirmed_mask(dd, w_dd, eps)
-            if outcome.outcome == "holds" and confirmed is not None:  # AutoAttack must confirm, with its own p
-                again, _ = judge_gain(confirmed, kit.per_image(w_ctl), min_effect=MIN_EFFECT,
-                                      p_adjusted=confirm_adjusted.get((d, m)))
-                if again.outcome != "holds":
-                    outcome = Outcome(again.outcome, again.reason,
-                                      f"AutoAttack on the survivors removed the gain: {again.detail}")
         share = _budget_share(results, d)
         if outcome.outcome == "does not hold" and share is not None and share < REDUCED_SCALE:
             outcome = Outcome("inconclusive", "reduced_scale",
@@ -974,7 +931,7 @@ def verdict_summary(results: dict) -> dict:
         n = w_dd["n"] if w_dd else None
         mechanism = None
         weak_mask = kit.per_image(weak_dd)
-        worst = _member_evidence(dd, w_dd, n) if w_dd is not None else None
+        worst = kit.worst_from_record(w_dd)
         if outcome.outcome != "holds" and weak_mask is not None and worst is not None and len(weak_mask) >= n:
             ev = removed_by(weak_mask[:n], worst)
             if ev:

@@ -52,8 +52,8 @@ from ..data import DATASETS, ArrayDataset, dataset_info, load_dataset, threat_ep
 from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.entropic import ESTIMATORS, EntropicLoss, layer_entropies
 from ..evaluate import members as M
-from ..evaluate.outcome import REASONS, Outcome, judge_gain, removed_by
-from ..evaluate.stats import holm, paired_test
+from ..evaluate.outcome import REASONS, Outcome, removed_by
+from ..evaluate.stats import paired_test
 from ..models import MODELS, build_model, check_model
 from ..report import duration, health_tables as _health_tables, markdown_table, pct, pct_interval, record_table
 from ..results import anchors, first, one, record, select
@@ -918,31 +918,14 @@ def _head(rec: Mapping[str, Any] | None, n: int) -> dict | None:
             "setting": {**rec["setting"], kit.PER_IMAGE: evaluate.pack_mask(mask[:n])}}
 
 
-def _worst_of(recs: Sequence[dict], d: str, role: str, worst: Mapping[str, Any], weak: torch.Tensor) -> dict:
-    """The worst case of ``role`` as :func:`robustness.evaluate.outcome.removed_by` reads it, rebuilt from the
-    records: the robust mask, the members in order and, on the images PGD-CE alone (``weak``) left standing but the
-    worst case did not, the member that fooled each. The members after the first fooled exactly those images, so
-    their ``images_fooled`` counts say how many each removed (which image a count falls on does not matter to the
-    evidence); were the counts inconsistent, no member is named."""
-    names, strong = worst["setting"]["members"].split("+"), kit.per_image(worst)
-    fooled = {r["attack"]: int(r["value"]) for r in select(recs, dataset=d, defense=role, split="test",
-                                                             metric="images_fooled", within="worst_case")}
-    later = torch.tensor([i for i, name in enumerate(names) if i > 0 for _ in range(fooled.get(name, 0))],
-                         dtype=torch.long)
-    removed, fooled_by = weak & ~strong, torch.full((len(strong),), -1, dtype=torch.long)
-    if len(later) == int(removed.sum()):
-        fooled_by[removed] = later
-    return {"robust_mask": strong, "members": names, "fooled_by": fooled_by}
-
-
 def _mechanism(recs: Sequence[dict], d: str, role: str, worst: Mapping[str, Any] | None) -> dict | None:
     """Evidence that the weak attack overstated ``role``'s robustness (:func:`robustness.evaluate.outcome.
     removed_by`): its worst case is clearly below PGD-CE alone on the same images; the member that removed most."""
     weak_rec = _test_record(recs, d, role, attack="pgd_ce", alone=True)
-    weak, strong = kit.per_image(weak_rec), kit.per_image(worst)
-    if weak is None or strong is None or len(weak) != len(strong):
+    weak, strong = kit.per_image(weak_rec), kit.worst_from_record(worst)
+    if weak is None or strong is None or len(weak) != len(strong["robust_mask"]):
         return None
-    evidence = removed_by(weak, _worst_of(recs, d, role, worst, weak))
+    evidence = removed_by(weak, strong)
     if evidence is None:
         return None
     return {**evidence, "weak": weak_rec,
@@ -960,49 +943,27 @@ def _common(recs: Sequence[dict], d: str, role: str) -> dict:
     return {"worst": _head(worst, n), "reference": _head(ref, n), "confirm": _head(confirm, n), "n": n}
 
 
-def _paired_p(recs: Sequence[dict], d: str, role: str, confirmed: bool) -> float | None:
-    """The raw McNemar p of ``role``'s worst case (``confirmed``: and AutoAttack's on its survivors) against the
-    normal network's, on the images they share; ``None`` without per-image outcomes."""
+def _paired(recs: Sequence[dict], d: str, role: str) -> dict | None:
+    """The paired test of ``role``'s worst case against the normal network's, on the images they share (with
+    AutoAttack's check: :func:`_common`); ``None`` without per-image outcomes (left out of the Holm family)."""
     c = _common(recs, d, role)
     a, b = kit.per_image(c["worst"]), kit.per_image(c["reference"])
-    if a is None or b is None:
-        return None
-    if confirmed:
-        aa = kit.per_image(c["confirm"])
-        if aa is None:
-            return None
-        a = a & aa
-    return paired_test(a, b)["p"]
+    return None if a is None or b is None else paired_test(a, b)
 
 
-def _holm_by_dataset(recs: Sequence[dict], roles: Mapping[str, str], confirmed: bool = False) -> dict:
-    """Holm-adjusted p-values of one claim across the data sets (``roles``: data set → the network judged)."""
-    ps = {d: _paired_p(recs, d, role, confirmed) for d, role in roles.items()}
-    tested = [d for d, p in ps.items() if p is not None]
-    return {**ps, **dict(zip(tested, holm([ps[d] for d in tested])))}
-
-
-def _claims(results: Mapping[str, Any], d: str, role: str, p: Mapping[str, float | None],
-            p_confirmed: Mapping[str, float | None]) -> dict:
+def _claims(results: Mapping[str, Any], d: str, role: str, p: Mapping[str, float]) -> dict:
     """One claim "``role`` is more robust than the normal network" on data set ``d``: its worst case against the
     normal network's on the same images (:func:`robustness.chapters.kit.paired_outcome`, with ``p``, Holm-adjusted
-    across the data sets), gated by ``role``'s health rows; a positive must then hold for the worst case and
-    AutoAttack on its survivors together (``p_confirmed``, Holm-adjusted the same way: the kit's confirmation
-    reuses the worst case's adjusted p, which would let any positive pass it). Evaluations on different image
-    counts are compared on the first images they share."""
+    across the data sets), gated by ``role``'s health rows and confirmed by AutoAttack on its survivors (the kit's
+    confirmation, under the same Holm factor). Evaluations on different image counts are compared on the first
+    images they share."""
     recs, health = results["records"], results.get("health", [])
     c, worst = _common(recs, d, role), _test_record(recs, d, role, attack="worst_case")
     rows = [h for h in health if h.get("dataset") == d and h.get("defense") == role]
     outcome, test = kit.paired_outcome(c["worst"] or worst, c["reference"], min_effect=MIN_EFFECT, health=rows,
-                                       p_adjusted=p.get(d), num_classes=dataset_info(d).num_classes,
+                                       confirm=c["confirm"], p_adjusted=p.get(d),
+                                       num_classes=dataset_info(d).num_classes,
                                        clean=_test_record(recs, d, role, attack="none"))
-    aa = kit.per_image(c["confirm"])
-    if outcome.outcome == "holds" and aa is not None:
-        confirmed, _ = judge_gain(aa & kit.per_image(c["worst"]), kit.per_image(c["reference"]),
-                                  min_effect=MIN_EFFECT, p_adjusted=p_confirmed.get(d))
-        if confirmed.outcome != "holds":
-            outcome = Outcome(confirmed.outcome, confirmed.reason,
-                              f"AutoAttack on the survivors removed the gain: {confirmed.detail}")
     mechanism = None
     if outcome.outcome != "holds" and outcome.reason != "broken":
         mechanism = _mechanism(recs, d, role, worst)
@@ -1046,9 +1007,8 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
     datasets = [r["dataset"] for r in select(recs, metric="tested_lambda")]
     roles = {d: evaluated_role(recs, d) for d in datasets}
     entropic_roles = {d: r for d, r in roles.items() if tested_lambda(recs, d) > 0}
-    p_entropic = (_holm_by_dataset(recs, entropic_roles), _holm_by_dataset(recs, entropic_roles, confirmed=True))
-    yardstick_roles = {d: ADVERSARIAL for d in datasets}
-    p_yardstick = (_holm_by_dataset(recs, yardstick_roles), _holm_by_dataset(recs, yardstick_roles, confirmed=True))
+    p_entropic = kit.holm_by({d: _paired(recs, d, role) for d, role in entropic_roles.items()})
+    p_yardstick = kit.holm_by({d: _paired(recs, d, ADVERSARIAL) for d in datasets})
     for d in datasets:
         lam, role = tested_lambda(recs, d), roles[d]
         ent = {k: _test_record(recs, d, role, attack=a) for k, a in (("clean", "none"), ("pgd", "pgd_ce"),
@@ -1056,12 +1016,12 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
         ctl = {k: _test_record(recs, d, CONTROL, attack=a) for k, a in (("clean", "none"), ("pgd", "pgd_ce"),
                                                                       ("worst", "worst_case"))}
         if lam > 0:
-            claim = _claims(results, d, role, *p_entropic)
+            claim = _claims(results, d, role, p_entropic)
         else:
             claim = {"outcome": "does not hold", "reason": None, "mechanism": None, "evidence": None, "test": None,
                      "detail": "every λ > 0 cost more held-out clean accuracy than the budget allows, so no entropic "
                                "model was tested", "compared_on": None, "eps": None}
-        yard = _claims(results, d, ADVERSARIAL, *p_yardstick)
+        yard = _claims(results, d, ADVERSARIAL, p_yardstick)
         clean_test = _paired_vs(recs, d, CONTROL, role, "none")
         clean_cost = lam > 0 and (clean_test["p"] < 0.05 and clean_test["difference"] > 0 if clean_test
                                   else evaluate.compare(ctl["clean"], ent["clean"]) == "higher")

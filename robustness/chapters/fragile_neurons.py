@@ -73,8 +73,6 @@ ALPHA = 0.05
 #: accuracy under attack. The strength rule already lets the defense cost up to 1 (MNIST) or 3 (CIFAR-10) points
 #: of clean accuracy; a gain of the same order would not pay for it, and the paper's FGSM gains are larger.
 MIN_EFFECT = 0.05
-#: The setting key of a worst-case record holding, per image, which member fooled it (:func:`_pack_fooled_by`).
-FOOLED_BY = "fooled_by"
 
 
 def authors_eps_pixels(cfg: Mapping[str, Any], d: str) -> float:
@@ -426,17 +424,6 @@ def judged_radius(records: Sequence[dict], params: Mapping[str, Any], d: str) ->
     return min(radii, key=lambda e: abs(e - target))
 
 
-def _pack_fooled_by(fooled_by: torch.Tensor) -> str:
-    """Per image, which worst-case member fooled it, as one character each: the member's index (0–9), ``-`` still
-    standing, ``x`` misclassified before any attack (``evaluate.worst_case``'s codes)."""
-    codes = {-1: "-", -2: "x", **{i: str(i) for i in range(10)}}
-    return "".join(codes[int(v)] for v in fooled_by)
-
-
-def _unpack_fooled_by(text: str) -> torch.Tensor:
-    return torch.tensor([-1 if c == "-" else -2 if c == "x" else int(c) for c in text], dtype=torch.int16)
-
-
 def adaptive_all(run: Run) -> None:
     """The toolkit's worst case (PGD-CE, PGD-margin, Square; for the rescaled model also PGD transferred from the
     unmodified one) on the first ``n_adaptive`` test images, nested over :func:`adaptive_radii`, for the unmodified
@@ -444,7 +431,7 @@ def adaptive_all(run: Run) -> None:
     the rescaled model's worst case left standing at the judged radius (the authors' radius,
     :func:`judged_radius`), whose record confirms or removes a positive. Records: :func:`kit.worst_case_records`
     (``defense`` the model, ``strength`` in the setting, per image the member that fooled it in
-    :data:`FOOLED_BY`) and :func:`kit.autoattack_on_survivors`; the results with their per-image outcomes go to
+    :data:`kit.FOOLED_BY`) and :func:`kit.autoattack_on_survivors`; the results with their per-image outcomes go to
     ``run.raw[d, defense]`` (the health table's gradient-free check reads them)."""
     cfg, out = run.cfg, []
     with run.timer("adaptive"):
@@ -459,13 +446,8 @@ def adaptive_all(run: Run) -> None:
                                               name="transfer_from_unmodified"))
                 curve = evaluate.worst_case_curve(net, sub.x, sub.y, adaptive_radii(cfg, d), members,
                                                   batch_size=cfg.batch_size, seed=cfg.seed)
-                recs = kit.worst_case_records(cfg, curve, dataset=d, model=cfg.model[d], run=run, key=(d, label),
+                out += kit.worst_case_records(cfg, curve, dataset=d, model=cfg.model[d], run=run, key=(d, label),
                                               defense=label, strength=strength)
-                for r in recs:
-                    if r["attack"] == "worst_case":
-                        point = next(p for p in curve if math.isclose(p["eps"], r["eps"]))
-                        r["setting"][FOOLED_BY] = _pack_fooled_by(point["fooled_by"])
-                out += recs
                 if label == "none":
                     continue
                 at = judged_radius(out, cfg, d)
@@ -715,27 +697,20 @@ def strength_figure(results: Mapping[str, Any]):
 # --------------------------------------------------------------------------- verdict
 
 
-def _holm(pairs: Mapping[str, tuple]) -> dict:
-    """Holm-adjusted p-values of the paired tests (defended, reference) over the data sets; a pair without
-    per-image outcomes is left out of the family."""
-    raw = {}
-    for d, (a, b) in pairs.items():
-        ma, mb = kit.per_image(a), kit.per_image(b)
-        if ma is not None and mb is not None and ma.shape == mb.shape:
-            raw[d] = evaluate.paired_test(ma, mb)["p"]
-    return dict(zip(raw, evaluate.holm(list(raw.values()))))
+def _paired(a: dict | None, b: dict | None) -> dict | None:
+    """The paired test of two records on the same images, or ``None`` when either has no per-image outcome (left
+    out of the Holm family)."""
+    ma, mb = kit.per_image(a), kit.per_image(b)
+    return evaluate.paired_test(ma, mb) if ma is not None and mb is not None and ma.shape == mb.shape else None
 
 
 def _removed(weak: dict | None, worst: dict | None) -> dict | None:
     """:func:`robustness.evaluate.outcome.removed_by` on the first images of the worst case (``weak`` covers at
     least as many: the worst case's images are the first ``n_adaptive`` of the test images)."""
-    strong = kit.per_image(worst)
-    mask = kit.per_image(weak)
-    if strong is None or mask is None or FOOLED_BY not in worst["setting"] or len(mask) < len(strong):
+    mask, strong = kit.per_image(weak), kit.worst_from_record(worst)
+    if strong is None or mask is None or len(mask) < len(strong["robust_mask"]):
         return None
-    members = worst["setting"]["members"].split("+")
-    return removed_by(mask[:len(strong)], {"robust_mask": strong, "members": members,
-                                            "fooled_by": _unpack_fooled_by(worst["setting"][FOOLED_BY])})
+    return removed_by(mask[:len(strong["robust_mask"])], strong)
 
 
 def _claim(outcome: Outcome, test: dict | None, **extra: Any) -> dict:
@@ -779,8 +754,9 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
                    "autoattack": first(recs, dataset=d, attack="autoattack", defense="compress_amplify", eps=at)
                    if at is not None else None}
     live = [d for d in ds if seen[d]["chosen"] > 0]
-    holm_fgsm = _holm({d: (seen[d]["fgsm"][seen[d]["chosen"]], seen[d]["fgsm"][0.0]) for d in live})
-    holm_worst = _holm({d: (seen[d]["worst"].get("compress_amplify"), seen[d]["worst"].get("none")) for d in live})
+    holm_fgsm = kit.holm_by({d: _paired(seen[d]["fgsm"][seen[d]["chosen"]], seen[d]["fgsm"][0.0]) for d in live})
+    holm_worst = kit.holm_by({d: _paired(seen[d]["worst"].get("compress_amplify"), seen[d]["worst"].get("none"))
+                              for d in live})
     out = {}
     for d in ds:
         v = seen[d]

@@ -23,9 +23,9 @@ setting naming the step that measured it:
 - ``"autoattack"``: AutoAttack (standard) at the threat radius; ``"autoattack_survivors"``: AutoAttack on the
   images the worst case left standing at the judged radius (the verdict's confirmation, with its flags).
 
-IFGSM accuracies and adaptive robust accuracies carry per-image outcomes (setting ``correct``), and the adaptive
-curve which member fooled each image (:data:`FOOLED_BY`): the verdict compares the retrofit and kappa = 0 on the
-same images. It judges the claim at :func:`paper_radius`, the curve radius nearest the paper's IFGSM reach (MNIST
+IFGSM accuracies and adaptive robust accuracies carry per-image outcomes (setting ``correct``), and the worst
+cases which member fooled each image (the kit's ``fooled_by``): the verdict compares the retrofit and kappa = 0 on
+the same images. It judges the claim at :func:`paper_radius`, the curve radius nearest the paper's IFGSM reach (MNIST
 40 × 0.01 × 0.3081 = 0.123 → 0.1; CIFAR-10 7 × 0.01 × σ ≈ 0.014, below every measured radius → 8/255, the
 smallest), because at the threat radius kappa = 0 is at the floor; the threat-radius result is reported beside it.
 
@@ -234,22 +234,6 @@ def paper_radius(cfg, d: str) -> float:
     return min(sorted(float(e) for e in cfg["pgd_eps"][d]), key=lambda e: abs(e - reach))
 
 
-#: The setting key, on the adaptive curve's robust-accuracy records, holding which member fooled each image
-#: (:func:`fooled_by_code`): the evidence :func:`robustness.evaluate.outcome.removed_by` reads from a saved file.
-FOOLED_BY = "fooled_by"
-
-
-def fooled_by_code(fooled_by: torch.Tensor) -> str:
-    """A worst case's per-image ``fooled_by`` (member index, or < 0: not fooled) as one character per image: the
-    member's index as a digit, ``.`` for an image no member fooled."""
-    return "".join("." if v < 0 else str(v) for v in fooled_by.tolist())
-
-
-def fooled_by_tensor(code: str) -> torch.Tensor:
-    """The inverse of :func:`fooled_by_code` (-1 for an image no member fooled)."""
-    return torch.tensor([-1 if ch == "." else int(ch) for ch in code], dtype=torch.int16)
-
-
 class Run(kit.Run):
     """One run of the chapter (:class:`robustness.chapters.kit.Run`): ``nets[(d, model)]`` the trained networks,
     ``data[d] = {"test", "val", "info"}``, and in ``raw`` every adaptive worst case with its per-image outcome,
@@ -437,11 +421,8 @@ def adaptive_evaluation(run: Run, model: nn.Module, kappas: Sequence[float], x: 
                                   interval=clean["interval"], **at))
         curve = evaluate.worst_case_curve(net, x, y, sorted(cfg.pgd_eps[d]), members, batch_size=batch,
                                           seed=cfg.seed)
-        points = kit.worst_case_records(cfg, curve, run=run, key=(d, m, kappa, "curve"), nested=True,
-                                        seed=cfg.seed, **at)
-        for rec_, point in zip(select(points, attack="worst_case"), curve):
-            rec_["setting"][FOOLED_BY] = fooled_by_code(point["fooled_by"])
-        run.records += points
+        run.records += kit.worst_case_records(cfg, curve, run=run, key=(d, m, kappa, "curve"), nested=True,
+                                              seed=cfg.seed, **at)
         for s in cfg.seeds:
             r = evaluate.worst_case(net, x, y, cfg.eps[d], members, batch_size=batch, seed=s)
             run.records += kit.worst_case_records(cfg, r, run=run, key=(d, m, kappa, s), first_alone=True,
@@ -977,16 +958,6 @@ MIN_EFFECT = 0.05
 MASKING_EVIDENCE = ("transfer", "pgd_bpda", "pgd_bpda_margin", "pgd_smooth", "square")
 
 
-def _worst_with_members(rec: dict | None, members: str | None) -> dict | None:
-    """A saved robust-accuracy record of the adaptive curve as the worst-case result ``removed_by`` reads, or
-    ``None`` when the file has no per-image outcomes."""
-    mask = kit.per_image(rec)
-    if mask is None or FOOLED_BY not in rec["setting"] or not members:
-        return None
-    return {"robust_mask": mask, "fooled_by": fooled_by_tensor(rec["setting"][FOOLED_BY]),
-            "members": members.split("+")}
-
-
 def _and_masks(recs: Sequence[dict]) -> torch.Tensor | None:
     masks = [kit.per_image(r) for r in recs]
     if not masks or any(v is None for v in masks):
@@ -995,11 +966,6 @@ def _and_masks(recs: Sequence[dict]) -> torch.Tensor | None:
     for v in masks[1:]:
         out = out & v
     return out
-
-
-def _holm_by_key(tests: dict) -> dict:
-    keys = [k for k, t in tests.items() if t is not None]
-    return dict(zip(keys, evaluate.holm([tests[k]["p"] for k in keys])))
 
 
 def verdict_summary(results: dict) -> dict:
@@ -1054,7 +1020,7 @@ def verdict_summary(results: dict) -> dict:
             ok = ma is not None and mb is not None and not f["broken"]
             out[key] = evaluate.paired_test(ma, mb) if ok and off_floor(
                 evaluate.accuracy_record(mb)["interval"]) else None
-        return _holm_by_key(out)
+        return kit.holm_by(out)
 
     holm_repro, holm_claim = tests("ifgsm", "ifgsm_0"), tests("worst", "worst_0")
     out = {}
@@ -1073,7 +1039,7 @@ def verdict_summary(results: dict) -> dict:
         mechanism, member = None, None
         if repro.outcome == "holds" and claim.outcome != "holds":
             weak = kit.per_image(f["ifgsm"])
-            worst = _worst_with_members(f["worst"], f["worst"]["setting"].get("members") if f["worst"] else None)
+            worst = kit.worst_from_record(f["worst"])
             if weak is not None and worst is not None:
                 n = min(len(weak), len(worst["robust_mask"]))
                 evidence = removed_by(weak[:n], {**worst, "robust_mask": worst["robust_mask"][:n],

@@ -119,7 +119,8 @@ def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *,
     (``order``: its place; ``within="worst_case"``). A curve also records, as ``attack="smaller_eps"``, the images
     counted as fooled because a smaller radius fooled them. With ``first_alone``, the first member's own robust
     accuracy (``attack`` its name, ``alone=True``): what a single-attack evaluation would have reported. Both
-    accuracy records carry their per-image outcome (setting :data:`PER_IMAGE`) for paired tests.
+    accuracy records carry their per-image outcome (setting :data:`PER_IMAGE`) for paired tests, and the robust
+    one which member fooled each image (:data:`FOOLED_BY`; :func:`worst_from_record` reads it back).
     ``fields`` go to every record (``defense=``, setting keys), ``member_fields`` to the per-member ones only,
     ``robust_fields`` to the robust-accuracy record only (e.g. the ensemble's budget).
     With ``run`` and ``key``, the result (its per-image ``fooled_by`` and ``robust_mask`` included) is kept in
@@ -131,6 +132,8 @@ def worst_case_records(cfg: Mapping[str, Any], result: dict | Sequence[dict], *,
         at = {"dataset": dataset, "model": model, "threat_model": p["norm"], "eps": p["eps"], "n": p["n"], **fields}
         masks = evaluate.member_robust_masks(p) if "fooled_by" in p else {}
         robust_image = {PER_IMAGE: evaluate.pack_mask(p["robust_mask"])} if "robust_mask" in p else {}
+        if "fooled_by" in p:
+            robust_image[FOOLED_BY] = pack_fooled_by(p["fooled_by"])
         out.append(record(cfg, metric="accuracy", attack="worst_case", value=p["robust"], interval=p["interval"],
                           members="+".join(p["members"]), **at, **dict(robust_fields or {}), **robust_image))
         if first_alone and p["members"]:
@@ -316,3 +319,41 @@ def autoattack_flags(records: Sequence[Mapping[str, Any]]) -> list[str]:
                        f"{'/' + r['defense'] if r['defense'] != 'none' else ''} at ε = {r['eps']:g}: "
                        f"{flags.replace(',', ', ')} (potentially unreliable)")
     return out
+
+
+#: The setting key of a worst case's robust-accuracy record holding, per image, which member fooled it.
+FOOLED_BY = "fooled_by"
+_STANDING, _CLEAN_WRONG = "-", "x"
+
+
+def pack_fooled_by(fooled_by: torch.Tensor) -> str:
+    """A worst case's per-image ``fooled_by`` as one character per image: the member's index (``0``–``9``, then
+    letters), ``-`` still standing, ``x`` misclassified before any attack (``evaluate.worst_case``'s codes)."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(_STANDING if v == -1 else _CLEAN_WRONG if v == -2 else digits[int(v)] for v in fooled_by.tolist())
+
+
+def unpack_fooled_by(text: str) -> torch.Tensor:
+    """The inverse of :func:`pack_fooled_by` (int16 codes)."""
+    return torch.tensor([-1 if c == _STANDING else -2 if c == _CLEAN_WRONG else int(c, 36) for c in text],
+                        dtype=torch.int16)
+
+
+def worst_from_record(rec: Mapping[str, Any] | None) -> dict | None:
+    """What :func:`robustness.evaluate.outcome.removed_by` reads (``robust_mask``, ``fooled_by``, ``members``),
+    rebuilt from a saved worst-case record; ``None`` for a record without per-image outcomes (an older file)."""
+    if rec is None or FOOLED_BY not in rec.get("setting", {}):
+        return None
+    try:
+        fooled_by = unpack_fooled_by(rec["setting"][FOOLED_BY])
+    except ValueError:  # another encoding (an older file): no per-image attribution to read
+        return None
+    return {"robust_mask": fooled_by == -1, "fooled_by": fooled_by,
+            "members": rec["setting"].get("members", "").split("+")}
+
+
+def holm_by(tests: Mapping[Any, Mapping[str, Any] | None]) -> dict:
+    """Holm-adjusted p-values of a family of paired tests (``{key: paired test or None}``; ``None`` entries — not
+    judged — are left out of the family): ``{key: adjusted p}``."""
+    keys = [k for k, t in tests.items() if t is not None]
+    return dict(zip(keys, evaluate.holm([tests[k]["p"] for k in keys])))

@@ -138,10 +138,6 @@ VARIANTS = ("superimposition", "superimposition_fixed")
 #: The chapter's defenses whose white-box gain could be judged positive: AutoAttack (standard) runs on the images
 #: their worst case left standing, at the same radius, and must confirm it.
 CONFIRMED = (*VARIANTS, "pgd_at")
-#: The setting key of a worst-case member's record holding the images it fooled (packed bits): with the robust
-#: accuracy's per-image outcome it rebuilds the worst case's ``fooled_by`` for
-#: :func:`robustness.evaluate.outcome.removed_by`.
-FOOLED = "fooled"
 
 
 def model_name(arch: str, seed: int) -> str:
@@ -1034,9 +1030,6 @@ def _score(run: Run, d: str, net: nn.Module, model: str, group: str, defense: st
                                 batch_size=cfg.batch_size, seed=cfg.seed)
     out += kit.worst_case_records(cfg, worst, dataset=d, model=model, run=run, key=(d, group, defense, model),
                                   **fields)
-    for r in out:  # which images each member fooled: removed_by names the member from the results file
-        if r["metric"] == "images_fooled" and r["attack"] in worst["members"]:
-            r["setting"][FOOLED] = evaluate.pack_mask(worst["fooled_by"] == worst["members"].index(r["attack"]))
     if group == "chapter" and defense in CONFIRMED:  # a white-box positive must survive AutoAttack
         rec, seconds = kit.autoattack_on_survivors(cfg, net, sub.x, sub.y, worst, dataset=d, model=model,
                                                    batch_size=cfg.batch_size, **fields)
@@ -1242,24 +1235,6 @@ def transfer_summary(records: Sequence[dict], d: str) -> dict:
             "above": cmp["above"], "below": cmp["below"], "targets": cmp["targets"], "category": category}
 
 
-def _worst_result(records: Sequence[dict], rec: dict | None) -> dict | None:
-    """The worst case behind a robust-accuracy record, as :func:`robustness.evaluate.outcome.removed_by` reads it
-    (``robust_mask``, ``fooled_by``, ``members``), rebuilt from its records: ``None`` when a per-image outcome is
-    missing (a results file written before they were recorded)."""
-    robust = kit.per_image(rec)
-    if robust is None:
-        return None
-    members = rec["setting"]["members"].split("+")
-    fooled_by = torch.where(robust, torch.tensor(-1), torch.tensor(-2)).to(torch.int16)
-    for i, name in enumerate(members):
-        m = first(records, dataset=rec["dataset"], model=rec["model"], defense=rec["defense"], attack=name,
-                  metric="images_fooled", group=rec["setting"].get("group"), eps=rec["eps"])
-        if m is None or FOOLED not in m["setting"]:
-            return None
-        fooled_by[evaluate.unpack_mask(m["setting"][FOOLED], rec["n"])] = i
-    return {"robust_mask": robust, "fooled_by": fooled_by, "members": members}
-
-
 def _claim(outcome: Outcome, test: Mapping[str, Any] | None = None, mechanism: str | None = None) -> dict:
     return {**outcome.to_dict(), "mechanism": mechanism, "test": test}
 
@@ -1316,7 +1291,7 @@ def _mechanism(records: Sequence[dict], d: str, v: str) -> str | None:
     set (:func:`robustness.evaluate.outcome.removed_by`), naming the member that fooled most of the images the set
     left standing; ``None`` without that evidence."""
     sc = _scores(records, d, "chapter", v)
-    weak, worst = kit.per_image(sc["set"]), _worst_result(records, sc["worst"])
+    weak, worst = kit.per_image(sc["set"]), kit.worst_from_record(sc["worst"])
     if weak is None or worst is None:
         return None
     n = len(worst["robust_mask"])
@@ -1384,9 +1359,7 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
     adjusted = {}
     for kind in ("set", "white_box"):
         family = [(k, d, v) for k, d, v in _pairs(recs) if k == kind]
-        tests = [(key, _judge(recs, health, *key)[1]) for key in family]
-        tested = [(key, t["p"]) for key, t in tests if t is not None]
-        adjusted.update(zip([k for k, _ in tested], evaluate.holm([p for _, p in tested])))
+        adjusted.update(kit.holm_by({key: _judge(recs, health, *key)[1] for key in family}))
     for d in dict.fromkeys(r["dataset"] for r in select(recs, group="transfer")):
         t = transfer_summary(recs, d)
         s = (defense_summary(recs, d, health, adjusted)
