@@ -23,11 +23,12 @@ The verdict (:mod:`robustness.evaluate.outcome`): per data set, "entropic retrai
 than the normal network" and, as the yardstick, the same for adversarial training, each judged on the same test
 images (the worst case's per-image outcomes, exact McNemar, Holm across the data sets; :data:`MIN_EFFECT`) with
 :func:`robustness.chapters.kit.paired_outcome`: holds, does not hold, or inconclusive with its reason. The radius
-judged is the threat radius ``eps``: it is the radius of the paper's claim (41.88% under AutoAttack at 8/255 on
-CIFAR-10), and the chapter measures no smaller one, so where the normal network is at 0% there the outcome is
-*inconclusive (floor)*, said plainly. A positive must survive AutoAttack on the worst case's survivors and the
-gating health checks; "masked gradients" is printed only with evidence (the worst case clearly below PGD-CE alone
-on the same images, :func:`robustness.evaluate.outcome.removed_by`, naming the member that removed the gain).
+judged is the threat radius ``eps``: it is the radius of the paper's claim (its AutoAttack number on CIFAR-10 at
+8/255, in ``robustness/anchors/entropic_retraining.json``), and the chapter measures no smaller one, so where the
+normal network is at 0% there the outcome is *inconclusive (floor)*, said plainly. A positive must survive
+AutoAttack on the worst case's survivors and the gating health checks; "masked gradients" is printed only with
+evidence (the worst case clearly below PGD-CE alone on the same images,
+:func:`robustness.evaluate.outcome.removed_by`, naming the member that removed the gain).
 
 Record vocabulary: ``defense`` is the model's role (:data:`NORMAL` = ``"none"``, :data:`CONTROL` =
 ``"fine_tune"``, :data:`ENTROPIC` = ``"entropic"``, :data:`ADVERSARIAL` = ``"adversarial_training"``); the
@@ -893,9 +894,9 @@ def evaluation_figure(results: Mapping[str, Any]):
 # --------------------------------------------------------------------------- verdict
 
 
-#: The smallest gain in robust accuracy over the normal network that would matter for the claim: 5 points (an
-#: eighth of the 41.88% the authors report under AutoAttack on CIFAR-10); a smaller gain would not support
-#: "mimics adversarial training", and the same bar applies to the adversarially trained yardstick.
+#: The smallest gain in robust accuracy over the normal network that would matter for the claim: 5 points (a small
+#: fraction of the AutoAttack accuracy the authors report on CIFAR-10, in the anchors); a smaller gain would not
+#: support "mimics adversarial training", and the same bar applies to the adversarially trained yardstick.
 MIN_EFFECT = 0.05
 #: The claims the verdict judges per data set, each against the normal network on the same test images:
 #: entropic retraining (the claim) and adversarial training (the yardstick: it must beat the normal network for
