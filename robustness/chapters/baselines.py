@@ -239,8 +239,8 @@ def worst_case(run: Run) -> None:
     knobs = {"steps": cfg.pgd_steps, "restarts": cfg.restarts, "queries": cfg.square_queries}
     with run.timer("worst case"):
         worst = evaluate.worst_case(model, x, y, cfg.eps, members, batch_size=cfg.batch_size, seed=cfg.seed)
-    recs = kit.worst_case_records(cfg, worst, **at, run=run, key="worst_case", first_alone=True)
-    first(recs, attack="worst_case")["setting"].update(role="threat", **knobs)
+    recs = kit.worst_case_records(cfg, worst, **at, run=run, key="worst_case", first_alone=True,
+                                  robust_fields={"role": "threat", **knobs})
     run.records += recs
     run.timings["worst_case"] = worst["seconds"]
     with run.timer("AutoAttack on the survivors"):
@@ -251,8 +251,8 @@ def worst_case(run: Run) -> None:
     if judged is not None:
         with run.timer("worst case at the judged radius"):
             worst = evaluate.worst_case(model, x, y, judged, members, batch_size=cfg.batch_size, seed=cfg.seed)
-        recs = kit.worst_case_records(cfg, worst, **at, run=run, key="worst_case_judged", first_alone=True)
-        first(recs, attack="worst_case")["setting"].update(role="judged", **knobs)
+        recs = kit.worst_case_records(cfg, worst, **at, run=run, key="worst_case_judged", first_alone=True,
+                                      robust_fields={"role": "judged", **knobs})
         run.records += recs
 
 

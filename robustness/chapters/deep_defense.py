@@ -411,10 +411,9 @@ def evaluate_model(run: Run, dataset: str, model: str, variant: str, members: li
     xa, ya = data["adaptive"].x, data["adaptive"].y
     curve = evaluate.worst_case_curve(net, xa, ya, sorted(cfg.l2_eps[dataset]), members, norm="l2", batch_size=bs,
                                       seed=cfg.seed)
+    budget = {"steps": cfg.pgd_steps, "restarts": cfg.restarts, "queries": cfg.square_queries}  # the ensemble's
     worst = kit.worst_case_records(cfg, curve, dataset=dataset, model=model, run=run, key=(dataset, model, variant),
-                                   defense=variant, **knobs)
-    for r in R.select(worst, attack="worst_case"):  # the ensemble's budget, on its robust accuracy
-        r["setting"].update(steps=cfg.pgd_steps, restarts=cfg.restarts, queries=cfg.square_queries)
+                                   defense=variant, robust_fields=budget, **knobs)
     run.records += out + worst
     if variant == "deep_defense":  # AutoAttack (L2, standard) confirms a positive on the worst case's survivors
         point = min(curve, key=lambda p: abs(p["eps"] - cfg.claim_eps[dataset]))
