@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--seconds", type=float, default=2.0,
                        help="default mode: seconds per timing round (best of 3 rounds)")
     bench.add_argument("--worst-case", action="store_true",
-                       help="instead: the adaptive worst case (PGD-CE, PGD-margin, Square) beside AutoAttack standard")
+                       help="instead: the adaptive worst case (default: APGD-CE, APGD-T, Square) beside AutoAttack standard")
     bench.add_argument("--n", type=int, default=300, help="--worst-case, --peers: test images (the first N)")
     bench.add_argument("--eps", type=float, nargs="+", default=None,
                        help="--worst-case: radii (default: the chapter-1 threat radius)")
@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--members", nargs="+", default=None, metavar="NAME",
                        help="--worst-case: the toolkit's members by name, in order (default: the chapters' default "
                             "ensemble), e.g. apgd_ce apgd_t square")
-    bench.add_argument("--targets", type=int, default=9, help="--worst-case: target classes of the apgd_t member")
+    bench.add_argument("--targets", type=int, default=None,
+                       help="--worst-case: target classes of the apgd_t member (default: the default ensemble's)")
+    bench.add_argument("--jumprelu", type=float, default=None, metavar="KAPPA",
+                       help="--worst-case: score chapter 1's model retrofitted with JumpReLU at threshold KAPPA (a "
+                            "defended network) instead of the model itself")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -157,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             check_members(args.members)
         except ValueError as err:
             parser.error(str(err))
+    if args.targets is None:
+        from .evaluate.members import DEFAULT_TARGETS
+
+        args.targets = DEFAULT_TARGETS
+    if args.jumprelu is not None and not (args.worst_case and 0 <= args.jumprelu < float("inf")):
+        parser.error("--jumprelu KAPPA needs --worst-case and a finite threshold >= 0")
     for flag in ("n", "steps", "queries", "targets"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be a positive integer")
@@ -178,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     return bench_main(batch_size=args.batch_size, profile=args.profile, worst_case=args.worst_case, n=args.n,
                       eps=args.eps, norm=args.norm, steps=args.steps, queries=args.queries, chapters=args.chapters,
                       peers=args.peers, page=args.page, json_path=args.json, min_seconds=args.seconds,
-                      note=args.note, members=args.members, targets=args.targets)
+                      note=args.note, members=args.members, targets=args.targets,
+                      jumprelu=args.jumprelu)
 
 
 if __name__ == "__main__":

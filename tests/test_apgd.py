@@ -389,13 +389,13 @@ def test_members_by_name_and_the_strong_ensemble():
         ("apgd_ce", "gradient", "ce", 7, 0), ("apgd_t", "gradient", "dlr", 7, 3),
         ("square", "square", "margin", 100, 0)]
     assert built[2].queries == 50
-    assert M.member("apgd_dlr").loss == "dlr" and M.member("apgd_t").targets == 9
-    strong = M.strong_members(steps=20, queries=300, targets=4)
-    assert [(m.name, m.kind, m.steps, m.targets) for m in strong] == [
+    assert M.member("apgd_dlr").loss == "dlr" and M.member("apgd_t").targets == M.DEFAULT_TARGETS
+    assert M.apgd_t().targets == 9  # the attack's own default is AutoAttack's
+    default = evaluate.default_members(steps=20, queries=300, targets=4)
+    assert [(m.name, m.kind, m.steps, m.targets) for m in default] == [
         ("apgd_ce", "gradient", 20, 0), ("apgd_t", "gradient", 20, 4), ("square", "square", 100, 0)]
-    assert strong[2].queries == 300
-    # the default ensemble is untouched
-    assert [m.name for m in evaluate.default_members()] == ["pgd_ce", "pgd_margin", "square"]
+    assert default[2].queries == 300
+    assert [m.name for m in M.classic_members()] == ["pgd_ce", "pgd_margin", "square"]
     with pytest.raises(ValueError, match="unknown loss"):
         M.apgd("xent")
     with pytest.raises(ValueError, match="targets"):
@@ -423,7 +423,7 @@ def test_members_inside_worst_case(norm, eps, data, tiny_model):
     from robustness.evaluate.worst_case import _member_seed
 
     x, y = data
-    members = M.strong_members(steps=10, queries=100, targets=3)
+    members = evaluate.default_members(steps=10, queries=100, targets=3)
     res = evaluate.worst_case(tiny_model, x, y, eps, members, norm=norm, batch_size=200, seed=1)
     assert res["kinds"] == {"apgd_ce": "gradient", "apgd_t": "gradient", "square": "square"}
     assert res["added"]["apgd_ce"] > 0 and 0 < res["robust"] < 1
@@ -436,7 +436,7 @@ def test_members_inside_worst_case(norm, eps, data, tiny_model):
     direct = M.craft_gradient(members[0], tiny_model, x, y, eps, norm, batch_size=200, generator=g)
     assert torch.equal(res["x_adv"][by_first], direct[by_first])
     assert int(by_first.sum()) == res["added"]["apgd_ce"]
-    # at least as strong as the default ensemble at the same steps and queries
-    default = evaluate.worst_case(tiny_model, x, y, eps, evaluate.default_members(steps=10, queries=100), norm=norm,
+    # at least as strong as the book's first (PGD) ensemble at the same steps and queries
+    classic = evaluate.worst_case(tiny_model, x, y, eps, M.classic_members(steps=10, queries=100), norm=norm,
                                   batch_size=200, seed=1)
-    assert res["robust"] <= default["robust"]
+    assert res["robust"] <= classic["robust"]

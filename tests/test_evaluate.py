@@ -53,7 +53,7 @@ def test_member_constructors_and_defaults():
     assert b.through is surrogate
     t = M.transfer(source)
     assert (t.name, t.transfer, t.steps) == ("transfer", True, 100) and t.through is source
-    assert [m.name for m in evaluate.default_members(10, 2)] == ["pgd_ce", "pgd_margin", "square"]
+    assert [m.name for m in evaluate.default_members(10, 2)] == ["apgd_ce", "apgd_t", "square"]
     assert all(m.steps == 10 and m.restarts == 2 for m in evaluate.default_members(10, 2)[:2])
     with pytest.raises(dataclasses.FrozenInstanceError):
         sq.queries = 10
@@ -101,7 +101,7 @@ def test_worst_case_is_a_per_image_worst_case_judged_on_the_model(tiny_model, ti
     # the bookkeeping: every correctly classified image is robust or fooled by exactly one member
     assert res["k"] == int(mask.sum()) and res["robust"] == pytest.approx(res["k"] / len(y))
     assert int(clean_ok.sum()) - res["k"] == sum(res["added"].values())
-    assert res["members"] == ["pgd_ce", "pgd_margin", "square"] and res["added"]["pgd_ce"] > 0
+    assert res["members"] == ["apgd_ce", "apgd_t", "square"] and res["added"]["apgd_ce"] > 0
     lo, hi = res["interval"]
     assert lo <= res["robust"] <= hi and res["interval"] == list(evaluate.wilson_interval(res["k"], len(y)))
     # the examples: inside the ball and the box, misclassified by the model exactly where it is not robust,
@@ -112,7 +112,7 @@ def test_worst_case_is_a_per_image_worst_case_judged_on_the_model(tiny_model, ti
     assert torch.equal(x_adv[mask], x[mask])
     # the ensemble is at least as strong as its first member alone (which it runs on the same images first)
     alone = evaluate.worst_case(tiny_model, x, y, EPS, members[:1], batch_size=50)
-    assert alone["added"]["pgd_ce"] == res["added"]["pgd_ce"] and res["k"] <= alone["k"]
+    assert alone["added"]["apgd_ce"] == res["added"]["apgd_ce"] and res["k"] <= alone["k"]
     # deterministic: the same seed gives the same result, tensors included
     again = evaluate.worst_case(tiny_model, x, y, EPS, members, batch_size=50)
     assert torch.equal(again["x_adv"], x_adv) and evaluate.to_record(again) == evaluate.to_record(res)
@@ -134,8 +134,8 @@ def test_gradient_free_member_finds_what_masked_gradients_hide(tiny_model, tiny_
     x, y = _data(tiny_data)
     masked = nn.Sequential(Round(), tiny_model).eval()
     res = evaluate.worst_case(masked, x, y, EPS, evaluate.default_members(steps=10, queries=300))
-    # PGD follows a zero gradient and fools (almost) nothing; Square does not need gradients
-    assert res["added"]["pgd_ce"] + res["added"]["pgd_margin"] <= 2
+    # APGD follows a zero gradient and fools (almost) nothing; Square does not need gradients
+    assert res["added"]["apgd_ce"] + res["added"]["apgd_t"] <= 2
     assert res["added"]["square"] > 0.3 * len(y)
     # a BPDA copy (identity backward for the rounding) restores the gradient attack
     bpda_copy = attacks.with_bpda(masked, {Round: lambda m: nn.Identity()})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .._io import atomic_write_text
 from ..results import repo_root
+from ..evaluate.members import classic_members
 from ._common import verdict
 from .budgets import BUDGETS, GB, Budget, _budget_text, _minutes
 
@@ -92,15 +93,25 @@ def _speed_sections(content: dict | None, label: str) -> list[str]:
                   "on the heap layout of the process, which differs between the attack and the raw loop.", ""]
 
 
-def _worst_case_section(content: dict | None, label: str) -> list[str]:
+def _worst_case_section(content: dict | None, label: str, first: bool = True) -> list[str]:
     out = ["## Worst case and AutoAttack", "",
-           "The toolkit's adaptive worst case (PGD-CE, PGD-margin, Square) beside AutoAttack (standard) on the "
-           "same test images: robust accuracy with its 95% Wilson interval, and seconds.", ""]
+           "The toolkit's adaptive worst case beside AutoAttack (standard) on the same test images: robust accuracy "
+           "with its 95% Wilson interval, and seconds. Each table names its ensemble; the chapters use "
+           "`evaluate.default_members()`.", ""] if first else []
     if content is None:
         return out + _missing(label, f"python -m robustness bench --worst-case --json {label}")
-    out += [_source_line(label, content), "",
-            f"{content['model']} on {content['dataset']} ({content['profile']} recipe), first {content['n']} test "
-            f"images, {content['norm']}.", ""]
+    # files from before the ``members`` field measured the book's first ensemble
+    names = content.get("members") or [m.name for m in classic_members()]
+    members = ", ".join(names)
+    budget = f"{content.get('steps', '?')} steps, Square {content.get('queries', '?')} queries"
+    if "apgd_t" in names:
+        budget += f", APGD-T {content.get('targets', '?')} targets"
+    defense = content.get("defense") or {}
+    network = content["model"] + (f" retrofitted with JumpReLU (κ = {defense['kappa']:g})"
+                                  if defense.get("name") == "jumprelu" else "")
+    out += [f"### {members} on {network}", "", _source_line(label, content), "",
+            f"{network} on {content['dataset']} ({content['profile']} recipe), first {content['n']} test "
+            f"images, {content['norm']}; ensemble {members} ({budget}).", ""]
     rows = []
     for r in content["rows"]:
         wc, aa = r["worst_case"], r["autoattack"]
@@ -108,8 +119,8 @@ def _worst_case_section(content: dict | None, label: str) -> list[str]:
                      f"{_pct(wc['robust'])} [{_pct(wc['interval'][0])}, {_pct(wc['interval'][1])}]",
                      f"{r['worst_case_seconds']:.1f}",
                      f"{_pct(aa['robust'])} [{_pct(aa['interval'][0])}, {_pct(aa['interval'][1])}]",
-                     f"{aa['seconds']:.1f}"])
-    out += _table(["eps", "clean", "worst case [95% CI]", "s", "AutoAttack [95% CI]", "s"], rows)
+                     f"{aa['seconds']:.1f}", f"{r['worst_case_seconds'] / max(aa['seconds'], 1e-9):.2f}"])
+    out += _table(["eps", "clean", "worst case [95% CI]", "s", "AutoAttack [95% CI]", "s", "time ratio"], rows)
     return out + [""]
 
 
@@ -189,6 +200,8 @@ def render_page(bench_dir: str | os.PathLike, label_dir: str = BENCH_DIR.as_posi
              "```", ""]
     lines += _speed_sections(_load(bench_dir, "speed"), label("speed"))
     lines += _worst_case_section(_load(bench_dir, "worst_case"), label("worst_case"))
+    for other in sorted(bench_dir.glob("worst_case_*.json")):  # other ensembles and networks
+        lines += _worst_case_section(json.loads(other.read_text()), f"{label_dir}/{other.name}", first=False)
     lines += _peers_section(_load(bench_dir, "peers"), label("peers"))
     lines += _chapters_section(_load(bench_dir, "chapters"), label("chapters"))
     for later in sorted(bench_dir.glob("chapters-*.json")):  # other chapters, measured on another occasion

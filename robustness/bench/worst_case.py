@@ -1,6 +1,6 @@
-"""``--worst-case``: the toolkit's adaptive worst case (PGD-CE, PGD-margin, Square) beside AutoAttack (standard)
-on the first ``--n`` test images of chapter 1's model, at each ``--eps``: robust accuracy, 95% Wilson interval,
-seconds."""
+"""``--worst-case``: the toolkit's adaptive worst case (the default ensemble, or ``--members``) beside AutoAttack
+(standard) on the first ``--n`` test images of chapter 1's model (or, with ``--jumprelu KAPPA``, of that model
+retrofitted with JumpReLU: a defended network), at each ``--eps``: robust accuracy, 95% Wilson interval, seconds."""
 from __future__ import annotations
 
 import torch
@@ -10,17 +10,20 @@ from .. import evaluate
 from ..chapters import baselines, get_chapter
 from ..config import resolve
 from ..data import load_dataset
+from ..defenses.jumprelu import retrofit
+from ..evaluate.members import DEFAULT_TARGETS
 from ..timing import timed
 from ._common import provenance
 
 
 def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list, norm: str = "linf",
                              steps: int = 100, restarts: int = 1, queries: int = 5000, batch_size: int = 256,
-                             seed: int = 0, members: list[str] | None = None, targets: int = 9) -> list[dict]:
+                             seed: int = 0, members: list[str] | None = None,
+                             targets: int = DEFAULT_TARGETS) -> list[dict]:
     """Per eps: the toolkit's worst case over the default members and AutoAttack (standard), each with its
     robust accuracy, 95% Wilson interval and seconds; printed as it goes and returned."""
     members = (evaluate.members_from_names(members, steps, restarts, queries, targets) if members
-               else evaluate.default_members(steps, restarts, queries))
+               else evaluate.default_members(steps, restarts, queries, targets))
     rows = []
     print(f"worst case ({', '.join(m.name for m in members)}; PGD {steps} steps × {restarts} restart(s), "
           f"Square {queries} queries) vs AutoAttack standard, {norm}, {len(y)} images")
@@ -41,21 +44,26 @@ def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def run_worst_case(profile: str = "smoke", n: int = 300, eps: list[float] | None = None, norm: str = "linf",
                    steps: int = 100, queries: int = 5000, batch_size: int = 256, members: list[str] | None = None,
-                   targets: int = 9) -> dict:
+                   targets: int = DEFAULT_TARGETS, jumprelu: float | None = None) -> dict:
     """The ``--worst-case`` mode: :func:`worst_case_vs_autoattack` on chapter 1's model of ``profile`` and its first
     ``n`` test images, at each of ``eps`` (default: the chapter's eps); printed as it goes and returned as JSON
-    content."""
+    content. ``jumprelu``: score the model retrofitted with JumpReLU at that threshold instead."""
     cfg = resolve(get_chapter("baselines"), profile=profile)
     model, _ = baselines.train_model(cfg)  # the chapter's own recipe, so the cache holds one model, not two
+    if jumprelu is not None:
+        model = retrofit(model, jumprelu)
     device = next(model.parameters()).device
     model.eval()
     test = load_dataset(cfg.dataset, "test").first(n)
     eps_list = eps if eps else [cfg.eps]
-    print(f"model: {cfg.model} on {cfg.dataset} ({profile} recipe), device {device}, "
+    network = cfg.model + (f" retrofitted with JumpReLU (kappa {jumprelu:g})" if jumprelu is not None else "")
+    print(f"model: {network} on {cfg.dataset} ({profile} recipe), device {device}, "
           f"threads {torch.get_num_threads()}, first {len(test.y)} test images")
     rows = worst_case_vs_autoattack(model, test.x, test.y, eps_list, norm=norm, steps=steps, queries=queries,
                                     batch_size=batch_size, seed=cfg.seed, members=members, targets=targets)
     names = members or [m.name for m in evaluate.default_members()]
-    return {"kind": "worst_case", "profile": profile, "model": cfg.model, "dataset": cfg.dataset, "n": len(test.y),
+    return {"kind": "worst_case", "profile": profile, "model": cfg.model, "defense": (
+                {"name": "jumprelu", "kappa": jumprelu} if jumprelu is not None else None),
+            "dataset": cfg.dataset, "n": len(test.y),
             "norm": norm, "steps": steps, "queries": queries, "members": names, "targets": targets, "rows": rows,
             "provenance": provenance(device)}

@@ -290,6 +290,7 @@ def attack_cost(run: Run) -> None:
 _ATTACK_NAMES = {"fgsm": "FGSM", "pgd_linf": "PGD L∞", "pgd_l2": "PGD L2", "deepfool_l2": "DeepFool L2",
                  "deepfool_linf": "DeepFool L∞", "ddn": "DDN L2", "worst_case": "adaptive worst case",
                  "pgd_ce": "PGD (cross-entropy)", "pgd_margin": "PGD (margin loss)", "square": "Square",
+                 "apgd_ce": "APGD (cross-entropy)", "apgd_t": "APGD-T (targeted DLR)",
                  "autoattack": "AutoAttack (standard) on the worst case's survivors"}
 
 
