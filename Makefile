@@ -1,10 +1,11 @@
-# The two commands of the README: `make test` and `make book` (PROFILE=smoke|laptop|paper|auto).
+# The two commands of the README: `make test` and `make book` (PROFILE=smoke|laptop|paper|auto);
+# `make reference PROFILE=laptop` (committed reference runs) and `make site` (the website from them, executing nothing).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 
-.PHONY: test book notebooks bench bench-peers clean
+.PHONY: test book notebooks reference site bench bench-peers clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,17 @@ book: notebooks
 	# figures drawn from committed measurements (not executed notebooks): the CIFAR-10 recipe study
 	$(PY) -m robustness.recipe_study --figure book/_generated/recipe-study.png
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+# Every chapter at PROFILE into reference/<PROFILE>/: results, executed notebook, provenance with SHA-256s.
+# Written only if every chapter succeeded (a failed chapter leaves the previous reference as it was).
+reference: $(VENV)/.installed
+	$(PY) -m robustness reference make --profile $(PROFILE)
+
+# The published site from the committed references (laptop pages, paper beside them): executes no chapter.
+# HTML in _build/site/_build/html.
+site: $(VENV)/.installed
+	$(PY) -m robustness.recipe_study --figure book/_generated/recipe-study.png
+	$(PY) -m robustness reference site
 
 bench: $(VENV)/.installed
 	$(PY) -m robustness bench
@@ -39,4 +51,4 @@ bench-peers: $(PEERS_VENV)/.installed
 	$(PEERS_PY) -m robustness bench --peers --profile laptop --json reference/bench/peers.json
 
 clean:
-	rm -rf _build book/executed book/_generated
+	rm -rf _build book/executed book/_generated reference/.*.tmp-* reference/.*.old-*

@@ -1,11 +1,12 @@
 """Command line: ``python -m robustness run CHAPTER... [--all] [--profile P] [-p NAME VALUE]...``,
 ``params CHAPTER`` (every parameter with its help and per-profile values), ``results`` (the results files that
-exist) and ``bench`` (speed near the limit; ``--worst-case``, ``--peers``, ``--chapters``, ``--page``)."""
+exist), ``reference make|site|check`` (committed reference runs, the site built from them) and ``bench`` (speed near the limit; ``--worst-case``, ``--peers``, ``--chapters``, ``--page``)."""
 from __future__ import annotations
 
 import argparse
 import ast
 import os
+import subprocess
 import sys
 
 from .chapters import CHAPTER_IDS
@@ -49,6 +50,17 @@ def _profile_of(flag: str | None, params: dict) -> str:
     return flag or given or "auto"
 
 
+def _check_chapters_and_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``run`` and ``reference make``: known chapter names, and ``--threads`` (exported for the kernels)."""
+    unknown = [c for c in args.chapters if c not in CHAPTER_IDS]
+    if unknown:
+        parser.error(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(CHAPTER_IDS)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be a positive integer")
+        os.environ["ROBUSTNESS_THREADS"] = str(args.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m robustness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("action", nargs="?", default="list", choices=("list", "train"))
     models.add_argument("name", nargs="?", default=None, metavar="NAME", help="train: a zoo model name")
     models.add_argument("--profile", default="laptop", choices=PROFILES, help="whose recipes (default laptop)")
+    ref = sub.add_parser("reference", help="make: run chapters into reference/<profile>/ (results, executed notebook, "
+                                           "provenance); site: build the website from the references, executing "
+                                           "nothing; check: check the references' files")
+    ref.add_argument("action", choices=("make", "site", "check"))
+    ref.add_argument("chapters", nargs="*", metavar="CHAPTER", help="make: these chapters only (default: all; the "
+                                                                     "others are kept from the previous reference)")
+    ref.add_argument("--profile", default=None, choices=PROFILES,
+                     help="make: the profile to run (default auto); site: the profile of the chapter pages "
+                          "(default laptop; paper is shown beside it where it exists)")
+    ref.add_argument("--out", default=None, metavar="DIR",
+                     help="the reference folder, holding one folder per profile (default reference/)")
+    ref.add_argument("--stage", default="_build/site-src", metavar="DIR",
+                     help="site: where the book's sources are staged (default _build/site-src)")
+    ref.add_argument("--output", default="_build/site", metavar="DIR",
+                     help="site: where the site is built; the HTML lands in DIR/_build/html (default _build/site)")
+    ref.add_argument("--threads", type=int, default=None, help="make: torch CPU threads of each chapter run")
     bench = sub.add_parser("bench", help="speed near the machine's limit, peers, chapter budgets, the page")
     bench.add_argument("--batch-size", type=int, default=256)
     bench.add_argument("--profile", default=None, choices=PROFILES,
@@ -110,15 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         if not args.chapters and not args.all:
             parser.error("name at least one chapter, or --all")
-        unknown = [c for c in args.chapters if c not in CHAPTER_IDS]
-        if unknown:
-            parser.error(f"unknown chapter(s) {', '.join(unknown)}; allowed: {', '.join(CHAPTER_IDS)}")
+        _check_chapters_and_threads(parser, args)
         from .runner import ChapterFailed, run_chapters
 
-        if args.threads is not None:
-            if args.threads < 1:
-                parser.error("--threads must be a positive integer")
-            os.environ["ROBUSTNESS_THREADS"] = str(args.threads)
         try:
             params = {name: parse_value(value) for name, value in args.param}
             profile = _profile_of(args.profile, params)
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "reference":
+        return _reference(parser, args)
     if args.command == "params":
         from .chapters import get_chapter
         from .config import describe
@@ -190,6 +214,42 @@ def main(argv: list[str] | None = None) -> int:
                       peers=args.peers, page=args.page, json_path=args.json, min_seconds=args.seconds,
                       note=args.note, members=args.members, targets=args.targets,
                       jumprelu=args.jumprelu)
+
+
+def _reference(parser: argparse.ArgumentParser, args) -> int:
+    from pathlib import Path
+
+    from . import reference
+    from .runner import ChapterFailed
+
+    if args.chapters and args.action != "make":
+        parser.error(f"reference {args.action} takes no chapters")
+    _check_chapters_and_threads(parser, args)
+    out = Path(args.out) if args.out else None
+    try:
+        if args.action == "make":
+            reference.make_reference(args.profile or "auto", args.chapters, out)
+        elif args.action == "check":
+            folder = out or reference.default_reference_dir()
+            checked = reference.check_references(folder)
+            if not checked:
+                print(f"no reference runs under {folder}; make one with: {reference.remake_command('laptop')}")
+            for profile, prov in checked.items():
+                print(f"{profile}: {len(prov['chapters'])} chapter(s), commit {(prov.get('git_commit') or '?')[:10]}, "
+                      f"{len(prov['files'])} files checked")
+        else:
+            profile = args.profile or reference.SITE_PROFILE
+            if profile == "auto":
+                parser.error("reference site needs a concrete profile: smoke, laptop or paper")
+            reference.build_site(Path(args.stage), Path(args.output), out, profile)
+    except (ValueError, ChapterFailed) as err:  # ReferenceError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+    except subprocess.CalledProcessError as err:
+        print(f"error: the site's build failed ({' '.join(err.cmd[:2])} exited with {err.returncode}); see above",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runner", ("robustness.config", "robustness.results", "robustness.zoo")),
     ("chapters", ("robustness.chapters.*",)),
     ("entry points", ("robustness.cli", "robustness.runner", "robustness.bench.*", "robustness.recipe_study",
+                      "robustness.reference",
                       "robustness.__main__")),
 )
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
