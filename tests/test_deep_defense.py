@@ -471,6 +471,7 @@ def test_a_real_gain_holds_confirmed_by_autoattack_with_its_flags_shown():
     assert v["radii"][0]["eps"] == 0.5 and v["radii"][0]["test"]["difference"] == 0.25  # reported beside
     assert "AutoAttack flagged mnist/lenet/deep_defense" in verdict(_results(*_GAIN, aa))
     assert "no AutoAttack flag fired" in verdict(_results(*_GAIN, _autoattack("mnist", "lenet", 1.0, _mask(200, 110))))
+    assert "AutoAttack was not run" in verdict(_results(*_GAIN))  # a positive without it says so
     # AutoAttack on the survivors breaks all but 61 of them: the gain (1 image) is gone
     gone = verdict_summary(_results(*_GAIN, _autoattack("mnist", "lenet", 1.0, _mask(200, 61))))["mnist", "lenet"]
     assert gone["outcome"] != "holds" and "AutoAttack on the survivors removed the gain" in gone["detail"]
@@ -643,7 +644,7 @@ def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, mon
 
     x, y = tiny_data
     monkeypatch.setattr(rho_mod, "mean_image", lambda name, split="train": x.mean(0))
-    cfg = resolve(dd.SPEC, profile="smoke", datasets=["mnist"], models={"mnist": ["mlp"]})
+    cfg = resolve(dd.SPEC, profile="smoke", datasets=["mnist"], models={"mnist": ["mlp"]}, autoattack=True)
     ds = ArrayDataset("mnist", "test", x[:24], y[:24], "blobs")
     run = dd.Run(cfg)
     run.data["mnist"] = {"eval": ds, "epoch_eval": ds.first(8), "adaptive": ds.first(12), "health": ds.first(12)}
@@ -676,6 +677,14 @@ def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, mon
     assert one(mine, **dd.WORST, eps=0.5)["setting"]["steps"] == cfg.pgd_steps
     assert one(mine, attack="ddn", metric="rho", statistic="median")["setting"]["over"] == "correct"
     one(mine, attack="ddn", metric="converged")
+    # the paired distance claim's per-image ρ: exactly the values DDN's recorded median summarizes
+    ddn_median = one(mine, **dd.DDN_MEDIAN)
+    per = dd.rho_of(ddn_median)
+    correct = kit.per_image(clean)
+    assert len(per) == 24 and bool((per[~correct] == 0).all())
+    assert float(per[correct].median()) == pytest.approx(ddn_median["value"], rel=1e-3)
+    assert len(dd.rho_of(one(mine, **dd.DEEPFOOL_MEDIAN))) == 24
+    assert dd.rho_of(one(select(records, defense="none"), **dd.DDN_MEDIAN)) is None  # only the pair compared
     dd.check_health(run)
     assert {"transfer", "gradient_free"} <= {c["id"] for c in run.health}
     assert {(h["dataset"], h["model"], h["defense"]) for h in run.health} == {("mnist", "mlp", "deep_defense")}
@@ -687,3 +696,195 @@ def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, mon
     assert "mlp (mnist)" in dd.anchor_table(results)
     assert "dataset `mnist` · model `mlp`" in dd.health_tables(results)
     assert len(dd.plot_worst_case(results).axes) == 1
+
+
+# --------------------------------------------------------------------------- the distance claim (science review D2)
+
+
+def _rho_records(dataset, model, defense, ddn, deepfool=None, converged=True):
+    """The per-image ρ records the distance claim reads: DDN's median record (with its convergence check) and the
+    clipped DeepFool's median record, each carrying its per-image ρ."""
+    from robustness.chapters.deep_defense import RHO_PER_IMAGE, pack_rho
+
+    rec = functools.partial(record, _cfg(), dataset=dataset, model=model, defense=defense, threat_model="l2",
+                            metric="rho", n=len(ddn), units="pixel", clip=True, statistic="median", over="correct")
+    out = [rec(attack="ddn", value=float(ddn.median()), steps=50, **{RHO_PER_IMAGE: pack_rho(ddn)}),
+           record(_cfg(), dataset=dataset, model=model, defense=defense, attack="ddn", threat_model="l2",
+                  metric="converged", value=float(converged), n=len(ddn), steps_double=100, relative_change=0.01)]
+    if deepfool is not None:
+        out.append(rec(attack="deepfool", value=float(deepfool.median()), iterations=5,
+                       **{RHO_PER_IMAGE: pack_rho(deepfool)}))
+    return out
+
+
+def _spread(n, centre, seed):
+    """``n`` per-image distances around ``centre`` (seeded; ±30%)."""
+    g = torch.Generator().manual_seed(seed)
+    return centre * (0.7 + 0.6 * torch.rand(n, generator=g, dtype=torch.float64))
+
+
+def _distance(ddn_dd, ddn_ctl, df_dd=None, df_ctl=None, converged=True, parameters=None, model="mlp"):
+    """Results in which the worst case shows a clear gain (the robustness claim holds) and the distance claim
+    reads the given per-image ρ."""
+    return _results(_variant("mnist", model, "fine_tune", 196, 0.20, [120, 60]),
+                    _variant("mnist", model, "deep_defense", 195, 0.30, [170, 110]),
+                    _rho_records("mnist", model, "fine_tune", ddn_ctl, df_ctl),
+                    _rho_records("mnist", model, "deep_defense", ddn_dd, df_dd, converged), parameters=parameters)
+
+
+def test_per_image_rho_counts_misclassified_as_zero_and_failures_as_infinite_and_round_trips():
+    from robustness.chapters.deep_defense import pack_rho, per_image_rho, unpack_rho
+
+    rho = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    out = per_image_rho(rho, fooled=torch.tensor([True, False, True, False]),
+                        correct=torch.tensor([True, True, False, False]))
+    assert out.tolist()[0] == pytest.approx(0.1) and out[1] == math.inf and out[2] == 0 and out[3] == 0
+    back = unpack_rho(pack_rho(out))
+    assert back[1] == math.inf and torch.allclose(back[[0, 2, 3]], out[[0, 2, 3]].double(), rtol=1e-3)
+
+
+def test_the_paired_bootstrap_covers_a_known_median_shift_and_is_conservative_on_undefined_resamples():
+    from robustness.chapters.deep_defense import _median_difference, paired_bootstrap
+
+    base = _spread(400, 0.1, 1)
+    shifted = paired_bootstrap([base + 0.02, base], _median_difference)
+    assert shifted["value"] == pytest.approx(0.02) and shifted["p"] < 0.01
+    lo, hi = shifted["interval"]
+    assert lo == pytest.approx(0.02) and hi == pytest.approx(0.02)  # a constant shift: every resample shows it
+    noise = paired_bootstrap([_spread(400, 0.1, 2), _spread(400, 0.1, 3)], _median_difference)
+    assert noise["interval"][0] < 0 < noise["interval"][1] and noise["p"] > 0.05
+    # more than half the images at ∞ under both networks: ∞ − ∞ is undefined, never evidence either way
+    both_inf = torch.cat([torch.full((220,), math.inf, dtype=torch.float64), _spread(180, 0.1, 4)])
+    undefined = paired_bootstrap([both_inf, both_inf.clone()], _median_difference)
+    assert undefined["interval"] == (-math.inf, math.inf) and undefined["p"] == 1.0
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap([base, base[:10]], _median_difference)
+
+
+def test_a_clear_rise_in_the_ddn_distance_holds():
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    ctl = _spread(300, 0.10, 5)
+    saved = _distance(ctl * 1.3, ctl)
+    dist = verdict_summary(saved)["mnist", "mlp"]["distance"]
+    assert (dist["outcome"], dist["reason"], dist["mechanism"]) == ("holds", None, None)
+    assert "paired bootstrap" in dist["detail"] and "on the same 300 images" in dist["detail"]
+    assert "distance to the boundary" in verdict(saved)
+
+
+def test_no_rise_in_the_ddn_distance_does_not_hold():
+    from robustness.chapters.deep_defense import MIN_RHO_GAIN, verdict_summary
+
+    ctl = _spread(300, 0.10, 6)
+    dist = verdict_summary(_distance(ctl * 0.99, ctl))["mnist", "mlp"]["distance"]
+    assert (dist["outcome"], dist["reason"]) == ("does not hold", None)
+    assert f"a rise of {100 * MIN_RHO_GAIN:.0f}% of the control's median" in dist["detail"]
+
+
+def test_a_ddn_distance_too_noisy_to_tell_is_inconclusive_underpowered():
+    from robustness.chapters.deep_defense import verdict_summary
+
+    dist = verdict_summary(_distance(_spread(20, 0.105, 7), _spread(20, 0.10, 8)))["mnist", "mlp"]["distance"]
+    assert (dist["outcome"], dist["reason"]) == ("inconclusive", "underpowered")
+    assert "still admits" in dist["detail"]
+
+
+def test_the_distance_claim_is_inconclusive_at_the_floor_unconverged_and_without_per_image_rho():
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    ctl = _spread(300, 0.10, 9)
+    wrong = ctl.clone()
+    wrong[:160] = 0  # the control misclassifies more than half the images: its median distance is 0
+    floor = verdict_summary(_distance(ctl * 1.3, wrong))["mnist", "mlp"]["distance"]
+    assert (floor["outcome"], floor["reason"]) == ("inconclusive", "floor")
+    failed = ctl.clone()
+    failed[:160] = math.inf  # DDN failed on more than half the control's images
+    assert verdict_summary(_distance(ctl * 1.3, failed))["mnist", "mlp"]["distance"]["reason"] == "unhealthy"
+    unconverged = verdict_summary(_distance(ctl * 1.3, ctl, converged=False))["mnist", "mlp"]["distance"]
+    assert (unconverged["outcome"], unconverged["reason"]) == ("inconclusive", "unhealthy")
+    assert "did not converge" in unconverged["detail"]
+    old = _results(*_GAIN)  # a results file without per-image ρ
+    v = verdict_summary(old)["mnist", "lenet"]
+    assert (v["distance"]["outcome"], v["distance"]["reason"]) == ("inconclusive", "not_measured")
+    assert "no per-image DDN ρ" in verdict(old)
+
+
+def test_a_failed_gating_health_check_makes_a_distance_rise_inconclusive():
+    from robustness.chapters.deep_defense import verdict_summary
+
+    ctl = _spread(300, 0.10, 10)
+    saved = _distance(ctl * 1.3, ctl)
+    saved["health"] = [{"dataset": "mnist", "model": "mlp", "id": "step_doubling", "check": "more steps",
+                        "measured": "-6 points", "expected": "≤ 2", "passed": False}]
+    dist = verdict_summary(saved)["mnist", "mlp"]["distance"]
+    assert (dist["outcome"], dist["reason"]) == ("inconclusive", "unhealthy") and "step_doubling" in dist["detail"]
+
+
+def test_masked_distance_needs_ddn_to_remove_a_significant_deepfool_gain():
+    from robustness.chapters.deep_defense import verdict, verdict_summary
+
+    ctl = _spread(300, 0.10, 11)
+    # DeepFool shows +40% for Deep Defense; DDN finds the same distance as the control's: removed, named
+    saved = _distance(ctl * 0.99, ctl, df_dd=ctl * 1.6, df_ctl=ctl * 1.15)
+    dist = verdict_summary(saved)["mnist", "mlp"]["distance"]
+    assert dist["outcome"] == "does not hold" and dist["mechanism"].startswith("DDN removed part of the clipped")
+    assert "Masked: DDN removed part" in verdict(saved)
+    # DeepFool shows no gain either: nothing was removed, no mechanism
+    same = verdict_summary(_distance(ctl * 0.99, ctl, df_dd=ctl * 1.15, df_ctl=ctl * 1.15))["mnist", "mlp"]
+    assert same["distance"]["outcome"] == "does not hold" and same["distance"]["mechanism"] is None
+    # DDN keeps DeepFool's gain: holds, no mechanism
+    kept = verdict_summary(_distance(ctl * 1.4, ctl, df_dd=ctl * 1.6, df_ctl=ctl * 1.15))["mnist", "mlp"]
+    assert kept["distance"]["outcome"] == "holds" and kept["distance"]["mechanism"] is None
+
+
+def test_distance_claims_are_holm_adjusted_across_models():
+    from robustness.chapters.deep_defense import verdict_summary
+
+    ctl = _spread(300, 0.10, 12)
+    saved = _distance(ctl * 1.3, ctl)
+    other = _distance(_spread(300, 0.105, 13), _spread(300, 0.10, 14), model="lenet")
+    saved["records"] += other["records"]
+    s = verdict_summary(saved)
+    assert s["mnist", "mlp"]["distance"]["holm_family"] == 2
+    assert s["mnist", "lenet"]["distance"]["p_adjusted"] >= s["mnist", "mlp"]["distance"]["p_adjusted"]
+
+
+def test_every_claim_far_below_the_official_budget_is_inconclusive_naming_the_fraction():
+    from robustness.chapters.deep_defense import REDUCED_SCALE, verdict, verdict_summary
+
+    ctl = _spread(300, 0.10, 15)
+    full = {"claim_eps": {"mnist": 1.0}, "ft_size": {"mnist": 60000}, "ft_epochs": 5, "eps_ref_iter": 50}
+    at_full = verdict_summary(_distance(ctl * 1.3, ctl, parameters=full))["mnist", "mlp"]
+    assert at_full["budget_share"] == 1.0
+    assert at_full["outcome"] == "holds" and at_full["distance"]["outcome"] == "holds"
+    small = {**full, "ft_size": {"mnist": 3000}, "ft_epochs": 2}  # the laptop profile's 2%
+    saved = _distance(ctl * 1.3, ctl, parameters=small)
+    v = verdict_summary(saved)["mnist", "mlp"]
+    assert v["budget_share"] < REDUCED_SCALE
+    for claim in (v, v["distance"]):  # both positives become inconclusive, saying what they read at this budget
+        assert (claim["outcome"], claim["reason"]) == ("inconclusive", "reduced_scale")
+        assert "at 2% of the official fine-tuning budget the paired test reads *holds*" in claim["detail"]
+    text = verdict(saved)
+    assert text.count("fine-tuned at 2% of the official images × epochs, far below it") == 2
+    assert "training far below the paper's budget" in text
+    # another reason stands: a control at the floor stays "floor" at any budget
+    floor = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [10, 0]),
+                     _variant("mnist", "mlp", "deep_defense", 195, 0.30, [20, 8]), parameters=small)
+    assert verdict_summary(floor)["mnist", "mlp"]["reason"] == "floor"
+
+
+def test_the_adversarial_variant_trains_on_deepfool_examples_by_default():
+    # Science review D4: DeepFool adversarial fine-tuning (the DeepFool paper's) is the default adversarial
+    # variant on every profile; FGSM stays a choice.
+    from robustness.chapters import deep_defense as dd
+    from robustness.config import resolve
+
+    for profile in ("smoke", "laptop", "paper"):
+        cfg = resolve(dd.SPEC, profile=profile)
+        loss = dd.variant_loss(cfg, "adversarial_fine_tune", 0.1, "mnist")
+        assert loss.spec["attack"] == "deepfool" and loss.spec["steps"] == cfg.df_iter
+    fgsm = resolve(dd.SPEC, profile="smoke", adv_attack="fgsm")
+    assert dd.variant_loss(fgsm, "adversarial_fine_tune", 0.1, "mnist").spec["eps"] == pytest.approx(
+        fgsm.adv_eps_factor * 0.1)
+    with pytest.raises(ValueError, match="adv_attack"):
+        resolve(dd.SPEC, profile="smoke", adv_attack="pgd")

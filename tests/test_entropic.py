@@ -224,3 +224,27 @@ def test_layer_entropies_restores_the_training_flags(tiny_data):
     model = copy.deepcopy(nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Dropout(0.5))).train()
     layer_entropies(model, tiny_data[0][:32])
     assert all(m.training for m in model.modules())
+
+
+# --- precision ------------------------------------------------------------------------------------------------
+
+def test_the_term_is_computed_in_float32_under_bfloat16_autocast():
+    # the training recipe runs its forward pass under bfloat16 autocast: the activations are bfloat16 values, and
+    # the term must be the float32 estimate of exactly those values, not a bfloat16 computation
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.rand(64, 1, 3, 4)
+    loss = EntropicLoss(lam=1.0, direction={"2": -1, "4": 1}, bins=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with recorded_activations(net, ["2", "4"]) as outputs:
+            net(x)
+        _, entropies = loss.entropies(net, x)
+    assert all(outputs[name][0].dtype == torch.bfloat16 for name in ("2", "4"))
+    est = EntropyEstimator(bins=8)
+    for name in ("2", "4"):
+        assert entropies[name].dtype == torch.float32
+        by_hand = est.unit_entropy(outputs[name][0].float()).mean()
+        assert torch.equal(entropies[name], by_hand)
+    # the bfloat16 rounding of the activations is the only difference from a float32 forward pass, and it is small
+    fp32 = loss.entropies(net, x)[1]
+    assert all(abs(float((fp32[k] - entropies[k]).detach())) < 0.05 for k in fp32)

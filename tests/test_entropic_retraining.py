@@ -16,12 +16,13 @@ from robustness.data import ArrayDataset
 from robustness.evaluate.stats import pack_mask
 from robustness.defenses.entropic import layer_entropies
 from robustness.models import build_model
-from robustness.results import record
+from robustness.results import anchors, one, record
 from robustness.train import TrainConfig, cross_entropy
 
 CFG = {"chapter": "entropic_retraining", "profile": "laptop", "seed": 0}
 D, MODEL = "cifar10", "entropic_cnn"
 NORMAL, CONTROL, ENTROPIC, ADVERSARIAL = chapter.NORMAL, chapter.CONTROL, chapter.ENTROPIC, chapter.ADVERSARIAL
+FREE = chapter.ENTROPIC_FREE
 
 
 def rec(**kw):
@@ -193,17 +194,23 @@ def _acc(mask, **kw):
 
 def _saved(*, lam=10.0, chosen=None, normal=(160, 40, 20), control=(156, 40, 20), entropic=(154, 60, 50),
            adversarial=(130, 110, 100), removed=None, survivors=None, saturated=(0.05, 0.60), n=N, health=(),
-           per_image=True):
+           per_image=True, free=None, free_lam=1.0):
     """Results of one data set (CIFAR-10), per image on ``n`` test images: per network the number of images right
     (clean, PGD-CE alone, worst case), nested; the worst case's members removed ``removed`` (member → images) of
     what PGD-CE alone left standing (by default all by square); AutoAttack on the survivors of the entropic and the
-    adversarially trained network leaves ``survivors`` (role → images; by default all) standing."""
+    adversarially trained network leaves ``survivors`` (role → images; by default all) standing. ``free``: reading
+    B's counts at ``free_lam`` (lowering the entropy of layers 13-17); ``None``: a results file without reading B."""
     chosen = lam if chosen is None else chosen
     out = [rec(metric="loss_layer", defense=ENTROPIC, value=1.5, split="val", layer=name, kind="dense",
                change=0.2, order=i) for i, name in enumerate(("15", "17"))]
     out += [rec(metric="chosen_lambda", defense=ENTROPIC, value=chosen, budget=0.03),
             rec(metric="tested_lambda", defense=ENTROPIC, value=lam, budget=0.03,
                 rule="chosen" if chosen else "largest_within_budget" if lam else "none")]
+    if free is not None:
+        direction = "lower" if free_lam else None
+        out += [rec(metric="chosen_lambda", defense=FREE, value=free_lam, direction=direction, budget=0.03),
+                rec(metric="tested_lambda", defense=FREE, value=free_lam, direction=direction, budget=0.03,
+                    rule="chosen" if free_lam else "none", layers="13,15,17")]
     survivors = survivors or {}
 
     def model(role, counts, s, **setting):
@@ -221,7 +228,7 @@ def _saved(*, lam=10.0, chosen=None, normal=(160, 40, 20), control=(156, 40, 20)
                 rec(metric="saturated_share", value=s, n=n, interval=_wilson(s, n), **kw)]
         recs += [rec(metric="images_fooled", attack=m, value=fooled[m], order=i, within="worst_case", n=n, **adv)
                  for i, m in enumerate(MEMBERS)]
-        if role in (ENTROPIC, ADVERSARIAL):
+        if role in (ENTROPIC, FREE, ADVERSARIAL):
             recs.append(_acc(_mask(survivors.get(role, w), n), attack="autoattack", on="worst_case_survivors",
                              flags="", **adv))
         return recs
@@ -230,6 +237,8 @@ def _saved(*, lam=10.0, chosen=None, normal=(160, 40, 20), control=(156, 40, 20)
     out += model(ADVERSARIAL, adversarial, 0.0)
     if lam > 0:
         out += model(ENTROPIC, entropic, saturated[1], lam=lam)
+    if free is not None and free_lam > 0:
+        out += model(FREE, free, saturated[0], lam=free_lam, direction="lower")
     if not per_image:
         for r in out:
             r["setting"].pop(kit.PER_IMAGE, None)
@@ -255,12 +264,22 @@ def test_verdict_a_gain_over_the_normal_network_on_the_same_images_holds():
     assert v["yardstick"]["outcome"] == "holds"
     assert v["vs_control"]["difference"] == 30 / N and v["vs_adversarial"]["difference"] == -50 / N
     text = chapter.verdict(saved)
-    assert "entropic retraining (λ = 10) is more robust than the normal network: **holds**" in text
+    assert ("Verdict, reading A (targets from an adversarially trained network), λ = 10: entropic retraining is more "
+            "robust than the normal network: **holds**") in text
     assert "Yardstick: adversarial training is more robust than the normal network: **holds**" in text
-    assert "No AutoAttack flag fired." in text and "the authors report 41.88%" in text
+    # graded: +15 points against adversarial training's +40 on the same images
+    assert v["has_yardstick"] and v["grade"]["value"] == pytest.approx(15 / 40)
+    lo, hi = v["grade"]["interval"]
+    assert 0 < lo < 15 / 40 < hi < 1
+    assert f"recovers {100 * v['grade']['value']:.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%]" in text and "No yardstick" not in text
+    # the authors' number is read from the anchors file, beside AutoAttack on both networks on the same images
+    anchor = one(anchors("entropic_retraining"), attack="autoattack", threat_model="linf")
+    assert f"the authors report {100 * anchor['value']:.2f}% under AutoAttack L∞ at ε = 8/255" in text
+    assert "25.0% [19.5%, 31.4%], adversarial training 50.0% [43.1%, 56.9%] on the same images" in text
+    assert "No AutoAttack flag fired." in text
     assert "smallest gain that would matter is 5 points" in text and "masked" not in text
     # the cost sentence reads the timings: normal 200 s; entropic + 300 × 0.11 s; adversarial + 300 × 0.4 s
-    assert "entropic retraining 1.17× normal training" in text and "adversarial training 1.60×" in text
+    assert "Cost: reading A 1.17× normal training" in text and "adversarial training 1.60×" in text
 
 
 def test_verdict_autoattack_on_the_survivors_can_remove_a_positive():
@@ -373,7 +392,136 @@ def test_verdict_when_validation_kept_lambda_zero():
     saved = _saved(lam=0.0)
     v = chapter.verdict_summary(saved)[D]
     assert v["model"] == CONTROL and v["outcome"] == "does not hold" and v["mechanism"] is None
-    assert "no entropic model is tested" in chapter.verdict(saved)
+    assert "no model of this reading is tested" in chapter.verdict(saved)
+
+
+# --------------------------------------------------------------------------- reading B, the yardstick, the grade
+
+
+@pytest.mark.parametrize("role", [ENTROPIC, FREE])
+@pytest.mark.parametrize("n, counts, normal, adversarial, outcome, reason", [
+    # 30 images only the entropic network gets right, none the other way
+    (N, (154, 60, 50), (160, 40, 20), (130, 110, 100), "holds", None),
+    # one image more than the normal network: the interval excludes a 5-point gain
+    (N, (154, 21, 21), (160, 20, 20), (130, 110, 100), "does not hold", None),
+    # the normal network at 0/200: no gain can show
+    (N, (154, 6, 1), (160, 5, 0), (130, 3, 0), "inconclusive", "floor"),
+    # 20 images: 3 discordant images, not significant, and the interval still admits 5 points
+    (20, (16, 8, 8), (16, 6, 5), (14, 12, 12), "inconclusive", "underpowered"),
+])
+def test_each_reading_holds_does_not_hold_or_is_inconclusive_and_names_itself(role, n, counts, normal, adversarial,
+                                                                              outcome, reason):
+    # the reading under test gets ``counts``; the other one no gain over the normal network
+    flat = (counts[0], normal[1], normal[2])
+    saved = _saved(n=n, normal=normal, control=normal, adversarial=adversarial,
+                   entropic=counts if role == ENTROPIC else flat, free=counts if role == FREE else flat)
+    v = chapter.verdict_summary(saved)[D]
+    mine = v["readings"][role]
+    assert (mine["outcome"], mine["reason"]) == (outcome, reason)
+    text = chapter.verdict(saved)
+    name = "reading A (targets from an adversarially trained network), λ = 10" if role == ENTROPIC else \
+        "reading B (AT-free: a fixed direction, no adversarial example), λ = 1, lowering the entropy"
+    assert f"Verdict, {name}: entropic retraining is more robust than the normal network: **{outcome}**" in text
+    # every sentence on a reading's model names the reading
+    for line in text.split("\n\n")[0].splitlines():  # the data set's sentences, before the method's
+        if any(k in line for k in ("entropic retraining is more robust", "recovers", "reported beside it",
+                                   "AutoAttack on the worst case's survivors")):
+            assert "eading A (" in line or "eading B (" in line, line
+
+
+def test_both_readings_share_one_holm_family():
+    # 7 discordant images each (p = 2⁻⁶ ≈ 0.016): two claims on one data set, so the smaller p is doubled
+    saved = _saved(entropic=(154, 30, 27), free=(154, 30, 27))
+    v = chapter.verdict_summary(saved)[D]
+    assert {r["outcome"] for r in v["readings"].values()} == {"holds"}
+    assert all("p = 0.031" in r["detail"] for r in v["readings"].values())
+    assert "Holm-adjusted across the 2 claims of the readings and data sets" in chapter.verdict(saved)
+
+
+def test_a_reading_b_result_file_without_a_tested_model_says_so():
+    saved = _saved(free=(154, 60, 50), free_lam=0.0)
+    b = chapter.verdict_summary(saved)[D]["readings"][FREE]
+    assert b["outcome"] == "does not hold" and b["model"] == CONTROL and b["grade"] is None
+    assert "Reading B (AT-free: a fixed direction, no adversarial example): on held-out images no λ > 0" in \
+        chapter.verdict(saved)
+
+
+@pytest.mark.parametrize("n, normal, adversarial, outcome, reason", [
+    (N, (160, 40, 20), (130, 22, 21), "does not hold", None),  # one image more: no yardstick
+    (20, (16, 6, 5), (14, 8, 8), "inconclusive", "underpowered"),  # 3 discordant images of 20
+    (N, (160, 5, 0), (130, 30, 25), "inconclusive", "floor"),  # the normal network at 0%
+])
+def test_without_a_robust_yardstick_no_reading_is_graded(n, normal, adversarial, outcome, reason):
+    entropic = (min(154, n), min(60, n - 4), min(50, n - 8))
+    saved = _saved(n=n, normal=normal, control=normal, adversarial=adversarial, entropic=entropic, free=entropic)
+    v = chapter.verdict_summary(saved)[D]
+    assert (v["yardstick"]["outcome"], v["yardstick"]["reason"]) == (outcome, reason)
+    assert not v["has_yardstick"] and all(r["grade"] is None for r in v["readings"].values())
+    text = chapter.verdict(saved)
+    assert "**No yardstick**" in text and "of adversarial training's gain over the normal network" not in text
+
+
+def test_the_grade_is_the_fraction_of_the_yardsticks_gain_with_fiellers_interval():
+    normal, yardstick, defended = _mask(20), _mask(100), _mask(60)
+    g = chapter.gain_recovered(defended, normal, yardstick)
+    assert g["value"] == pytest.approx(0.5) and g["n"] == N
+    assert g["gain"] == pytest.approx(0.2) and g["yardstick_gain"] == pytest.approx(0.4)
+    lo, hi = g["interval"]
+    assert lo < 0.5 < hi
+    # the bounds are where the ratio's test statistic equals z: (mean(a − θ·b))² = z²·Var(a − θ·b)/n
+    a, b = defended.double() - normal.double(), yardstick.double() - normal.double()
+    for theta in (lo, hi):
+        diff = a - theta * b
+        assert float(diff.mean()) ** 2 == pytest.approx(chapter.Z95 ** 2 * float(diff.var()) / N, rel=1e-9)
+    # right on exactly the yardstick's images: 1, and no image-to-image spread around it (a point interval)
+    full = chapter.gain_recovered(yardstick, normal, yardstick)
+    assert full["value"] == pytest.approx(1.0) and full["interval"] == pytest.approx((1.0, 1.0))
+    # a yardstick that gains two images: its gain is not clearly away from 0, so the interval is unbounded
+    weak = chapter.gain_recovered(_mask(21), normal, _mask(22))
+    assert weak["value"] == pytest.approx(0.5) and weak["interval"] is None
+    # a yardstick that gains nothing: no ratio
+    assert math.isnan(chapter.gain_recovered(defended, normal, normal)["value"])
+
+
+def _free_sweep(direction, lam, clean, pgd):
+    return [{**r, "defense": FREE, "setting": {**r["setting"], "direction": direction}}
+            for r in _sweep(lam, clean, pgd)]
+
+
+def test_reading_b_chooses_its_direction_and_lambda_on_held_out_images_alone():
+    recs = (_sweep(0.0, 0.80, 0.02) + _free_sweep("lower", 1.0, 0.79, 0.05) + _free_sweep("lower", 10.0, 0.60, 0.30)
+            + _free_sweep("raise", 1.0, 0.80, 0.03))
+    # λ = 10 lowering is best under PGD but costs 20 points; lowering at λ = 1 beats raising at λ = 1
+    assert chapter.free_to_test(recs, D, 0.03) == ("lower", 1.0, "chosen")
+    assert chapter.free_to_test(recs, D, 0.25) == ("lower", 10.0, "chosen")
+    # reading A's rule sees only its own sweep (here: λ = 0 alone)
+    assert chapter.choose_lambda(recs, D, 0.03) == 0.0
+    # no direction helps: the largest λ within the budget of the best direction under PGD is still tested
+    flat = _sweep(0.0, 0.8, 0.05) + _free_sweep("lower", 1.0, 0.8, 0.02) + _free_sweep("raise", 1.0, 0.8, 0.04)
+    assert chapter.free_to_test(flat, D, 0.03) == ("raise", 1.0, "largest_within_budget")
+    assert chapter.free_to_test(flat, D, 0.03, chosen_only=True) == (None, 0.0, "none")
+    # none within the budget
+    assert chapter.free_to_test(_sweep(0.0, 0.8, 0.05) + _free_sweep("lower", 1.0, 0.5, 0.4), D, 0.03) == \
+        (None, 0.0, "none")
+
+
+def test_reading_b_loss_moves_every_layer_in_one_direction_without_targets():
+    cfg = resolve(chapter.SPEC, "laptop")
+    loss = chapter.free_loss(cfg, ["13", "15", "17"], "lower", 1.0)
+    assert loss.spec["direction"] == {"13": -1, "15": -1, "17": -1} and "targets" not in loss.spec
+    assert chapter.free_loss(cfg, ["13"], "raise", 1.0).spec["direction"] == {"13": 1}
+    with pytest.raises(ValueError, match="direction='up' is invalid: expected one of lower, raise"):
+        chapter.free_loss(cfg, ["13"], "up", 1.0)
+
+
+def test_the_weak_attack_is_the_papers_pgd_ce_first_then_the_books_ensemble():
+    from robustness.evaluate import members as M
+
+    cfg = resolve(chapter.SPEC, "smoke")
+    names = [m.name for m in chapter._members(cfg, None)]
+    default = [m.name for m in M.default_members(cfg.pgd_steps, cfg.restarts, cfg.square_queries)]
+    assert names == ["pgd_ce"] + default
+    assert [m.name for m in chapter._members(cfg, nn.Linear(1, 1))][-1] == "transfer_from_normal"
 
 
 # --------------------------------------------------------------------------- parameters
@@ -394,6 +542,7 @@ def test_verdict_when_validation_kept_lambda_zero():
     ({"at_from": "later"}, "at_from='later' is invalid"),
     ({"at_mix": 1.5}, "at_mix=1.5 is invalid: expected a number in \\[0, 1\\]"),
     ({"estimator": "knn"}, "estimator='knn' is invalid"),
+    ({"free_directions": ["sideways"]}, "free_directions=\\['sideways'\\] is invalid: expected .*'lower', 'raise'"),
     ({"eps": 0.0}, "eps\\['mnist'\\]=0.0 must be positive"),
     ({"eps": {"cifar10": 2}}, "eps.*is invalid: expected an L∞ radius in \\[0, 1\\]"),
 ])
@@ -435,16 +584,23 @@ def test_entropic_retraining_smoke_run_writes_its_results(isolated_outputs):
     assert all(tuple(r) == FIELDS for r in recs)
     for d in p["datasets"]:
         mine = [r for r in recs if r["dataset"] == d]
-        # every activation layer profiled for the two references and every λ of the sweep
-        assert len([r for r in mine if r["metric"] == "entropy"]) == 9 * (2 + len(p["lams"]))
+        # every activation layer profiled for the two references and every model of both readings' sweeps
+        models = 2 + len(p["lams"]) + len(p["free_directions"]) * len([lam for lam in p["lams"] if lam > 0])
+        assert len([r for r in mine if r["metric"] == "entropy"]) == 9 * models
         assert len([r for r in mine if r["metric"] == "loss_layer"]) == p["n_layers"]
         assert {r["defense"] for r in mine if r["attack"] == "worst_case"} >= {NORMAL, CONTROL, ADVERSARIAL}
-        # per model: PGD-CE alone (the worst case's first member) and each member's images_fooled, in order
+        # per model: PGD-CE alone (the paper's attack, the worst case's first member) and each member's
+        # images_fooled, in order; transfer from the normal model on every model but itself
         for role in {r["defense"] for r in mine if r["attack"] == "worst_case"}:
             alone = [r for r in mine if r["defense"] == role and r["setting"].get("alone")]
             assert [r["attack"] for r in alone] == ["pgd_ce"] and alone[0]["eps"] == p["eps"][d]
+            members = one(mine, defense=role, attack="worst_case")["setting"]["members"].split("+")
+            assert members[0] == "pgd_ce" and ("transfer_from_normal" in members) == (role != NORMAL)
             orders = [r["setting"]["order"] for r in mine if r["defense"] == role and r["metric"] == "images_fooled"]
-            assert orders == list(range(3 if role == NORMAL else 4))  # transfer from the normal model: not on itself
+            assert orders == list(range(len(members)))
+        # AutoAttack on the same first images for every entropic model and the yardstick
+        autoattack = [r for r in mine if r["attack"] == "autoattack"]
+        assert ADVERSARIAL in {r["defense"] for r in autoattack} and len({r["n"] for r in autoattack}) == 1
         assert saved["timings"]["cost"][d]["recipe"][NORMAL] == 1.0
     assert {h["dataset"] for h in saved["health"]} == set(p["datasets"])
     assert chapter.verdict_summary(saved).keys() == set(p["datasets"])

@@ -140,31 +140,49 @@ def _acc(mask: torch.Tensor, **kw) -> dict:
                   correct=pack_mask(mask), **kw)
 
 
-def _saved(*, dropped=(0.98, 0.60, 0.97, 0.99), base=0.98, change=(0.1, 0.9, 0.2, 0.05), rho_p=0.01,
-           fgsm=(0.40, 0.70), worst=(0.30, 0.60), threat_worst=(0.0, 0.0), chosen=1.0, n=2000, n_adaptive=500,
-           clean=(0.98, 0.98), eps=0.3, fgsm_seq=(0, 0), autoattack=None, remover="square", health=()):
-    """Hand-made results of one data set with per-image outcomes: held-out fragility, the targeting correlation,
-    test clean accuracy and the authors' FGSM at strength 0 and at the chosen strength (``n`` images), and the
-    worst case of both models (the first ``n_adaptive`` images) at the authors' radius and at the threat radius
-    ``eps``. The rescaled model's worst case says, per image, which member fooled it (``remover`` most)."""
+def _saved(*, dropped=(0.98, 0.60, 0.98, 0.98), base=0.98, dropped_seq=(0, 0, 0, 0), n_fragility=None,
+           change=(0.1, 0.9, 0.2, 0.05), rho_p=0.01, excess=(0.8, 0.01, 4), fgsm=(0.40, 0.70),
+           clipped=0.70, sweep=((0.35, 0.60), (0.10, 0.20)), worst=(0.30, 0.60), threat_worst=(0.0, 0.0),
+           chosen=1.0, n=2000, n_adaptive=500, clean=(0.98, 0.98), eps=0.3, fgsm_seq=(0, 0), autoattack=None,
+           remover="square", health=(), seed_rho=None):
+    """Hand-made results of one data set with per-image outcomes: held-out fragility (``n_fragility`` images,
+    default ``n``; channel ``j`` dropped is right on ``_mask(dropped[j], ·, dropped_seq[j])``, so seq 0 loses
+    images only), the targeting correlations (raw change and ``excess`` = (ρ, p, channels)), test clean accuracy,
+    the authors' FGSM at strength 0 and at the chosen strength (``n`` images) at their radius and (``sweep``) at
+    ×0.5 and ×2 of it, the chosen strength's clipped FGSM at the authors' radius in pixels (``clipped``), and the
+    worst case of both models (the first ``n_adaptive`` images) at that radius and at the threat radius ``eps``.
+    The rescaled model's worst case says, per image, which member fooled it (``remover`` most)."""
     def rec(**kw):
         return record(CFG, dataset=D, model=MODEL, **kw)
 
-    out = [rec(metric="accuracy", value=base, n=n, split="val", channel=None),
-           rec(metric="accuracy", value=0.5, n=n, split="val", channel=None, attack="fgsm",
+    nf = n if n_fragility is None else n_fragility
+    out = [_acc(_mask(base, nf), split="val", channel=None),
+           rec(metric="accuracy", value=0.5, n=nf, split="val", channel=None, attack="fgsm",
                threat_model="linf_normalized", eps=0.38, clip=False)]
-    for j, acc in enumerate(dropped):
-        out.append(rec(metric="accuracy", value=acc, n=n, split="val", channel=j, defense="nodal_dropout"))
-        out.append(rec(metric="accuracy", value=0.5 - (base - acc) / 2, n=n, split="val", channel=j,
+    for j, (acc, q) in enumerate(zip(dropped, dropped_seq)):
+        out.append(_acc(_mask(acc, nf, q), split="val", channel=j, defense="nodal_dropout"))
+        out.append(rec(metric="accuracy", value=0.5 - (base - acc) / 2, n=nf, split="val", channel=j,
                        defense="nodal_dropout", attack="fgsm", threat_model="linf_normalized", eps=0.38, clip=False))
         out.append(rec(metric="targeting_change", value=change[j], channel=j, attack="fgsm",
-                       threat_model="linf_normalized", eps=0.38, n=n, split="val"))
-    out.append(rec(metric="rank_correlation", value=0.8, n=4, x="targeting_change", y="fragility_clean", p=rho_p,
-                   permutations=10000))
-    for s, f, c, q in list(zip((0.0, chosen), fgsm, clean, fgsm_seq))[:2 if chosen > 0 else 1]:
+                       threat_model="linf_normalized", eps=0.38, n=nf, split="val"))
+    out.append(rec(metric="rank_correlation", value=0.8, n=len(dropped), x="targeting_change", y="fragility_clean",
+                   p=rho_p, permutations=10000))
+    if excess is not None:
+        out.append(rec(metric="rank_correlation", value=excess[0], n=excess[2], x="targeting_excess",
+                       y="fragility_clean", p=excess[1], permutations=10000))
+    if seed_rho is not None:
+        out.append(rec(metric="rank_correlation", value=seed_rho, n=len(dropped), x="fragility_clean_seed2",
+                       y="fragility_clean", p=0.5, permutations=10000, matched="filter cosine similarity",
+                       similarity=0.9))
+    for i, (s, f, c, q) in enumerate(list(zip((0.0, chosen), fgsm, clean, fgsm_seq))[:2 if chosen > 0 else 1]):
         kw = dict(defense="compress_amplify", strength=s, score="clean", split="test")
         out += [_acc(_mask(c, n), **kw),
-                _acc(_mask(f, n, q), attack="fgsm", threat_model="linf_normalized", eps=0.38, clip=False, **kw)]
+                _acc(_mask(f, n, q), attack="fgsm", threat_model="linf_normalized", eps=0.38, clip=False,
+                     factor=1.0, **kw)]
+        out += [_acc(_mask(acc[i], n, q), attack="fgsm", threat_model="linf_normalized", eps=0.38 * factor,
+                     clip=False, factor=factor, **kw) for factor, acc in zip((0.5, 2.0), sweep)]
+        if s > 0 and clipped is not None:
+            out.append(_acc(_mask(clipped, n), attack="fgsm", threat_model="linf", eps=AUTHORS_PX, clip=True, **kw))
     out.append(rec(metric="chosen_strength", value=chosen, defense="compress_amplify", budget=0.01, score="clean"))
     labels = ("none", "compress_amplify") if chosen > 0 else ("none",)
     members = ["pgd_ce", "pgd_margin", "square"]
@@ -185,7 +203,7 @@ def _saved(*, dropped=(0.98, 0.60, 0.97, 0.99), base=0.98, change=(0.1, 0.9, 0.2
 def test_verdict_gain_that_survives_holds_and_is_confirmed_by_autoattack():
     saved = _saved(autoattack=_mask(0.60, 500))
     v = chapter.verdict_summary(saved)[D]
-    assert v["neurons"] and v["fragile"] == [1] and v["targeting"]
+    assert v["neurons"]["outcome"] == "holds" and v["fragile"] == [1] and v["targeting"]["outcome"] == "holds"
     assert v["fgsm_gain"]["outcome"] == "holds" and v["adaptive_gain"]["outcome"] == "holds"
     assert v["judged_eps"] == pytest.approx(AUTHORS_PX) and v["category"] == "real"
     assert v["adaptive_gain"]["mechanism"] is None and v["min_effect"] == chapter.MIN_EFFECT
@@ -248,9 +266,172 @@ def test_verdict_compares_the_same_images_and_p_values_not_points():
     # a 2-point FGSM gain on 2,000 images with discordant images both ways is inside the noise
     v = chapter.verdict_summary(_saved(fgsm=(0.40, 0.42), fgsm_seq=(0, 1)))[D]
     assert v["fgsm_gain"]["outcome"] != "holds" and v["fgsm_gain"]["test"]["a_only"] > 0
-    # a correlation with p above ALPHA does not count; a channel within the interval of the full model is robust
-    v = chapter.verdict_summary(_saved(rho_p=0.2, dropped=(0.979, 0.975, 0.98, 0.98)))[D]
-    assert not v["targeting"] and not v["neurons"] and v["fragile"] == []
+    # no gain at all on 2,000 images: the interval excludes the smallest gain that would matter
+    v = chapter.verdict_summary(_saved(fgsm=(0.40, 0.40)))[D]["fgsm_gain"]
+    assert v["outcome"] == "does not hold" and "is excluded" in v["detail"]
+    # the paper's claim at the floor (strength 0 at 0% under their FGSM) is inconclusive, not "does not hold"
+    v = chapter.verdict_summary(_saved(fgsm=(0.0, 0.01)))[D]["fgsm_gain"]
+    assert v["outcome"] == "inconclusive" and v["reason"] == "floor"
+
+
+# --------------------------------------------------------------------------- F3: fragile, robust, undetermined
+
+
+def test_neurons_hold_with_a_paired_fragile_channel_and_equivalent_robust_ones():
+    v = chapter.verdict_summary(_saved())[D]
+    assert v["neurons"]["outcome"] == "holds"
+    assert v["fragile"] == [1] and v["robust"] == [0, 2, 3] and v["undetermined"] == []
+    # a 1-point loss on the same 2,000 images (20 images, all one way) is fragile even after Holm over 4 channels
+    v = chapter.verdict_summary(_saved(dropped=(0.98, 0.60, 0.97, 0.98)))[D]
+    assert v["fragile"] == [1, 2] and v["neurons"]["outcome"] == "holds"
+
+
+def test_neurons_do_not_hold_when_every_channel_is_shown_robust():
+    v = chapter.verdict_summary(_saved(dropped=(0.98, 0.98, 0.98, 0.98)))[D]
+    assert v["neurons"]["outcome"] == "does not hold" and v["robust"] == [0, 1, 2, 3]
+    assert "every channel is robust" in v["neurons"]["detail"]
+
+
+def test_neurons_are_inconclusive_when_no_loss_is_shown_and_none_is_excluded():
+    # 0.4-point losses on 500 images: 2 discordant images cannot reach Holm's level, and the interval of each
+    # loss reaches beyond ±0.5 points, so neither fragile nor robust: absence of evidence is not "robust"
+    v = chapter.verdict_summary(_saved(dropped=(0.976, 0.976, 0.976, 0.976), n_fragility=500))[D]
+    assert v["neurons"]["outcome"] == "inconclusive" and v["neurons"]["reason"] == "underpowered"
+    assert v["fragile"] == [] and v["robust"] == [] and v["undetermined"] == [0, 1, 2, 3]
+    assert "the smallest loss one channel can show on these images: 1.6 points" in v["neurons"]["detail"]
+    # the smallest detectable loss is that of Holm's strictest level (0.05 / 4): 8 discordant images of 500
+    from robustness.evaluate.stats import min_discordant_for
+    assert v["detectable"] == pytest.approx(min_discordant_for(chapter.ALPHA / 4) / 500)
+
+
+def test_two_marginal_intervals_that_overlap_do_not_make_a_channel_robust():
+    # 2000 images, 97.5% against 98%: the marginal Wilson intervals overlap (the old rule said "robust"), but the
+    # 10 images lost are all one way: the paired test calls the channel fragile
+    s = chapter.fragility_summary(_saved(dropped=(0.975, 0.60, 0.98, 0.98))["records"], D)
+    assert 0 in s["fragile"] and s["p_adjusted"][0] < chapter.ALPHA
+
+
+# --------------------------------------------------------------------------- F2: targeting against a random control
+
+
+def test_targeting_holds_only_on_the_excess_over_random_signs():
+    v = chapter.verdict_summary(_saved(excess=(0.8, 0.001, 64)))[D]
+    assert v["targeting"]["outcome"] == "holds" and "random-sign" in v["targeting"]["detail"]
+
+
+def test_a_raw_correlation_explained_by_filter_norm_does_not_hold():
+    # the raw change correlates strongly (p = 0.001), but FGSM's excess over random signs does not (64 channels,
+    # ρ = −0.05): the interval of ρ excludes the smallest correlation that would matter
+    v = chapter.verdict_summary(_saved(rho_p=0.001, excess=(-0.05, 0.7, 64)))[D]
+    assert v["targeting"]["outcome"] == "does not hold"
+    assert f"a correlation of {chapter.MIN_RHO:g} is excluded" in v["targeting"]["detail"]
+    # a significantly negative excess correlation does not hold either
+    assert chapter.verdict_summary(_saved(excess=(-0.5, 0.001, 64)))[D]["targeting"]["outcome"] == "does not hold"
+
+
+def test_targeting_is_inconclusive_with_too_few_channels():
+    v = chapter.verdict_summary(_saved(excess=(0.3, 0.4, 10)))[D]
+    assert v["targeting"]["outcome"] == "inconclusive" and v["targeting"]["reason"] == "underpowered"
+    # a file without the excess is not judged on the raw change
+    v = chapter.verdict_summary(_saved(rho_p=0.001, excess=None))[D]
+    assert v["targeting"]["outcome"] == "inconclusive" and v["targeting"]["reason"] == "not_measured"
+
+
+def test_the_excess_does_not_grow_with_the_filter_norm_while_the_raw_change_does():
+    torch.manual_seed(0)
+    model = build_model("lenet_like", "mnist").eval()
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    before = targeting(model, x, y, eps=0.1, seed=3)
+    # a copy whose filter 0 is three times larger
+    bigger = build_model("lenet_like", "mnist").eval()
+    bigger.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        conv = bigger.get_submodule(first_conv_name(bigger))
+        conv.weight[0] *= 3
+        conv.bias[0] *= 3
+    after = targeting(bigger, x, y, eps=0.1, seed=3)
+    # the FGSM direction may change with the network, so compare the random control (same signs: same seed)
+    assert after["random_change"][0].item() == pytest.approx(3 * before["random_change"][0].item(), rel=1e-4)
+    assert torch.allclose(after["random_change"][1:], before["random_change"][1:], rtol=1e-5)
+    # the excess is a ratio of two changes of the same filter (scale-free); FGSM moves the one channel the
+    # decision runs through more than random signs do, and the channels nothing reaches have no excess
+    t = targeting(one_channel_classifier(channels=4, decisive=1), *bright_dark_images(n=50), eps=0.1)
+    assert t["excess"][1] > 0 and torch.all(t["excess"][[0, 2, 3]] == 0)
+    assert t["excess"][1].item() == pytest.approx(t["change"][1].item() / t["random_change"][1].item() - 1)
+
+
+# --------------------------------------------------------------------------- F5: seeds matched before correlating
+
+
+def test_channel_matching_recovers_a_permutation_and_is_optimal():
+    import itertools
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(6, 9, generator=g)
+    perm = [3, 0, 5, 1, 4, 2]
+    a, b = nn.Conv2d(1, 6, 3), nn.Conv2d(1, 6, 3)
+    with torch.no_grad():
+        a.weight.copy_(w.view(6, 1, 3, 3))
+        b.weight.copy_(w[perm].view(6, 1, 3, 3))
+    match = chapter.match_channels(chapter.filter_similarity(a, b))
+    assert [perm[m] for m in match] == list(range(6))  # channel i of a is channel match[i] of b
+    sim = torch.randn(5, 5, generator=g)
+    best = max(itertools.permutations(range(5)), key=lambda q: float(sum(sim[i, q[i]] for i in range(5))))
+    got = chapter.match_channels(sim)
+    assert float(sum(sim[i, got[i]] for i in range(5))) == pytest.approx(float(sum(sim[i, best[i]] for i in range(5))))
+
+
+def test_an_unmatched_seed_correlation_is_not_reported():
+    saved = _saved(seed_rho=0.4)
+    assert "channels matched by their filters" in chapter.verdict(saved)
+    for r in saved["records"]:
+        r["setting"].pop("matched", None)
+    assert chapter.verdict_summary(saved)[D]["seed_rho"] is None
+
+
+# --------------------------------------------------------------------------- F1: radii
+
+
+def test_the_artefact_evidence_is_the_clipped_fgsm_at_the_judged_radius():
+    # the authors' unclipped FGSM shows 70%, the worst case 30%; but at the same radius in the same box the
+    # book's clipped FGSM is also 30%: nothing was removed, so no mechanism is named
+    v = chapter.verdict_summary(_saved(worst=(0.30, 0.30), clipped=0.30))[D]
+    assert v["adaptive_gain"]["outcome"] == "does not hold" and v["adaptive_gain"]["mechanism"] is None
+    assert v["category"] == "no_gain"
+    # an older file without that clipped FGSM record: no evidence, no mechanism word
+    assert chapter.verdict_summary(_saved(worst=(0.30, 0.30), clipped=None))[D]["adaptive_gain"]["mechanism"] is None
+
+
+def test_the_sweep_reports_each_multiple_of_the_authors_radius_with_holm():
+    saved = _saved(sweep=((0.35, 0.60), (0.0, 0.02)))
+    v = chapter.verdict_summary(saved)[D]["sweep"]
+    assert sorted(v) == [0.5, 1.0, 2.0]
+    assert v[0.5]["outcome"] == "holds" and v[2.0]["outcome"] == "inconclusive" and v[2.0]["reason"] == "floor"
+    raw = v[0.5]["test"]["p"]
+    assert v[0.5]["p_adjusted"] >= raw and v[0.5]["p_adjusted"] <= min(1.0, 3 * raw)
+    text = chapter.verdict(saved)
+    assert "×0.5 (0.19 normalized)" in text and "reused for" in text
+
+
+def test_clipped_fgsm_grid_contains_the_authors_radius_and_factors_must_contain_one():
+    from robustness.config import resolve
+
+    cfg = resolve(chapter.SPEC, "smoke")
+    for d in cfg.datasets:
+        radii = chapter.clipped_fgsm_radii(cfg, d)
+        assert round(chapter.authors_eps_pixels(cfg, d), 6) in radii
+        # the clipped FGSM and the worst case share the authors' radius (rounded alike): same radius, same images
+        assert round(chapter.authors_eps_pixels(cfg, d), 6) in set(radii) & set(chapter.adaptive_radii(cfg, d))
+    with pytest.raises(ValueError, match="authors_factors"):
+        resolve(chapter.SPEC, "smoke", authors_factors=[0.5, 2.0])
+    with pytest.raises(ValueError, match="authors_factors"):
+        resolve(chapter.SPEC, "smoke", authors_factors=[0.0, 1.0])
+
+
+def test_fragility_by_epoch_is_keyed_without_a_path():
+    cb = chapter.FragilityByEpoch(torch.zeros(3, 1, 28, 28), torch.zeros(3, dtype=torch.long), 1, 1, 10,
+                                  chapter.held_out_images("mnist", 55000, 3))
+    assert cb.spec["images"] == "mnist training images 55001-55003" and "/" not in str(cb.spec)
 
 
 def test_holm_adjusts_the_claim_over_the_data_sets():
@@ -274,6 +455,7 @@ def test_old_results_without_per_image_outcomes_get_a_note_not_a_crash():
         r["setting"].pop("correct", None)
     v = chapter.verdict_summary(saved)[D]
     assert v["adaptive_gain"]["outcome"] == "inconclusive" and v["note"] == kit.NO_PER_IMAGE_NOTE
+    assert v["neurons"]["outcome"] == "inconclusive" and v["neurons"]["reason"] == "not_measured"
     assert kit.NO_PER_IMAGE_NOTE in chapter.verdict(saved)
 
 

@@ -132,6 +132,9 @@ def test_pass_counts_of_each_objective():
     ({"n_transfer": {"mnist": 100_000}}, "n_transfer"),
     ({"n_set": {"cifar10": 20_000}}, "n_set"),
     ({"eps": {"mnist": 1.5}}, "eps"),
+    ({"white_radii": [0.25, 0.5]}, "white_radii.*must contain 1"),
+    ({"white_radii": [0.5, 1.0, 2.0]}, "white_radii"),
+    ({"premise_fixed_step": 0.0}, "premise_fixed_step"),
 ])
 def test_bad_parameters_fail_before_any_work(given, message, monkeypatch):
     def no_data(*args, **kwargs):
@@ -188,6 +191,7 @@ def _defenses(set_acc=None, worst=None, clean=None, aa=None, n=10000, n_adaptive
     (packed masks) unless ``per_image`` is False (a results file written before they were recorded)."""
     clean = {**dict.fromkeys(("normal", "fgsm_at", "distillation", "superimposition", "superimposition_fixed",
                               "pgd_at"), 0.98), **(clean or {})}
+    # a worst case is one value (at the threat radius 0.3) or a curve {eps: value}
     set_acc = {"normal": 0.30, "fgsm_at": 0.705, "distillation": 0.35, "superimposition": 0.70,
                "superimposition_fixed": 0.5, "pgd_at": 0.9, **(set_acc or {})}
     worst = {"normal": 0.0, "fgsm_at": 0.01, "distillation": 0.0, "superimposition": 0.01,
@@ -202,22 +206,26 @@ def _defenses(set_acc=None, worst=None, clean=None, aa=None, n=10000, n_adaptive
     out = []
     for k in set_acc:
         kw = dict(dataset=D, model="lenet_like", defense="none" if k == "normal" else k, group="chapter")
-        at = dict(threat_model="linf", eps=0.3, **kw)
-        robust = _mask(worst[k], n_adaptive)
-        fooled = _mask(clean[k], n_adaptive) & ~robust
-        fooled_by = torch.where(robust, -1, torch.where(fooled, MEMBERS.index("pgd_margin"), -2))
         out += [record(CFG, metric="accuracy", value=clean[k], n=n, split="test", **bits(clean[k], n), **kw),
                 record(CFG, metric="accuracy", attack="adversary_set", value=set_acc[k], n=n,
-                       **bits(set_acc[k], n), **at),
-                record(CFG, metric="accuracy", attack="worst_case", value=worst[k], n=n_adaptive,
-                       members="+".join(MEMBERS), **bits(worst[k], n_adaptive),
-                       **({kit.FOOLED_BY: kit.pack_fooled_by(fooled_by)} if per_image else {}), **at)]
-        for i, m in enumerate(MEMBERS):
-            out.append(record(CFG, metric="images_fooled", attack=m, value=int(fooled.sum()) if m == "pgd_margin"
-                              else 0, n=n_adaptive, order=i, within="worst_case", **at))
-        if k in chapter.CONFIRMED:
-            out.append(record(CFG, metric="accuracy", attack="autoattack", value=aa[k], n=n_adaptive,
-                              on="worst_case_survivors", flags="", **bits(aa[k], n_adaptive), **at))
+                       **bits(set_acc[k], n), threat_model="linf", eps=0.3, **kw)]
+        curve = worst[k] if isinstance(worst[k], dict) else {0.3: worst[k]}
+        confirmed = aa[k] if isinstance(aa[k], dict) else {0.3: aa[k]}
+        for eps, value in curve.items():
+            at = dict(threat_model="linf", eps=eps, **kw)
+            robust = _mask(value, n_adaptive)
+            fooled = _mask(clean[k], n_adaptive) & ~robust
+            fooled_by = torch.where(robust, -1, torch.where(fooled, MEMBERS.index("pgd_margin"), -2))
+            out.append(record(CFG, metric="accuracy", attack="worst_case", value=value, n=n_adaptive,
+                              members="+".join(MEMBERS), **bits(value, n_adaptive),
+                              **({kit.FOOLED_BY: kit.pack_fooled_by(fooled_by)} if per_image else {}), **at))
+            for i, m in enumerate(MEMBERS):
+                out.append(record(CFG, metric="images_fooled", attack=m, value=int(fooled.sum())
+                                  if m == "pgd_margin" else 0, n=n_adaptive, order=i, within="worst_case", **at))
+            if k in chapter.CONFIRMED:
+                c = confirmed.get(eps, value)
+                out.append(record(CFG, metric="accuracy", attack="autoattack", value=c, n=n_adaptive,
+                                  on="worst_case_survivors", flags="", **bits(c, n_adaptive), **at))
         out += [record(CFG, metric=f"{m}_passes", value=v, n=256, **kw) for m, v in zip(("forward", "backward"),
                                                                                       passes[k])]
     return out
@@ -294,6 +302,90 @@ def test_verdict_names_transfer_only_with_evidence_that_the_white_box_removed_th
     assert c["set"]["outcome"] == "does not hold" and c["white_box"]["mechanism"] is None
 
 
+# the white box over radii: normal training off the floor at 0.15, at 0% at the threat radius 0.3
+OFF, AT = 0.15, 0.3
+
+
+def test_white_box_holds_where_normal_training_is_off_the_floor_and_is_reported_at_the_floor():
+    c = _claims(_defenses(worst={"normal": {OFF: 0.3, AT: 0.0}, "superimposition": {OFF: 0.6, AT: 0.01},
+                                 "superimposition_fixed": {OFF: 0.3, AT: 0.0}}))
+    white = c["white_box"]
+    assert white["outcome"] == "holds" and [r["eps"] for r in white["radii"]] == [OFF, AT]
+    at = {r["eps"]: r for r in white["radii"]}
+    assert at[OFF]["outcome"] == "holds" and (at[AT]["outcome"], at[AT]["reason"]) == ("inconclusive", "floor")
+    assert "at ε = 0.15 **holds**" in white["detail"] and "at ε = 0.3 **inconclusive** (at the floor" in white["detail"]
+    # Holm over variants and radii: 150 discordant images leave p tiny, so the family does not change the outcome
+    assert at[OFF]["test"]["a_only"] == 150 and c["set"]["outcome"] == "holds"
+
+
+def test_white_box_does_not_hold_where_judged_and_names_transfer_only_with_evidence():
+    c = _claims(_defenses(worst={"normal": {OFF: 0.3, AT: 0.0}, "superimposition": {OFF: 0.3, AT: 0.0}}))
+    white = c["white_box"]
+    assert white["outcome"] == "does not hold" and white["reason"] is None
+    assert {r["eps"]: r["outcome"] for r in white["radii"]} == {OFF: "does not hold", AT: "inconclusive"}
+    # the set gain holds, and at the set's radius the worst case removed it (pgd_margin, on the same images)
+    assert c["set"]["outcome"] == "holds" and white["mechanism"].startswith("transfer-only")
+    assert "at ε = 0.3" in white["mechanism"] and "pgd_margin" in white["mechanism"]
+
+
+def test_white_box_at_the_floor_at_every_radius_is_inconclusive():
+    c = _claims(_defenses(worst={"normal": {OFF: 0.0, AT: 0.0}, "superimposition": {OFF: 0.2, AT: 0.1}}))
+    white = c["white_box"]
+    assert (white["outcome"], white["reason"], white["mechanism"]) == ("inconclusive", "floor", None)
+    assert white["detail"].startswith("normal training is at the floor at every radius measured")
+
+
+def test_white_box_underpowered_and_holm_over_the_radii():
+    c = _claims(_defenses(set_acc={"superimposition": 0.4}, worst={"normal": {OFF: 0.3, AT: 0.0},
+                                                                   "superimposition": {OFF: 0.4, AT: 0.0}},
+                          n=40, n_adaptive=40))
+    assert (c["white_box"]["outcome"], c["white_box"]["reason"]) == ("inconclusive", "underpowered")
+    # 6 more images of 500 right at one radius: p = 0.031 alone, 0.125 after Holm over the family (two variants ×
+    # two radii); no positive, and a 5-point gain is excluded
+    c = _claims(_defenses(worst={"normal": {OFF: 0.3, AT: 0.0}, "superimposition": {OFF: 0.312, AT: 0.0},
+                                 "superimposition_fixed": {OFF: 0.3, AT: 0.0}}))
+    off = c["white_box"]["radii"][0]
+    assert off["test"]["p"] < 0.05 and off["outcome"] == "does not hold" and "McNemar p = 0.12" in off["detail"]
+
+
+def test_white_box_positive_must_survive_autoattack_at_its_radius():
+    worst = {"normal": {OFF: 0.3, AT: 0.0}, "superimposition": {OFF: 0.6, AT: 0.01}}
+    c = _claims(_defenses(worst=worst, aa={"superimposition": {OFF: 0.3}}))
+    off = c["white_box"]["radii"][0]
+    assert off["outcome"] != "holds" and "AutoAttack on the survivors removed the gain" in off["detail"]
+    assert c["white_box"]["outcome"] == "does not hold"
+
+
+def test_comparable_claims_hold_fail_and_are_inconclusive():
+    assert _claims(_defenses())["comparable"]["outcome"] == "holds"  # 70.0% against FGSM training's 70.5%
+    assert _claims(_defenses(set_acc={"fgsm_at": 0.9}))["comparable"]["outcome"] == "does not hold"
+    few = _claims(_defenses(set_acc={"fgsm_at": 0.72}, n=100, n_adaptive=100))["comparable"]
+    assert (few["outcome"], few["reason"]) == ("inconclusive", "underpowered")
+    vs_pgd = _claims(_defenses(worst={"superimposition": 0.6}))["versus_pgd_at"]
+    assert vs_pgd["outcome"] == "holds"
+    floor = _claims(_defenses(worst={"pgd_at": 0.0}))["versus_pgd_at"]
+    assert (floor["outcome"], floor["reason"]) == ("inconclusive", "floor")
+
+
+def test_health_rows_of_the_established_defenses_are_named_and_do_not_gate_claim_iii():
+    health = [{"dataset": D, "defense": "superimposition", "id": "gradient_free", "passed": True},
+              {"dataset": D, "defense": "distillation", "id": "gradient_free", "passed": False},
+              {"dataset": D, "defense": "fgsm_at", "id": "transfer", "passed": True}]
+    results = _results(_transfer() + _defenses(), health)
+    s = chapter.verdict_summary(results)[D]["defenses"]
+    assert s["failed"] == {"superimposition": [], "distillation": ["gradient_free"], "fgsm_at": []}
+    assert s["claims"]["set"]["outcome"] == "holds"  # distillation's white-box health says nothing of the set claim
+    assert "Health checks failed: gradient_free (defensive distillation)." in chapter.verdict(results)
+    ok = _results(_transfer() + _defenses(), [dict(h, passed=True) for h in health])
+    assert ("Every health check passed (superimposition + KL (a resampled), defensive distillation, FGSM adversarial "
+            "training).") in chapter.verdict(ok)
+
+
+def test_verdict_says_claim_iii_is_untested_where_no_defenses_were_trained():
+    assert "No defenses were trained on mnist in this run" in chapter.verdict(_results(_transfer()))
+    assert "No defenses were trained" not in chapter.verdict(_results(_transfer() + _defenses()))
+
+
 def test_verdict_underpowered_names_the_smallest_detectable_difference():
     c = _claims(_defenses(set_acc={"superimposition": 0.4}, worst={"normal": 0.3, "superimposition": 0.4},
                           n=40, n_adaptive=40))
@@ -316,7 +408,8 @@ def test_verdict_a_failed_gating_health_check_makes_a_positive_inconclusive():
         assert (c[key]["outcome"], c[key]["reason"]) == ("inconclusive", "unhealthy")
         assert "failed health checks: gradient_free" in c[key]["detail"]
     assert c["fixed_set"]["outcome"] == "holds"  # the rows checked the resampled variant only
-    assert "Health checks failed: gradient_free." in chapter.verdict(_results(_transfer() + recs, health))
+    assert "Health checks failed: gradient_free (superimposition + KL (a resampled))." in \
+        chapter.verdict(_results(_transfer() + recs, health))
 
 
 def test_verdict_on_results_without_per_image_outcomes_says_rerun():
@@ -354,34 +447,73 @@ def test_verdict_does_not_interpret_a_broken_defended_network():
     assert kit.BROKEN_RULE not in chapter.verdict(_results(_transfer()))
 
 
-def _premise(fgsm, pgd, by_steps, white=0.99, n=1000) -> list[dict]:
+def _premise(fgsm, pgd, by_steps, white=0.99, n=1000, pair="same_arch", source="B", fixed=None) -> list[dict]:
     """Premise-sweep records of one pair: FGSM and PGD transfer rates per radius (``{eps: rate}``), PGD's transfer
-    rate per iteration count at the threat radius and a constant white-box rate."""
+    rate per iteration count at the threat radius with the scaled step (``by_steps``) and with the fixed step
+    (``fixed``), and a constant white-box rate."""
     def cell(gen, eps, value, sweep, box, **knobs):
-        return record(CFG, dataset=D, model="A" if box == "transfer" else "B", attack=gen, threat_model="linf",
+        return record(CFG, dataset=D, model="A" if box == "transfer" else source, attack=gen, threat_model="linf",
                       eps=eps, metric="fooling_rate", value=value, n=n, interval=wilson_interval(round(value * n), n),
-                      group="premise", sweep=sweep, box=box, source="B", split="val", **knobs)
+                      group="premise", pair=pair, sweep=sweep, box=box, source=source, split="val", **knobs)
 
     out = [cell("fgsm", e, v, "radius", "transfer") for e, v in fgsm.items()]
     out += [cell("pgd", e, v, "radius", "transfer", steps=10) for e, v in pgd.items()]
-    for steps, v in by_steps.items():
-        out += [cell("pgd", 0.3, v, "steps", "transfer", steps=steps),
-                cell("pgd", 0.3, white, "steps", "white", steps=steps)]
+    for rule, rates in (("scaled", by_steps), ("fixed", fixed or {})):
+        for steps, v in rates.items():
+            out += [cell("pgd", 0.3, v, "steps", "transfer", steps=steps, step=rule),
+                    cell("pgd", 0.3, white, "steps", "white", steps=steps, step=rule)]
     return out
 
 
 def test_premise_sweep_finds_the_radii_and_iterations_where_multi_step_transfers_worse():
     recs = _premise(fgsm={0.1: 0.40, 0.3: 0.60}, pgd={0.1: 0.20, 0.3: 0.61}, by_steps={1: 0.5, 16: 0.7, 64: 0.45})
-    p = chapter.verdict_summary(_results(_transfer() + recs))[D]["premise"]
+    p = chapter.verdict_summary(_results(_transfer() + recs))[D]["premise"]["same_arch"]
     assert p["pgd_worse_at"] == [0.1] and p["pgd_better_at"] == [] and p["pgd_alike_at"] == [0.3]  # 61% vs 60%
     assert p["pair"] == ("B", "A")
-    assert p["more_steps_worse"] and list(p["steps"]) == [1, 16, 64]
+    assert p["more_steps_worse"] == {"scaled": True} and list(p["steps"]["scaled"]) == [1, 16, 64]
     text = chapter.verdict(_results(_transfer() + recs))
-    assert "(B → A): PGD transfers clearly worse than FGSM at ε = 0.1, clearly better at no radius" in text and "50.0% → 45.0%" in text and "clearly lower transfer" in text
+    assert ("Premise sweep, same architecture (B → A): PGD transfers clearly worse than FGSM at ε = 0.1, clearly "
+            "better at no radius") in text
+    assert "50.0% → 45.0%" in text and "clearly lower transfer" in text
     flat = _premise(fgsm={0.3: 0.6}, pgd={0.3: 0.9}, by_steps={1: 0.5, 64: 0.52})
-    p = chapter.verdict_summary(_results(_transfer() + flat))[D]["premise"]
-    assert p["pgd_better_at"] == [0.3] and not p["more_steps_worse"]
+    p = chapter.verdict_summary(_results(_transfer() + flat))[D]["premise"]["same_arch"]
+    assert p["pgd_better_at"] == [0.3] and not p["more_steps_worse"]["scaled"]
     assert chapter.verdict_summary(_results(_transfer()))[D]["premise"] is None  # no sweep, no sentence
+
+
+def test_premise_sweep_reads_each_pair_and_each_step_rule_on_its_own():
+    # same architecture: the scaled step's decline with more iterations is real (70% → 45%); with the fixed step
+    # it is not (70% → 69%). Across architectures PGD transfers worse at the threat radius, same architecture not.
+    same = _premise(fgsm={0.3: 0.60}, pgd={0.3: 0.61}, by_steps={1: 0.7, 64: 0.45}, fixed={1: 0.3, 64: 0.69})
+    cross = _premise(fgsm={0.3: 0.40}, pgd={0.3: 0.20}, by_steps={1: 0.3, 64: 0.29}, pair="cross_arch", source="M")
+    p = chapter.verdict_summary(_results(_transfer() + same + cross))[D]["premise"]
+    assert list(p) == ["same_arch", "cross_arch"] and p["cross_arch"]["pair"] == ("M", "A")
+    assert p["same_arch"]["more_steps_worse"] == {"scaled": True, "fixed": False}
+    assert p["same_arch"]["pgd_alike_at"] == [0.3] and p["cross_arch"]["pgd_worse_at"] == [0.3]
+    assert p["cross_arch"]["more_steps_worse"] == {"scaled": False}
+    text = chapter.verdict(_results(_transfer() + same + cross))
+    assert "Premise sweep, across architectures (M → A): PGD transfers clearly worse than FGSM at ε = 0.3" in text
+    assert ("With PGD's fixed step, from 1 to 64 iterations at the threat radius its transfer rate goes 30.0% → "
+            "69.0% (on the source itself: 99.0% → 99.0%): more iterations do not clearly lower transfer.") in text
+
+
+def test_premise_pairs_put_the_reference_model_last_and_cross_the_architectures():
+    cfg = resolve(chapter.SPEC, "laptop")
+    pool = dict.fromkeys(chapter.pool_recipes(cfg, "mnist"))
+    assert chapter.premise_pairs(cfg, pool, "mnist") == {"same_arch": ("lenet_like-seed1", "lenet_like-seed0"),
+                                                         "cross_arch": ("mlp-seed0", "lenet_like-seed0")}
+    cfg = resolve(chapter.SPEC, "smoke")  # CIFAR-10 at smoke: one AlexLike only, so no same-architecture pair
+    pool = dict.fromkeys(chapter.pool_recipes(cfg, "cifar10"))
+    assert chapter.premise_pairs(cfg, pool, "cifar10") == {"cross_arch": ("convnet-seed0", "alex_like-seed0")}
+
+
+def test_a_fixed_step_changes_pgd_and_the_default_is_the_scaled_step(pool, tiny_data):
+    x, y = tiny_data[0][:40], tiny_data[1][:40]
+    src = [pool["tiny-seed0"]]
+    scaled = chapter.craft("pgd", src, x, y, eps=0.3, steps=4, seed=1)
+    assert torch.equal(scaled, chapter.craft("pgd", src, x, y, eps=0.3, steps=4, seed=1, step_size=2.5 * 0.3 / 4))
+    fixed = chapter.craft("pgd", src, x, y, eps=0.3, steps=4, seed=1, step_size=0.03)
+    assert not torch.equal(fixed, scaled) and (fixed - x).abs().max() <= 0.3 + 1e-6
 
 
 def test_the_threat_radius_is_a_parameter_per_data_set():
@@ -441,6 +573,36 @@ def test_other_chapters_networks_load_from_their_results_and_are_refused_when_al
     path.write_bytes(path.read_bytes()[:-8] + bytes(8))  # an altered checkpoint is never scored
     found, notes = chapter.exported_models(cfg)
     assert found == [] and any("corrupted" in n for n in notes)
+
+
+def test_book_defenses_use_the_other_chapters_choices_else_a_labelled_default(tmp_path, monkeypatch):
+    from robustness.chapters import fragile_neurons, jumprelu
+    from robustness.results import write_results
+
+    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
+    cfg = resolve(chapter.SPEC, "smoke")
+    chosen = chapter.book_settings(cfg, "mnist")
+    assert chosen["jumprelu"]["value"] == cfg.jumprelu_kappa["mnist"]
+    assert chosen["compress_amplify"]["value"] == cfg.rescale_strength
+    assert all(c["source"].startswith("default") for c in chosen.values())
+    assert "python -m robustness run jumprelu --profile smoke" in chosen["jumprelu"]["note"]
+    assert "python -m robustness run fragile_neurons --profile smoke" in chosen["compress_amplify"]["note"]
+
+    jcfg, fcfg = resolve(jumprelu.SPEC, "smoke"), resolve(fragile_neurons.SPEC, "smoke")
+    write_results(jcfg, [record(jcfg, dataset="mnist", model="lenet_like-baseline", defense="jumprelu",
+                                metric="chosen_kappa", value=0.5),
+                         record(jcfg, dataset="mnist", model="lenet_like-robust", defense="jumprelu",
+                                metric="chosen_kappa", value=2.0)])  # another network's choice: not this one's
+    write_results(fcfg, [record(fcfg, dataset="cifar10", model="alex_like", defense="compress_amplify",
+                                metric="chosen_strength", value=0.0)])  # chosen for CIFAR-10 only
+    chosen = chapter.book_settings(cfg, "mnist")
+    assert chosen["jumprelu"] == {"value": 0.5, "note": None,
+                                  "source": "chosen by the jumprelu chapter's validation (smoke)"}
+    assert chosen["compress_amplify"]["source"].startswith("default") and \
+        "hold no chosen_strength for lenet_like" in chosen["compress_amplify"]["note"]
+    assert chapter.book_settings(cfg, "cifar10")["compress_amplify"]["value"] == 0.0  # a choice of 0 is a choice
+    by_hand = chapter.book_settings(resolve(chapter.SPEC, "smoke", jumprelu_kappa=3.0), "mnist")
+    assert by_hand["jumprelu"] == {"value": 3.0, "source": "set by hand (jumprelu_kappa)", "note": None}
 
 
 def test_score_table_names_another_chapters_network_as_that_chapter_exported_it():

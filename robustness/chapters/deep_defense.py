@@ -16,7 +16,8 @@ The verdict judges robustness at one radius per data set, ``claim_eps`` (L2, in 
 CIFAR-10 0.25 on the book's profiles): the paper states its claim as a larger DeepFool distance ρ_adv, not at a
 radius, so the book fixes the L2 radius of its health checks before the run and judges there, paired on the same
 images against the plain fine-tuned control; the other radii of ``l2_eps`` are reported beside it. ρ_adv itself
-is the paper's metric and is reported as such, never as robustness.
+is the paper's metric and is reported as such, never as robustness; the distance claim is judged with its
+box-constrained adaptive counterpart, DDN's per-image ρ, paired on the same images against the control's.
 
 The record vocabulary: ``defense`` is the variant (``"none"`` = the reference model, ``"fine_tune"``,
 ``"adversarial_fine_tune"``, ``"deep_defense"``); ρ records carry ``units`` (``"mean_image"``: the paper's
@@ -46,7 +47,7 @@ from ..data import DATASETS, dataset_info, load_dataset
 from ..defenses.adversarial_training import AdversarialLoss
 from ..defenses.deep_defense import RHO_REFERENCES, DeepDefenseLoss
 from ..evaluate import members as M
-from ..evaluate.outcome import Outcome, off_floor, removed_by
+from ..evaluate.outcome import Outcome, health_gate, off_floor, removed_by
 from ..evaluate.rho import deep_defense_rho, mean_interval, mean_subtraction_factor
 from ..models import build_model, check_model
 from ..report import health_tables as _health_tables, markdown_table, pct, pct_interval, record_table
@@ -79,9 +80,20 @@ WEAK = {"metric": "accuracy", "attack": "deepfool", "threat_model": "l2"}
 #: The smallest gain in worst-case robust accuracy at the claim radius that would matter: 5 points of the same
 #: images. Below it a defense that costs 40-55× a plain step buys too little to call "more robust".
 MIN_EFFECT = 0.05
-#: Fine-tuning far below the paper's budget: fewer than this share of the official images × epochs. A negative
-#: outcome at such a budget says nothing about the paper (science review D1); it is reported as inconclusive.
+#: Fine-tuning far below the paper's budget: fewer than this share of the official images × epochs. Any outcome
+#: at such a budget is about a different network than the paper's (science review D1): it is reported as
+#: inconclusive (reduced scale), with the fraction and what the paired test read at this budget.
 REDUCED_SCALE = 0.25
+#: The distance claim (science review D2): the smallest rise of the median per-image DDN ρ over the control's that
+#: would matter, as a share of the control's median. The paper claims ρ_adv rises by tens of percent; a rise
+#: below a tenth of the control's distance would not be that claim.
+MIN_RHO_GAIN = 0.10
+#: Paired bootstrap of the median difference: resamples and the generator's seed (fixed: a verdict is a pure
+#: function of the results).
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
+#: The setting key of a ρ record holding its per-image ρ (:func:`pack_rho`): 0 for an image the network already
+#: misclassifies, ∞ for one the attack did not fool.
+RHO_PER_IMAGE = "rho_per_image"
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,8 +153,9 @@ PARAMS = {
     "df_iter": Param("pos_int", "DeepFool iterations, in training and in the paper's ρ_adv"),
     "rho_reference": Param("choice", "where ρ (‖Δx‖/‖x‖) is measured in the loss (mean_image: matconvnet's "
                                      "per-pixel-mean-subtracted input, the paper's scale)", RHO_REFERENCES),
-    "adv_attack": Param("choice", "examples for adversarial fine-tuning", ("fgsm", "deepfool")),
-    "adv_eps_factor": Param("pos_float", "FGSM fine-tuning radius as a multiple of ε_ref"),
+    "adv_attack": Param("choice", "examples for adversarial fine-tuning (deepfool: DeepFool-L2 with df_iter "
+                                  "iterations, the DeepFool paper's adversarial fine-tuning)", ("fgsm", "deepfool")),
+    "adv_eps_factor": Param("pos_float", "FGSM fine-tuning radius as a multiple of ε_ref (adv_attack fgsm only)"),
     "lam_sweep": Param("nonneg_float_list", "λ values for the trade-off sweep (Deep Defense on the first model "
                                                "of the first data set)"),
     "n_eval": Param("pos_int", "test images for ρ_adv, DDN and FGSM (the first N)", per_dataset=True),
@@ -156,6 +169,9 @@ PARAMS = {
     "restarts": Param("pos_int", "random restarts of the PGD members"),
     "square_queries": Param("pos_int", "queries per image of the Square-L2 member"),
     "n_adaptive": Param("pos_int", "test images for the adaptive worst case (the first N)"),
+    "autoattack": Param("bool", "confirm a positive with AutoAttack (L2, standard) on the worst case's survivors "
+                                "at claim_eps (its Square runs 5,000 queries per survivor: minutes per model on a "
+                                "CPU)"),
     "n_health": Param("pos_int", "test images for the evaluation-health checks (the first N)"),
     "health_steps": Param("pos_int", "PGD-L2 steps of the health checks"),
     "cost_batches": Param("pos_int", "training steps timed per objective for the cost table"),
@@ -175,7 +191,11 @@ def _per(mnist, cifar10, fashion_mnist=None) -> dict:
 _COMMON = {
     "datasets": ["mnist", "cifar10"], "models": _per(["mlp", "lenet"], ["convnet"]), "ref_lr": 0.02,
     "ft_lr": 5e-4, "flip": _per(False, True), "lam": 15.0, "c": 25.0, "d": 5.0, "df_iter": 5,
-    "rho_reference": "mean_image", "adv_attack": "fgsm", "adv_eps_factor": 0.5,
+    # The adversarial variant trains on DeepFool examples (science review D4): the adversarial fine-tuning of the
+    # DeepFool paper, whose reference models and ρ_adv Deep Defense adopts, and the very perturbation Deep Defense
+    # differentiates; the paired comparison then separates "training on DeepFool examples" from "regularizing
+    # DeepFool's distance". FGSM (at adv_eps_factor × ε_ref) stays available.
+    "rho_reference": "mean_image", "adv_attack": "deepfool", "adv_eps_factor": 0.5,
     # Fashion-MNIST's L∞ threat radius is a third of MNIST's (data.threat_eps), so its L2 radii are smaller too.
     "claim_eps": _per(1.0, 0.25, 0.5), "batch_size": 250, "seed": 0,
 }
@@ -186,7 +206,7 @@ PROFILES = {
               "lam_sweep": [5.0, 15.0], "n_eval": _per(30, 20), "n_epoch_eval": 10, "ddn_steps": 5,
               "l2_eps": _per([0.5, 1.0], [0.25], [0.25, 0.5]), "pgd_steps": 3, "restarts": 1, "square_queries": 10,
               "n_adaptive": 10, "n_health": 10, "health_steps": 2, "cost_batches": 1, "cost_batch_size": 10,
-              "eps_ref_iter": 10},
+              "eps_ref_iter": 10, "autoattack": False},
     # ≤ 15 min on 2 CPU cores. The official lr throughout: 10× that was measured to cost clean accuracy and, on
     # LeNet, the ρ gain itself. A Deep Defense step costs ~40-55 plain steps on CPU (LeNet ≈ 3 s, the CIFAR
     # ConvNet ≈ 7 s per batch of 100 on one loaded core), so fine-tuning runs on subsets: one size per data set,
@@ -194,17 +214,24 @@ PROFILES = {
     # 1,000 CIFAR-10 images (20 Deep Defense batches). References are trained briefly (60k MNIST images × 3
     # epochs, 10k CIFAR-10 images × 6 epochs); DDN and ρ run on the first 500 / 300 test images, the adaptive
     # worst case and the health checks on the first 200.
+    # The MLP at the official budget (science review D1) does not fit: a Deep Defense step of the MLP was measured
+    # at 0.13 s (batch 100, one thread, on the shared 2-core machine), so its 3,000 official steps take ≈ 6.3 min
+    # and the two controls ≈ 1-3 min more, on top of an evaluation that already takes ≈ 11.6 min of the 15
+    # (book/performance.md); the verdict reports every claim of a reduced-scale run as inconclusive
+    # (REDUCED_SCALE), naming the fraction.
     "laptop": {**_COMMON, "ref_size": _per(60000, 10000), "ref_epochs": _per(3, 6), "ft_size": _per(3000, 1000),
                "ft_epochs": 2, "lam_sweep": [5.0, 15.0, 45.0], "n_eval": _per(500, 300), "n_epoch_eval": 300,
                "ddn_steps": 50, "l2_eps": _per([0.5, 1.0, 1.5, 2.0], [0.1, 0.25, 0.5], [0.25, 0.5, 0.75, 1.0]),
                "pgd_steps": 50, "restarts": 1, "square_queries": 500, "n_adaptive": 200, "n_health": 200,
-               "health_steps": 10, "cost_batches": 2, "cost_batch_size": 100, "eps_ref_iter": 50},
+               "health_steps": 10, "cost_batches": 2, "cost_batch_size": 100, "eps_ref_iter": 50,
+               "autoattack": True},
     "paper": {**_COMMON, "ref_size": _per(60000, 50000), "ref_epochs": _per(10, 60), "ft_size": _per(60000, 50000),
               "ft_epochs": 5, "lam_sweep": [5.0, 15.0, 45.0], "n_eval": _per(10000, 1000), "n_epoch_eval": 1000,
               "ddn_steps": 1000,
               "l2_eps": _per([0.5, 1.0, 1.5, 2.0, 2.5], [0.1, 0.25, 0.5, 0.75], [0.25, 0.5, 0.75, 1.0, 1.5]),
               "pgd_steps": 100, "restarts": 2, "square_queries": 5000, "n_adaptive": 1000, "n_health": 1000,
-              "health_steps": 100, "cost_batches": 20, "cost_batch_size": 100, "eps_ref_iter": 50},
+              "health_steps": 100, "cost_batches": 20, "cost_batch_size": 100, "eps_ref_iter": 50,
+              "autoattack": True},
 }
 
 SPEC = ChapterSpec(
@@ -353,6 +380,45 @@ def _median_over_correct(per_image: torch.Tensor, fooled: torch.Tensor, correct:
     return float(torch.where(fooled, per_image, torch.full_like(per_image, math.inf))[correct].median())
 
 
+def per_image_rho(rho: torch.Tensor, fooled: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Each image's distance to a wrong decision, as the paired distance claim reads it: ρ where the attack fooled
+    a correctly classified image, 0 where the network already misclassifies it, ∞ where the attack failed."""
+    rho, fooled, correct = rho.detach().cpu().float(), fooled.cpu().bool(), correct.cpu().bool()
+    return torch.where(correct, torch.where(fooled, rho, torch.full_like(rho, math.inf)), torch.zeros_like(rho))
+
+
+def pack_rho(rho: torch.Tensor) -> str:
+    """Per-image ρ as a record's setting holds it (numbers only, not lists): space-separated, 4 significant
+    digits (ρ itself is measured to a few percent), ``inf`` for a failure."""
+    return " ".join(f"{float(v):.4g}" for v in rho)
+
+
+def unpack_rho(text: str) -> torch.Tensor:
+    """The inverse of :func:`pack_rho`."""
+    return torch.tensor([float(t) for t in text.split()], dtype=torch.float64)
+
+
+def rho_of(rec: dict | None) -> torch.Tensor | None:
+    """A ρ record's per-image ρ (:data:`RHO_PER_IMAGE`), or ``None`` (a results file written before they were
+    recorded)."""
+    if rec is None or RHO_PER_IMAGE not in rec.get("setting", {}):
+        return None
+    return unpack_rho(rec["setting"][RHO_PER_IMAGE])
+
+
+def ddn_per_image(net: nn.Module, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, steps: int,
+                  batch_size: int, seed: int) -> torch.Tensor:
+    """:func:`per_image_rho` of DDN (pixel ρ, box-constrained) with the generator and steps of
+    ``evaluate.min_norm``'s first run, so the values are those its median summarizes (min_norm keeps only the
+    summary)."""
+    gen = torch.Generator(evaluate.model_device(net)).manual_seed(seed)
+    adv = evaluate.run_attack(attacks.ddn, net, x, y, batch_size, desc=f"ddn {steps} steps, per image", steps=steps,
+                              generator=gen)
+    fooled = evaluate.predict(net, adv, batch_size) != y
+    rho = (adv - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return per_image_rho(rho, fooled, correct)
+
+
 def _rho_records(rec, r: dict, clip: bool, iterations: int) -> list[dict]:
     """The paper's ρ (mean over all images, paper and pixel units) and DeepFool's success rate, as records."""
     common = {"attack": "deepfool", "threat_model": "l2", "n": r["n"], "clip": clip, "iterations": iterations}
@@ -395,13 +461,20 @@ def evaluate_model(run: Run, dataset: str, model: str, variant: str, members: li
     if converged and cfg.eps_ref_iter != cfg.df_iter:  # the converged ρ the anchors are compared with
         conv = deep_defense_rho(net, x, dataset, y, max_iter=cfg.eps_ref_iter, batch_size=bs)
         out += _rho_records(rec, conv, False, cfg.eps_ref_iter)
+    # the paired distance claim reads per-image ρ of the two networks it compares (the clipped DeepFool's, DDN's)
+    paired = variant in (CONTROL, "deep_defense")
+    df_image = per_image_rho(clipped["per_image_pixels"], clipped["fooled"], correct)
     out.append(rec(attack="deepfool", value=_median_over_correct(clipped["per_image_pixels"], clipped["fooled"],
                                                                  correct), iterations=cfg.df_iter, metric="rho",
-                   threat_model="l2", n=len(y), units="pixel", clip=True, statistic="median", over="correct"))
+                   threat_model="l2", n=len(y), units="pixel", clip=True, statistic="median", over="correct",
+                   **({RHO_PER_IMAGE: pack_rho(df_image)} if paired else {})))
     ddn = kit.min_norm_records(cfg, evaluate.min_norm(net, x, y, steps=cfg.ddn_steps, batch_size=bs, seed=cfg.seed),
                                dataset=dataset, model=model, attack="ddn", threat_model="l2", defense=variant,
                                steps=cfg.ddn_steps, clip=True, **knobs)
-    R.first(ddn, metric="rho", statistic="median")["setting"]["over"] = "correct"  # as the clipped DeepFool's
+    median = R.first(ddn, metric="rho", statistic="median")
+    median["setting"]["over"] = "correct"  # as the clipped DeepFool's
+    if paired:
+        median["setting"][RHO_PER_IMAGE] = pack_rho(ddn_per_image(net, x, y, correct, cfg.ddn_steps, bs, cfg.seed))
     out += ddn
     for f in FGSM_FACTORS:
         adv = evaluate.run_attack(attacks.fgsm, net, x, y, bs, eps=f * run.eps_ref[dataset, model])
@@ -415,7 +488,7 @@ def evaluate_model(run: Run, dataset: str, model: str, variant: str, members: li
     worst = kit.worst_case_records(cfg, curve, dataset=dataset, model=model, run=run, key=(dataset, model, variant),
                                    defense=variant, robust_fields=budget, **knobs)
     run.records += out + worst
-    if variant == "deep_defense":  # AutoAttack (L2, standard) confirms a positive on the worst case's survivors
+    if variant == "deep_defense" and cfg.autoattack:  # AutoAttack (L2, standard) confirms a positive
         point = min(curve, key=lambda p: abs(p["eps"] - cfg.claim_eps[dataset]))
         aa, seconds = kit.autoattack_on_survivors(cfg, net, xa, ya, point, dataset=dataset, model=model,
                                                   batch_size=bs, defense=variant, **knobs)
@@ -663,8 +736,13 @@ def scale_sentence(results: dict) -> str:
             "and FGSM run on the first " + ", ".join(f"{p['n_eval'][d]:,} {d}" for d in p["datasets"])
             + f" test images, the adaptive worst case on the first {p['n_adaptive']:,}, the health checks on the "
             f"first {p['n_health']:,}."
-            + (" **This is a reduced-scale run: Deep Defense gets fewer steps than in the paper, and the ρ gains "
-               "below are those of this budget, not the paper's.**" if reduced else ""))
+            + (" **This is a reduced-scale run: Deep Defense gets fewer steps than in the paper ("
+               + ", ".join(f"{_share_text(_budget_share(results, d))} of the official images × epochs on {d}"
+                           for d in p["datasets"])
+               + "), and the ρ gains below are those of this budget, not the paper's.**" if reduced else "")
+            + (f" Below {100 * REDUCED_SCALE:.0f}% of that budget the verdict reports every claim as inconclusive "
+               "(reduced scale), with what the paired test read at this budget."
+               if any(_budget_share(results, d) < REDUCED_SCALE for d in p["datasets"]) else ""))
 
 
 def _cell(fmt, **match):
@@ -868,6 +946,122 @@ def _paired(a: dict | None, b: dict | None, n: int | None = None) -> dict | None
     return evaluate.paired_test(ma[:n], mb[:n])
 
 
+def paired_bootstrap(arrays: list[torch.Tensor], statistic, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap of ``statistic(*arrays)`` over images resampled together (paired: every array is
+    indexed by the same images). ``statistic`` maps arrays of shape ``(resamples, n)`` to ``(resamples,)``.
+    A resample whose statistic is undefined (∞ − ∞) counts against both ends of the interval and both tails
+    of ``p`` (conservative). Returns ``{"value", "interval", "p", "n", "resamples"}``; ``p`` is the two-sided
+    bootstrap p-value of "the statistic is 0"."""
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"paired bootstrap needs arrays over the same images, got lengths {[len(a) for a in arrays]}")
+    value = float(statistic(*[a[None] for a in arrays])[0])
+    idx = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+    stats = statistic(*[a[idx] for a in arrays])
+    undefined = torch.isnan(stats)
+    low = torch.where(undefined, -math.inf, stats).sort().values
+    high = torch.where(undefined, math.inf, stats).sort().values
+    k = int(math.floor(alpha / 2 * resamples))
+    tail = min(int(((stats <= 0) | undefined).sum()), int(((stats >= 0) | undefined).sum()))
+    return {"value": value, "interval": (float(low[k]), float(high[resamples - 1 - k])),
+            "p": min(1.0, 2 * (tail + 1) / (resamples + 1)), "n": n, "resamples": resamples}
+
+
+def _median_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.median(dim=-1).values - b.median(dim=-1).values
+
+
+def _gain_removed(df_a, df_b, ddn_a, ddn_b) -> torch.Tensor:
+    """How much more median-ρ gain the clipped DeepFool shows than DDN on the same images."""
+    return _median_difference(df_a, df_b) - _median_difference(ddn_a, ddn_b)
+
+
+def judge_distance(defended: torch.Tensor, control: torch.Tensor, *, p_adjusted: float | None = None,
+                   converged: bool = True, alpha: float = 0.05) -> tuple[Outcome, dict | None]:
+    """The paper's distance claim, judged adaptively (science review D2): does Deep Defense raise the median
+    per-image DDN ρ (:func:`per_image_rho`: box-constrained minimum norm, 0 where misclassified, ∞ where DDN
+    failed) over the control's, on the same images? Paired bootstrap of the difference of the medians.
+
+    * ``floor``: the control's median is 0 (it misclassifies half the images or more: no distance to compare);
+    * ``unhealthy``: the control's median is ∞ (DDN failed on half its images), or DDN did not converge
+      (``converged``: twice the steps moved a median by more than 2%; the medians are then upper bounds);
+    * ``holds``: the rise is significant (``p_adjusted``: Holm over the models judged);
+    * ``does not hold``: the interval lies below :data:`MIN_RHO_GAIN` × the control's median;
+    * otherwise ``underpowered``."""
+    ctl = float(control.median())
+    test = paired_bootstrap([defended, control], _median_difference)
+    lo, hi = test["interval"]
+    p = test["p"] if p_adjusted is None else p_adjusted
+    n = test["n"]
+    detail = (f"median DDN ρ {float(defended.median()):.4g} against the control's {ctl:.4g} on the same {n} images "
+              f"(pixels; 0 where the network misclassifies, ∞ where DDN failed): rise {test['value']:+.4g} "
+              f"[{lo:+.4g}, {hi:+.4g}], paired bootstrap p = {p:.2g}")
+    if ctl == 0:
+        return Outcome("inconclusive", "floor", detail + "; the control misclassifies half the images or more"), test
+    if not math.isfinite(ctl):
+        return Outcome("inconclusive", "unhealthy", detail + "; DDN failed on half the control's images"), test
+    min_gain = MIN_RHO_GAIN * ctl
+    if not converged:
+        return Outcome("inconclusive", "unhealthy", detail + "; DDN did not converge (twice the steps moved "
+                                                             "a median by more than 2%): the medians are upper "
+                                                             "bounds"), test
+    if p < alpha and test["value"] > 0:
+        return Outcome("holds", None, detail), test
+    if hi < min_gain:
+        return Outcome("does not hold", None, detail + f"; a rise of {100 * MIN_RHO_GAIN:.0f}% of the control's "
+                                                       f"median ({min_gain:.4g}) is excluded"), test
+    return Outcome("inconclusive", "underpowered",
+                   detail + f"; the interval still admits a rise of {100 * MIN_RHO_GAIN:.0f}% of the control's "
+                            f"median ({min_gain:.4g}) and no rise at all"), test
+
+
+def _at_scale(outcome: Outcome, share: float | None) -> Outcome:
+    """:data:`REDUCED_SCALE`: a holds or does-not-hold judged far below the official budget becomes inconclusive
+    (reduced scale), saying what the paired test read at this budget (other inconclusive reasons stand)."""
+    if share is None or share >= REDUCED_SCALE or outcome.outcome == "inconclusive":
+        return outcome
+    return Outcome("inconclusive", "reduced_scale",
+                   f"at {_share_text(share)} of the official fine-tuning budget the paired test reads "
+                   f"*{outcome.outcome}*: {outcome.detail}")
+
+
+def _share_text(share: float) -> str:
+    return f"{100 * share:.2g}%"
+
+
+#: The per-image ρ records the distance claim reads: DDN's and the clipped DeepFool's medians (pixels).
+DDN_MEDIAN = {"metric": "rho", "attack": "ddn", "statistic": "median"}
+DEEPFOOL_MEDIAN = {"metric": "rho", "attack": "deepfool", "units": "pixel", "clip": True, "statistic": "median"}
+
+
+def _distance_claim(dd: list, ctl: list, broken: bool, p_adjusted: float | None,
+                    health: list) -> tuple[Outcome, str | None]:
+    """The distance claim of one model (:func:`judge_distance`, gated by the health rows) and, only with
+    evidence, its mechanism: the clipped DeepFool shows a significant median-ρ gain and DDN, on the same images,
+    measurably less of it (paired bootstrap of the DeepFool gain minus the DDN gain, interval above 0)."""
+    if broken:
+        return Outcome("inconclusive", "broken", "the defended network is near chance (" + kit.BROKEN_RULE + ")"), None
+    ddn_dd, ddn_ctl = (rho_of(R.first(r, **DDN_MEDIAN)) for r in (dd, ctl))
+    if ddn_dd is None or ddn_ctl is None:
+        return Outcome("inconclusive", "not_measured", "this results file has no per-image DDN ρ: rerun the "
+                                                       "chapter to get the paired distance test"), None
+    converged = all(c is None or c["value"] for c in (R.first(r, attack="ddn", metric="converged") for r in (dd, ctl)))
+    outcome, _ = judge_distance(ddn_dd, ddn_ctl, p_adjusted=p_adjusted, converged=converged)
+    outcome = health_gate(outcome, health)
+    df_dd, df_ctl = (rho_of(R.first(r, **DEEPFOOL_MEDIAN)) for r in (dd, ctl))
+    if outcome.outcome == "holds" or df_dd is None or df_ctl is None or len(df_dd) != len(ddn_dd):
+        return outcome, None
+    deepfool_gain = paired_bootstrap([df_dd, df_ctl], _median_difference)
+    removed = paired_bootstrap([df_dd, df_ctl, ddn_dd, ddn_ctl], _gain_removed)
+    if not (deepfool_gain["p"] < 0.05 and deepfool_gain["value"] > 0 and removed["interval"][0] > 0):
+        return outcome, None
+    lo, hi = removed["interval"]
+    return outcome, (f"DDN removed part of the clipped DeepFool's gain: DeepFool's median ρ rises "
+                     f"{deepfool_gain['value']:+.4g} over the control, DDN's {removed['value']:.4g} [{lo:.4g}, "
+                     f"{hi:.4g}] less, on the same {removed['n']} images (paired bootstrap)")
+
+
 def verdict_summary(results: dict) -> dict:
     """Per (data set, model), from results (live or read back, or hand-made records of the same shape): is Deep
     Defense more robust than the plain fine-tuned control, by the book's rule (:func:`kit.paired_outcome`)?
@@ -877,16 +1071,21 @@ def verdict_summary(results: dict) -> dict:
     the same images, with :data:`MIN_EFFECT` as the smallest gain that matters, Holm-adjusted across the
     (data set, model) pairs judged (those whose control is off the floor there), gated by the health rows of that
     model and confirmed by AutoAttack on the worst case's survivors. The other radii are reported as paired
-    numbers, not verdicts. A negative outcome at a fine-tuning budget below :data:`REDUCED_SCALE` of the
-    official one is inconclusive (``reduced_scale``). A mechanism ("masked") is named only with evidence
-    (:func:`robustness.evaluate.outcome.removed_by`): Deep Defense's worst case is significantly below its own
-    accuracy under the paper's clipped DeepFool (:data:`WEAK`) on the same images (the first ``n_adaptive`` of the
-    DeepFool images).
+    numbers, not verdicts. The paper's own claim, a larger distance to the boundary, is judged adaptively as
+    ``distance`` (:func:`_distance_claim`: paired bootstrap of the median per-image DDN ρ against the control's,
+    Holm-adjusted across the models judged). Either claim judged at a fine-tuning budget below
+    :data:`REDUCED_SCALE` of the official one is inconclusive (``reduced_scale``, :func:`_at_scale`). A mechanism
+    ("masked") is named only with evidence (:func:`robustness.evaluate.outcome.removed_by`): Deep Defense's
+    worst case is significantly below its own accuracy under the paper's clipped DeepFool (:data:`WEAK`) on the
+    same images (the first ``n_adaptive`` of the DeepFool images); for the distance, DDN measurably removes a
+    significant median-ρ gain of the clipped DeepFool.
 
     The paper's own metric, ρ_adv (a mean distance from DeepFool, not an accuracy), keeps its interval comparison
     (``"rho"``: :func:`robustness.evaluate.compare`); it is reported, never read as robustness or as masking.
 
     Each value: ``outcome``, ``reason``, ``detail``, ``mechanism``, ``category`` (``broken`` or the outcome),
+    ``distance`` (the distance claim: ``outcome``, ``reason``, ``detail``, ``mechanism``, ``p_adjusted``,
+    ``holm_family``),
     ``claim_eps``, ``p``/``p_adjusted``, the records compared, ``radii`` (paired numbers per radius), ``weak``
     (DeepFool's paired gain over the control at the claim radius), ``clean`` (paired clean-accuracy difference),
     ``rho``, ``autoattack``, ``autoattack_flags``, ``failed_checks``, ``budget_share`` and the point-value remarks
@@ -894,7 +1093,7 @@ def verdict_summary(results: dict) -> dict:
     """
     recs = measured(results["records"])
     health = results.get("health", [])
-    rows, tests = {}, {}
+    rows, tests, distance_tests = {}, {}, {}
     for d, m in _pairs_of(recs):
         dd, ctl = (R.select(recs, dataset=d, model=m, defense=v) for v in ("deep_defense", CONTROL))
         if not dd or not ctl:
@@ -908,7 +1107,12 @@ def verdict_summary(results: dict) -> dict:
         broken = kit.is_broken(clean_dd, dataset_info(d).num_classes) or "near_constant" in failed
         rows[d, m] = (dd, ctl, radii, eps, w_dd, w_ctl, clean_dd, failed, broken)
         tests[d, m] = test if test is not None and not broken and off_floor(w_ctl["interval"]) else None
+        rho_dd, rho_ctl = (rho_of(R.first(r, **DDN_MEDIAN)) for r in (dd, ctl))
+        judged = (rho_dd is not None and rho_ctl is not None and not broken
+                  and 0 < float(rho_ctl.median()) < math.inf)
+        distance_tests[d, m] = paired_bootstrap([rho_dd, rho_ctl], _median_difference) if judged else None
     adjusted = kit.holm_by(tests)
+    distance_adjusted = kit.holm_by(distance_tests)
     out = {}
     for (d, m), (dd, ctl, radii, eps, w_dd, w_ctl, clean_dd, failed, broken) in rows.items():
         mine = [h for h in health if h.get("dataset") == d and h.get("model") == m]
@@ -922,9 +1126,9 @@ def verdict_summary(results: dict) -> dict:
             outcome, _ = kit.paired_outcome(w_dd, w_ctl, min_effect=MIN_EFFECT, health=mine, confirm=aa,
                                             p_adjusted=adjusted.get((d, m)), num_classes=nc, clean=clean_dd)
         share = _budget_share(results, d)
-        if outcome.outcome == "does not hold" and share is not None and share < REDUCED_SCALE:
-            outcome = Outcome("inconclusive", "reduced_scale",
-                              f"{outcome.detail}; fine-tuning saw {100 * share:.2g}% of the official images × epochs")
+        outcome = _at_scale(outcome, share)
+        distance, distance_mechanism = _distance_claim(dd, ctl, broken, distance_adjusted.get((d, m)), mine)
+        distance = _at_scale(distance, share)
         weak_dd = R.first(dd, eps=eps, **WEAK) if eps is not None else None
         weak_ctl = R.first(ctl, eps=eps, **WEAK) if eps is not None else None
         n = w_dd["n"] if w_dd else None
@@ -948,6 +1152,9 @@ def verdict_summary(results: dict) -> dict:
         rho_dd, rho_ctl = R.first(dd, **PAPER_RHO), R.first(ctl, **PAPER_RHO)
         out[d, m] = {
             "outcome": outcome.outcome, "reason": outcome.reason, "detail": outcome.detail, "mechanism": mechanism,
+            "distance": distance.to_dict() | {"p_adjusted": distance_adjusted.get((d, m)),
+                                              "holm_family": len(distance_adjusted),
+                                              "mechanism": distance_mechanism},
             "category": "broken" if broken else outcome.outcome, "claim_eps": eps,
             "p_adjusted": adjusted.get((d, m)), "holm_family": len(adjusted), "min_effect": MIN_EFFECT,
             "worst_dd": w_dd, "worst_control": w_ctl, "budget_share": share,
@@ -967,10 +1174,6 @@ def verdict_summary(results: dict) -> dict:
     return out
 
 
-_COMPARED = {"higher": "clearly higher", "lower": "clearly lower", "same": "intervals overlap",
-             None: "no interval to compare"}
-
-
 def _gain(t: dict | None) -> str:
     """A paired test as ``+4.0 points [−1.2, 9.1], p = 0.2`` (or a dash without per-image outcomes)."""
     if t is None:
@@ -985,14 +1188,30 @@ def _sentences(d: str, m: str, v: dict) -> list[str]:
     family = (f", Holm-adjusted over the {v['holm_family']} (data set, model) pairs judged"
               if v["p_adjusted"] is not None and v["holm_family"] > 1 else "")
     n = v["worst_dd"]["n"] if v["worst_dd"] else "?"
+    share = v["budget_share"]
+    budget = ("" if share is None else
+              f"; fine-tuned at {_share_text(share)} of the official images × epochs"
+              + (", far below it" if share < REDUCED_SCALE else ""))
     lines = [f"- **{m}** on {d}, robustness at the claim radius L2 ε = {eps:g} (worst case of Deep Defense vs the "
              f"plain fine-tuned control on the same {n} images; a gain below {100 * v['min_effect']:.0f} points "
-             f"would not matter{family}): {head}."]
+             f"would not matter{family}{budget}): {head}."]
     if v["mechanism"]:
         lines.append(f"  Masked: {v['mechanism']}.")
     elif v["outcome"] != "holds":
         lines.append("  No mechanism is named: the worst case is not significantly below Deep Defense's own "
                      "clipped-DeepFool accuracy on the same images (or that was not measured).")
+    dist = v["distance"]
+    dist_family = (f", Holm-adjusted over the {dist['holm_family']} models judged"
+                   if dist["p_adjusted"] is not None and dist["holm_family"] > 1 else "")
+    lines.append(f"- **{m}** on {d}, distance to the boundary (the paper's ρ_adv claim, measured by the "
+                 f"box-constrained minimum-norm attack DDN: median per-image ρ of Deep Defense vs the control; a rise "
+                 f"below {100 * MIN_RHO_GAIN:.0f}% of the control's median would not matter{dist_family}{budget}): "
+                 f"{Outcome(dist['outcome'], dist['reason'], dist['detail']).text()}.")
+    if dist["mechanism"]:
+        lines.append(f"  Masked: {dist['mechanism']}.")
+    elif dist["outcome"] != "holds":
+        lines.append("  No mechanism is named: DDN does not measurably remove a significant gain of the clipped "
+                     "DeepFool on the same images (or that was not measured).")
     if v["weak"] is not None:
         lines.append(f"  Under the clipped DeepFool alone at ε = {eps:g} (the paper's attack, first {n} images): "
                      f"Deep Defense vs control {_gain(v['weak'])} (reported).")
@@ -1001,22 +1220,26 @@ def _sentences(d: str, m: str, v: dict) -> list[str]:
         lines.append(f"  AutoAttack (L2, standard) on the worst case's survivors at ε = {eps:g}: "
                      f"{pct_interval(aa)}; " + ("; ".join(v["autoattack_flags"]) or "no AutoAttack flag fired")
                      + ".")
+    elif v["outcome"] == "holds":
+        lines.append("  AutoAttack was not run (`autoattack` is off): this positive is not confirmed by it.")
     if v["radii"]:
         lines.append("  Other radii (paired gains, reported, not judged): " + "; ".join(
             f"ε = {r['eps']:g}: {pct_interval(r['deep_defense'])} vs {pct_interval(r['control'])}, "
             f"{_gain(r['test'])}" for r in v["radii"]) + ".")
     lines.append(f"  The paper's metric, not robustness: ρ_adv (mean DeepFool distance, paper units, every image) "
-                 f"{rho_iv(v['rho_dd'])} against {rho_iv(v['rho_control'])} for the control "
-                 f"({_COMPARED[v['rho']]}). A larger ρ_adv is what the paper claims; on its own it says nothing "
-                 "about robustness, and nothing about masking.")
+                 f"{rho_iv(v['rho_dd'])} against {rho_iv(v['rho_control'])} for the control (each with its own "
+                 "interval; the paired, adaptive test of the same claim is the distance line above). A larger ρ_adv "
+                 "is what the paper claims; on its own it says nothing about robustness, and nothing about "
+                 "masking.")
     lines.append(f"  Clean accuracy {pct_interval(v['clean_dd'])} against the control's "
                  f"{pct_interval(v['clean_control'])}: {_gain(v['clean'])} on the same images."
                  + (f" Failed health checks: {', '.join(v['failed_checks'])}." if v["failed_checks"] else
                     " All health checks passed." if v["health_checked"] else ""))
     r = v["ddn_over_deepfool"]
     if r is not None:
-        lines.append(f"  Box-constrained minimum norm (medians over correct images, pixels; point values, not used "
-                     f"above): DDN's median perturbation is {r:.2f}× the clipped DeepFool's"
+        lines.append(f"  Box-constrained minimum norm (medians over correct images, pixels; point values, the "
+                     f"paired test is the distance line): DDN's median perturbation is {r:.2f}× the clipped "
+                     f"DeepFool's"
                      + (" (DDN not converged: twice the steps moved its median by more than 2%)"
                         if v["ddn_converged"] is False
                         else "; below 1, the paper's DeepFool overstates the distance to the boundary"

@@ -13,25 +13,34 @@ Everything the page calls, in page order:
 * tables and figures as functions of the results (``run.results()`` or a file read back); the verdict
   (:func:`verdict_summary`, :func:`verdict`), a pure function of the results with its thresholds as module constants.
 
+**How the neurons and the targeting are judged.** A channel is *fragile* when an exact McNemar test of the network
+with and without it on the same held-out images, Holm-adjusted over the layer's channels, finds a loss; *robust*
+when the 95% paired interval of the loss lies inside ± :data:`ROBUST_MARGIN` (an equivalence test); otherwise
+*undetermined* (:func:`fragility_summary`, :func:`neurons_outcome`). Targeting is judged on FGSM's *excess*
+activation change over a random-sign perturbation of the same radius, which does not grow with the filter's norm
+as the raw change does (:func:`targeting_outcome`).
+
 **Where the defense is judged** (the book's verdict rules, :mod:`robustness.evaluate.outcome`). Both claims compare
 the network at the chosen strength with strength 0 *on the same images* (``kit.paired_outcome``: exact McNemar,
 Newcombe interval, Holm over the data sets, the floor rule, the health gate, AutoAttack's confirmation):
 
 * ``fgsm_gain`` — the paper's claim, at the paper's radius with the paper's attack: the authors' FGSM
-  (``authors_eps``, normalized units, unclipped) on the ``n_test`` test images;
+  (``authors_eps``, normalized units, unclipped) on the ``n_test`` test images; the same comparison at the other
+  multiples ``authors_factors`` of that radius is reported beside it (their radii were set for ResNet-18; the
+  smaller profiles reuse them for LeNetLike and AlexLike, the book's choice);
 * ``adaptive_gain`` — does that gain survive the adaptive worst case? Judged at the authors' radius in pixels
   (:func:`authors_eps_pixels`, now clipped to [0, 1]): of the radii the chapter measures the worst case at
-  (:func:`adaptive_radii`) it is the one nearest theirs (:func:`judged_radius`), and the only one where the
-  unmodified LeNetLike/AlexLike is not already at 0% (at the threat radius ``eps``, 0.3 or 8/255, both networks
-  are at the floor, so no gain could show there). The threat radius's worst cases are reported beside the verdict
-  as numbers, not judged. AutoAttack (standard) runs on the images the rescaled network's worst case left standing
-  at the judged radius and confirms a positive.
+  (:func:`adaptive_radii`) it is the one nearest theirs (:func:`judged_radius`). At the threat radius ``eps`` the
+  unmodified LeNetLike/AlexLike is expected at the floor, where no gain could show; its worst cases are reported
+  beside the verdict as numbers, not judged. Where the unmodified network is at the floor at the authors' radius
+  too, the claim is inconclusive (floor). AutoAttack (standard) runs on the images the rescaled network's worst
+  case left standing at the judged radius and confirms a positive.
 
 "An FGSM artefact" is printed only with evidence (:func:`robustness.evaluate.outcome.removed_by`): the gain does
 not hold under the worst case *and*, on the same first ``n_adaptive`` test images, the rescaled network's worst
-case is significantly below its own authors'-FGSM accuracy; the member of the worst case that fooled most of the
-images FGSM left standing is named. (The worst case is clipped, the authors' FGSM is not: a larger threat model,
-so the comparison understates what the worst case removed.)
+case is significantly below its own FGSM accuracy at the same radius in the same box (the book's clipped FGSM:
+:func:`clipped_fgsm_radii` contains the authors' radius for that reason); the member of the worst case that fooled
+most of the images FGSM left standing is named.
 
 The method itself (dropout views, fragility, targeting, compress/amplify) is :mod:`robustness.defenses.fragile_neurons`.
 """
@@ -49,7 +58,7 @@ from ..config import ChapterSpec, Param, RunConfig, check_counts
 from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..defenses import fragile_neurons as fn
 from ..evaluate import members as M
-from ..evaluate.outcome import Outcome, removed_by
+from ..evaluate.outcome import Outcome, removed_by, smallest_detectable
 from ..models import MODELS, check_model
 from ..report import duration, health_tables as grouped_health_tables, markdown_table, pct, pct_interval, record_table
 from ..results import first, one, record, select
@@ -69,6 +78,15 @@ AUTHORS_EPS = {"mnist": 0.38, "fashion_mnist": 0.38, "cifar10": 0.015}
 #: Verdict thresholds. A rank correlation counts when its permutation p-value is below ALPHA; a gain of the defense
 #: is judged on the same images by a paired test (kit.paired_outcome), never as points or by two marginal intervals.
 ALPHA = 0.05
+#: A channel is *robust* when the 95% paired interval of the accuracy lost without it lies inside ± this margin
+#: (an equivalence test: half a point of clean accuracy, the review's margin); *fragile* when the exact McNemar
+#: test, Holm-adjusted over the layer's channels, finds a loss; otherwise *undetermined*.
+ROBUST_MARGIN = 0.005
+#: The smallest rank correlation of the targeting excess with fragility that would support "FGSM concentrates on
+#: fragile neurons" (a moderate correlation): the claim does not hold when the 95% interval of ρ lies below it.
+MIN_RHO = 0.3
+#: The multiples of the authors' radius of the unclipped-FGSM sweep (their radii were set for ResNet-18).
+AUTHORS_FACTORS = (0.5, 1.0, 2.0)
 #: The smallest gain (a fraction of the images) that would matter, for both compress/amplify claims: 5 points of
 #: accuracy under attack. The strength rule already lets the defense cost up to 1 (MNIST) or 3 (CIFAR-10) points
 #: of clean accuracy; a gain of the same order would not pay for it, and the paper's FGSM gains are larger.
@@ -98,6 +116,9 @@ def _check(cfg: RunConfig) -> None:
             raise ValueError(f"parameter eps['{d}']={cfg.eps[d]} must be > 0 (the threat radius)")
     if 0.0 not in cfg.strengths:
         raise ValueError(f"parameter strengths={cfg.strengths} must contain 0 (the unmodified model)")
+    if 1.0 not in cfg.authors_factors:
+        raise ValueError(f"parameter authors_factors={cfg.authors_factors} must contain 1 (the authors' own radius, "
+                         f"where the paper's claim is judged); allowed: a list of numbers > 0 containing 1")
 
 
 PARAMS = {
@@ -114,14 +135,17 @@ PARAMS = {
     "n_test": Param("pos_int", "test images for accuracy and the FGSM curves (the first N)", per_dataset=True),
     "authors_eps": Param("pos_float", "FGSM radius of the authors, in their normalized units (times their std gives pixels)",
                          per_dataset=True),
-    "eps_grid": Param("eps_linf_list", "L∞ radii on [0, 1] pixels of the book's clipped FGSM curves",
-                      per_dataset=True),
+    "authors_factors": Param("pos_float_list", "multiples of authors_eps of the unclipped authors'-FGSM sweep "
+                             "(must contain 1)"),
+    "eps_grid": Param("eps_linf_list", "L∞ radii on [0, 1] pixels of the book's clipped FGSM curves (the authors' "
+                      "radius in pixels is added)", per_dataset=True),
     "strengths": Param("nonneg_float_list", "compress/amplify strengths tried (0 leaves the model unchanged)"),
     "score": Param("choice", "fragility score that drives compress/amplify: clean (the definition of the thesis) or fgsm",
                    SCORES),
     "clean_budget": Param("nonneg_float", "largest validation clean-accuracy loss a chosen strength may cost",
                           per_dataset=True),
-    "evolution": Param("bool", "train a second copy (seed + 1) and measure fragility during training",
+    "evolution": Param("bool", "measure the second copy's (seed + 1) fragility during its training (it is trained "
+                       "either way: the transfer check's source)",
                        per_dataset=True),
     "evolution_every": Param("pos_int", "epochs between two fragility measurements of the second copy",
                              per_dataset=True),
@@ -150,6 +174,7 @@ def _zoo_training(profile: str) -> dict:
 
 _COMMON = {
     "datasets": ["mnist", "cifar10"], "model": dict(zoo.ARCH), "recipe": "zoo", "authors_eps": dict(AUTHORS_EPS),
+    "authors_factors": list(AUTHORS_FACTORS),
     "eps_grid": _per([0.05, 0.1, 0.2, 0.3], [1 / 255, 2 / 255, 4 / 255, 8 / 255]),
     "strengths": [0.0, 0.25, 0.5, 1.0, 2.0], "score": "clean", "clean_budget": _per(0.01, 0.03),
     "eps": {d: float(threat_eps(d)) for d in DATASETS}, "batch_size": 250, "seed": 0,
@@ -208,15 +233,22 @@ class FragilityByEpoch:
     the model and of each one-channel dropout on fixed held-out images, as counts (the history keeps them, so a
     cached model brings its evolution along)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, every: int, epochs: int, batch_size: int, source: str):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, every: int, epochs: int, batch_size: int, images: str):
         self.x, self.y, self.every, self.epochs, self.batch_size = x, y, every, epochs, batch_size
-        self.spec = {"name": "fragility_by_epoch", "every": every, "n": len(y), "images": source}
+        # ``images`` names the images without a path (:func:`held_out_images`): the checkpoint's cache key must
+        # not change when the data folder moves
+        self.spec = {"name": "fragility_by_epoch", "every": every, "n": len(y), "images": images}
 
     def __call__(self, epoch: int, model: nn.Module) -> dict:
         if epoch % self.every and epoch != self.epochs:
             return {}
         r = fn.fragility(model, self.x, self.y, eps=0.0, batch_size=self.batch_size, fgsm_too=False)
         return {"clean_k": round(r["clean_base"] * r["n"]), "dropped_k": r["clean_k"].tolist(), "n": r["n"]}
+
+
+def held_out_images(d: str, start: int, n: int) -> str:
+    """Which images :class:`FragilityByEpoch` scores on, in words and without a path (data set, split, range)."""
+    return f"{d} training images {start + 1}-{start + n}"
 
 
 class Run(kit.Run):
@@ -227,8 +259,9 @@ class Run(kit.Run):
 
 def train_all(run: Run) -> None:
     """Per data set: the data (``val``: the ``n_val`` training images after the first ``train_size``, never trained
-    on; ``test``: the first ``n_test`` test images), the model, and, with ``evolution``, the second copy (seed + 1)
-    trained with :class:`FragilityByEpoch`. Records: clean test accuracy of both; the copy's per-epoch fragility
+    on; ``test``: the first ``n_test`` test images), the model, and the second copy (seed + 1): with ``evolution``
+    trained with :class:`FragilityByEpoch`, otherwise the same recipe at seed + 1 (the transfer check's source).
+    Records: clean test accuracy of both; the copy's per-epoch fragility
     (``epoch`` in the setting). Timings: training seconds and whether each model came from the cache."""
     cfg = run.cfg
     with run.timer("train"):
@@ -241,18 +274,20 @@ def train_all(run: Run) -> None:
                                                   "zoo": meta.get("zoo")}
             run.records.append(kit.accuracy_record(cfg, run.nets[d], test, dataset=d, model=cfg.model[d],
                                                    batch_size=cfg.batch_size, seed=cfg.seed, split="test"))
-            if not cfg.evolution[d]:
-                continue
-            val = run.data[d]["val"].first(cfg.n_fragility[d])
             kw = train_recipe(cfg, d, seed=cfg.seed + 1)
-            cb = FragilityByEpoch(val.x, val.y, cfg.evolution_every[d], kw["config"].epochs, cfg.batch_size,
-                                  val.source)
-            run.nets[d, "copy"], meta = trained_model(**kw, epoch_callback=cb)
+            if cfg.evolution[d]:
+                val = run.data[d]["val"].first(cfg.n_fragility[d])
+                cb = FragilityByEpoch(val.x, val.y, cfg.evolution_every[d], kw["config"].epochs, cfg.batch_size,
+                                      held_out_images(d, a, cfg.n_fragility[d]))
+                run.nets[d, "copy"], meta = trained_model(**kw, epoch_callback=cb)
+            else:  # another seed of the same recipe, the transfer health check's source
+                run.nets[d, "copy"], meta = zoo.model_for(**kw)
             run.timings[f"{d}/{cfg.model[d]}-seed{cfg.seed + 1}"] = {"seconds": meta.get("train_seconds"),
-                                                                     "cached": meta["cached"], "zoo": None}
+                                                                     "cached": meta["cached"], "zoo": meta.get("zoo")}
             run.records.append(kit.accuracy_record(cfg, run.nets[d, "copy"], test, dataset=d, model=cfg.model[d],
                                                    batch_size=cfg.batch_size, seed=cfg.seed + 1, split="test"))
-            run.records += _evolution_records(cfg, d, meta["history"]["epochs"])
+            if cfg.evolution[d]:
+                run.records += _evolution_records(cfg, d, meta["history"]["epochs"])
 
 
 def _evolution_records(cfg, d: str, epochs: Sequence[dict]) -> list[dict]:
@@ -274,7 +309,8 @@ def _evolution_records(cfg, d: str, epochs: Sequence[dict]) -> list[dict]:
 def fragility_all(run: Run) -> None:
     """Per data set, on the first ``n_fragility`` held-out images: each first-layer channel dropped in turn, clean
     accuracy and FGSM accuracy (the authors' convention: normalized-space radius ``authors_eps``, unclipped, every
-    image attacked), as records with ``channel``; the undropped model's as ``channel=None``."""
+    image attacked), as records with ``channel``; the undropped model's as ``channel=None``. The clean records carry
+    their per-image outcome (:data:`kit.PER_IMAGE`): each channel is classified by a paired test."""
     cfg = run.cfg
     with run.timer("fragility"):
         for d in cfg.datasets:
@@ -285,9 +321,17 @@ def fragility_all(run: Run) -> None:
             fgsm = dict(attack="fgsm", threat_model="linf_normalized", eps=cfg.authors_eps[d], clip=False)
             kw = dict(dataset=d, model=cfg.model[d], metric="accuracy", n=n, split="val")
             scores = (("clean", {}), ("fgsm", fgsm))
-            run.records += [record(cfg, value=r[f"{s}_base"], channel=None, **at, **kw) for s, at in scores]
+            per_image = {("clean", None): r["clean_correct_base"],
+                         **{("clean", j): m for j, m in enumerate(r["clean_correct"])}}
+
+            def mask(s, j):
+                m = per_image.get((s, j))
+                return {} if m is None else {kit.PER_IMAGE: evaluate.pack_mask(m)}
+
+            run.records += [record(cfg, value=r[f"{s}_base"], channel=None, **at, **kw, **mask(s, None))
+                            for s, at in scores]
             run.records += [record(cfg, value=float(r[s][j]), defense="nodal_dropout", channel=j, **at, **kw,
-                                   interval=evaluate.wilson_interval(int(r[f"{s}_k"][j]), n))
+                                   interval=evaluate.wilson_interval(int(r[f"{s}_k"][j]), n), **mask(s, j))
                             for j in range(len(r["clean"])) for s, at in scores]
 
 
@@ -308,34 +352,88 @@ def fragility_scores(records: Sequence[dict], d: str, score: str = "clean", seed
     return torch.tensor([base[0]["value"] - r["value"] for r in dropped], dtype=torch.float64)
 
 
+def match_channels(similarity: torch.Tensor) -> list[int]:
+    """The assignment of channels that maximizes the total ``similarity`` (square matrix, rows: the first network's
+    channels, columns: the second's): ``match[i]`` is the second network's channel paired with channel ``i``
+    (the Hungarian algorithm, O(C³); no SciPy in the pinned environment)."""
+    cost = (-similarity.double()).tolist()
+    n = len(cost)
+    inf = float("inf")
+    u, v, owner, way = [0.0] * (n + 1), [0.0] * (n + 1), [0] * (n + 1), [0] * (n + 1)
+    for i in range(1, n + 1):
+        owner[0], j0 = i, 0
+        low, used = [inf] * (n + 1), [False] * (n + 1)
+        while owner[j0]:
+            used[j0], i0, delta, j1 = True, owner[j0], inf, 0
+            for j in range(1, n + 1):
+                if not used[j]:
+                    cur = cost[i0 - 1][j - 1] - u[i0] - v[j]
+                    if cur < low[j]:
+                        low[j], way[j] = cur, j0
+                    if low[j] < delta:
+                        delta, j1 = low[j], j
+            for j in range(n + 1):
+                if used[j]:
+                    u[owner[j]] += delta
+                    v[j] -= delta
+                else:
+                    low[j] -= delta
+            j0 = j1
+        while j0:
+            j1 = way[j0]
+            owner[j0], j0 = owner[j1], j1
+    match = [0] * n
+    for j in range(1, n + 1):
+        match[owner[j] - 1] = j - 1
+    return match
+
+
+def filter_similarity(a: nn.Module, b: nn.Module) -> torch.Tensor:
+    """Cosine similarity of every first-layer filter of ``a`` with every one of ``b`` (``(C, C)``)."""
+    wa, wb = (m.get_submodule(fn.first_conv_name(m)).weight.detach().flatten(1).double().cpu() for m in (a, b))
+    return torch.nn.functional.normalize(wa, dim=1) @ torch.nn.functional.normalize(wb, dim=1).T
+
+
 def targeting_all(run: Run) -> None:
     """Per data set: the targeting measurement (:func:`robustness.defenses.fragile_neurons.targeting`, the authors'
-    FGSM, held-out images) as per-channel records (``targeting_change``, ``targeting_share``), and rank
-    correlations (Spearman, permutation p-value) of the targeting change with the clean fragility and with the
-    FGSM fragility, of the two fragilities with each other, and, with a second copy, of the clean fragility of the
-    two seeds."""
+    FGSM, held-out images) as per-channel records (``targeting_change``, ``targeting_share``, and the control:
+    ``targeting_random``, the change under a random-sign perturbation of the same radius, and
+    ``targeting_excess``, FGSM's change over it), and rank correlations (Spearman, permutation p-value) of the
+    targeting excess and the raw change with the clean fragility, of the change with the FGSM fragility, of the
+    two fragilities with each other, and, with a second copy trained with ``evolution``, of the clean fragility of
+    the two seeds after matching their channels (:func:`match_channels` on :func:`filter_similarity`; the mean
+    similarity of the matched filters is recorded beside it)."""
     cfg, records, out = run.cfg, run.records, []
     with run.timer("targeting"):
         for d in cfg.datasets:
             val = run.data[d]["val"].first(cfg.n_fragility[d])
             t = fn.targeting(run.nets[d], val.x, val.y, eps=authors_eps_pixels(cfg, d), clip=False,
-                             batch_size=cfg.batch_size)
+                             batch_size=cfg.batch_size, seed=cfg.seed)
             kw = dict(dataset=d, model=cfg.model[d], attack="fgsm", threat_model="linf_normalized",
                       eps=cfg.authors_eps[d], n=t["n"], split="val")
-            out += [record(cfg, metric=f"targeting_{k}", value=float(t[k][j]), channel=j, **kw)
-                    for j in range(len(t["change"])) for k in ("change", "share")]
+            out += [record(cfg, metric=f"targeting_{name}", value=float(t[key][j]), channel=j, **kw)
+                    for j in range(len(t["change"]))
+                    for name, key in (("change", "change"), ("share", "share"), ("random", "random_change"),
+                                      ("excess", "excess"))]
             fr = {s: fragility_scores(_no_epoch(records), d, s, seed=cfg.seed) for s in SCORES}
-            pairs = {("targeting_change", "fragility_clean"): (t["change"], fr["clean"]),
+            pairs = {("targeting_excess", "fragility_clean"): (t["excess"], fr["clean"]),
+                     ("targeting_change", "fragility_clean"): (t["change"], fr["clean"]),
                      ("targeting_change", "fragility_fgsm"): (t["change"], fr["fgsm"]),
                      ("fragility_fgsm", "fragility_clean"): (fr["fgsm"], fr["clean"])}
+            matched = {}
             if cfg.evolution[d]:
                 last = max(r["setting"]["epoch"] for r in select(records, dataset=d) if r["setting"].get("epoch"))
-                pairs["fragility_clean_seed2", "fragility_clean"] = (
-                    fragility_scores(records, d, "clean", seed=cfg.seed + 1, epoch=last), fr["clean"])
+                similarity = filter_similarity(run.nets[d], run.nets[d, "copy"])
+                match = match_channels(similarity)
+                copy = fragility_scores(records, d, "clean", seed=cfg.seed + 1, epoch=last)
+                pairs["fragility_clean_seed2", "fragility_clean"] = (copy[match], fr["clean"])
+                matched = {"matched": "filter cosine similarity",
+                           "similarity": float(similarity[torch.arange(len(match)), match].mean())}
             for (a, b), (u, v) in pairs.items():
                 s = evaluate.spearman(u, v, seed=cfg.seed)
                 out.append(record(cfg, dataset=d, model=cfg.model[d], metric="rank_correlation", value=s["rho"],
-                                  n=s["n"], x=a, y=b, p=s["p"], permutations=s["permutations"]))
+                                  n=s["n"], x=a, y=b, p=s["p"], permutations=s["permutations"],
+                                  **(matched if a == "fragility_clean_seed2" else {})))
     run.records += out
 
 
@@ -346,15 +444,23 @@ def _no_epoch(records: Sequence[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- compress/amplify
 
 
-def _fgsm_accuracy(cfg, d: str, net: nn.Module, ds, *, authors: bool, eps: float | None = None) -> dict:
-    """FGSM accuracy of ``net`` on ``ds``: the authors' convention (their radius, unclipped) or the book's
-    (``eps`` pixels, clipped to [0, 1])."""
-    radius = authors_eps_pixels(cfg, d) if authors else eps
+def clipped_fgsm_radii(cfg: Mapping[str, Any], d: str) -> list[float]:
+    """The radii (pixels) of the book's clipped FGSM: ``eps_grid`` and the authors' radius in pixels, so that the
+    clipped FGSM and the worst case exist at the same radius on the same images (the worst case's radius is
+    rounded the same way, :func:`adaptive_radii`)."""
+    return sorted({*(float(e) for e in cfg["eps_grid"][d]), round(authors_eps_pixels(cfg, d), 6)})
+
+
+def _fgsm_accuracy(cfg, d: str, net: nn.Module, ds, *, authors: bool, eps: float | None = None,
+                   factor: float = 1.0) -> dict:
+    """FGSM accuracy of ``net`` on ``ds``: the authors' convention (``factor`` times their radius, unclipped) or
+    the book's (``eps`` pixels, clipped to [0, 1])."""
+    radius = factor * authors_eps_pixels(cfg, d) if authors else eps
     x_adv = evaluate.run_attack(attacks.fgsm, net, ds.x, ds.y, cfg.batch_size, eps=radius, clip=not authors)
     correct = evaluate.predict(net, x_adv, cfg.batch_size) == ds.y
     r = evaluate.accuracy_record(correct)
-    where = (dict(threat_model="linf_normalized", eps=cfg.authors_eps[d], clip=False) if authors
-             else dict(threat_model="linf", eps=eps, clip=True))
+    where = (dict(threat_model="linf_normalized", eps=factor * cfg.authors_eps[d], clip=False, factor=factor)
+             if authors else dict(threat_model="linf", eps=eps, clip=True))
     return dict(metric="accuracy", attack="fgsm", value=r["value"], n=r["n"], interval=r["interval"],
                 **{kit.PER_IMAGE: evaluate.pack_mask(correct)}, **where)
 
@@ -379,8 +485,9 @@ def choose_strength(records: Sequence[dict], d: str, budget: float) -> dict:
 
 def strength_all(run: Run) -> None:
     """Per data set and strength of ``strengths``: held-out clean and FGSM (authors') accuracy, the chosen strength
-    (:func:`choose_strength`), then on the test images clean accuracy, the authors' FGSM and the book's clipped
-    FGSM over ``eps_grid``."""
+    (:func:`choose_strength`), then on the test images clean accuracy, the authors' FGSM at each multiple
+    ``authors_factors`` of their radius (``factor`` in the setting) and the book's clipped FGSM over
+    :func:`clipped_fgsm_radii`."""
     cfg, out = run.cfg, []
     with run.timer("compress/amplify"):
         for d in cfg.datasets:
@@ -391,7 +498,9 @@ def strength_all(run: Run) -> None:
                 for ds in (val, test):
                     out.append(kit.accuracy_record(cfg, net, ds, batch_size=cfg.batch_size, split=ds.split, **base))
                     out.append(record(cfg, split=ds.split, **base, **_fgsm_accuracy(cfg, d, net, ds, authors=True)))
-                for e in cfg.eps_grid[d]:
+                out += [record(cfg, split="test", **base, **_fgsm_accuracy(cfg, d, net, test, authors=True, factor=f))
+                        for f in sorted(cfg.authors_factors) if f != 1.0]
+                for e in clipped_fgsm_radii(cfg, d):
                     out.append(record(cfg, split="test", **base,
                                       **_fgsm_accuracy(cfg, d, net, test, authors=False, eps=e)))
             chosen = choose_strength(out, d, cfg.clean_budget[d])
@@ -425,9 +534,9 @@ def judged_radius(records: Sequence[dict], params: Mapping[str, Any], d: str) ->
 
 
 def adaptive_all(run: Run) -> None:
-    """The toolkit's worst case (PGD-CE, PGD-margin, Square; for the rescaled model also PGD transferred from the
-    unmodified one) on the first ``n_adaptive`` test images, nested over :func:`adaptive_radii`, for the unmodified
-    model and, when validation chose a strength > 0, for the rescaled one; then AutoAttack (standard) on the images
+    """The toolkit's worst case (``evaluate.members.default_members``; for the rescaled model also PGD transferred
+    from the unmodified one) on the first ``n_adaptive`` test images, nested over :func:`adaptive_radii`, for the
+    unmodified model and, when validation chose a strength > 0, for the rescaled one; then AutoAttack (standard) on the images
     the rescaled model's worst case left standing at the judged radius (the authors' radius,
     :func:`judged_radius`), whose record confirms or removes a positive. Records: :func:`kit.worst_case_records`
     (``defense`` the model, ``strength`` in the setting, per image the member that fooled it in
@@ -463,8 +572,8 @@ def adaptive_all(run: Run) -> None:
 def health_all(run: Run) -> None:
     """The health table, per data set, of the model the defense chose (rescaled, or the unmodified one when the
     chosen strength is 0) at the threat radius ``eps``, with the gradient-free check and a transfer check: examples
-    from the unmodified model for a rescaled one, from the second copy (seed + 1) for the unmodified one (none
-    without a second copy). Rows tagged with ``strength``."""
+    from the unmodified model for a rescaled one, from the second copy (seed + 1, trained for every data set) for
+    the unmodified one. Rows tagged with ``strength``."""
     cfg = run.cfg
     with run.timer("health checks"):
         for d in cfg.datasets:
@@ -476,7 +585,7 @@ def health_all(run: Run) -> None:
             run.health += kit.health_rows(net, sub.x, sub.y, dataset=d, model=cfg.model[d], eps=eps,
                                           steps=cfg.health_steps, num_classes=dataset_info(d).num_classes,
                                           seed=cfg.seed, batch_size=cfg.batch_size, worst=worst, strength=s,
-                                          transfer_from=run.nets[d] if s > 0 else run.nets.get((d, "copy")))
+                                          transfer_from=run.nets[d] if s > 0 else run.nets[d, "copy"])
 
 
 # --------------------------------------------------------------------------- tables
@@ -503,19 +612,89 @@ def training_table(results: Mapping[str, Any]) -> str:
 
 def fragility_summary(records: Sequence[dict], d: str) -> dict:
     """For data set ``d``: the undropped held-out accuracy; per channel its clean and FGSM fragility; the most
-    fragile channel with its dropped-accuracy record; which channels are *fragile* (dropped accuracy clearly below
-    the undropped, intervals disjoint) and which *robust* (intervals overlap)."""
+    fragile channel with its dropped-accuracy record; and each channel classified on the same images (the full
+    network against the network without it, :func:`robustness.evaluate.paired_test`):
+
+    * *fragile*: the exact McNemar test, Holm-adjusted over the layer's channels, finds a loss (p < :data:`ALPHA`);
+    * *robust*: an equivalence test, the 95% paired interval of the loss lies inside ± :data:`ROBUST_MARGIN`;
+    * *undetermined*: neither (or no per-image outcome in the file).
+
+    ``tests`` holds each channel's paired test (``difference`` = the loss) and ``p_adjusted`` its Holm p;
+    ``detectable`` is the smallest loss the test could call fragile on these images in the best case (every
+    discordant image one way, at Holm's strictest level)."""
     recs = _no_epoch(records)
     base = one(recs, dataset=d, attack="none", split="val", defense="none", metric="accuracy")
     dropped = sorted(select(recs, dataset=d, attack="none", split="val", defense="nodal_dropout", metric="accuracy"),
                      key=lambda r: r["setting"]["channel"])
     base_iv = evaluate.wilson_interval(round(base["value"] * base["n"]), base["n"])
-    fragile = [r["setting"]["channel"] for r in dropped if evaluate.clearly_greater(base_iv, r)]
-    robust = [r["setting"]["channel"] for r in dropped if r["setting"]["channel"] not in fragile]
+    tests = {r["setting"]["channel"]: _paired(base, r) for r in dropped}
+    adjusted = kit.holm_by(tests)
+    fragile, robust, undetermined = [], [], []
+    for j, t in tests.items():
+        if t is not None and adjusted[j] < ALPHA and t["difference"] > 0:
+            fragile.append(j)
+        elif t is not None and -ROBUST_MARGIN < t["interval"][0] and t["interval"][1] < ROBUST_MARGIN:
+            robust.append(j)
+        else:
+            undetermined.append(j)
     worst = max(dropped, key=lambda r: base["value"] - r["value"])
     return {"base": {**base, "interval": list(base_iv)}, "most_fragile": worst, "fragile": fragile, "robust": robust,
+            "undetermined": undetermined, "tests": tests, "p_adjusted": adjusted,
+            "detectable": smallest_detectable(base["n"], ALPHA / max(len(dropped), 1)),
             "clean": fragility_scores(recs, d, "clean"), "fgsm": fragility_scores(recs, d, "fgsm"),
             "channels": len(dropped)}
+
+
+def neurons_outcome(s: Mapping[str, Any]) -> Outcome:
+    """"Fragile and robust neurons exist" from :func:`fragility_summary`: holds with at least one fragile and one
+    robust channel; does not hold when every channel was classified and one class is empty; otherwise
+    inconclusive (underpowered), naming the smallest loss these images can show."""
+    detail = (f"{len(s['fragile'])} fragile, {len(s['robust'])} robust, {len(s['undetermined'])} undetermined of "
+              f"{s['channels']} channels on the same {s['base']['n']} held-out images (fragile: exact McNemar, Holm "
+              f"over the channels; robust: the loss's 95% paired interval inside ±{100 * ROBUST_MARGIN:g} points; "
+              f"the smallest loss one channel can show on these images: {100 * s['detectable']:.1f} points, best "
+              f"case)")
+    if all(t is None for t in s["tests"].values()):
+        return Outcome("inconclusive", "not_measured", kit.NO_PER_IMAGE_NOTE)
+    if s["fragile"] and s["robust"]:
+        return Outcome("holds", None, detail)
+    if not s["undetermined"]:
+        return Outcome("does not hold", None, detail + f"; every channel is {'fragile' if s['fragile'] else 'robust'}")
+    return Outcome("inconclusive", "underpowered",
+                   detail + "; an undetermined channel may be fragile below what these images can show, or robust")
+
+
+def _rho_interval(rho: float, n: int) -> tuple[float, float]:
+    """95% interval of a Spearman ρ of ``n`` pairs: Fisher's z with Fieller, Hartley and Pearson's (1957) variance
+    1.06 / (n − 3)."""
+    z, se = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12)), math.sqrt(1.06 / (n - 3))
+    return math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
+
+
+def targeting_outcome(excess: Mapping[str, Any] | None, raw: Mapping[str, Any] | None) -> Outcome:
+    """"FGSM concentrates on fragile neurons", judged on the rank correlation of the targeting *excess* (FGSM's
+    activation change over a random-sign perturbation's of the same radius, which does not grow with the
+    filter's norm) with clean fragility: holds when ρ > 0 with permutation p < :data:`ALPHA`; does not hold when
+    ρ < 0 with p < ALPHA, when the excess is the same for every channel, or when the 95% interval of ρ lies below
+    :data:`MIN_RHO`; otherwise inconclusive (underpowered). The raw change's correlation (confounded by the
+    filter's norm) is named in the detail, never judged."""
+    if excess is None:
+        return Outcome("inconclusive", "not_measured", "this results file has no targeting excess (rerun the chapter)")
+    raw_text = (f"; the raw change (it grows with the filter's norm, as fragility does): ρ = {_rho_text(raw)}"
+                if raw else "")
+    rho, p, n = excess["value"], excess["setting"]["p"], excess["n"]
+    if math.isnan(rho):
+        return Outcome("does not hold", None, "FGSM's excess over a random-sign perturbation is the same for every "
+                                              "channel" + raw_text)
+    lo, hi = _rho_interval(rho, n) if n > 3 else (-1.0, 1.0)
+    detail = f"excess over a random-sign perturbation of the same radius: ρ = {_rho_text(excess)}, 95% interval " \
+             f"[{lo:+.2f}, {hi:+.2f}] over {n} channels" + raw_text
+    if p < ALPHA and rho > 0:
+        return Outcome("holds", None, detail)
+    if (p < ALPHA and rho < 0) or hi < MIN_RHO:
+        return Outcome("does not hold", None, detail + (f"; a correlation of {MIN_RHO:g} is excluded"
+                                                        if hi < MIN_RHO else ""))
+    return Outcome("inconclusive", "underpowered", detail + f"; the interval still admits ρ = {MIN_RHO:g}")
 
 
 def _correlation(records, d, x, y) -> dict | None:
@@ -536,18 +715,22 @@ def fragility_table(results: Mapping[str, Any]) -> str:
         s = fragility_summary(results["records"], d)
         w = s["most_fragile"]
         rows.append({"data": d, "base": pct_interval(s["base"]), "top": f"#{w['setting']['channel']}: {pct_interval(w)}",
-                     "counts": f"{len(s['fragile'])} / {len(s['robust'])} of {s['channels']}"})
+                     "counts": f"{len(s['fragile'])} / {len(s['robust'])} / {len(s['undetermined'])} of "
+                               f"{s['channels']}", "detectable": f"{100 * s['detectable']:.1f}"})
     return markdown_table(rows, {"data": "data set", "base": "held-out accuracy [95% CI]",
                                  "top": "most fragile channel: accuracy without it",
-                                 "counts": "fragile / robust channels"})
+                                 "counts": "fragile / robust / undetermined channels",
+                                 "detectable": "smallest loss one channel can show (points)"})
 
 
 def correlation_table(results: Mapping[str, Any]) -> str:
     """The rank correlations (Spearman's ρ with its permutation p-value) per data set."""
-    pairs = {"ρ(targeting, clean fragility)": ("targeting_change", "fragility_clean"),
+    pairs = {"ρ(targeting excess over random signs, clean fragility)": ("targeting_excess", "fragility_clean"),
+             "ρ(targeting, clean fragility)": ("targeting_change", "fragility_clean"),
              "ρ(targeting, FGSM fragility)": ("targeting_change", "fragility_fgsm"),
              "ρ(FGSM fragility, clean fragility)": ("fragility_fgsm", "fragility_clean"),
-             "ρ(fragility of the second copy, of the first)": ("fragility_clean_seed2", "fragility_clean")}
+             "ρ(fragility of the second copy, of the first; channels matched by filter)":
+                 ("fragility_clean_seed2", "fragility_clean")}
     columns = {"largest share of images targeting one channel": lambda mine: pct(max(
                    (r["value"] for r in select(mine, metric="targeting_share")), default=float("nan"))),
                **{header: lambda mine, xy=xy: _rho_text(first(mine, metric="rank_correlation", x=xy[0], y=xy[1]))
@@ -569,12 +752,16 @@ def strength_table(results: Mapping[str, Any]) -> str:
         chosen = chosen_strength(results["records"], d)
         test, strengths = _test_strengths(results["records"], d)
         grid = sorted(r["eps"] for r in select(test, clip=True, strength=0.0))
-        columns = {"clean [95% CI]": {"attack": "none"}, "FGSM, authors' [95% CI]": {"attack": "fgsm", "clip": False},
+        factors = sorted({r["setting"].get("factor", 1.0) for r in select(test, attack="fgsm", clip=False)})
+        columns = {"clean [95% CI]": {"attack": "none"},
+                   **{("FGSM, authors' [95% CI]" if f == 1.0 else f"authors' ×{f:g}"):
+                      {"attack": "fgsm", "clip": False, "eps": f * cfg["authors_eps"][d]} for f in factors},
                    **{f"ε = {e:.3g}": (lambda at, e=e: pct(one(at, attack="fgsm", clip=True, eps=e)["value"]))
                       for e in grid}}
         rows = {f"{s:g}" + (" (chosen)" if s == chosen else ""): {"strength": s} for s in strengths}
         parts.append(f"**{d}** (FGSM of the authors: {cfg['authors_eps'][d]:g} normalized units = "
-                     f"{authors_eps_pixels(cfg, d):.4f} pixels, unclipped)\n\n"
+                     f"{authors_eps_pixels(cfg, d):.4f} pixels, unclipped; ×f: f times that radius; the ε columns "
+                     f"are the book's clipped FGSM, the authors' radius in pixels among them)\n\n"
                      + record_table(test, rows, columns, corner="strength"))
     return "\n\n".join(parts)
 
@@ -684,7 +871,8 @@ def strength_figure(results: Mapping[str, Any]):
             left.plot(*zip(*curve), marker="o", label=f"strength {s:g}")
         left.set(xlabel="ε (pixels)", ylabel="FGSM accuracy (clipped)", title=f"{d}: FGSM vs ε")
         left.legend(fontsize=8)
-        for label, match in (("clean", {"attack": "none"}), ("FGSM, authors'", {"attack": "fgsm", "clip": False})):
+        authors = {"attack": "fgsm", "clip": False, "eps": results["parameters"]["authors_eps"][d]}
+        for label, match in (("clean", {"attack": "none"}), ("FGSM, authors'", authors)):
             pts = [(s, one(test, strength=s, **match)["value"]) for s in strengths]
             right.plot(*zip(*pts), marker="o", label=label)
         right.axvline(chosen_strength(records, d), color="red", ls="--", lw=1, label="chosen")
@@ -717,12 +905,28 @@ def _claim(outcome: Outcome, test: dict | None, **extra: Any) -> dict:
     return {**outcome.to_dict(), "test": test, **extra}
 
 
+def _sweep(test: Sequence[dict], d: str, chosen: float, authors: float, num_classes: int) -> dict:
+    """The paper's FGSM comparison (chosen strength against 0, same images) at each multiple of the authors'
+    radius the run measured (``factor``), Holm over the multiples: ``{factor: claim}``. Reported beside the claim,
+    which is judged at ×1."""
+    factors = sorted({r["setting"].get("factor", 1.0) for r in select(test, attack="fgsm", clip=False)})
+    pairs = {f: (first(test, strength=chosen, attack="fgsm", clip=False, eps=f * authors),
+                 first(test, strength=0.0, attack="fgsm", clip=False, eps=f * authors)) for f in factors}
+    adjusted = kit.holm_by({f: _paired(*ab) for f, ab in pairs.items()})
+    out = {}
+    for f, (a, b) in pairs.items():
+        o, t = kit.paired_outcome(a, b, min_effect=MIN_EFFECT, p_adjusted=adjusted.get(f), num_classes=num_classes)
+        out[f] = _claim(o, t, p_adjusted=adjusted.get(f), eps=f * authors)
+    return out
+
+
 def verdict_summary(results: Mapping[str, Any]) -> dict:
     """Per data set, from the results (live, read back, or hand-made records of the same shape), the four claims:
 
-    - ``neurons``: fragile and robust neurons exist (at least one channel whose dropped accuracy interval lies
-      below the undropped one, and at least one whose interval overlaps it);
-    - ``targeting``: FGSM's activation change is rank-correlated with clean fragility (ρ > 0, p < :data:`ALPHA`);
+    - ``neurons``: fragile and robust neurons exist (:func:`neurons_outcome`: paired tests per channel, Holm over
+      the channels, an equivalence test for robust);
+    - ``targeting``: FGSM concentrates on fragile neurons (:func:`targeting_outcome`: the rank correlation of
+      FGSM's *excess* activation change over a random-sign perturbation with clean fragility);
     - ``fgsm_gain`` and ``adaptive_gain``: compress/amplify at the chosen strength against strength 0 on the same
       images (:func:`kit.paired_outcome`, gain of at least :data:`MIN_EFFECT`, Holm over the data sets), under the
       authors' FGSM at their radius, and under the adaptive worst case at :func:`judged_radius` (confirmed by
@@ -731,6 +935,9 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
       :func:`robustness.evaluate.outcome.removed_by`'s evidence, then ``evidence`` holds it), ``test`` (the paired
       test) and ``p_adjusted``. When validation chose strength 0 both do not hold (the rule kept the unmodified
       network). ``threat``: the worst cases at the threat radius ``eps``, reported beside, not judged.
+      ``sweep``: the FGSM comparison at each multiple of the authors' radius (``authors_factors``), reported.
+      The artefact evidence compares the rescaled network's worst case with its own *clipped* FGSM at the judged
+      radius on the same images (the same radius and box: ``clipped_fgsm``).
 
     ``category`` (for pages and tests that read one word): ``broken`` (the network the defense chose is broken,
     :data:`kit.BROKEN_RULE`), ``real`` (the gain survives), ``fgsm_only`` (only with removed_by's evidence),
@@ -744,8 +951,12 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
         test = select(recs, dataset=d, defense="compress_amplify", split="test")
         at = judged_radius(recs, p, d)
         threat = float(p["eps"][d]) if "eps" in p else float(threat_eps(d))
-        seen[d] = {"chosen": chosen, "at": at, "threat_eps": threat,
-                   "fgsm": {st: one(test, strength=st, attack="fgsm", clip=False) for st in {0.0, chosen}},
+        authors = float(p.get("authors_eps", AUTHORS_EPS)[d])
+        seen[d] = {"chosen": chosen, "at": at, "threat_eps": threat, "authors_eps": authors,
+                   "fgsm": {st: one(test, strength=st, attack="fgsm", clip=False, eps=authors)
+                            for st in {0.0, chosen}},
+                   "clipped": first(test, strength=chosen, attack="fgsm", clip=True, eps=at) if at is not None
+                   else None,
                    "clean": {st: one(test, strength=st, attack="none") for st in {0.0, chosen}},
                    "worst": {lab: first(recs, dataset=d, attack="worst_case", defense=lab, eps=at)
                              for lab in ("none", "compress_amplify")} if at is not None else {},
@@ -762,6 +973,8 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
         v = seen[d]
         s, chosen = fragility_summary(recs, d), v["chosen"]
         rho = _correlation(recs, d, "targeting_change", "fragility_clean")
+        excess = _correlation(recs, d, "targeting_excess", "fragility_clean")
+        neurons, targeting = neurons_outcome(s), targeting_outcome(excess, rho)
         num_classes = dataset_info(d).num_classes
         broken = kit.is_broken(v["clean"][chosen], num_classes)
         mine = [r for r in health if r.get("dataset") == d]
@@ -779,7 +992,8 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
             wo, wtest = kit.paired_outcome(v["worst"].get("compress_amplify"), v["worst"].get("none"),
                                            confirm=v["autoattack"], p_adjusted=holm_worst.get(d), **common)
             if fo.outcome == "holds" and wo.outcome == "does not hold":
-                evidence = _removed(v["fgsm"][chosen], v["worst"]["compress_amplify"])
+                # the weak attack at the same radius, in the same box, on the same images: the book's clipped FGSM
+                evidence = _removed(v["clipped"], v["worst"]["compress_amplify"])
                 if evidence:
                     mechanism = (f"an FGSM artefact: the gain was removed by {evidence['member']} "
                                  f"({evidence['images']} images)")
@@ -793,11 +1007,15 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
             "test": evaluate.paired_test(ma, mb) if ma is not None and mb is not None else None}
         no_masks = any(kit.per_image(r) is None for r in (*v["fgsm"].values(), *v["worst"].values()) if r)
         outcomes = (fgsm_claim["outcome"], worst_claim["outcome"])
-        out[d] = {"neurons": bool(s["fragile"]) and bool(s["robust"]), "fragile": s["fragile"],
-                  "robust": s["robust"], "channels": s["channels"],
-                  "targeting": rho is not None and not math.isnan(rho["value"]) and rho["value"] > 0
-                  and rho["setting"]["p"] < ALPHA, "targeting_rho": rho,
-                  "seed_rho": _correlation(recs, d, "fragility_clean_seed2", "fragility_clean"),
+        out[d] = {"neurons": neurons.to_dict(), "fragile": s["fragile"], "robust": s["robust"],
+                  "undetermined": s["undetermined"], "channels": s["channels"], "detectable": s["detectable"],
+                  "targeting": targeting.to_dict(), "targeting_rho": rho, "targeting_excess": excess,
+                  "sweep": _sweep(select(recs, dataset=d, defense="compress_amplify", split="test"), d, chosen,
+                                  v["authors_eps"], num_classes) if chosen > 0 and not broken else {},
+                  "clipped_fgsm": v["clipped"],
+                  # channel j of one seed and of another are the same neuron only after matching
+                  "seed_rho": first(recs, dataset=d, metric="rank_correlation", x="fragility_clean_seed2",
+                                    y="fragility_clean", matched="filter cosine similarity"),
                   "strength": chosen, "fgsm": v["fgsm"], "clean": v["clean"], "judged_eps": v["at"],
                   "min_effect": MIN_EFFECT, "fgsm_gain": fgsm_claim, "worst": v["worst"],
                   "adaptive_gain": worst_claim, "threat": reported, "autoattack": v["autoattack"],
@@ -808,10 +1026,6 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
     return out
 
 
-def _yes(flag: bool) -> str:
-    return "holds" if flag else "does not hold"
-
-
 def _outcome_text(claim: Mapping[str, Any]) -> str:
     return Outcome(claim["outcome"], claim["reason"], claim["detail"]).text()
 
@@ -819,10 +1033,18 @@ def _outcome_text(claim: Mapping[str, Any]) -> str:
 def _compress_amplify_lines(d: str, v: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
     s, f0, f1 = v["strength"], v["fgsm"][0.0], v["fgsm"][v["strength"]]
     authors = params.get("authors_eps", AUTHORS_EPS)[d]
+    model = params.get("model", {}).get(d) if isinstance(params.get("model"), Mapping) else params.get("model")
+    whose = ("" if model == "resnet18" else
+             f"; the radius the authors set for ResNet-18, reused for {model or 'this network'} by the book's choice")
     lines = [f"Compress/amplify at strength {s:g} against strength 0, under the authors' FGSM at their radius "
-             f"({authors:g} normalized units, unclipped; the paper's claim) on the same {f0['n']} test images: "
-             f"{pct_interval(f0)} → {pct_interval(f1)} (clean {pct_interval(v['clean'][0.0])} → "
+             f"({authors:g} normalized units, unclipped{whose}; the paper's claim) on the same {f0['n']} test "
+             f"images: {pct_interval(f0)} → {pct_interval(f1)} (clean {pct_interval(v['clean'][0.0])} → "
              f"{pct_interval(v['clean'][s])}). The paper's claim: {_outcome_text(v['fgsm_gain'])}."]
+    others = {f: c for f, c in v["sweep"].items() if f != 1.0}
+    if others:
+        lines.append("The same comparison at other multiples of their radius (reported; Holm over the "
+                     f"{len(v['sweep'])} radii): " + "; ".join(
+                         f"×{f:g} ({c['eps']:.3g} normalized): {_outcome_text(c)}" for f, c in others.items()) + ".")
     w0, w1 = v["worst"].get("none"), v["worst"].get("compress_amplify")
     if w0 is not None and w1 is not None:
         aa = v["autoattack"]
@@ -837,9 +1059,9 @@ def _compress_amplify_lines(d: str, v: Mapping[str, Any], params: Mapping[str, A
         t = ev["test"]
         lines.append(f"Mechanism: {v['adaptive_gain']['mechanism']}. On the same first {t['n']} test images the "
                      f"rescaled network's worst case is {100 * t['difference']:.1f} points "
-                     f"[{100 * t['interval'][0]:.1f}, {100 * t['interval'][1]:.1f}] below its own authors'-FGSM "
-                     f"accuracy (McNemar p = {t['p']:.2g}); {ev['member']} fooled most of the images FGSM left "
-                     f"standing.")
+                     f"[{100 * t['interval'][0]:.1f}, {100 * t['interval'][1]:.1f}] below its own FGSM accuracy at "
+                     f"the same radius, clipped (McNemar p = {t['p']:.2g}); {ev['member']} fooled most of the images "
+                     f"FGSM left standing.")
     r = v["threat"]
     if r and r.get("none") and r.get("compress_amplify"):
         gap = (f", paired difference {100 * r['test']['difference']:+.1f} points" if r["test"] else "")
@@ -855,12 +1077,12 @@ def verdict(results: Mapping[str, Any]) -> str:
     :data:`kit.BROKEN_RULE` and the smoke note."""
     lines, notes, summary = [], set(), verdict_summary(results)
     for d, v in summary.items():
-        rho = v["targeting_rho"]
-        lines.append(f"**{d}.** Fragile and robust neurons: {_yes(v['neurons'])} ({len(v['fragile'])} of "
-                     f"{v['channels']} channels clearly fragile, {len(v['robust'])} robust on held-out images). "
-                     f"FGSM concentrating on fragile neurons: {_yes(v['targeting'])} (ρ = {_rho_text(rho)}).")
+        lines.append(f"**{d}.** Fragile and robust neurons: {_outcome_text(v['neurons'])}. "
+                     f"FGSM concentrating on fragile neurons: {_outcome_text(v['targeting'])}.")
         if v["seed_rho"] is not None:
-            lines.append(f"Fragility across two training seeds: ρ = {_rho_text(v['seed_rho'])}.")
+            r = v["seed_rho"]
+            lines.append(f"Fragility across two training seeds, channels matched by their filters (mean cosine "
+                         f"similarity {r['setting']['similarity']:.2f}; reported): ρ = {_rho_text(r)}.")
         if v["broken"]:
             lines.append(f"Verdict: the network the defense chose is broken (clean test accuracy "
                          f"{pct_interval(v['clean'][v['strength']])}): its robustness numbers are not interpreted.")

@@ -23,7 +23,11 @@ so everything below is the book's reading, labelled as such:
 * the term either pulls each chosen layer's entropy toward a target, ``Σ_l (H_l − target_l)²`` (the chapter's
   use: the targets are the per-layer profile of an adversarially trained model), or, without targets, moves it
   in a ``direction`` per layer, ``−Σ_l d_l·H_l`` with ``d_l = +1`` to raise the entropy and ``−1`` to lower it.
-  The default layers are every ``nn.ReLU`` module (:func:`entropy_layers`).
+  The default layers are every ``nn.ReLU`` module (:func:`entropy_layers`);
+* precision: the estimate and the term are computed in float32 (autocast is switched off for them), also when the
+  training step runs its forward pass under bfloat16 autocast; the activations they read are then the forward
+  pass's bfloat16 values (8-bit mantissa), upcast. :func:`layer_entropies` (the profiles, the targets) runs the
+  forward pass in the model's own precision (float32 in this book).
 
 :class:`EntropicLoss` is a plain ``loss(model, x, y)`` callable with a JSON-able ``spec``: it plugs into
 :func:`robustness.train.train` like any other objective. :func:`layer_entropies` measures the per-layer profile.
@@ -207,7 +211,10 @@ def _forward_with_entropies(model: nn.Module, x: torch.Tensor, layers: Sequence[
     missing = [name for name in layers if not outputs[name]]
     if missing:
         raise ValueError(f"layers {missing} did not run in the forward pass")
-    return logits, {name: estimator.layer_entropy(outputs[name]) for name in layers}
+    # The term in float32 whatever autocast the forward pass ran under: the activations are upcast (as_units) and
+    # no op of the estimate may drop back to bfloat16; only the activations' own values carry the forward's rounding.
+    with torch.autocast(x.device.type, enabled=False):
+        return logits, {name: estimator.layer_entropy(outputs[name]) for name in layers}
 
 
 def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:

@@ -66,6 +66,13 @@ def scale_channels(model: nn.Module, scales: Sequence[float] | torch.Tensor) -> 
     norm), so ``scales[j] = 0`` removes the neuron's response to the image (nodal dropout) and all ones leave every
     output bit-identical (``x * 1.0 == x`` in IEEE arithmetic). The copy is in eval mode and differentiable:
     attacks see it as any other model.
+
+    In ResNet-18 the scale sits *before* batch norm (``bn1``): in eval mode a zeroed channel then leaves ``bn1``
+    as the constant ``β − γμ/σ``, not 0, and a scale ``c`` gives ``γ(c·a − μ)/σ + β``, not ``c`` times the
+    normalized feature. So in ResNet-18 "dropping" a channel replaces it by its batch-norm offset, and
+    compress/amplify is an affine, not a proportional, change of what the next layer sees (the book's reading;
+    the paper does not say where its neurons were cut). In LeNetLike and AlexLike a ReLU follows the convolution
+    and the scale is a plain rescaling.
     """
     name = first_conv_name(model)
     conv = model.get_submodule(name)
@@ -132,21 +139,25 @@ def fragility(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Radius
 
     Returns CPU tensors ``clean`` and ``fgsm`` (accuracy with channel ``j`` dropped, shape ``(C,)``),
     ``clean_drop`` and ``fgsm_drop``, the undropped ``clean_base`` and ``fgsm_base`` (floats), the correct counts
-    ``clean_k``/``fgsm_k`` and ``n``. ``fgsm_too=False`` skips the attack (FGSM entries are then absent).
+    ``clean_k``/``fgsm_k`` and ``n``; and per image, for paired tests of each channel against the full network on
+    the same images, ``clean_correct_base`` ``(n,)`` and ``clean_correct`` ``(C, n)`` (booleans). ``fgsm_too=False``
+    skips the attack (FGSM entries are then absent).
     """
     n = len(y)
     if n == 0:
         raise ValueError("fragility needs at least one image")
     base_clean = _correct(model, x, y, batch_size)
     base_fgsm = _fgsm_correct(model, x, y, eps, clip, batch_size) if fgsm_too else None
-    clean_k, fgsm_k = [], []
+    clean_k, fgsm_k, clean_masks = [], [], []
     for j in range(channel_count(model)):
         dropped = drop_channel(model, j)
-        clean_k.append(int(_correct(dropped, x, y, batch_size).sum()))
+        clean_masks.append(_correct(dropped, x, y, batch_size).cpu())
+        clean_k.append(int(clean_masks[-1].sum()))
         if fgsm_too:
             fgsm_k.append(int(_fgsm_correct(dropped, x, y, eps, clip, batch_size).sum()))
     out = {"n": n, "clean_k": torch.tensor(clean_k), "clean": torch.tensor(clean_k, dtype=torch.float64) / n,
-           "clean_base": float(base_clean.double().mean())}
+           "clean_base": float(base_clean.double().mean()), "clean_correct_base": base_clean.cpu(),
+           "clean_correct": torch.stack(clean_masks)}
     out["clean_drop"] = out["clean_base"] - out["clean"]
     if fgsm_too:
         out.update(fgsm_k=torch.tensor(fgsm_k), fgsm=torch.tensor(fgsm_k, dtype=torch.float64) / n,
@@ -168,32 +179,54 @@ def _first_conv_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return store[0]
 
 
+def _random_sign(x: torch.Tensor, eps: Radius, clip: bool, generator: torch.Generator) -> torch.Tensor:
+    """``x`` plus ``eps`` times a random sign per pixel (the same radius and box as FGSM, no gradient)."""
+    sign = torch.randint(0, 2, x.shape, generator=generator).to(x.device, x.dtype) * 2 - 1
+    radius = eps.to(x.device, x.dtype) if isinstance(eps, torch.Tensor) else eps
+    out = x + radius * sign
+    return out.clamp(0, 1) if clip else out
+
+
 def targeting(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Radius, clip: bool = True,
-              batch_size: int = 250) -> dict:
+              batch_size: int = 250, seed: int = 0) -> dict:
     """Where an FGSM perturbation lands in the first layer (the book's reading of the "adversarial targeting
     algorithm"; the paper's own was not published).
 
     For each image, FGSM of radius ``eps`` crafted on ``model``, and per first-layer channel ``j`` the change of its
     activation map ``‖a_j(x + δ) − a_j(x)‖₂`` (over the map's pixels), measured at the convolution's output, where
-    :func:`scale_channels` acts (on such a view: before its scale). Returns CPU tensors: ``change`` ``(C,)``, the mean change per channel; ``top``
-    ``(C,)``, how many images had channel ``j`` as their most-changed channel (the targeting distribution);
+    :func:`scale_channels` acts (on such a view: before its scale). Returns CPU tensors: ``change`` ``(C,)``, the
+    mean change per channel; ``top`` ``(C,)``, how many images had channel ``j`` as their most-changed channel (the targeting distribution);
     ``share`` = ``top / n``; and ``n``.
 
-    At this layer the change is linear in the perturbation (the bias cancels), so it measures how strongly each
-    filter responds to the attack's sign pattern; the chapter compares it with the fragility ranking.
+    At this layer the change is linear in the perturbation (the bias cancels): it is ``‖W_j ⋆ δ‖₂`` and grows with
+    the filter's norm, as fragility does, so ``change`` correlates with fragility with no targeting at all. The
+    control: the same measurement under a random-sign perturbation of the same radius (``random_change``, signs
+    drawn with ``seed``), and per channel the *excess* ``change / random_change − 1``, how much more FGSM moves
+    the channel than chance does. Multiplying a filter by ``c`` multiplies both changes by ``c``, so the excess
+    does not depend on the filter's norm (0 for a channel neither perturbation moves). Also returns
+    ``random_change`` and ``excess``.
     """
     dev = _device(model)
-    sums, top = None, None
+    generator = torch.Generator().manual_seed(seed)
+    sums, random_sums, top = None, None, None
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
         x_adv = fgsm(model, xb, yb, eps=eps, clip=clip)
-        delta = _first_conv_output(model, x_adv) - _first_conv_output(model, xb)
-        per_image = delta.flatten(2).norm(dim=2).cpu().double()  # (B, C)
+        clean = _first_conv_output(model, xb)
+        per_image = (_first_conv_output(model, x_adv) - clean).flatten(2).norm(dim=2).cpu().double()  # (B, C)
+        at_random = _first_conv_output(model, _random_sign(xb, eps, clip, generator)) - clean
+        random_sums = (at_random.flatten(2).norm(dim=2).cpu().double().sum(0)
+                       + (0 if random_sums is None else random_sums))
         counts = torch.bincount(per_image.argmax(1), minlength=per_image.shape[1])
         sums = per_image.sum(0) if sums is None else sums + per_image.sum(0)
         top = counts if top is None else top + counts
     n = len(y)
-    return {"change": sums / n, "top": top, "share": top.double() / n, "n": n}
+    change, random_change = sums / n, random_sums / n
+    moved = random_change > 0
+    excess = torch.zeros_like(change)
+    excess[moved] = change[moved] / random_change[moved] - 1
+    return {"change": change, "random_change": random_change, "excess": excess, "top": top,
+            "share": top.double() / n, "n": n}
 
 
 def compress_amplify_scales(scores: Sequence[float] | torch.Tensor, strength: float) -> torch.Tensor:
