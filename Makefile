@@ -16,26 +16,26 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 notebooks: $(VENV)/.installed
-	$(PY) -m robustness run --all --profile $(PROFILE)
+	$(PY) -m robustness_book run --all --profile $(PROFILE)
 
 book: notebooks
 	# figures drawn from committed measurements (not executed notebooks): the CIFAR-10 recipe study
-	$(PY) -m robustness.recipe_study --figure book/_generated/recipe-study.png
+	$(PY) -m robustness_book.recipe_study --figure book/_generated/recipe-study.png
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
 # Every chapter at PROFILE into reference/<PROFILE>/: results, executed notebook, provenance with SHA-256s.
 # Written only if every chapter succeeded (a failed chapter leaves the previous reference as it was).
 reference: $(VENV)/.installed
-	$(PY) -m robustness reference make --profile $(PROFILE)
+	$(PY) -m robustness_book reference make --profile $(PROFILE)
 
 # The published site from the committed references (laptop pages, paper beside them): executes no chapter.
 # HTML in _build/site/_build/html.
 site: $(VENV)/.installed
-	$(PY) -m robustness.recipe_study --figure book/_generated/recipe-study.png
-	$(PY) -m robustness reference site
+	$(PY) -m robustness_book.recipe_study --figure book/_generated/recipe-study.png
+	$(PY) -m robustness_book reference site
 
 bench: $(VENV)/.installed
-	$(PY) -m robustness bench
+	$(PY) -m robustness_book bench
 
 # The peers (torchattacks, foolbox) live in their own venv: torchattacks pins an old requests. One pip command,
 # so torch and torchvision resolve together as in the main venv.
@@ -48,7 +48,7 @@ $(PEERS_VENV)/.installed: requirements-peers.txt pyproject.toml
 	touch $@
 
 bench-peers: $(PEERS_VENV)/.installed
-	$(PEERS_PY) -m robustness bench --peers --profile laptop --json reference/bench/peers.json
+	$(PEERS_PY) -m robustness_book bench --peers --profile laptop --json reference/bench/peers.json
 
 clean:
 	rm -rf _build book/executed book/_generated reference/.*.tmp-* reference/.*.old-*

@@ -23,7 +23,7 @@
 # **The threat model.** Images live in $[0, 1]^{C\times H\times W}$. Normalization is a layer inside the model,
 # so every attack works on raw pixels and clips its result to $[0, 1]$. The attacker knows the weights
 # (white-box) and may change each image by a perturbation $\delta$ with $\|\delta\|_\infty \le \varepsilon$.
-# The radius $\varepsilon$ is the data set's standard one, from `robustness.data.threat_eps`: the radius of
+# The radius $\varepsilon$ is the data set's standard one, from `robustness_book.data.threat_eps`: the radius of
 # {cite}`madry2018towards` for MNIST and CIFAR-10, a common choice for Fashion-MNIST. The model is *robust* at
 # an image if no allowed $\delta$ changes its label; robust accuracy is the fraction of test images where that
 # holds. An attack can only show that a $\delta$ exists, so every robust accuracy an attack reports is an
@@ -40,7 +40,7 @@
 # %% tags=["parameters"]
 profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
 dataset = None  # data set: mnist, fashion_mnist, cifar10
-model = None  # architecture from robustness.models: lenet_like, alex_like, mlp, lenet, convnet, resnet20
+model = None  # architecture from robustness_book.models: lenet_like, alex_like, mlp, lenet, convnet, resnet20
 train_size = None  # training images used (the first N)
 epochs = None  # training epochs
 lr = None  # SGD learning rate
@@ -60,10 +60,10 @@ seed = None  # random seed
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from robustness.chapters import baselines as chapter
-from robustness.config import resolve_notebook
-from robustness.results import load_results, overrides_of
-from robustness.runtime import seed_everything
+from robustness_book.chapters import baselines as chapter
+from robustness_book.config import resolve_notebook
+from robustness_book.results import load_results, overrides_of
+from robustness_book.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
@@ -75,11 +75,11 @@ display(Markdown(cfg.markdown()))
 # %% [markdown]
 # ## The model
 #
-# The network is trained with one recipe, `robustness.chapters.baselines.train_recipe`, the recipe of the
+# The network is trained with one recipe, `robustness_book.chapters.baselines.train_recipe`, the recipe of the
 # JumpReLU code: plain cross-entropy, SGD with momentum and weight decay, and a learning rate cut by a constant
 # factor at a third, two thirds and eight ninths of training, for the number of epochs the profile sets
 # (CIFAR-10 adds random crops and flips). The same function serves the attack benchmark
-# (`python -m robustness bench`), so both always measure the same model. Trained weights are cached under a
+# (`python -m robustness_book bench`), so both always measure the same model. Trained weights are cached under a
 # hash of the whole recipe: rerunning the page does not retrain. Clean accuracy is measured on the first
 # `n_clean` test images and reported with its 95% Wilson interval, as every accuracy in the book is.
 
@@ -163,7 +163,7 @@ display(Markdown(chapter.min_norm_table(run.results())))
 # ## The adaptive worst case
 #
 # A single attack can fail on an image where another succeeds. Every later chapter therefore reports an
-# adaptive worst case, `robustness.evaluate.worst_case`: per image, PGD on the cross-entropy, then PGD on the
+# adaptive worst case, `robustness_book.evaluate.worst_case`: per image, PGD on the cross-entropy, then PGD on the
 # margin loss (largest other logit minus the true one, which does not saturate on confident images), then the
 # gradient-free Square attack {cite}`andriushchenko2020square`, each run only on the images the earlier ones
 # left standing. An image counts as robust only if it survives all three, and each example is checked against
@@ -217,7 +217,7 @@ display(Markdown(chapter.cost_table(run.results())))
 # ## Results and verdict
 #
 # Every number above is saved as a record in one results file. The verdict below is computed from that file as
-# read back, by `robustness.chapters.baselines.verdict`, with the book's three outcomes (holds, does not hold,
+# read back, by `robustness_book.chapters.baselines.verdict`, with the book's three outcomes (holds, does not hold,
 # inconclusive with its reason). Claim 1, *the undefended model is not robust*: the strongest robust accuracy
 # measured at the threat radius (AutoAttack on the worst case's survivors) has its whole interval below a
 # threshold named in the chapter module, unless the model is broken by the book's rule (stated in the verdict,
@@ -228,7 +228,7 @@ display(Markdown(chapter.cost_table(run.results())))
 # reported beside it), failed gradient-free, transfer, step-doubling or chance checks make a positive
 # inconclusive, and the member that fooled PGD alone's survivors is named only when the test shows they were
 # fooled. The verdict then reads the health rows and AutoAttack's flags, and compares the minimum-norm attacks
-# with each other, reading DDN's convergence as `robustness.evaluate.min_norm` decided it.
+# with each other, reading DDN's convergence as `robustness_book.evaluate.min_norm` decided it.
 
 # %% tags=["remove-cell"]
 run.save()

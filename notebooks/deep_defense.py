@@ -28,7 +28,7 @@
 # iterations (see the recipe table below); each step is linearized at $x + \sum r$ and fooling is tested at the
 # overshot point, as in that code. $\Delta x$ is a function of the weights, and the gradient of the regularizer
 # flows through every DeepFool step. The paper builds an "inverse network" for this; we let autograd unroll the
-# same computation (`robustness.defenses.DeepDefenseLoss`, batched over images and classes).
+# same computation (`robustness_book.defenses.DeepDefenseLoss`, batched over images and classes).
 #
 # **The claim.** ρ_adv rises substantially with no loss of clean accuracy, more than with adversarial
 # training. **What we add.** The paper measures ρ_adv with the very attack the model was trained against (a
@@ -78,9 +78,9 @@ seed = None  # random seed
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from robustness.chapters import deep_defense as dd
-from robustness.config import resolve_notebook
-from robustness.runtime import seed_everything
+from robustness_book.chapters import deep_defense as dd
+from robustness_book.config import resolve_notebook
+from robustness_book.runtime import seed_everything
 
 cfg = resolve_notebook(dd.SPEC, globals())
 seed_everything(cfg.seed)
@@ -95,7 +95,7 @@ display(Markdown(cfg.markdown()))
 # The authors do not train Deep Defense from scratch. Their code starts from a pretrained *reference model*
 # and fine-tunes it for a few epochs with SGD, batch-norm statistics frozen and a single halving of the learning
 # rate late in the run. The table lists those defaults (read from the chapter's anchors file,
-# `robustness/anchors/deep_defense.json`, where the paper's facts are kept once) next to the values of this
+# `robustness_book/anchors/deep_defense.json`, where the paper's facts are kept once) next to the values of this
 # run. The objective and the optimizer are always the official ones; smaller profiles fine-tune on fewer images
 # and for fewer epochs. A schedule that halves the rate at a fractional epoch never halves it, as in the official
 # code, and we follow that too.
@@ -149,7 +149,7 @@ display(Markdown(dd.scale_sentence(run.results())))
 # %% [markdown]
 # ## Fine-tuning
 #
-# Each run goes through the book's one training loop (`robustness.train.cached_train`), with the reference
+# Each run goes through the book's one training loop (`robustness_book.train.cached_train`), with the reference
 # model as initialization; the three variants differ only in their loss. After every epoch the loop records
 # ρ_adv on the first `n_epoch_eval` test images.
 
@@ -202,7 +202,7 @@ display(Markdown(dd.anchor_table(run.results())))
 #
 # Here is robust accuracy under the per-image worst case of the ensemble at each $\ell_2$ radius `l2_eps` (in
 # $[0,1]$ pixels), on the first `n_adaptive` test images, with 95 % Wilson intervals
-# (`robustness.evaluate.worst_case_curve`). Per image, the members run in order: PGD-CE, PGD-margin, Square
+# (`robustness_book.evaluate.worst_case_curve`). Per image, the members run in order: PGD-CE, PGD-margin, Square
 # and transfer from the plain fine-tuned control. An image counts as broken when the first of them fools it,
 # judged on the model itself. A radius reuses the examples that fooled an image at a smaller one (the smaller
 # ball lies inside the larger), so each curve is non-increasing by construction. The last columns of the table
@@ -279,7 +279,7 @@ display(Markdown(dd.finetune_time_table(run.results())))
 # ## Results and verdict
 #
 # Everything above is saved to one results file as records, and the verdict below is computed from the records
-# read back (`robustness.chapters.deep_defense.verdict`). Its rule has three outcomes: *holds*, *does not hold*
+# read back (`robustness_book.chapters.deep_defense.verdict`). Its rule has three outcomes: *holds*, *does not hold*
 # and *inconclusive* (with its reason). Robustness is judged once per model, at the claim radius `claim_eps`
 # (L2; fixed before the run, the radius of the health checks): the worst-case outcomes of Deep Defense and the
 # plain fine-tuned control on the same images are compared image by image (exact McNemar test, Newcombe

@@ -47,8 +47,8 @@
 #   on held-out images. No adversarial example enters reading B anywhere. "Retraining" is fine-tuning the
 #   normally trained network in both. The network is initialized as Keras
 #   does it, since the authors' model was (we infer) a Keras model. The kernel sizes and paddings are the book's
-#   too (see {func}`robustness.models.entropic_cnn`). The loss and the estimators are in
-#   {mod}`robustness.defenses.entropic`.
+#   too (see {func}`robustness_book.models.entropic_cnn`). The loss and the estimators are in
+#   {mod}`robustness_book.defenses.entropic`.
 #
 # **Beyond the paper.** A robustness gain from a loss term that never sees an attack is exactly where gradient
 # masking hides {cite}`athalye2018obfuscated`. So every gain is audited: the book's stronger ensemble, with a
@@ -61,7 +61,7 @@
 # %% tags=["parameters"]
 profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
 datasets = None  # data sets the chapter runs on
-model = None  # architecture (robustness.models) per data set (per data set)
+model = None  # architecture (robustness_book.models) per data set (per data set)
 eps = None  # L∞ threat radius (adversarial training, lambda selection, worst case, AutoAttack, health checks) (per data set)
 train_size = None  # training images of the normal model (the first N) (per data set)
 epochs = None  # epochs of normal training (and of adversarial training from scratch) (per data set)
@@ -99,9 +99,9 @@ seed = None  # random seed
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from robustness.chapters import entropic_retraining as chapter
-from robustness.config import resolve_notebook
-from robustness.runtime import seed_everything
+from robustness_book.chapters import entropic_retraining as chapter
+from robustness_book.config import resolve_notebook
+from robustness_book.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
@@ -260,7 +260,7 @@ display(Markdown(chapter.anchor_table(saved)))
 # ## Verdict
 #
 # Everything above is one results file; the verdict is computed from it as read back, by
-# {func}`robustness.chapters.entropic_retraining.verdict`. Per data set it judges one claim per reading, entropic
+# {func}`robustness_book.chapters.entropic_retraining.verdict`. Per data set it judges one claim per reading, entropic
 # retraining (at the tested λ) is more robust than the normal network, and checks the yardstick, adversarial
 # training against the normal network, all on the same test images: the worst case's per-image outcomes, an exact
 # McNemar test on the images only one network gets right, Holm-adjusted across the readings and data sets. Where

@@ -38,7 +38,7 @@
 #   under the FGSM perturbation $\delta$, and per image the channel that changes most; compress/amplify multiplies
 #   channel $j$ by $1 + s\,u_j$, where $u_j \in [-1, 1]$ is its fragility centred on the mean and divided by the
 #   largest deviation, with one strength $s$ (0 leaves the network unchanged). The code is in
-#   {mod}`robustness.defenses.fragile_neurons`. In ResNet-18 (the `paper` profile) that scale acts before the
+#   {mod}`robustness_book.defenses.fragile_neurons`. In ResNet-18 (the `paper` profile) that scale acts before the
 #   first batch norm: a dropped channel then leaves batch norm as a constant offset, not as zero, and
 #   compress/amplify changes the normalized feature by an affine map rather than a factor. LeNetLike and AlexLike
 #   have no batch norm there, so the scale is a plain rescaling of what the next layer sees.
@@ -52,7 +52,7 @@
 # %% tags=["parameters"]
 profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
 datasets = None  # data sets the chapter runs on: mnist, fashion_mnist, cifar10
-model = None  # architecture (robustness.models) per data set (per data set)
+model = None  # architecture (robustness_book.models) per data set (per data set)
 recipe = None  # training recipe: zoo (the book's shared models) or authors (Adam lr 1e-3, batch 100, the authors' later code) (per data set)
 train_size = None  # training images (the first N) (per data set)
 epochs = None  # training epochs (per data set)
@@ -80,9 +80,9 @@ seed = None  # random seed (the second copy uses seed + 1)
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from robustness.chapters import fragile_neurons as chapter
-from robustness.config import resolve_notebook
-from robustness.runtime import seed_everything
+from robustness_book.chapters import fragile_neurons as chapter
+from robustness_book.config import resolve_notebook
+from robustness_book.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
@@ -97,7 +97,7 @@ display(Markdown(cfg.markdown()))
 # The paper evaluates "state-of-the-art" classifiers; the authors' later code trains torchvision's ResNet-18 from
 # scratch, which is what the `paper` profile does (with Adam, as they did). On a laptop the chapter uses the book's
 # shared models instead, so nothing is trained twice across chapters: LeNetLike on MNIST and AlexLike on CIFAR-10
-# from the model zoo (`python -m robustness models`), the networks of the JumpReLU chapter. Their first layers have
+# from the model zoo (`python -m robustness_book models`), the networks of the JumpReLU chapter. Their first layers have
 # 10 and 64 channels; ResNet-18's has 64.
 #
 # The `n_val` training images after the first `train_size` are held out: no network trains on them, and they are
@@ -208,7 +208,7 @@ plt.show()
 # Rescaling is differentiable, so nothing stops a gradient attacker from seeing through it; but it changes the
 # scale of the gradients, which is exactly what fools a single-step attack. The test below runs the toolkit's worst
 # case on the first `n_adaptive` test images: the toolkit's default ensemble
-# ({func}`robustness.evaluate.members.default_members`: many-step gradient attacks, then the gradient-free Square
+# ({func}`robustness_book.evaluate.members.default_members`: many-step gradient attacks, then the gradient-free Square
 # attack; the table names each member), on the unmodified network and, when validation chose a strength above 0, on the
 # rescaled one, which also faces PGD examples crafted on the unmodified network and transferred. Each image counts
 # as robust only if it survives them all. The radii are the authors' FGSM radius (now as a clipped threat model,
@@ -245,7 +245,7 @@ saved = run.saved()
 # ## Results and verdict
 #
 # Everything above is one results file; the verdict is computed from it as read back, by
-# {func}`robustness.chapters.fragile_neurons.verdict`. Per data set it checks four claims, never by eye, each with
+# {func}`robustness_book.chapters.fragile_neurons.verdict`. Per data set it checks four claims, never by eye, each with
 # one of three outcomes (holds, does not hold, inconclusive with its reason): whether some channels are fragile
 # and others robust (the paired tests above); whether FGSM's excess over random signs is rank-correlated with
 # fragility (a permutation p-value; it does not hold when the correlation's interval excludes a moderate one);

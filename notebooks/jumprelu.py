@@ -83,9 +83,9 @@ seed = None  # random seed of training and of the attacks
 from IPython.display import Markdown, display
 import matplotlib.pyplot as plt
 
-from robustness.chapters import jumprelu as chapter
-from robustness.config import resolve_notebook
-from robustness.runtime import seed_everything
+from robustness_book.chapters import jumprelu as chapter
+from robustness_book.config import resolve_notebook
+from robustness_book.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
@@ -103,7 +103,7 @@ display(Markdown(cfg.markdown()))
 # *normalized* images, $(x-\mu_c)/\sigma_c$ per channel $c$, and every radius and step it uses is in those
 # units. Our models normalize inside and take [0, 1] pixels, so a radius $r$ of the official code is
 # $r\,\sigma_c$ per channel on pixels: the same attack, not an approximation. The normalization constants are
-# those of the official code and live with the data sets' other facts in {mod}`robustness.data`.
+# those of the official code and live with the data sets' other facts in {mod}`robustness_book.data`.
 #
 # The **robust** recipe replaces the first `adv_ratio` of every batch by FGSM examples of the current weights,
 # crafted in eval mode as the official code does, at the official normalized radius; the table gives each
@@ -185,7 +185,7 @@ display(Markdown(chapter.paper_comparison_table(run.results())))
 # ## Beyond the paper: an adaptive attack ensemble
 #
 # Following {cite}`athalye2018obfuscated` and {cite}`carlini2019evaluating`, each retrofitted model faces the
-# book's worst-case ensemble ({mod}`robustness.evaluate`), and an image counts as robust only if it survives
+# book's worst-case ensemble ({mod}`robustness_book.evaluate`), and an image counts as robust only if it survives
 # **all** members; each member attacks only the images the earlier ones left standing, so the table reports
 # how many images each one *added*:
 #
@@ -292,7 +292,7 @@ saved = run.saved()
 # ## Results and verdict
 #
 # Everything above is saved to one results file; the verdict below is computed from the file as read back, by
-# {func}`robustness.chapters.jumprelu.verdict`. Every comparison is of the retrofit and $\kappa = 0$ on the
+# {func}`robustness_book.chapters.jumprelu.verdict`. Every comparison is of the retrofit and $\kappa = 0$ on the
 # *same images*, image by image (exact McNemar test, Newcombe interval of the gain, Holm across the networks and
 # radii). Per model it first asks whether the paper's own measurement (white-box IFGSM) reproduces, then judges the
 # claim: the adaptive worst case, every attack seed, at the measured radii on either side of the paper's IFGSM

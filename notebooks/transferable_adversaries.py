@@ -36,7 +36,7 @@
 #   $a \sim \mathrm{Beta}(2, 10)$. That code meant to draw $a$ per batch but in fact drew it once (a NumPy call
 #   inside a traced TensorFlow function), so both readings run here: $a$ resampled per batch, and $a$ fixed. These
 #   are that implementation's settings, unverified against the paper
-#   ({class}`robustness.defenses.SuperimpositionLoss`).
+#   ({class}`robustness_book.defenses.SuperimpositionLoss`).
 # - *The established defenses* are that implementation's comparison set: FGSM adversarial training (half clean,
 #   half FGSM) and defensive distillation at temperature 100 {cite}`papernot2016distillation`. We add PGD
 #   adversarial training as the reference every defense is measured against today.
@@ -53,7 +53,7 @@ profile = "auto"  # smoke | laptop | paper | auto (paper on a GPU, else laptop)
 datasets = None  # data sets the chapter runs on: mnist, fashion_mnist, cifar10
 eps = None  # L∞ threat radius on [0, 1] pixels: of the transfer matrix, the adversary set, the adversarial training and every score (per data set)
 seeds = None  # training seeds of the zoo architecture in the model pool (the first gives the reference model, never a surrogate of the adversary set) (per data set)
-second_arch = None  # second architecture of the model pool (robustness.models) (per data set)
+second_arch = None  # second architecture of the model pool (robustness_book.models) (per data set)
 second_seeds = None  # training seeds of the second architecture (per data set)
 second_lr = None  # learning rate of the second architecture (the rest of the recipe is the zoo one) (per data set)
 n_transfer = None  # held-out training images (after the pool training images) for the transfer matrix and the fragility scores (per data set)
@@ -92,9 +92,9 @@ seed = None  # random seed of the attacks and of the superimposition draws
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from robustness.chapters import transferable_adversaries as chapter
-from robustness.config import resolve_notebook
-from robustness.runtime import seed_everything
+from robustness_book.chapters import transferable_adversaries as chapter
+from robustness_book.config import resolve_notebook
+from robustness_book.runtime import seed_everything
 
 cfg = resolve_notebook(chapter.SPEC, globals())
 seed_everything(cfg.seed)
@@ -107,7 +107,7 @@ display(Markdown(cfg.markdown()))
 # ## The model pool
 #
 # Transfer needs several networks that were trained independently. Per data set the pool holds the book's shared
-# architecture (LeNetLike on MNIST, AlexLike on CIFAR-10, from the model zoo, `python -m robustness models`)
+# architecture (LeNetLike on MNIST, AlexLike on CIFAR-10, from the model zoo, `python -m robustness_book models`)
 # trained from each seed of `seeds`, and a second architecture (`second_arch`: an MLP on MNIST, Deep Defense's
 # ConvNet on CIFAR-10) from each seed of `second_seeds`. Every network follows the zoo's recipe for the profile,
 # except for the second architecture's learning rate (`second_lr`, smaller than the zoo's); the table's clean
@@ -300,7 +300,7 @@ saved = run.saved()
 # ## Results and verdict
 #
 # Everything above is one results file; the verdict is computed from it as read back, by
-# {func}`robustness.chapters.transferable_adversaries.verdict`. Per data set it asks whether multi-step PGD
+# {func}`robustness_book.chapters.transferable_adversaries.verdict`. Per data set it asks whether multi-step PGD
 # transfers clearly worse than FGSM on most (source, target) pairs (the paper's premise), and whether the adversary
 # set's generator transfers clearly better than FGSM on every target (claim i, for the stand-ins): fooling rates,
 # compared by their 95% intervals. Where defenses were trained, every comparison is paired on the same images

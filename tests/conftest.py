@@ -67,8 +67,8 @@ def isolated_outputs(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- a tiny model zoo (test_zoo, reliability)
 
 def _tiny_recipe():
-    from robustness import zoo
-    from robustness.train import TrainConfig
+    from robustness_book import zoo
+    from robustness_book.train import TrainConfig
 
     return zoo.Recipe("tiny-synth", "smoke", "tiny", "synth", 64, TrainConfig(epochs=1, batch_size=32, seed=3),
                       "book", "a TinyNet on 64 synthetic images")
@@ -80,15 +80,15 @@ TINY = _tiny_recipe()
 @pytest.fixture()
 def tiny_zoo(monkeypatch, tmp_path):
     """The zoo holds one tiny synthetic recipe; the cache is a temporary folder; nothing real is loaded."""
-    import robustness.data
-    import robustness.models
-    from robustness import zoo
-    from robustness.data import ArrayDataset
+    import robustness_book.data
+    import robustness_book.models
+    from robustness_book import zoo
+    from robustness_book.data import ArrayDataset
 
     x, y = make_blobs(n=128)
     monkeypatch.setenv("ROBUSTNESS_CHECKPOINTS", str(tmp_path))
     monkeypatch.setattr(zoo, "REGISTRY", {("tiny-synth", "smoke"): TINY})
-    monkeypatch.setattr(robustness.data, "load_dataset",
+    monkeypatch.setattr(robustness_book.data, "load_dataset",
                         lambda name, split: ArrayDataset(name, split, x, y, "synthetic"))
-    monkeypatch.setattr(robustness.models, "build_model", lambda name, dataset: TinyNet())
+    monkeypatch.setattr(robustness_book.models, "build_model", lambda name, dataset: TinyNet())
     return tmp_path

@@ -1,4 +1,4 @@
-"""Adversary sets in robustness.data: round trip, checksum, stale recipe, missing set, atomic writes (in tmp folders)."""
+"""Adversary sets in robustness_book.data: round trip, checksum, stale recipe, missing set, atomic writes (in tmp folders)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from robustness import data
-from robustness.data import (CorruptDataError, DatasetNotFoundError, StaleAdversarySetError, adversary_dir,
+from robustness_book import data
+from robustness_book.data import (CorruptDataError, DatasetNotFoundError, StaleAdversarySetError, adversary_dir,
                              load_adversary_set, load_dataset, write_adversary_set)
 
 RECIPE = {"attack": "mi_fgsm", "eps": 0.3, "steps": 10, "surrogates": ["lenet-seed1", "lenet-seed2"], "seed": 0}

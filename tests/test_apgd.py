@@ -1,4 +1,4 @@
-"""APGD and APGD-T (robustness.attacks.apgd) and their worst-case members, on the tiny blobs model (a few seconds
+"""APGD and APGD-T (robustness_book.attacks.apgd) and their worst-case members, on the tiny blobs model (a few seconds
 on CPU): the threat model, the step-size schedule on hand-made loss traces, the DLR loss by hand, targeting,
 strength against plain PGD, determinism, and the members inside ``evaluate.worst_case``."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustness import attacks, evaluate
-from robustness.attacks import APGD_LOSSES, apgd, apgd_loss, apgd_targeted, dlr_loss, pgd_l2, pgd_linf
-from robustness.attacks.apgd import checkpoints, halve_step, step_halvings
-from robustness.evaluate import members as M
+from robustness_book import attacks, evaluate
+from robustness_book.attacks import APGD_LOSSES, apgd, apgd_loss, apgd_targeted, dlr_loss, pgd_l2, pgd_linf
+from robustness_book.attacks.apgd import checkpoints, halve_step, step_halvings
+from robustness_book.evaluate import members as M
 
 TOL = 1e-5
 
@@ -420,7 +420,7 @@ def test_craft_gradient_runs_the_members_attack(data, tiny_model):
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.2), ("l2", 1.0)])
 def test_members_inside_worst_case(norm, eps, data, tiny_model):
-    from robustness.evaluate.worst_case import _member_seed
+    from robustness_book.evaluate.worst_case import _member_seed
 
     x, y = data
     members = evaluate.default_members(steps=10, queries=100, targets=3)

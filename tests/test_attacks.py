@@ -1,4 +1,4 @@
-"""Tests for robustness.attacks on the tiny blobs model (whole file: a few seconds on CPU)."""
+"""Tests for robustness_book.attacks on the tiny blobs model (whole file: a few seconds on CPU)."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustness.attacks import (
+from robustness_book.attacks import (
     BPDA, LOSSES, DeepFoolResult, MinNormResult, attack_loss, ddn, deepfool, eval_mode, fgsm, ifgsm, input_gradient,
     l2_norm, pgd_l2, pgd_linf, project_l2, project_linf, square_l2, square_linf, with_bpda,
 )

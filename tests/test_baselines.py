@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import TinyNet, make_blobs
-from robustness.chapters import baselines as chapter, kit
-from robustness.config import resolve
-from robustness.data import ArrayDataset
-from robustness.evaluate import pack_mask
-from robustness.results import FIELDS, check_records, load_results, overrides_of, record, results_path, select
-from robustness.runner import run_chapter
-from robustness.train import TrainConfig, trained_model
+from robustness_book.chapters import baselines as chapter, kit
+from robustness_book.config import resolve
+from robustness_book.data import ArrayDataset
+from robustness_book.evaluate import pack_mask
+from robustness_book.results import FIELDS, check_records, load_results, overrides_of, record, results_path, select
+from robustness_book.runner import run_chapter
+from robustness_book.train import TrainConfig, trained_model
 
 CFG = {"chapter": "baselines", "profile": "laptop", "seed": 0}
 HEALTH_IDS = ("eps_zero", "monotone", "chance", "single_step", "step_doubling", "gradients", "near_constant",
@@ -124,7 +124,7 @@ def test_train_recipe_is_what_trained_model_takes():
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "cifar10"])
 def test_threat_radius_comes_from_the_data_facts(dataset):
-    from robustness.data import threat_eps
+    from robustness_book.data import threat_eps
 
     for profile in ("smoke", "laptop", "paper"):
         assert resolve(chapter.SPEC, profile, dataset=dataset).eps == threat_eps(dataset)

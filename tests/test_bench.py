@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic and plumbing (``robustness.bench``), on hand-made timings and tiny models.
+"""The benchmark's arithmetic and plumbing (``robustness_book.bench``), on hand-made timings and tiny models.
 
 Ratios come out of hand-made timings exactly, budgets pass at their limits and fail just past them, ``--peers``
 fails with one message that says how to get the peers, the chapter mode measures a subprocess tree's memory,
@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from robustness import bench, cli
-from robustness.models import build_model
-from robustness.results import repo_root
+from robustness_book import bench, cli
+from robustness_book.models import build_model
+from robustness_book.results import repo_root
 
 
 def timings(pgd_rate=9.0, train_rate=17.0, df_rows=8.0) -> dict:
@@ -252,9 +252,9 @@ def test_page_is_a_pure_function_of_the_json(tmp_path):
 def test_a_missing_json_leaves_its_section_saying_how_to_make_it(tmp_path):
     page = bench.render_page(tmp_path)  # no JSON at all
     assert page.count("No measurements yet") == 5  # limit, ratios, worst case, peers, chapters
-    for command in ("python -m robustness bench --json reference/bench/speed.json",
-                    "python -m robustness bench --worst-case --json reference/bench/worst_case.json",
-                    "make bench-peers", "python -m robustness bench --chapters --json reference/bench/chapters.json"):
+    for command in ("python -m robustness_book bench --json reference/bench/speed.json",
+                    "python -m robustness_book bench --worst-case --json reference/bench/worst_case.json",
+                    "make bench-peers", "python -m robustness_book bench --chapters --json reference/bench/chapters.json"):
         assert f"`{command}`" in page, command
     contents = hand_made_jsons()
     write_jsons(tmp_path, {"speed": contents["speed"]})
@@ -271,7 +271,7 @@ def test_the_committed_page_matches_the_committed_json(tmp_path):
     for path in (root / bench.BENCH_DIR).glob("*.json"):
         shutil.copy(path, tmp_path / "bench" / path.name)
     assert (root / bench.PAGE).read_text() == bench.render_page(tmp_path / "bench"), \
-        "book/performance.md is stale: rebuild it with python -m robustness bench --page"
+        "book/performance.md is stale: rebuild it with python -m robustness_book bench --page"
 
 
 def test_chapters_measured_on_another_occasion_get_their_own_table(tmp_path):

@@ -1,6 +1,6 @@
 """Six chapters, one shape: every chapter module and notebook follow the kit's protocol (issue 22).
 
-- the notebook makes ``run = <chapter>.Run(cfg)``, a :class:`robustness.chapters.kit.Run`;
+- the notebook makes ``run = <chapter>.Run(cfg)``, a :class:`robustness_book.chapters.kit.Run`;
 - every call the notebook makes with ``run`` alone is a step ``step(run)``; every call with ``run.results()`` is a
   table, figure or verdict ``f(results, ...)``;
 - one name per role: ``health_tables``, ``verdict_summary``, ``verdict`` exist in every chapter;
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from robustness.chapters import CHAPTER_IDS, kit
+from robustness_book.chapters import CHAPTER_IDS, kit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def _notebook_calls(chapter: str):
     tree = ast.parse((ROOT / "notebooks" / f"{chapter}.py").read_text(encoding="utf-8"))
     alias = None
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "robustness.chapters":
+        if isinstance(node, ast.ImportFrom) and node.module == "robustness_book.chapters":
             for a in node.names:
                 if a.name == chapter:
                     alias = a.asname or a.name
@@ -39,16 +39,16 @@ def _notebook_calls(chapter: str):
 
 @pytest.mark.parametrize("chapter", CHAPTER_IDS)
 def test_notebook_builds_a_kit_run(chapter):
-    module = importlib.import_module(f"robustness.chapters.{chapter}")
+    module = importlib.import_module(f"robustness_book.chapters.{chapter}")
     alias, calls = _notebook_calls(chapter)
-    assert alias is not None, f"notebooks/{chapter}.py does not import robustness.chapters.{chapter}"
+    assert alias is not None, f"notebooks/{chapter}.py does not import robustness_book.chapters.{chapter}"
     assert ("Run", ["cfg"]) in calls, f"notebooks/{chapter}.py: expected run = {alias}.Run(cfg)"
     assert issubclass(module.Run, kit.Run)
 
 
 @pytest.mark.parametrize("chapter", CHAPTER_IDS)
 def test_steps_take_the_run_and_tables_take_the_results(chapter):
-    module = importlib.import_module(f"robustness.chapters.{chapter}")
+    module = importlib.import_module(f"robustness_book.chapters.{chapter}")
     _, calls = _notebook_calls(chapter)
     steps = {name for name, args in calls if args == ["run"]}
     readers = {name for name, args in calls if args[:1] == ["run.results()"]}
@@ -65,7 +65,7 @@ def test_steps_take_the_run_and_tables_take_the_results(chapter):
 
 @pytest.mark.parametrize("chapter", CHAPTER_IDS)
 def test_one_name_per_role(chapter):
-    module = importlib.import_module(f"robustness.chapters.{chapter}")
+    module = importlib.import_module(f"robustness_book.chapters.{chapter}")
     for role in ("health_tables", "verdict_summary", "verdict"):
         fn = getattr(module, role, None)
         assert callable(fn), f"{chapter} has no {role}"
@@ -74,7 +74,7 @@ def test_one_name_per_role(chapter):
 
 @pytest.mark.parametrize("chapter", CHAPTER_IDS)
 def test_no_chapter_imports_another(chapter):
-    tree = ast.parse((ROOT / "robustness" / "chapters" / f"{chapter}.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "robustness_book" / "chapters" / f"{chapter}.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             names = {a.name for a in node.names}

@@ -1,8 +1,8 @@
 """Parameter validation: bad values fail early with a message naming the parameter."""
 import pytest
 
-from robustness.chapters import get_chapter
-from robustness.config import ChapterSpec, Param, resolve, resolve_profile
+from robustness_book.chapters import get_chapter
+from robustness_book.config import ChapterSpec, Param, resolve, resolve_profile
 
 SPEC = get_chapter("baselines")
 
@@ -67,7 +67,7 @@ def test_unknown_parameter_and_incompatible_model():
 
 
 def test_cli_rejects_bad_parameter_before_running(capsys):
-    from robustness.cli import main
+    from robustness_book.cli import main
 
     assert main(["run", "baselines", "--profile", "smoke", "-p", "eps", "-1"]) == 2
     assert "eps=-1" in capsys.readouterr().err
@@ -104,7 +104,7 @@ def test_bad_per_dataset_values_name_the_parameter_and_the_data_set(kwargs, frag
 
 
 def test_every_chapter_profile_resolves_on_every_data_set_it_knows():
-    from robustness.chapters import CHAPTER_IDS
+    from robustness_book.chapters import CHAPTER_IDS
 
     for chapter in CHAPTER_IDS:
         spec = get_chapter(chapter)
@@ -115,7 +115,7 @@ def test_every_chapter_profile_resolves_on_every_data_set_it_knows():
 
 
 def test_params_command_prints_help_and_every_profile(capsys):
-    from robustness.cli import main
+    from robustness_book.cli import main
 
     assert main(["params", "baselines"]) == 0
     out = capsys.readouterr().out

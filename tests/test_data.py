@@ -1,4 +1,4 @@
-"""robustness.data: offline loading from a mirror, checksum handling, error messages, splits.
+"""robustness_book.data: offline loading from a mirror, checksum handling, error messages, splits.
 
 Everything runs in temporary folders. torchvision's download URLs are pointed at
 a file:// path that does not exist, so "the download failed" happens at once and
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from robustness import data
-from robustness._io import md5_file
-from robustness._torchvision import import_torchvision
-from robustness.data import (
+from robustness_book import data
+from robustness_book._io import md5_file
+from robustness_book._torchvision import import_torchvision
+from robustness_book.data import (
     DATASETS,
     ArrayDataset,
     CorruptDataError,

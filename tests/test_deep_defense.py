@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from robustness.chapters import kit
-from robustness.data import dataset_info
-from robustness.defenses import AdversarialLoss, DeepDefenseLoss, relative_norm
-from robustness.models import Normalize
-from robustness.results import record
+from robustness_book.chapters import kit
+from robustness_book.data import dataset_info
+from robustness_book.defenses import AdversarialLoss, DeepDefenseLoss, relative_norm
+from robustness_book.models import Normalize
+from robustness_book.results import record
 
 
 def _linear(d: int = 6, classes: int = 2, seed: int = 0) -> nn.Sequential:
@@ -74,7 +74,7 @@ def test_mean_image_reference_subtracts_the_per_pixel_mean():
 
 
 def test_the_loss_uses_the_data_sets_mean_image(monkeypatch):
-    import robustness.defenses.deep_defense as dd_mod
+    import robustness_book.defenses.deep_defense as dd_mod
 
     m = torch.full((1, 1, 6), 0.25, dtype=torch.float64)
     monkeypatch.setattr(dd_mod, "mean_image", lambda name: m if name == "mnist" else None)
@@ -236,9 +236,9 @@ def test_a_descent_step_on_the_regularizer_lowers_it_and_raises_rho(tiny_model, 
 
 @pytest.mark.notebook
 def test_deep_defense_smoke_run_writes_its_results(isolated_outputs):
-    from robustness.chapters import deep_defense as dd
-    from robustness.results import FIELDS, first, load_results, one, select
-    from robustness.runner import run_chapter
+    from robustness_book.chapters import deep_defense as dd
+    from robustness_book.results import FIELDS, first, load_results, one, select
+    from robustness_book.runner import run_chapter
 
     tmp_path = isolated_outputs
     notebook = run_chapter("deep_defense", "smoke", output_dir=tmp_path / "executed")
@@ -292,7 +292,7 @@ def test_deep_defense_smoke_run_writes_its_results(isolated_outputs):
 
 @pytest.mark.notebook
 def test_deep_defense_bad_parameter_fails_first(isolated_outputs):
-    from robustness.runner import run_chapter
+    from robustness_book.runner import run_chapter
 
     tmp_path = isolated_outputs
     with pytest.raises(ValueError, match="n_epoch_eval"):
@@ -306,19 +306,19 @@ def test_deep_defense_bad_parameter_fails_first(isolated_outputs):
 
 def test_official_lr_schedule_halves_only_at_a_whole_epoch():
     # deepdefense.py: `if epoch_idx == 0.8 * args.epochs` (0-based): epoch 4 of 5, never for 1 or 2 epochs
-    from robustness.chapters.deep_defense import official_milestones
+    from robustness_book.chapters.deep_defense import official_milestones
 
     assert official_milestones(5) == (4,) and official_milestones(10) == (8,)
     assert official_milestones(1) == () and official_milestones(2) == () and official_milestones(3) == ()
 
 
 def test_the_paper_profile_and_the_loss_follow_the_official_recipe_of_the_anchors_file():
-    # One source for the official recipe (robustness/anchors/deep_defense.json): the paper profile, the
+    # One source for the official recipe (robustness_book/anchors/deep_defense.json): the paper profile, the
     # fine-tuning config and DeepDefenseLoss's defaults must all agree with it.
     import inspect
 
-    from robustness.chapters import deep_defense as dd
-    from robustness.config import resolve
+    from robustness_book.chapters import deep_defense as dd
+    from robustness_book.config import resolve
 
     recipe = dd.official_recipe()
     cfg = resolve(dd.SPEC, profile="paper")
@@ -339,7 +339,7 @@ def test_the_paper_profile_and_the_loss_follow_the_official_recipe_of_the_anchor
 
 
 def test_flip_augmentation_flips_about_half_the_images_and_is_seeded():
-    from robustness.chapters.deep_defense import FlipAugmented
+    from robustness_book.chapters.deep_defense import FlipAugmented
 
     seen = []
     loss = FlipAugmented(lambda model, x, y: seen.append(x.clone()) or torch.zeros(()), seed=3)
@@ -355,8 +355,8 @@ def test_flip_augmentation_flips_about_half_the_images_and_is_seeded():
 
 
 def test_bad_parameters_fail_at_resolution_with_their_name():
-    from robustness.chapters.deep_defense import SPEC
-    from robustness.config import resolve
+    from robustness_book.chapters.deep_defense import SPEC
+    from robustness_book.config import resolve
 
     with pytest.raises(ValueError, match="rho_reference") as info:
         resolve(SPEC, profile="smoke", rho_reference="raw")
@@ -370,8 +370,8 @@ def test_bad_parameters_fail_at_resolution_with_their_name():
 
 
 def test_fashion_mnist_runs_with_the_mnist_models_and_values():
-    from robustness.chapters.deep_defense import SPEC, pairs
-    from robustness.config import resolve
+    from robustness_book.chapters.deep_defense import SPEC, pairs
+    from robustness_book.config import resolve
 
     for profile in ("smoke", "laptop", "paper"):
         mnist = resolve(SPEC, profile=profile, datasets=["mnist"])
@@ -403,7 +403,7 @@ def _variant(dataset, model, defense, clean_k, rho, worst_ks, eps=(0.5, 1.0), n=
     """The records the verdict reads for one variant: clean accuracy, the paper's ρ, the worst-case curve with
     its per-image outcomes (images ``start`` … correct) and each member's fooled images (all by the first
     member), and the clipped DeepFool's accuracy at each radius on ``n_weak`` images (the first ``n`` shared)."""
-    from robustness.evaluate import pack_mask
+    from robustness_book.evaluate import pack_mask
 
     rec = functools.partial(record, _cfg(), dataset=dataset, model=model, defense=defense)
     img = (lambda m: {"correct": pack_mask(m)}) if per_image else (lambda m: {})
@@ -427,7 +427,7 @@ def _variant(dataset, model, defense, clean_k, rho, worst_ks, eps=(0.5, 1.0), n=
 
 
 def _autoattack(dataset, model, eps, robust, flags=""):
-    from robustness.evaluate import pack_mask
+    from robustness_book.evaluate import pack_mask
 
     return [record(_cfg(), dataset=dataset, model=model, defense="deep_defense", metric="accuracy",
                    attack="autoattack", threat_model="l2", eps=eps, value=float(robust.float().mean()), n=len(robust),
@@ -449,7 +449,7 @@ def test_a_rho_gain_with_a_small_worst_case_gain_is_inconclusive_not_masked():
     # Rewritten (science review X1/D2): ρ up 50% and +4 points at both radii used to be called "masked". Without
     # evidence that a stronger attack removed anything (the worst case equals DeepFool's accuracy here), that is
     # an underpowered comparison on 200 images, not a mechanism; ρ stays the paper's metric, not robustness.
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60], start=20),
                      _variant("mnist", "mlp", "deep_defense", 195, 0.30, [128, 68]))
@@ -463,7 +463,7 @@ def test_a_rho_gain_with_a_small_worst_case_gain_is_inconclusive_not_masked():
 
 
 def test_a_real_gain_holds_confirmed_by_autoattack_with_its_flags_shown():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     aa = _autoattack("mnist", "lenet", 1.0, _mask(200, 110), flags="apgd_ce_unreliable")
     v = verdict_summary(_results(*_GAIN, aa))["mnist", "lenet"]
@@ -478,7 +478,7 @@ def test_a_real_gain_holds_confirmed_by_autoattack_with_its_flags_shown():
 
 
 def test_a_gain_removed_by_a_stronger_attack_does_not_hold_and_names_the_member():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     # DeepFool keeps 150 images of Deep Defense at ε = 1, the worst case only 60, as many as the control's
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]),
@@ -491,7 +491,7 @@ def test_a_gain_removed_by_a_stronger_attack_does_not_hold_and_names_the_member(
 
 
 def test_a_control_at_the_floor_is_inconclusive():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [10, 0]),
                      _variant("mnist", "mlp", "deep_defense", 195, 0.30, [20, 8]))
@@ -501,7 +501,7 @@ def test_a_control_at_the_floor_is_inconclusive():
 
 
 def test_too_few_images_is_inconclusive_with_the_smallest_detectable_difference():
-    from robustness.chapters.deep_defense import verdict_summary
+    from robustness_book.chapters.deep_defense import verdict_summary
 
     saved = _results(_variant("mnist", "mlp", "fine_tune", 19, 0.20, [10, 8], n=20, n_weak=20, start=3),
                      _variant("mnist", "mlp", "deep_defense", 19, 0.30, [12, 10], n=20, n_weak=20))
@@ -511,7 +511,7 @@ def test_too_few_images_is_inconclusive_with_the_smallest_detectable_difference(
 
 
 def test_a_failed_gating_health_check_makes_a_gain_inconclusive():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     row = {"dataset": "mnist", "model": "lenet", "id": "gradient_free", "check": "gradient-free finds nothing more",
            "measured": "3 images", "expected": "0", "passed": False}
@@ -522,7 +522,7 @@ def test_a_failed_gating_health_check_makes_a_gain_inconclusive():
 
 
 def test_a_negative_at_a_small_fraction_of_the_official_budget_is_inconclusive():
-    from robustness.chapters.deep_defense import verdict_summary
+    from robustness_book.chapters.deep_defense import verdict_summary
 
     params = {"claim_eps": {"mnist": 1.0}, "ft_size": {"mnist": 3000}, "ft_epochs": 2}
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60]),
@@ -534,7 +534,7 @@ def test_a_negative_at_a_small_fraction_of_the_official_budget_is_inconclusive()
 
 
 def test_models_are_holm_adjusted_together():
-    from robustness.chapters.deep_defense import verdict_summary
+    from robustness_book.chapters.deep_defense import verdict_summary
 
     saved = _results(*_GAIN, _variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60], start=20),
                      _variant("mnist", "mlp", "deep_defense", 195, 0.30, [128, 68]))
@@ -544,8 +544,8 @@ def test_models_are_holm_adjusted_together():
 
 
 def test_old_results_without_per_image_outcomes_get_a_note_not_a_crash():
-    from robustness.chapters import kit
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters import kit
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60], per_image=False),
                      _variant("mnist", "mlp", "deep_defense", 195, 0.30, [170, 110], per_image=False))
@@ -555,7 +555,7 @@ def test_old_results_without_per_image_outcomes_get_a_note_not_a_crash():
 
 
 def test_verdict_calls_a_near_chance_classifier_broken():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     saved = _results(_variant("cifar10", "convnet", "fine_tune", 140, 0.02, [30], eps=(0.25,)),
                      _variant("cifar10", "convnet", "deep_defense", 24, 0.50, [24], eps=(0.25,)))
@@ -565,8 +565,8 @@ def test_verdict_calls_a_near_chance_classifier_broken():
 
 
 def test_broken_is_the_kits_interval_rule_and_the_verdict_states_it():
-    from robustness.chapters import kit
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters import kit
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     # MNIST, chance 10%: 30/200 = 15% [10.7%, 20.6%] lies within chance + 10 points as a point value, but the
     # interval's upper end does not: not broken; 25/200 = 12.5% [8.6%, 17.8%] is broken.
@@ -578,7 +578,7 @@ def test_broken_is_the_kits_interval_rule_and_the_verdict_states_it():
 
 
 def test_verdict_calls_a_model_the_health_table_finds_near_constant_broken():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     row = {"dataset": "mnist", "model": "mlp", "id": "near_constant", "check": "classifier is not near-constant",
            "measured": "92% one class", "expected": "≤ 50%", "passed": False}
@@ -590,7 +590,7 @@ def test_verdict_calls_a_model_the_health_table_finds_near_constant_broken():
 
 
 def test_the_rho_comparison_is_reported_but_never_decides_robustness():
-    from robustness.chapters.deep_defense import verdict_summary
+    from robustness_book.chapters.deep_defense import verdict_summary
 
     # ρ_adv within the control's interval, yet a clear worst-case gain: the paper's metric does not gate the claim
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.200, [120, 60]),
@@ -600,7 +600,7 @@ def test_the_rho_comparison_is_reported_but_never_decides_robustness():
 
 
 def test_verdict_ignores_the_lambda_sweep_and_per_epoch_records():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     dd = _variant("mnist", "mlp", "deep_defense", 195, 0.30, [170, 110])
     rec = functools.partial(record, _cfg(), dataset="mnist", model="mlp", defense="deep_defense", n=200)
@@ -617,8 +617,8 @@ def test_verdict_ignores_the_lambda_sweep_and_per_epoch_records():
 
 
 def test_verdict_reads_results_with_non_finite_numbers_back_from_the_file(tmp_path, monkeypatch):
-    from robustness.chapters.deep_defense import verdict_summary
-    from robustness.results import load_results, one, write_results
+    from robustness_book.chapters.deep_defense import verdict_summary
+    from robustness_book.results import load_results, one, write_results
 
     monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path))
     dd = _variant("mnist", "mlp", "deep_defense", 195, 0.30, [170, 110])
@@ -636,11 +636,11 @@ def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, mon
     # verdict on the records.
     import copy
 
-    import robustness.evaluate.rho as rho_mod
-    from robustness.chapters import deep_defense as dd
-    from robustness.config import resolve
-    from robustness.data import ArrayDataset
-    from robustness.results import one, select
+    import robustness_book.evaluate.rho as rho_mod
+    from robustness_book.chapters import deep_defense as dd
+    from robustness_book.config import resolve
+    from robustness_book.data import ArrayDataset
+    from robustness_book.results import one, select
 
     x, y = tiny_data
     monkeypatch.setattr(rho_mod, "mean_image", lambda name, split="train": x.mean(0))
@@ -704,7 +704,7 @@ def test_the_evaluation_protocol_runs_on_a_tiny_model(tiny_model, tiny_data, mon
 def _rho_records(dataset, model, defense, ddn, deepfool=None, converged=True):
     """The per-image ρ records the distance claim reads: DDN's median record (with its convergence check) and the
     clipped DeepFool's median record, each carrying its per-image ρ."""
-    from robustness.chapters.deep_defense import RHO_PER_IMAGE, pack_rho
+    from robustness_book.chapters.deep_defense import RHO_PER_IMAGE, pack_rho
 
     rec = functools.partial(record, _cfg(), dataset=dataset, model=model, defense=defense, threat_model="l2",
                             metric="rho", n=len(ddn), units="pixel", clip=True, statistic="median", over="correct")
@@ -733,7 +733,7 @@ def _distance(ddn_dd, ddn_ctl, df_dd=None, df_ctl=None, converged=True, paramete
 
 
 def test_per_image_rho_counts_misclassified_as_zero_and_failures_as_infinite_and_round_trips():
-    from robustness.chapters.deep_defense import pack_rho, per_image_rho, unpack_rho
+    from robustness_book.chapters.deep_defense import pack_rho, per_image_rho, unpack_rho
 
     rho = torch.tensor([0.1, 0.2, 0.3, 0.4])
     out = per_image_rho(rho, fooled=torch.tensor([True, False, True, False]),
@@ -744,7 +744,7 @@ def test_per_image_rho_counts_misclassified_as_zero_and_failures_as_infinite_and
 
 
 def test_the_paired_bootstrap_covers_a_known_median_shift_and_is_conservative_on_undefined_resamples():
-    from robustness.chapters.deep_defense import _median_difference, paired_bootstrap
+    from robustness_book.chapters.deep_defense import _median_difference, paired_bootstrap
 
     base = _spread(400, 0.1, 1)
     shifted = paired_bootstrap([base + 0.02, base], _median_difference)
@@ -762,7 +762,7 @@ def test_the_paired_bootstrap_covers_a_known_median_shift_and_is_conservative_on
 
 
 def test_a_clear_rise_in_the_ddn_distance_holds():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     ctl = _spread(300, 0.10, 5)
     saved = _distance(ctl * 1.3, ctl)
@@ -773,7 +773,7 @@ def test_a_clear_rise_in_the_ddn_distance_holds():
 
 
 def test_no_rise_in_the_ddn_distance_does_not_hold():
-    from robustness.chapters.deep_defense import MIN_RHO_GAIN, verdict_summary
+    from robustness_book.chapters.deep_defense import MIN_RHO_GAIN, verdict_summary
 
     ctl = _spread(300, 0.10, 6)
     dist = verdict_summary(_distance(ctl * 0.99, ctl))["mnist", "mlp"]["distance"]
@@ -782,7 +782,7 @@ def test_no_rise_in_the_ddn_distance_does_not_hold():
 
 
 def test_a_ddn_distance_too_noisy_to_tell_is_inconclusive_underpowered():
-    from robustness.chapters.deep_defense import verdict_summary
+    from robustness_book.chapters.deep_defense import verdict_summary
 
     dist = verdict_summary(_distance(_spread(20, 0.105, 7), _spread(20, 0.10, 8)))["mnist", "mlp"]["distance"]
     assert (dist["outcome"], dist["reason"]) == ("inconclusive", "underpowered")
@@ -790,7 +790,7 @@ def test_a_ddn_distance_too_noisy_to_tell_is_inconclusive_underpowered():
 
 
 def test_the_distance_claim_is_inconclusive_at_the_floor_unconverged_and_without_per_image_rho():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     ctl = _spread(300, 0.10, 9)
     wrong = ctl.clone()
@@ -810,7 +810,7 @@ def test_the_distance_claim_is_inconclusive_at_the_floor_unconverged_and_without
 
 
 def test_a_failed_gating_health_check_makes_a_distance_rise_inconclusive():
-    from robustness.chapters.deep_defense import verdict_summary
+    from robustness_book.chapters.deep_defense import verdict_summary
 
     ctl = _spread(300, 0.10, 10)
     saved = _distance(ctl * 1.3, ctl)
@@ -821,7 +821,7 @@ def test_a_failed_gating_health_check_makes_a_distance_rise_inconclusive():
 
 
 def test_masked_distance_needs_ddn_to_remove_a_significant_deepfool_gain():
-    from robustness.chapters.deep_defense import verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     ctl = _spread(300, 0.10, 11)
     # DeepFool shows +40% for Deep Defense; DDN finds the same distance as the control's: removed, named
@@ -838,7 +838,7 @@ def test_masked_distance_needs_ddn_to_remove_a_significant_deepfool_gain():
 
 
 def test_distance_claims_are_holm_adjusted_across_models():
-    from robustness.chapters.deep_defense import verdict_summary
+    from robustness_book.chapters.deep_defense import verdict_summary
 
     ctl = _spread(300, 0.10, 12)
     saved = _distance(ctl * 1.3, ctl)
@@ -850,7 +850,7 @@ def test_distance_claims_are_holm_adjusted_across_models():
 
 
 def test_every_claim_far_below_the_official_budget_is_inconclusive_naming_the_fraction():
-    from robustness.chapters.deep_defense import REDUCED_SCALE, verdict, verdict_summary
+    from robustness_book.chapters.deep_defense import REDUCED_SCALE, verdict, verdict_summary
 
     ctl = _spread(300, 0.10, 15)
     full = {"claim_eps": {"mnist": 1.0}, "ft_size": {"mnist": 60000}, "ft_epochs": 5, "eps_ref_iter": 50}
@@ -876,8 +876,8 @@ def test_every_claim_far_below_the_official_budget_is_inconclusive_naming_the_fr
 def test_the_adversarial_variant_trains_on_deepfool_examples_by_default():
     # Science review D4: DeepFool adversarial fine-tuning (the DeepFool paper's) is the default adversarial
     # variant on every profile; FGSM stays a choice.
-    from robustness.chapters import deep_defense as dd
-    from robustness.config import resolve
+    from robustness_book.chapters import deep_defense as dd
+    from robustness_book.config import resolve
 
     for profile in ("smoke", "laptop", "paper"):
         cfg = resolve(dd.SPEC, profile=profile)

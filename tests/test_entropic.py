@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from robustness.data import ArrayDataset
-from robustness.defenses.entropic import (
+from robustness_book.data import ArrayDataset
+from robustness_book.defenses.entropic import (
     MIN_VARIANCE, EntropicLoss, EntropyEstimator, entropy_layers, layer_entropies, recorded_activations,
 )
-from robustness.models import build_model
-from robustness.train import TrainConfig, loss_spec, train
+from robustness_book.models import build_model
+from robustness_book.train import TrainConfig, loss_spec, train
 
 
 def _no_hooks(model: nn.Module) -> bool:

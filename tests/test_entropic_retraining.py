@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from robustness.chapters import entropic_retraining as chapter
-from robustness import evaluate
-from robustness.chapters import kit
-from robustness.config import resolve
-from robustness.data import ArrayDataset
-from robustness.evaluate.stats import pack_mask
-from robustness.defenses.entropic import layer_entropies
-from robustness.models import build_model
-from robustness.results import anchors, one, record
-from robustness.train import TrainConfig, cross_entropy
+from robustness_book.chapters import entropic_retraining as chapter
+from robustness_book import evaluate
+from robustness_book.chapters import kit
+from robustness_book.config import resolve
+from robustness_book.data import ArrayDataset
+from robustness_book.evaluate.stats import pack_mask
+from robustness_book.defenses.entropic import layer_entropies
+from robustness_book.models import build_model
+from robustness_book.results import anchors, one, record
+from robustness_book.train import TrainConfig, cross_entropy
 
 CFG = {"chapter": "entropic_retraining", "profile": "laptop", "seed": 0}
 D, MODEL = "cifar10", "entropic_cnn"
@@ -126,7 +126,7 @@ def test_lambda_rule_respects_the_clean_budget_and_prefers_the_smaller_lambda():
 def test_a_diverged_unit_has_a_nan_entropy_and_does_not_break_the_sweep(kernel):
     # a λ too large can make a fine-tuning diverge; its non-finite activations must give NaN (the model is then
     # scored at its accuracy like any other), never an out-of-range bin index that stops the whole sweep
-    from robustness.defenses.entropic import EntropyEstimator
+    from robustness_book.defenses.entropic import EntropyEstimator
 
     a = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
     a[4, 1], a[7, 2] = float("nan"), float("inf")
@@ -249,7 +249,7 @@ def _saved(*, lam=10.0, chosen=None, normal=(160, 40, 20), control=(156, 40, 20)
 
 
 def _wilson(share, n):
-    from robustness.evaluate import wilson_interval
+    from robustness_book.evaluate import wilson_interval
 
     return wilson_interval(round(share * n), n)
 
@@ -515,7 +515,7 @@ def test_reading_b_loss_moves_every_layer_in_one_direction_without_targets():
 
 
 def test_the_weak_attack_is_the_papers_pgd_ce_first_then_the_books_ensemble():
-    from robustness.evaluate import members as M
+    from robustness_book.evaluate import members as M
 
     cfg = resolve(chapter.SPEC, "smoke")
     names = [m.name for m in chapter._members(cfg, None)]
@@ -574,8 +574,8 @@ def test_the_threat_radius_is_a_parameter_per_data_set():
 
 @pytest.mark.notebook
 def test_entropic_retraining_smoke_run_writes_its_results(isolated_outputs):
-    from robustness.results import FIELDS, load_results
-    from robustness.runner import run_chapter
+    from robustness_book.results import FIELDS, load_results
+    from robustness_book.runner import run_chapter
 
     notebook = run_chapter("entropic_retraining", "smoke", output_dir=isolated_outputs / "executed")
     assert notebook.exists()

@@ -1,4 +1,4 @@
-"""robustness.evaluate: the adaptive worst case, its members, AutoAttack and the adaptive min-norm attack,
+"""robustness_book.evaluate: the adaptive worst case, its members, AutoAttack and the adaptive min-norm attack,
 on the tiny blobs model (robust up to L∞ eps ≈ 0.1, about 40% at 0.2, broken at 0.4)."""
 import copy
 import dataclasses
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustness import attacks, evaluate
-from robustness.evaluate import members as M
+from robustness_book import attacks, evaluate
+from robustness_book.evaluate import members as M
 
 EPS = 0.2
 

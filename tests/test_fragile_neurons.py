@@ -1,13 +1,13 @@
-"""robustness.defenses.fragile_neurons: nodal dropout, fragility, targeting, compress/amplify (tiny models, seconds)."""
+"""robustness_book.defenses.fragile_neurons: nodal dropout, fragility, targeting, compress/amplify (tiny models, seconds)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from robustness.defenses.fragile_neurons import (channel_count, compress_amplify, compress_amplify_scales,
+from robustness_book.defenses.fragile_neurons import (channel_count, compress_amplify, compress_amplify_scales,
                                                  drop_channel, first_conv_name, fragility, scale_channels, targeting)
-from robustness.models import build_model
+from robustness_book.models import build_model
 
 
 def one_channel_classifier(channels: int = 4, decisive: int = 2) -> nn.Sequential:
@@ -115,10 +115,10 @@ def test_bad_scales_fail_naming_the_layer():
 
 # --------------------------------------------------------------------------- the chapter: rule, verdict, smoke run
 
-from robustness.chapters import fragile_neurons as chapter  # noqa: E402
-from robustness.chapters import kit  # noqa: E402
-from robustness.evaluate.stats import pack_mask  # noqa: E402
-from robustness.results import record  # noqa: E402
+from robustness_book.chapters import fragile_neurons as chapter  # noqa: E402
+from robustness_book.chapters import kit  # noqa: E402
+from robustness_book.evaluate.stats import pack_mask  # noqa: E402
+from robustness_book.results import record  # noqa: E402
 
 CFG = {"chapter": "fragile_neurons", "profile": "laptop", "seed": 0}
 D, MODEL = "mnist", "lenet_like"
@@ -300,7 +300,7 @@ def test_neurons_are_inconclusive_when_no_loss_is_shown_and_none_is_excluded():
     assert v["fragile"] == [] and v["robust"] == [] and v["undetermined"] == [0, 1, 2, 3]
     assert "the smallest loss one channel can show on these images: 1.6 points" in v["neurons"]["detail"]
     # the smallest detectable loss is that of Holm's strictest level (0.05 / 4): 8 discordant images of 500
-    from robustness.evaluate.stats import min_discordant_for
+    from robustness_book.evaluate.stats import min_discordant_for
     assert v["detectable"] == pytest.approx(min_discordant_for(chapter.ALPHA / 4) / 500)
 
 
@@ -414,7 +414,7 @@ def test_the_sweep_reports_each_multiple_of_the_authors_radius_with_holm():
 
 
 def test_clipped_fgsm_grid_contains_the_authors_radius_and_factors_must_contain_one():
-    from robustness.config import resolve
+    from robustness_book.config import resolve
 
     cfg = resolve(chapter.SPEC, "smoke")
     for d in cfg.datasets:
@@ -448,7 +448,7 @@ def test_holm_adjusts_the_claim_over_the_data_sets():
 
 
 def test_old_results_without_per_image_outcomes_get_a_note_not_a_crash():
-    from robustness.chapters import kit
+    from robustness_book.chapters import kit
 
     saved = _saved()
     for r in saved["records"]:
@@ -468,7 +468,7 @@ def test_verdict_when_validation_kept_strength_zero():
 
 
 def test_a_broken_network_gets_no_robustness_verdict_by_the_interval_rule():
-    from robustness.chapters import kit
+    from robustness_book.chapters import kit
 
     # the rescaled network is near chance on clean test images (10 classes): its FGSM "gain" is not interpreted
     saved = _saved(clean=(0.98, 0.15))
@@ -490,8 +490,8 @@ def test_verdict_judges_at_the_authors_radius_and_reports_the_run_s_threat_radiu
 
 
 def test_threat_radius_is_a_per_dataset_parameter_defaulting_to_the_standard_one():
-    from robustness.config import resolve
-    from robustness.data import threat_eps
+    from robustness_book.config import resolve
+    from robustness_book.data import threat_eps
 
     cfg = resolve(chapter.SPEC, "smoke")
     assert cfg.eps == {d: threat_eps(d) for d in cfg.datasets}
@@ -526,7 +526,7 @@ def test_strength_rule_respects_the_clean_budget_and_prefers_the_smaller_strengt
 
 
 def test_bad_parameters_fail_before_any_work():
-    from robustness.config import resolve
+    from robustness_book.config import resolve
 
     with pytest.raises(ValueError, match="must contain 0"):
         resolve(chapter.SPEC, "smoke", strengths=[0.5, 1.0])
@@ -547,7 +547,7 @@ def test_authors_radius_is_converted_with_their_normalization():
 
 
 def test_paper_profile_is_the_authors_recipe():
-    from robustness.config import resolve
+    from robustness_book.config import resolve
 
     cfg = resolve(chapter.SPEC, "paper")
     kw = chapter.train_recipe(cfg, "cifar10")
@@ -557,8 +557,8 @@ def test_paper_profile_is_the_authors_recipe():
 
 @pytest.mark.notebook
 def test_fragile_neurons_smoke_run_writes_its_results(isolated_outputs):
-    from robustness.results import FIELDS, load_results
-    from robustness.runner import run_chapter
+    from robustness_book.results import FIELDS, load_results
+    from robustness_book.runner import run_chapter
 
     notebook = run_chapter("fragile_neurons", "smoke", output_dir=isolated_outputs / "executed")
     assert notebook.exists()

@@ -10,9 +10,9 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_auto_device_and_profile_pick_the_gpu():
-    from robustness.chapters import get_chapter
-    from robustness.config import resolve
-    from robustness.runtime import default_device
+    from robustness_book.chapters import get_chapter
+    from robustness_book.config import resolve
+    from robustness_book.runtime import default_device
 
     assert default_device().type == "cuda"
     cfg = resolve(get_chapter("baselines"), "auto")
@@ -21,9 +21,9 @@ def test_auto_device_and_profile_pick_the_gpu():
 
 def test_attacks_and_training_run_on_the_gpu_and_respect_the_threat_model(tiny_data, tmp_path):
     from conftest import TinyNet
-    from robustness.attacks import fgsm, pgd_linf
-    from robustness.data import ArrayDataset
-    from robustness.train import TrainConfig, cached_train, load_checkpoint
+    from robustness_book.attacks import fgsm, pgd_linf
+    from robustness_book.data import ArrayDataset
+    from robustness_book.train import TrainConfig, cached_train, load_checkpoint
 
     x, y = tiny_data
     data = ArrayDataset("blobs", "train", x, y, "synthetic")
@@ -45,8 +45,8 @@ def test_attacks_and_training_run_on_the_gpu_and_respect_the_threat_model(tiny_d
 
 @pytest.mark.notebook
 def test_a_chapter_smoke_profile_runs_on_the_gpu(isolated_outputs):
-    from robustness.results import load_results
-    from robustness.runner import run_chapter
+    from robustness_book.results import load_results
+    from robustness_book.runner import run_chapter
 
     # the smoke profile on a GPU machine: the device is chosen automatically
     run_chapter("baselines", "smoke", output_dir=isolated_outputs / "executed")

@@ -1,4 +1,4 @@
-"""robustness.evaluate.health_checks: every check passes on an ordinary network and fails where it should.
+"""robustness_book.evaluate.health_checks: every check passes on an ordinary network and fails where it should.
 
 The tiny blobs model (4 classes, 6x6 images) is robust up to eps ≈ 0.1 and broken at 0.4 (L∞), so eps = 0.2 is
 where accuracy under PGD is near 50%. Each failing case is a concrete way an evaluation goes wrong: masked
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustness import attacks, evaluate
-from robustness.defenses.jumprelu import bpda_relu, retrofit  # tests only: evaluate never imports a defense
-from robustness.evaluate import members as M
+from robustness_book import attacks, evaluate
+from robustness_book.defenses.jumprelu import bpda_relu, retrofit  # tests only: evaluate never imports a defense
+from robustness_book.evaluate import members as M
 
 from conftest import TinyNet, train_tiny
 

@@ -7,17 +7,17 @@ import torch
 from torch import nn
 
 from conftest import TinyNet
-from robustness import attacks, evaluate
-from robustness.chapters import jumprelu as chapter
-from robustness.chapters import kit
-from robustness.chapters.jumprelu import (MEMBERS_AT_ZERO, SPEC, adaptive_evaluation, choose_kappa, kappa_sweep,
+from robustness_book import attacks, evaluate
+from robustness_book.chapters import jumprelu as chapter
+from robustness_book.chapters import kit
+from robustness_book.chapters.jumprelu import (MEMBERS_AT_ZERO, SPEC, adaptive_evaluation, choose_kappa, kappa_sweep,
                                           verdict, verdict_summary)
-from robustness.config import resolve
-from robustness.data import DATASETS, threat_eps
-from robustness.defenses import AdversarialLoss, JumpReLU, bpda_relu, retrofit
-from robustness.defenses.jumprelu import SmoothJump, bpda_smooth, relu_count
-from robustness.models import build_model
-from robustness.results import anchors, check_records, one, record, select
+from robustness_book.config import resolve
+from robustness_book.data import DATASETS, threat_eps
+from robustness_book.defenses import AdversarialLoss, JumpReLU, bpda_relu, retrofit
+from robustness_book.defenses.jumprelu import SmoothJump, bpda_smooth, relu_count
+from robustness_book.models import build_model
+from robustness_book.results import anchors, check_records, one, record, select
 
 
 def test_jumprelu_values_below_at_and_above_kappa():
@@ -215,7 +215,7 @@ def test_adaptive_evaluation_is_a_per_image_worst_case(tiny_model, tiny_data):
 
 def test_train_all_holds_the_validation_images_out_of_training(monkeypatch, tiny_model):
     from conftest import make_blobs
-    from robustness.data import ArrayDataset
+    from robustness_book.data import ArrayDataset
 
     x, y = make_blobs(n=100)
     fake = lambda name, split: ArrayDataset(name, split, x, y, "synthetic")  # noqa: E731
@@ -613,7 +613,7 @@ def test_worst_case_and_health_tables_render_hand_made_records():
 
 @pytest.mark.notebook
 def test_jumprelu_smoke_run_writes_its_results(isolated_outputs):
-    from robustness.runner import run_chapter
+    from robustness_book.runner import run_chapter
 
     tmp_path = isolated_outputs
     notebook = run_chapter("jumprelu", "smoke", output_dir=tmp_path / "executed")

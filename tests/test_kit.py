@@ -1,14 +1,14 @@
-"""The chapter kit (robustness/chapters/kit.py): one vocabulary, one rule each, checked on hand-made cases."""
+"""The chapter kit (robustness_book/chapters/kit.py): one vocabulary, one rule each, checked on hand-made cases."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import TinyNet, make_blobs, train_tiny
-from robustness import evaluate
-from robustness.chapters import kit
-from robustness.evaluate.worst_case import CLEAN_WRONG, STANDING
-from robustness.results import check_records, select
+from robustness_book import evaluate
+from robustness_book.chapters import kit
+from robustness_book.evaluate.worst_case import CLEAN_WRONG, STANDING
+from robustness_book.results import check_records, select
 
 CFG = {"chapter": "test", "profile": "smoke", "seed": 0}
 
@@ -100,16 +100,16 @@ def test_health_rows_are_tagged_and_transfer_from_equals_the_hand_crafted_exampl
                            transfer_from=source, defense="none")
     assert all(r["dataset"] == "synth" and r["model"] == "tiny" and r["defense"] == "none" for r in rows)
     gen = torch.Generator().manual_seed(3)
-    by_hand = evaluate.run_attack(__import__("robustness").attacks.pgd_linf, source, x, y, 256, eps=0.1, steps=5,
+    by_hand = evaluate.run_attack(__import__("robustness_book").attacks.pgd_linf, source, x, y, 256, eps=0.1, steps=5,
                                   early_stop=False, generator=gen)
     expected = evaluate.health_checks(model, x, y, eps=0.1, steps=5, num_classes=4, seed=3, transfer_x_adv=by_hand)
     assert [r["measured"] for r in rows] == [r["measured"] for r in expected]
 
 
 def test_run_results_have_the_shape_of_a_results_file(tmp_path, monkeypatch):
-    from robustness.chapters import baselines
-    from robustness.config import resolve
-    from robustness.results import load_results
+    from robustness_book.chapters import baselines
+    from robustness_book.config import resolve
+    from robustness_book.results import load_results
 
     monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path))
     cfg = resolve(baselines.SPEC, "smoke")
@@ -124,14 +124,14 @@ def test_run_results_have_the_shape_of_a_results_file(tmp_path, monkeypatch):
 
 
 def _tiny_mnist_like():
-    from robustness.data import ArrayDataset
+    from robustness_book.data import ArrayDataset
 
     x, y = make_blobs(n=20, classes=10, side=28)
     return ArrayDataset("mnist", "test", x, y, "synthetic")
 
 
 def test_holdout_split_takes_the_images_after_the_training_ones(monkeypatch):
-    from robustness.data import ArrayDataset
+    from robustness_book.data import ArrayDataset
 
     x, y = make_blobs(n=50)
     monkeypatch.setattr(kit, "load_dataset", lambda d, split: ArrayDataset(d, split, x, y, "synthetic"))
@@ -143,9 +143,9 @@ def test_holdout_split_takes_the_images_after_the_training_ones(monkeypatch):
 # --------------------------------------------------------------------------- per-image outcomes and paired verdicts
 
 def _acc(mask, attack="worst_case", **setting):
-    from robustness.evaluate import pack_mask
+    from robustness_book.evaluate import pack_mask
 
-    r = __import__("robustness").evaluate.accuracy_record(mask)
+    r = __import__("robustness_book").evaluate.accuracy_record(mask)
     return {"chapter": "t", "dataset": "mnist", "model": "m", "defense": "none", "attack": attack,
             "threat_model": "linf", "eps": 0.1, "metric": "accuracy", "value": r["value"], "n": r["n"],
             "interval": r["interval"], "profile": "smoke", "seed": 0,
@@ -224,7 +224,7 @@ def test_autoattack_confirmation_gets_its_own_p_value_under_holm():
 
 
 def test_worst_case_record_keeps_which_member_fooled_each_image(tiny_data):
-    from robustness.evaluate.outcome import removed_by
+    from robustness_book.evaluate.outcome import removed_by
 
     x, y = tiny_data
     model = train_tiny(x, y)

@@ -1,6 +1,6 @@
 """The package's layers, enforced: imports flow one way, top to bottom (see README, "Layout").
 
-Every module of ``robustness/`` is parsed with :mod:`ast`; every import in it (module level and inside functions,
+Every module of ``robustness_book/`` is parsed with :mod:`ast`; every import in it (module level and inside functions,
 relative and absolute, ``importlib.import_module("robustness....")`` with a literal name too) is mapped to the
 layer of the imported module. A module may import its own layer and any layer below it, never one above, and
 evaluate never imports defenses (:data:`FORBIDDEN`). A new module must be given a layer in :data:`LAYERS` (the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = "robustness"
+PACKAGE = "robustness_book"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Layers from the bottom up: (name, modules). A module name ending in ``.*`` covers a subpackage (its
@@ -28,19 +28,19 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: ``zoo`` (the named recipes of the models chapters share): it trains through ``train`` and measures the listed
 #: models' accuracy with ``evaluate``, so it sits above both, and chapters and the command line ask it for models.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("utilities", ("robustness", "robustness._io", "robustness._torchvision", "robustness.runtime",
-                   "robustness.report", "robustness.timing")),
-    ("data", ("robustness.data",)),
-    ("models", ("robustness.models",)),
-    ("attacks", ("robustness.attacks.*",)),
-    ("train", ("robustness.train",)),
-    ("defenses", ("robustness.defenses.*",)),
-    ("evaluate", ("robustness.evaluate.*",)),
-    ("runner", ("robustness.config", "robustness.results", "robustness.zoo")),
-    ("chapters", ("robustness.chapters.*",)),
-    ("entry points", ("robustness.cli", "robustness.runner", "robustness.bench.*", "robustness.recipe_study",
-                      "robustness.reference",
-                      "robustness.__main__")),
+    ("utilities", ("robustness_book", "robustness_book._io", "robustness_book._torchvision", "robustness_book.runtime",
+                   "robustness_book.report", "robustness_book.timing")),
+    ("data", ("robustness_book.data",)),
+    ("models", ("robustness_book.models",)),
+    ("attacks", ("robustness_book.attacks.*",)),
+    ("train", ("robustness_book.train",)),
+    ("defenses", ("robustness_book.defenses.*",)),
+    ("evaluate", ("robustness_book.evaluate.*",)),
+    ("runner", ("robustness_book.config", "robustness_book.results", "robustness_book.zoo")),
+    ("chapters", ("robustness_book.chapters.*",)),
+    ("entry points", ("robustness_book.cli", "robustness_book.runner", "robustness_book.bench.*", "robustness_book.recipe_study",
+                      "robustness_book.reference",
+                      "robustness_book.__main__")),
 )
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 
@@ -49,7 +49,7 @@ RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 FORBIDDEN = {("evaluate", "defenses")}
 
 #: Private-named modules anyone may import.
-PUBLIC_PRIVATE_MODULES = {"robustness._io", "robustness._torchvision"}
+PUBLIC_PRIVATE_MODULES = {"robustness_book._io", "robustness_book._torchvision"}
 
 
 def layer_of(module: str) -> str | None:
@@ -115,7 +115,7 @@ class _Import:
 
 
 def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> list[_Import]:
-    """Every import of a ``robustness`` module in ``tree`` (anywhere in the file), resolved to dotted names."""
+    """Every import of a ``robustness_book`` module in ``tree`` (anywhere in the file), resolved to dotted names."""
     package = module if is_package else module.rpartition(".")[0]
     out: list[_Import] = []
     for node in ast.walk(tree):
@@ -136,7 +136,7 @@ def _imports(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> l
                 continue
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                if sub in known:  # ``from . import data`` imports the module robustness.data
+                if sub in known:  # ``from . import data`` imports the module robustness_book.data
                     out.append(_Import(node.lineno, sub, None, alias.asname or alias.name))
                 else:
                     out.append(_Import(node.lineno, base, alias.name, None))
@@ -233,10 +233,10 @@ def test_the_never_rules_of_the_design_are_upward_edges():
 # --------------------------------------------------------------------------- the checker flags bad edges
 
 
-KNOWN = {"robustness", "robustness.data", "robustness.models", "robustness.attacks", "robustness.attacks._core",
-         "robustness.attacks.pgd", "robustness.train", "robustness.defenses", "robustness.defenses.deep_defense",
-         "robustness.defenses.jumprelu", "robustness.evaluate", "robustness.evaluate.core", "robustness.config",
-         "robustness.chapters", "robustness.chapters.baselines", "robustness._io", "robustness.runtime"}
+KNOWN = {"robustness_book", "robustness_book.data", "robustness_book.models", "robustness_book.attacks", "robustness_book.attacks._core",
+         "robustness_book.attacks.pgd", "robustness_book.train", "robustness_book.defenses", "robustness_book.defenses.deep_defense",
+         "robustness_book.defenses.jumprelu", "robustness_book.evaluate", "robustness_book.evaluate.core", "robustness_book.config",
+         "robustness_book.chapters", "robustness_book.chapters.baselines", "robustness_book._io", "robustness_book.runtime"}
 
 
 def _check(module, source, is_package=False):
@@ -245,23 +245,23 @@ def _check(module, source, is_package=False):
 
 @pytest.mark.parametrize("module,source,line,edge", [
     # module level, relative
-    ("robustness.evaluate.fake", "import torch\nfrom ..defenses import jumprelu\n", 2,
-     "robustness.defenses.jumprelu (defenses)"),
+    ("robustness_book.evaluate.fake", "import torch\nfrom ..defenses import jumprelu\n", 2,
+     "robustness_book.defenses.jumprelu (defenses)"),
     # inside a function, absolute
-    ("robustness.attacks.fake", "def f():\n    from robustness.chapters import baselines\n", 2,
-     "robustness.chapters.baselines (chapters)"),
+    ("robustness_book.attacks.fake", "def f():\n    from robustness_book.chapters import baselines\n", 2,
+     "robustness_book.chapters.baselines (chapters)"),
     # ``import a.b.c``
-    ("robustness.models", "import robustness.attacks.pgd\n", 1, "robustness.attacks.pgd (attacks)"),
-    ("robustness.data", "from . import models\n", 1, "robustness.models (models)"),
-    ("robustness.config", "x = 1\nif x:\n    from .chapters import baselines\n", 3, "(chapters)"),
-    ("robustness.evaluate.core", "from .. import defenses\n", 1, "robustness.defenses (defenses)"),
-    ("robustness.runtime", "from .data import DATASETS\n", 1, "robustness.data (data)"),
-    ("robustness.attacks", "from ..train import fit\n", 1, "robustness.train (train)"),
-    ("robustness.attacks.fake", "import importlib\nm = importlib.import_module('robustness.evaluate.core')\n", 2,
-     "robustness.evaluate.core (evaluate)"),
+    ("robustness_book.models", "import robustness_book.attacks.pgd\n", 1, "robustness_book.attacks.pgd (attacks)"),
+    ("robustness_book.data", "from . import models\n", 1, "robustness_book.models (models)"),
+    ("robustness_book.config", "x = 1\nif x:\n    from .chapters import baselines\n", 3, "(chapters)"),
+    ("robustness_book.evaluate.core", "from .. import defenses\n", 1, "robustness_book.defenses (defenses)"),
+    ("robustness_book.runtime", "from .data import DATASETS\n", 1, "robustness_book.data (data)"),
+    ("robustness_book.attacks", "from ..train import fit\n", 1, "robustness_book.train (train)"),
+    ("robustness_book.attacks.fake", "import importlib\nm = importlib.import_module('robustness_book.evaluate.core')\n", 2,
+     "robustness_book.evaluate.core (evaluate)"),
 ])
 def test_checker_flags_an_upward_edge(module, source, line, edge):
-    found = _check(module, source, is_package=module == "robustness.attacks")
+    found = _check(module, source, is_package=module == "robustness_book.attacks")
     assert len(found) == 1, found
     assert found[0].line == line and edge in found[0].message
     assert "above it" in found[0].message or "never imports" in found[0].message
@@ -269,25 +269,25 @@ def test_checker_flags_an_upward_edge(module, source, line, edge):
 
 
 @pytest.mark.parametrize("module,source", [
-    ("robustness.evaluate.fake", "from ..attacks import pgd_linf\nfrom ..data import threat_eps\nfrom . import core\n"),
-    ("robustness.chapters.fake", "from .. import evaluate\nfrom ..defenses.jumprelu import retrofit\n"
+    ("robustness_book.evaluate.fake", "from ..attacks import pgd_linf\nfrom ..data import threat_eps\nfrom . import core\n"),
+    ("robustness_book.chapters.fake", "from .. import evaluate\nfrom ..defenses.jumprelu import retrofit\n"
                                  "from ..config import Param\nfrom ..report import pct\n"),
-    ("robustness.cli", "from .chapters import baselines\n"),  # entry points run chapters
-    ("robustness.attacks.fake", "from ._core import _per_sample\n"),  # private names inside their own subpackage
-    ("robustness.train", "from . import _io\n_io.sha256_file\nfrom .runtime import cache_root\n"),
-    ("robustness.data", "import os\nimport torch\nfrom robustness._io import atomic_path\n"),
+    ("robustness_book.cli", "from .chapters import baselines\n"),  # entry points run chapters
+    ("robustness_book.attacks.fake", "from ._core import _per_sample\n"),  # private names inside their own subpackage
+    ("robustness_book.train", "from . import _io\n_io.sha256_file\nfrom .runtime import cache_root\n"),
+    ("robustness_book.data", "import os\nimport torch\nfrom robustness_book._io import atomic_path\n"),
 ])
 def test_checker_accepts_downward_edges(module, source):
     assert _check(module, source) == []
 
 
 @pytest.mark.parametrize("module,source,what", [
-    ("robustness.chapters.fake", "from ..defenses.deep_defense import _normalize_layer\n",
+    ("robustness_book.chapters.fake", "from ..defenses.deep_defense import _normalize_layer\n",
      "private name _normalize_layer"),
-    ("robustness.evaluate.fake", "from ..attacks._core import eval_mode\n", "private module robustness.attacks._core"),
-    ("robustness.evaluate.fake", "from ..attacks import _core\n", "private module robustness.attacks._core"),
-    ("robustness.models", "from . import data\nx = data._INFO\n", "private name _INFO of robustness.data"),
-    ("robustness.train", "from .data import _check_name\n", "private name _check_name"),
+    ("robustness_book.evaluate.fake", "from ..attacks._core import eval_mode\n", "private module robustness_book.attacks._core"),
+    ("robustness_book.evaluate.fake", "from ..attacks import _core\n", "private module robustness_book.attacks._core"),
+    ("robustness_book.models", "from . import data\nx = data._INFO\n", "private name _INFO of robustness_book.data"),
+    ("robustness_book.train", "from .data import _check_name\n", "private name _check_name"),
 ])
 def test_checker_flags_a_private_import(module, source, what):
     found = _check(module, source)
@@ -295,5 +295,5 @@ def test_checker_flags_a_private_import(module, source, what):
 
 
 def test_checker_flags_a_module_without_a_layer():
-    found = _check("robustness.newthing", "x = 1\n")
+    found = _check("robustness_book.newthing", "x = 1\n")
     assert len(found) == 1 and "belongs to no layer" in found[0].message

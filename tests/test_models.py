@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustness.models import MODELS, Normalize, build_model
+from robustness_book.models import MODELS, Normalize, build_model
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -7,8 +7,8 @@ non-blank lines of Markdown cells against non-blank, non-comment lines of code c
 import jupytext
 import pytest
 
-from robustness.chapters import CHAPTER_IDS, get_chapter
-from robustness.results import repo_root
+from robustness_book.chapters import CHAPTER_IDS, get_chapter
+from robustness_book.results import repo_root
 
 MAX_CELL_LINES = 15
 MAX_CODE_PER_PROSE = 1.0
@@ -34,7 +34,7 @@ def shape(path) -> dict:
 @pytest.mark.parametrize("chapter", CHAPTER_IDS)
 def test_notebook_is_text_first_with_short_cells(chapter):
     s = shape(repo_root() / get_chapter(chapter).notebook)
-    assert not s["defs"], f"{chapter}: move these into robustness/chapters/{chapter}.py: {s['defs']}"
+    assert not s["defs"], f"{chapter}: move these into robustness_book/chapters/{chapter}.py: {s['defs']}"
     long = [(i, n) for i, n in s["cells"] if n > MAX_CELL_LINES]
     assert not long, f"{chapter}: code cells (index, lines) over {MAX_CELL_LINES} lines: {long}"
     ratio = s["code_chars"] / max(s["prose_chars"], 1)

@@ -1,10 +1,10 @@
-"""The shared verdict rules (robustness/evaluate/outcome.py) on hand-made per-image outcomes."""
+"""The shared verdict rules (robustness_book/evaluate/outcome.py) on hand-made per-image outcomes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from robustness.evaluate import outcome as O
+from robustness_book.evaluate import outcome as O
 
 
 def _mask(*bits):

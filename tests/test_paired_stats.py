@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from robustness.evaluate import stats
+from robustness_book.evaluate import stats
 
 
 def test_mcnemar_exact_matches_hand_computation():
@@ -68,7 +68,7 @@ def test_packed_masks_round_trip(n):
 def test_autoattack_flags_are_captured_not_printed(capsys):
     import logging
 
-    from robustness.evaluate.autoattack import _collect_flags, flags_of
+    from robustness_book.evaluate.autoattack import _collect_flags, flags_of
 
     with _collect_flags() as messages:
         logging.getLogger("auto-attack").warning("there are 3 points with zero gradient! This might lead to ...")
@@ -79,6 +79,6 @@ def test_autoattack_flags_are_captured_not_printed(capsys):
 
 
 def test_provenance_names_the_autoattack_version():
-    from robustness.results import provenance
+    from robustness_book.results import provenance
 
     assert provenance({"seed": 0})["versions"]["pyautoattack"] == "0.2.0"

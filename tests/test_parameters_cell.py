@@ -3,8 +3,8 @@ import jupytext
 import papermill
 import pytest
 
-from robustness.chapters import CHAPTER_IDS, get_chapter
-from robustness.results import repo_root
+from robustness_book.chapters import CHAPTER_IDS, get_chapter
+from robustness_book.results import repo_root
 
 
 @pytest.mark.parametrize("chapter", CHAPTER_IDS)

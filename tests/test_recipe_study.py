@@ -1,7 +1,7 @@
 """The recipe study refuses, before any training, a budget it cannot meet and an unknown recipe."""
 import pytest
 
-from robustness import recipe_study
+from robustness_book import recipe_study
 
 
 def test_a_budget_that_cannot_hold_one_epoch_is_refused_before_work(monkeypatch):

@@ -1,4 +1,4 @@
-"""Reference runs (``python -m robustness reference make``) and the site staged from them: the SHA-256 check, the
+"""Reference runs (``python -m robustness_book reference make``) and the site staged from them: the SHA-256 check, the
 profile check, the swap that keeps the previous reference when a chapter fails, absolute paths stripped, the stale
 rule, and the page header. Chapter execution is faked (monkeypatch) except in one smoke-profile end-to-end run."""
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from robustness import reference
-from robustness.results import repo_root, results_path
-from robustness.runner import ChapterFailed
+from robustness_book import reference
+from robustness_book.results import repo_root, results_path
+from robustness_book.runner import ChapterFailed
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256))).decode()
 
@@ -185,9 +185,9 @@ def _git(repo: Path, *args: str) -> str:
 def test_stale_rule_on_a_tiny_repository(tmp_path):
     repo = tmp_path / "repo"
     (repo / "notebooks").mkdir(parents=True)
-    (repo / "robustness").mkdir()
+    (repo / "robustness_book").mkdir()
     _git(repo, "init", "-q")
-    paths = ["notebooks/ch.py", "robustness/ch.py"]
+    paths = ["notebooks/ch.py", "robustness_book/ch.py"]
     for p in paths:
         (repo / p).write_text("a\n")
     _git(repo, "add", ".")
@@ -200,7 +200,7 @@ def test_stale_rule_on_a_tiny_repository(tmp_path):
     later = _git(repo, "rev-parse", "HEAD")
     assert reference.stale_since(made, paths, repo) is None  # nothing of the chapter changed since
     assert reference.stale_since(later, paths, repo) is None  # made after the chapter's last change
-    (repo / "robustness/ch.py").write_text("b\n")
+    (repo / "robustness_book/ch.py").write_text("b\n")
     _git(repo, "commit", "-qam", "chapter code changed")
     changed = _git(repo, "rev-parse", "HEAD")
     assert reference.stale_since(made, paths, repo) == changed
@@ -216,8 +216,8 @@ def test_stale_rule_on_a_tiny_repository(tmp_path):
 
 def test_chapter_paths_include_the_notebook_module_and_defenses():
     paths = reference.chapter_paths("jumprelu")
-    assert paths[:2] == ["notebooks/jumprelu.py", "robustness/chapters/jumprelu.py"]
-    assert "robustness/defenses/jumprelu.py" in paths
+    assert paths[:2] == ["notebooks/jumprelu.py", "robustness_book/chapters/jumprelu.py"]
+    assert "robustness_book/defenses/jumprelu.py" in paths
     assert all((repo_root() / p).is_file() for p in paths)
 
 
@@ -238,7 +238,7 @@ def test_page_header_lists_profile_commit_machine_date_minutes():
     assert "Stale" not in text and "uncommitted" not in text
     stale = reference.page_header("baselines", "laptop", _prov(uncommitted_changes=True), "fedcba9876543210", None)
     assert "**Stale**" in stale and "`fedcba9876`" in stale and "with uncommitted changes" in stale
-    assert "python -m robustness reference make baselines --profile laptop" in stale
+    assert "python -m robustness_book reference make baselines --profile laptop" in stale
 
 
 def test_site_pages_from_references_missing_ones_and_paper_beside(tmp_path, fake_runs, monkeypatch):
@@ -266,7 +266,7 @@ def test_site_pages_from_references_missing_ones_and_paper_beside(tmp_path, fake
 
 
 def test_cli_names_the_bad_file(tmp_path, fake_runs, capsys):
-    from robustness.cli import main
+    from robustness_book.cli import main
 
     folder = reference.make_reference("smoke", ["baselines"], out=tmp_path / "ref")
     (folder / "baselines.json").unlink()

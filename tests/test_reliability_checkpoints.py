@@ -11,14 +11,14 @@ import warnings
 import pytest
 import torch
 
-import robustness.data
-import robustness.models
+import robustness_book.data
+import robustness_book.models
 from conftest import TINY, TinyNet, make_blobs
-from robustness import _io, zoo
-from robustness.cli import main
-from robustness.data import ArrayDataset
-from robustness.results import load_results, record, write_results
-from robustness.train import (CheckpointError, TrainConfig, cached_train, export_entry, load_checkpoint,
+from robustness_book import _io, zoo
+from robustness_book.cli import main
+from robustness_book.data import ArrayDataset
+from robustness_book.results import load_results, record, write_results
+from robustness_book.train import (CheckpointError, TrainConfig, cached_train, export_entry, load_checkpoint,
                               load_export, save_checkpoint)
 
 CONFIG = TrainConfig(epochs=1, batch_size=32, seed=1)
@@ -87,7 +87,7 @@ def test_cached_train_retrains_over_a_damaged_sidecar_and_rewrites_it(blobs, tmp
 
 
 def test_load_export_reports_a_damaged_sidecar(tmp_path):
-    from robustness.models import build_model
+    from robustness_book.models import build_model
 
     path = tmp_path / "dd.pt"
     for damage in (_flip_to_non_utf8, _as_list):
@@ -236,14 +236,14 @@ def test_load_results_names_a_damaged_file_and_the_command_that_rewrites_it(tmp_
         load_results("demo", "smoke")
     assert type(caught.value).__name__ == "ResultsFileError"
     message = str(caught.value)
-    assert str(good) in message and "python -m robustness run demo --profile smoke" in message
+    assert str(good) in message and "python -m robustness_book run demo --profile smoke" in message
 
 
 def test_exported_models_turns_a_truncated_results_file_into_a_note(tmp_path, monkeypatch):
-    from robustness.chapters import deep_defense
-    from robustness.chapters import transferable_adversaries as chapter
-    from robustness.config import resolve
-    from robustness.results import results_path
+    from robustness_book.chapters import deep_defense
+    from robustness_book.chapters import transferable_adversaries as chapter
+    from robustness_book.config import resolve
+    from robustness_book.results import results_path
 
     monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path))
     path = write_results(resolve(deep_defense.SPEC, "smoke"), [], extra={"models": []})
@@ -252,4 +252,4 @@ def test_exported_models_turns_a_truncated_results_file_into_a_note(tmp_path, mo
     found, notes = chapter.exported_models(resolve(chapter.SPEC, "smoke"))
     assert found == []
     (note,) = [n for n in notes if "deep_defense" in n]
-    assert str(path) in note and "python -m robustness run deep_defense --profile smoke" in note
+    assert str(path) in note and "python -m robustness_book run deep_defense --profile smoke" in note

@@ -1,4 +1,4 @@
-"""robustness.data under the reliability review's data cases (reviews/reliability-review.md, 2.x and 5.3).
+"""robustness_book.data under the reliability review's data cases (reviews/reliability-review.md, 2.x and 5.3).
 
 Everything runs in temporary copies of the offline mirror; torchvision's download URLs point at a file:// path
 that does not exist, so a download fails at once, as it does offline. A read-only folder is simulated by
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from robustness import data
-from robustness._io import md5_file, sha256_file
-from robustness._torchvision import import_torchvision
-from robustness.data import (CorruptDataError, CorruptDataWarning, DatasetNotFoundError, load_dataset,
+from robustness_book import data
+from robustness_book._io import md5_file, sha256_file
+from robustness_book._torchvision import import_torchvision
+from robustness_book.data import (CorruptDataError, CorruptDataWarning, DatasetNotFoundError, load_dataset,
                              write_adversary_set)
 
 SHARED = Path("/work/shared/data")
@@ -264,7 +264,7 @@ def test_an_unknown_adversary_set_names_the_chapter_the_hash_suffix_and_the_sets
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("adversary:nosuch", "test")
     message = str(info.value)
-    assert "python -m robustness run transferable_adversaries --profile" in message
+    assert "python -m robustness_book run transferable_adversaries --profile" in message
     assert "--<hash>" in message and "no adversary sets" in message and str(folder) in message
 
     x, y = torch.rand(3, 1, 4, 4), torch.arange(3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustness import data
-from robustness.chapters import CHAPTER_IDS, get_chapter
-from robustness.config import resolve
+from robustness_book import data
+from robustness_book.chapters import CHAPTER_IDS, get_chapter
+from robustness_book.config import resolve
 
 BASELINES = get_chapter("baselines")
 JUMPRELU = get_chapter("jumprelu")
@@ -153,7 +153,7 @@ def test_param_kind_refuses_what_the_chapter_check_refuses(chapter, name, value)
     ("1/255", "not an expression"),
 ])
 def test_malformed_literal_is_reported_as_such(text, fragment):
-    from robustness.cli import parse_value
+    from robustness_book.cli import parse_value
 
     with pytest.raises(ValueError) as err:
         parse_value(text)
@@ -168,6 +168,6 @@ def test_malformed_literal_is_reported_as_such(text, fragment):
     ("1e400", float("inf")),
 ])
 def test_plain_words_and_literals_still_parse(text, value):
-    from robustness.cli import parse_value
+    from robustness_book.cli import parse_value
 
     assert parse_value(text) == value

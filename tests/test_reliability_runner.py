@@ -10,11 +10,11 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from robustness import cli, runner
-from robustness._io import atomic_path
-from robustness.chapters import baselines
-from robustness.config import ChapterSpec, Param, resolve, resolve_notebook
-from robustness.results import repo_root
+from robustness_book import cli, runner
+from robustness_book._io import atomic_path
+from robustness_book.chapters import baselines
+from robustness_book.config import ChapterSpec, Param, resolve, resolve_notebook
+from robustness_book.results import repo_root
 
 ROOT = repo_root()
 
@@ -108,12 +108,12 @@ def test_cli_prints_one_line_for_a_failed_chapter(tmp_path, monkeypatch, capsys)
 
 def test_kernel_runs_this_checkout_and_override_page_goes_beside_its_results(tmp_path, monkeypatch):
     other = tmp_path / "other"  # another copy of the package the interpreter would find first
-    (other / "robustness").mkdir(parents=True)
-    (other / "robustness" / "__init__.py").write_text("WHICH = 'other checkout'\n")
+    (other / "robustness_book").mkdir(parents=True)
+    (other / "robustness_book" / "__init__.py").write_text("WHICH = 'other checkout'\n")
     monkeypatch.setenv("PYTHONPATH", str(other))
-    body = ("# %%\nimport pathlib, robustness\n"
-            f"assert pathlib.Path(robustness.__file__).resolve().parents[1] == pathlib.Path({str(ROOT)!r}), "
-            "robustness.__file__\n\n"
+    body = ("# %%\nimport pathlib, robustness_book\n"
+            f"assert pathlib.Path(robustness_book.__file__).resolve().parents[1] == pathlib.Path({str(ROOT)!r}), "
+            "robustness_book.__file__\n\n"
             "# %% tags=[\"skip-execution\"]\nraise RuntimeError('a skip-execution cell ran')\n")
     name = _fake_chapter(tmp_path, body, monkeypatch)
     executed = tmp_path / "executed"

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from robustness import results
-from robustness.results import (FIELDS, StageTimer, anchors, list_results, load_results, one, record,
+from robustness_book import results
+from robustness_book.results import (FIELDS, StageTimer, anchors, list_results, load_results, one, record,
                                 results_path, select, value, write_results)
 
 CFG = {"chapter": "demo", "profile": "smoke", "requested_profile": "smoke", "device": "cpu", "seed": 3,
@@ -79,7 +79,7 @@ def test_an_overridden_run_is_written_beside_the_canonical_file(tmp_path, monkey
 
 def test_missing_results_name_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="python -m robustness run demo --profile laptop"):
+    with pytest.raises(FileNotFoundError, match="python -m robustness_book run demo --profile laptop"):
         load_results("demo", "laptop")
 
 

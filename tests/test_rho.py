@@ -1,4 +1,4 @@
-"""robustness.evaluate.rho: ρ in each paper's units, against hand computations."""
+"""robustness_book.evaluate.rho: ρ in each paper's units, against hand computations."""
 import math
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustness.attacks import deepfool
-from robustness.evaluate import rho as R
+from robustness_book.attacks import deepfool
+from robustness_book.evaluate import rho as R
 
 SHARED = Path("/work/shared/data")
 
@@ -172,7 +172,7 @@ def test_mean_subtraction_factor_by_hand():
 def test_mnist_scale_factors_match_the_review(tmp_path):
     # The review's measured values on the 10k MNIST test images: ‖x‖/‖x − μ_pixel(train)‖ = 1.285 (matconvnet,
     # so Deep Defense's ρ scale) and ‖x‖/‖x − 0.1307‖ = 1.077 (a per-channel mean). Validates mean_image.
-    from robustness import data
+    from robustness_book import data
 
     root = tmp_path / "root"
     try:

@@ -1,4 +1,4 @@
-"""Tests for the Square attack (robustness.attacks.square) on the tiny blobs model (a few seconds on CPU)."""
+"""Tests for the Square attack (robustness_book.attacks.square) on the tiny blobs model (a few seconds on CPU)."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustness import evaluate
-from robustness.attacks import attack_loss, input_gradient, l2_norm, pgd_linf, square_l2, square_linf
-from robustness.attacks.square import _l2_propose, _p_at
+from robustness_book import evaluate
+from robustness_book.attacks import attack_loss, input_gradient, l2_norm, pgd_linf, square_l2, square_linf
+from robustness_book.attacks.square import _l2_propose, _p_at
 
 
 from test_attacks import accuracy, predict  # the attack tests' two tiny helpers

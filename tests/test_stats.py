@@ -1,10 +1,10 @@
-"""robustness.evaluate.stats: Wilson intervals against hand-computed values, and interval verdicts."""
+"""robustness_book.evaluate.stats: Wilson intervals against hand-computed values, and interval verdicts."""
 import math
 
 import pytest
 import torch
 
-from robustness.evaluate import accuracy_record, clearly_greater, intervals_overlap, ranks, spearman, wilson_interval
+from robustness_book.evaluate import accuracy_record, clearly_greater, intervals_overlap, ranks, spearman, wilson_interval
 
 
 def _wilson_by_hand(k, n, z=1.96):
@@ -107,7 +107,7 @@ def test_spearman_constant_input_has_no_ranking():
 
 
 def test_compare_reads_intervals_and_makes_no_claim_without_them():
-    from robustness.evaluate import compare
+    from robustness_book.evaluate import compare
 
     a, b = {"value": 0.8, "interval": [0.75, 0.85]}, {"value": 0.6, "interval": [0.55, 0.65]}
     assert compare(a, b) == "higher" and compare(b, a) == "lower"
@@ -116,7 +116,7 @@ def test_compare_reads_intervals_and_makes_no_claim_without_them():
 
 
 def test_pct_interval_formats_a_record():
-    from robustness.report import pct_interval
+    from robustness_book.report import pct_interval
 
     assert pct_interval({"value": 0.818, "interval": [0.793, 0.84]}) == "81.8% [79.3%, 84.0%]"
     assert pct_interval({"value": 0.5}) == "50.0%" and pct_interval(None) == "–"

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TinyNet
-from robustness.data import ArrayDataset
-from robustness.defenses import SuperimpositionLoss
-from robustness.defenses.superimposition import beta_sample
-from robustness.train import TrainConfig, loss_spec, train
+from robustness_book.data import ArrayDataset
+from robustness_book.defenses import SuperimpositionLoss
+from robustness_book.defenses.superimposition import beta_sample
+from robustness_book.train import TrainConfig, loss_spec, train
 
 
 @pytest.fixture()

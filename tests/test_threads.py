@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from robustness import runner
-from robustness.cli import main
-from robustness.runtime import thread_count
+from robustness_book import runner
+from robustness_book.cli import main
+from robustness_book.runtime import thread_count
 
 
 def test_thread_count_defaults_to_every_core_and_reads_the_variable(monkeypatch):

@@ -1,9 +1,9 @@
-"""robustness.timing: the one home of the book's (CUDA-synchronized) timing helpers."""
+"""robustness_book.timing: the one home of the book's (CUDA-synchronized) timing helpers."""
 import time
 
 import pytest
 
-from robustness import evaluate, results, timing
+from robustness_book import evaluate, results, timing
 
 
 def test_timed_returns_the_result_and_the_seconds():

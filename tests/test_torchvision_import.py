@@ -1,4 +1,4 @@
-"""robustness._torchvision: torchvision imports (datasets, transforms, models) next to CPU torch."""
+"""robustness_book._torchvision: torchvision imports (datasets, transforms, models) next to CPU torch."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from robustness._torchvision import import_torchvision
+from robustness_book._torchvision import import_torchvision
 
 
 def test_import_gives_datasets_transforms_models():
@@ -29,7 +29,7 @@ def test_fresh_interpreter(tmp_path):
     """A clean process imports it too; when patched, the two stand-ins are in sys.modules."""
     script = (
         "import json, sys\n"
-        "import robustness._torchvision as m\n"
+        "import robustness_book._torchvision as m\n"
         "tv = m.import_torchvision()\n"
         "print(json.dumps({'patched': m.patched, 'has_mnist': hasattr(tv.datasets, 'MNIST'),\n"
         "    'stand_ins': [n in sys.modules for n in m._REGISTRATION_MODULES]}))\n"

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from conftest import TinyNet, make_blobs
-from robustness.data import ArrayDataset
-from robustness.train import (CheckpointError, TrainConfig, augment_crop_flip, cached_train, load_checkpoint,
+from robustness_book.data import ArrayDataset
+from robustness_book.train import (CheckpointError, TrainConfig, augment_crop_flip, cached_train, load_checkpoint,
                               save_checkpoint, train)
 
 
@@ -86,7 +86,7 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
 def test_checkpoint_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"weights": TinyNet()}, path)  # a whole module: needs unpickling code
-    from robustness._io import sha256_file
+    from robustness_book._io import sha256_file
 
     path.with_suffix(".json").write_text(json.dumps({"sha256": sha256_file(path)}))
     with pytest.raises(CheckpointError):
@@ -124,7 +124,7 @@ def test_fine_tuning_starts_from_the_given_weights(blobs, tmp_path):
 
 
 def test_onecycle_schedule_warms_up_then_decays_to_zero(blobs):
-    from robustness.train import _scheduler
+    from robustness_book.train import _scheduler
 
     config = TrainConfig(epochs=2, batch_size=32, lr=0.1, schedule="onecycle", warmup=0.25)
     opt = torch.optim.SGD(TinyNet().parameters(), lr=config.lr)
@@ -192,7 +192,7 @@ def test_adam_option_trains_with_adam(tiny_data):
 
 
 def test_seconds_per_step_times_the_loop_on_a_copy_and_counts_its_steps(blobs):
-    from robustness.train import cross_entropy, seconds_per_step, state_hash
+    from robustness_book.train import cross_entropy, seconds_per_step, state_hash
 
     model = TinyNet()
     before = state_hash(model)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import make_blobs, train_tiny
-from robustness.attacks import ensemble_pgd, input_diversity, mi_fgsm, pgd_linf
+from robustness_book.attacks import ensemble_pgd, input_diversity, mi_fgsm, pgd_linf
 
 
 def accuracy(model, x, y):

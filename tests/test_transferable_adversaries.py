@@ -10,15 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import train_tiny
-from robustness.chapters import kit, transferable_adversaries as chapter
-from robustness.config import resolve
-from robustness.data import DATASETS, ArrayDataset, threat_eps
-from robustness import zoo
-from robustness.defenses import AdversarialLoss, SuperimpositionLoss
-from robustness.evaluate import pack_mask, wilson_interval
-from robustness.models import build_model
-from robustness.results import record
-from robustness.train import TrainConfig, cross_entropy
+from robustness_book.chapters import kit, transferable_adversaries as chapter
+from robustness_book.config import resolve
+from robustness_book.data import DATASETS, ArrayDataset, threat_eps
+from robustness_book import zoo
+from robustness_book.defenses import AdversarialLoss, SuperimpositionLoss
+from robustness_book.evaluate import pack_mask, wilson_interval
+from robustness_book.models import build_model
+from robustness_book.results import record
+from robustness_book.train import TrainConfig, cross_entropy
 
 
 # --------------------------------------------------------------------------- fooling rate and transfer matrix
@@ -547,15 +547,15 @@ def test_verdict_reports_failed_health_checks():
 
 
 def test_other_chapters_networks_load_from_their_results_and_are_refused_when_altered(tmp_path, monkeypatch):
-    from robustness.chapters import deep_defense, entropic_retraining
-    from robustness.results import write_results
-    from robustness.train import export_entry, save_checkpoint, state_hash
+    from robustness_book.chapters import deep_defense, entropic_retraining
+    from robustness_book.results import write_results
+    from robustness_book.train import export_entry, save_checkpoint, state_hash
 
     monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
     cfg = resolve(chapter.SPEC, "smoke")
     found, notes = chapter.exported_models(cfg)
     assert found == [] and len(notes) == 2
-    assert all("no smoke results yet" in n and "python -m robustness run" in n for n in notes)
+    assert all("no smoke results yet" in n and "python -m robustness_book run" in n for n in notes)
 
     torch.manual_seed(3)
     net = build_model("lenet_like", "mnist")
@@ -576,8 +576,8 @@ def test_other_chapters_networks_load_from_their_results_and_are_refused_when_al
 
 
 def test_book_defenses_use_the_other_chapters_choices_else_a_labelled_default(tmp_path, monkeypatch):
-    from robustness.chapters import fragile_neurons, jumprelu
-    from robustness.results import write_results
+    from robustness_book.chapters import fragile_neurons, jumprelu
+    from robustness_book.results import write_results
 
     monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
     cfg = resolve(chapter.SPEC, "smoke")
@@ -585,8 +585,8 @@ def test_book_defenses_use_the_other_chapters_choices_else_a_labelled_default(tm
     assert chosen["jumprelu"]["value"] == cfg.jumprelu_kappa["mnist"]
     assert chosen["compress_amplify"]["value"] == cfg.rescale_strength
     assert all(c["source"].startswith("default") for c in chosen.values())
-    assert "python -m robustness run jumprelu --profile smoke" in chosen["jumprelu"]["note"]
-    assert "python -m robustness run fragile_neurons --profile smoke" in chosen["compress_amplify"]["note"]
+    assert "python -m robustness_book run jumprelu --profile smoke" in chosen["jumprelu"]["note"]
+    assert "python -m robustness_book run fragile_neurons --profile smoke" in chosen["compress_amplify"]["note"]
 
     jcfg, fcfg = resolve(jumprelu.SPEC, "smoke"), resolve(fragile_neurons.SPEC, "smoke")
     write_results(jcfg, [record(jcfg, dataset="mnist", model="lenet_like-baseline", defense="jumprelu",
@@ -620,8 +620,8 @@ def test_score_table_names_another_chapters_network_as_that_chapter_exported_it(
 
 @pytest.mark.notebook
 def test_smoke_run_writes_its_results_and_a_second_run_reuses_the_adversary_set(isolated_outputs, monkeypatch):
-    from robustness.results import FIELDS, load_results
-    from robustness.runner import run_chapter
+    from robustness_book.results import FIELDS, load_results
+    from robustness_book.runner import run_chapter
 
     monkeypatch.setenv("ROBUSTNESS_ADVERSARIES", str(isolated_outputs / "adversaries"))
     runs = []
@@ -636,7 +636,7 @@ def test_smoke_run_writes_its_results_and_a_second_run_reuses_the_adversary_set(
     sets = {(s["dataset"], s["split"]): s["status"] for s in first["timings"]["adversary_sets"].values()}
     assert sets == dict.fromkeys([(d, split) for d in p["datasets"] for split in ("test", "train")], "written")
     assert {s["status"] for s in second["timings"]["adversary_sets"].values()} == {"loaded"}
-    from robustness.data import load_dataset
+    from robustness_book.data import load_dataset
     train_set = load_dataset("adversary:transferable-mnist-smoke-train", "train")
     clean = load_dataset("mnist", "train").first(p["n_set_train"]["mnist"])
     assert torch.equal(train_set.y, clean.y) and (train_set.x - clean.x).abs().max() <= 0.3 + 1e-6

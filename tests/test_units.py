@@ -2,17 +2,17 @@
 
 The JumpReLU code runs IFGSM and FGSM training on normalized inputs ``(x − μ_c) / σ_c``. Our models
 normalize inside and attacks work on [0, 1] pixels; with a per-channel step ``0.01 × σ_c``
-(:func:`robustness.data.normalized_to_pixels`) one pixel-space step must equal one normalized-space step
+(:func:`robustness_book.data.normalized_to_pixels`) one pixel-space step must equal one normalized-space step
 computed by hand: normalize, step ``sign(grad) × 0.01``, clamp to the normalized image of [0, 1], de-normalize.
 """
 import pytest
 import torch
 from torch import nn
 
-from robustness.attacks import fgsm, ifgsm
-from robustness.data import dataset_info, normalized_to_pixels, threat_eps
-from robustness.defenses import AdversarialLoss
-from robustness.models import Normalize
+from robustness_book.attacks import fgsm, ifgsm
+from robustness_book.data import dataset_info, normalized_to_pixels, threat_eps
+from robustness_book.defenses import AdversarialLoss
+from robustness_book.models import Normalize
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 

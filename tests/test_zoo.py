@@ -8,16 +8,16 @@ import json
 import pytest
 import torch
 
-import robustness.data
-import robustness.models
-import robustness.train
+import robustness_book.data
+import robustness_book.models
+import robustness_book.train
 from conftest import TINY, TinyNet, make_blobs
-from robustness import _io, zoo
-from robustness.chapters import baselines, jumprelu
-from robustness.cli import main
-from robustness.config import resolve
-from robustness.data import ArrayDataset, DATASETS
-from robustness.train import TrainConfig, official_milestones, recipe_key
+from robustness_book import _io, zoo
+from robustness_book.chapters import baselines, jumprelu
+from robustness_book.cli import main
+from robustness_book.config import resolve
+from robustness_book.data import ArrayDataset, DATASETS
+from robustness_book.train import TrainConfig, official_milestones, recipe_key
 
 # --------------------------------------------------------------------------- the recipes
 
@@ -41,12 +41,12 @@ def test_both_chapters_ask_for_the_same_recipe(profile, dataset):
 @pytest.mark.parametrize("profile", zoo.PROFILES)
 def test_the_zoos_key_is_trains_key_for_the_same_arguments(profile, tmp_path):
     """The zoo re-types no part of the cache key: for every recipe its whole recipe, key and file are train's for
-    the same :func:`robustness.train.trained_model` arguments (no data is loaded to say so)."""
+    the same :func:`robustness_book.train.trained_model` arguments (no data is loaded to say so)."""
     for name in zoo.names():
         r = zoo.recipe(name, profile)
-        full = robustness.train.trained_model_recipe(**r.kwargs())
+        full = robustness_book.train.trained_model_recipe(**r.kwargs())
         assert r.cache_recipe() == full and r.key() == recipe_key(full)
-        path = robustness.train.checkpoint_path(full, tmp_path)
+        path = robustness_book.train.checkpoint_path(full, tmp_path)
         assert r.path(tmp_path) == path == tmp_path / f"{r.model}-{r.key()}.pt"
 
 
@@ -73,7 +73,7 @@ def test_the_recipes_per_profile():
         assert c.augment == (paper.dataset == "cifar10")
         for profile in zoo.PROFILES:
             r = zoo.recipe(name, profile)
-            assert r.loss is robustness.train.cross_entropy and r.name == name and r.profile == profile
+            assert r.loss is robustness_book.train.cross_entropy and r.name == name and r.profile == profile
             assert r.description and r.model in r.description
     assert zoo.recipe("alex_like-cifar10", "laptop").config == zoo.CIFAR10_LAPTOP
     assert zoo.recipe("alex_like-cifar10", "laptop").train_size == zoo.CIFAR10_LAPTOP_TRAIN_SIZE
@@ -111,7 +111,7 @@ def test_chapters_take_the_zoo_model_unless_a_reader_changes_the_recipe(monkeypa
     got, trained = [], []
     monkeypatch.setattr(zoo, "get", lambda name, profile, device=None: (got.append((name, profile)) or "net", {}))
     monkeypatch.setattr(zoo, "trained_model", lambda *a, **k: (trained.append(k) or "own", {}))
-    monkeypatch.setattr(robustness.train, "trained_model", lambda *a, **k: (trained.append(k) or "own", {}))
+    monkeypatch.setattr(robustness_book.train, "trained_model", lambda *a, **k: (trained.append(k) or "own", {}))
     assert baselines.train_model(resolve(baselines.SPEC, "laptop"))[0] == "net"
     cfg = resolve(jumprelu.SPEC, "laptop")
     assert jumprelu.train_baseline(cfg, "mnist")[0] == "net" and jumprelu.train_baseline(cfg, "cifar10")[0] == "net"
@@ -125,10 +125,10 @@ def test_chapters_take_the_zoo_model_unless_a_reader_changes_the_recipe(monkeypa
 
 def test_jumprelu_validation_images_are_never_trained_on(monkeypatch):
     x, y = make_blobs(n=100)
-    monkeypatch.setattr(robustness.data, "load_dataset",
+    monkeypatch.setattr(robustness_book.data, "load_dataset",
                         lambda name, split: ArrayDataset(name, split, x, y, "synthetic"))
     cfg = resolve(jumprelu.SPEC, "smoke", train_size={"mnist": 80}, n_val={"mnist": 30}, n_attack={"mnist": 20})
-    from robustness.chapters import kit
+    from robustness_book.chapters import kit
 
     monkeypatch.setattr(kit, "load_dataset", lambda name, split: ArrayDataset(name, split, x, y, "synthetic"))
     # the networks train on the first train_size - n_val images; kappa is chosen on the n_val after them
@@ -170,7 +170,7 @@ def test_the_listing_marks_uncached_cached_and_corrupted_models(tiny_zoo):
 
 def test_train_writes_the_recipe_and_file_the_zoo_expects(tiny_zoo):
     # trained through train itself, not the zoo: the sidecar's recipe and the file are the ones the zoo computes
-    _, meta = robustness.train.trained_model(**TINY.kwargs(), device="cpu")
+    _, meta = robustness_book.train.trained_model(**TINY.kwargs(), device="cpu")
     assert meta["path"] == str(TINY.path()) and meta["recipe"] == json.loads(json.dumps(TINY.cache_recipe()))
     assert zoo.status(TINY)["state"] == "cached"
 
