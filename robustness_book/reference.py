@@ -14,6 +14,11 @@ the book with one page per chapter drawn from the reference (with what produced 
 chapter's code changed after that commit, the notebook as a download, and a "run this chapter" box) or, when no
 reference exists yet, a page that says so, and builds it with Jupyter Book with execution off.
 ``python -m robustness_book reference check`` runs the checks alone.
+
+The site also gets ``book/results.md``, "Results at a glance" (:func:`glance_page`, right after the introduction):
+one table per data set and threat model, a row per defense and network from each chapter's ``glance_rows(results)``
+on the reference results files (laptop, then paper where it exists), rendered by :func:`render_glance`; without a
+reference it says so and names ``make reference PROFILE=laptop``.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import nbformat
 
 from .chapters import CHAPTER_IDS, get_chapter
 from .config import PROFILES, resolve
+from .report import pct, pct_interval
 from .results import repo_root, results_path
 
 #: The profiles a reference folder may hold (``auto`` is resolved before a run).
@@ -518,6 +524,10 @@ def stage_site(stage: Path, reference_dir: Path | None = None, profile: str = SI
                 add_sections(value)
 
     add_sections(toc)
+    (stage / "book" / f"{GLANCE_PAGE}.md").write_text(glance_page(reference_dir, profile), encoding="utf-8")
+    glance_entry = {"file": f"book/{GLANCE_PAGE}"}
+    if glance_entry not in toc["parts"][0]["chapters"]:
+        toc["parts"][0]["chapters"].insert(0, glance_entry)  # right after the introduction
     (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
     return stage / "_toc.yml"
 
@@ -533,3 +543,147 @@ def build_site(stage: Path, output: Path, reference_dir: Path | None = None, pro
     html = Path(output) / "_build" / "html"
     print(f"[site] built {html} from the references in {time.perf_counter() - start:.0f} s (no chapter executed)")
     return html
+
+
+# --------------------------------------------------------------------------------------------------------------
+# "Results at a glance": one generated page from the reference results
+
+#: The page's file in the staged book, and its title.
+GLANCE_PAGE = "results"
+GLANCE_TITLE = "Results at a glance"
+#: The columns of each table: (header, row key); the measures are :data:`kit.GLANCE_MEASURES`.
+GLANCE_COLUMNS = (("network", "network"), ("defense", "defense"), ("clean", "clean"),
+                  ("paper's attack", "paper_attack_acc"), ("AutoAttack alone", "autoattack"),
+                  ("book's worst case", "worst_case"), ("paper reported", "paper_reported"),
+                  ("AutoAttack flags", "flags"), ("verdict", "outcome"), ("claim judged", "claim"),
+                  ("profile", "profile"), ("chapter", "section"))
+_NON_FINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+
+
+def _restored(value: Any) -> Any:
+    """A results file's ``"inf"`` / ``"-inf"`` / ``"nan"`` strings as floats again (JSON has no such numbers)."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, dict):
+        return {k: _restored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restored(v) for v in value]
+    return value
+
+
+def read_results_folder(folder: Path) -> dict[str, dict]:
+    """``{chapter: results}`` of the chapters' results files ``<chapter>.json`` in ``folder`` (book order)."""
+    folder = Path(folder)
+    return {c: _restored(json.loads((folder / f"{c}.json").read_text(encoding="utf-8")))
+            for c in CHAPTER_IDS if (folder / f"{c}.json").is_file()}
+
+
+def glance_rows(results_by_chapter: dict[str, dict], unread: list[str] | None = None) -> list[dict]:
+    """Every chapter's ``glance_rows(results)`` (the row vocabulary: :data:`robustness_book.chapters.kit.GLANCE_KEYS`),
+    in book order. With ``unread`` (a list), a results file its chapter's verdict cannot read (an older or a
+    damaged one) is named there, with the error, instead of stopping the page."""
+    from importlib import import_module
+
+    rows: list[dict] = []
+    for chapter, results in results_by_chapter.items():
+        try:
+            rows += import_module(f"{__package__}.chapters.{chapter}").glance_rows(results)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+            if unread is None:
+                raise
+            unread.append(f"{chapter} ({results.get('profile')}): {type(err).__name__}: {err}")
+    return rows
+
+
+def _measure_cell(m: dict | None) -> str:
+    if m is None:
+        return "–"
+    return pct_interval(m) + (f" (n = {m['n']:,})" if m.get("n") else "")
+
+
+def _section_link(row: dict, site_profile: str) -> str:
+    """The row's chapter section on the staged site: a paper row beside the site's profile is on the paper page."""
+    chapter, _, anchor = row["section"].partition("#")
+    page = chapter + ("_paper" if row["profile"] == PAPER_PROFILE != site_profile else "")
+    return f'<a href="executed/{page}.html#{anchor}">{chapter}</a>'
+
+
+def render_glance(rows: list[dict], empty_note: str = "", site_profile: str = SITE_PROFILE) -> str:
+    """The Markdown of the glance page: one table per data set and threat model (rows in the order given), each
+    number a record's value as a percentage with its 95% interval and n; the paper's numbers lettered, with their
+    sources under the table. ``empty_note``: what the page says when ``rows`` is empty; ``site_profile``: the
+    profile of the site's chapter pages (the links' targets)."""
+    lines = [f"# {GLANCE_TITLE}", "",
+             "Every defense and network of the book in one place, per data set and threat model, generated from the "
+             "reference results alone (nothing here is typed by hand). Accuracies are percentages with their 95% "
+             "Wilson intervals and the number of images n; *paper's attack* is the attack the paper evaluated "
+             "with, *AutoAttack alone* the field's reference number where a chapter ran it on its own, *book's "
+             "worst case* the strongest evaluation the chapter ran (its adaptive worst case, with AutoAttack on the "
+             "survivors where it ran: an upper bound on the true robust accuracy), *paper reported* the number the "
+             "paper published (from `robustness_book/anchors/`). The verdict is the chapter's own, with the reason "
+             "when it is inconclusive; each row links to its chapter's verdict.", ""]
+    if not rows:
+        return "\n".join(lines + [empty_note, ""])
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["threat_model"]), []).append(row)
+    for (dataset, threat), members in groups.items():
+        notes: list[str] = []
+        body = []
+        for row in members:
+            cells = []
+            for _, key in GLANCE_COLUMNS:
+                value = row[key]
+                if key in ("clean", "autoattack", "worst_case"):
+                    cells.append(_measure_cell(value))
+                elif key == "paper_attack_acc":
+                    cells.append(f"{row['paper_attack']}: {_measure_cell(value)}" if row["paper_attack"] else "–")
+                elif key == "paper_reported":
+                    if value is None:
+                        cells.append("–")
+                    else:
+                        notes.append(value["source"])
+                        cells.append(f"{pct(value['value'])} ({chr(ord('a') + len(notes) - 1)})")
+                elif key == "flags":
+                    cells.append(", ".join(value) or "–")
+                elif key == "outcome":
+                    cells.append(f"**{value}**" + (f" ({row['reason']})" if row["reason"] else ""))
+                elif key == "section":
+                    cells.append(_section_link(row, site_profile))
+                else:
+                    cells.append(str(value))
+            body.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines += [f"## {dataset}, {threat}", "",
+                  "| " + " | ".join(h for h, _ in GLANCE_COLUMNS) + " |",
+                  "|" + "---|" * len(GLANCE_COLUMNS), *body, ""]
+        for i, source in enumerate(notes):
+            lines += [f"({chr(ord('a') + i)}) {source}", ""]
+    return "\n".join(lines)
+
+
+def no_reference_note(profile: str = SITE_PROFILE) -> str:
+    return "\n".join([":::{admonition} No reference run yet", ":class: warning", "",
+                      f"No reference run of profile **{profile}** exists yet, so this page has no results. Make one "
+                      f"with `{remake_command(profile)}` and commit `reference/{profile}/`.", ":::"])
+
+
+def glance_page(reference_dir: Path | None = None, profile: str = SITE_PROFILE,
+                results_dirs: dict[str, Path] | None = None) -> str:
+    """The glance page from the reference results: ``<reference_dir>/<profile>/`` first, then
+    ``<reference_dir>/paper/`` where it exists (its rows marked with their profile). ``results_dirs``
+    (``{profile: folder}``) reads other folders instead (``make book``: ``results/<profile>/``)."""
+    if results_dirs is None:
+        reference_dir = Path(reference_dir) if reference_dir is not None else default_reference_dir()
+        results_dirs = {p: reference_dir / p for p in dict.fromkeys((profile, PAPER_PROFILE))}
+    rows, unread, found = [], [], False
+    for folder in results_dirs.values():
+        if Path(folder).is_dir():
+            results = read_results_folder(folder)
+            found = found or bool(results)
+            rows += glance_rows(results, unread)
+    page = render_glance(rows, "" if found else no_reference_note(profile), profile)
+    if unread:
+        page += "\n".join(["", ":::{warning}", "These results files have no row here: their chapter's verdict cannot "
+                            f"read them; remake them with `{remake_command(profile)}`.", "",
+                            *(f"- {line}" for line in unread), ":::", ""])
+    return page

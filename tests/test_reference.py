@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from robustness_book import reference
 from robustness_book.results import repo_root, results_path
@@ -262,6 +263,12 @@ def test_site_pages_from_references_missing_ones_and_paper_beside(tmp_path, fake
     missing = (executed / "deep_defense.md").read_text()
     assert missing.startswith("# ") and "No reference run" in missing and "make reference PROFILE=laptop" in missing
     assert "book/executed/baselines_paper" in toc.read_text()
+    # the glance page, right after the introduction; these fake results hold no records, so it names them
+    first_part = yaml.safe_load(toc.read_text())["parts"][0]["chapters"]
+    assert first_part[0] == {"file": f"book/{reference.GLANCE_PAGE}"}
+    glance = (stage / "book" / f"{reference.GLANCE_PAGE}.md").read_text()
+    assert glance.startswith(f"# {reference.GLANCE_TITLE}") and "baselines (laptop)" in glance
+    assert "jumprelu (laptop)" in glance and "baselines (paper)" in glance and "No reference run yet" not in glance
     assert "execute_notebooks: 'off'" in (stage / "_config.yml").read_text()
 
 

@@ -678,3 +678,19 @@ def verdict(results: Mapping[str, Any]) -> str:
     """The verdict as the page shows it, from the results as read back: the head, then one bullet per finding."""
     head, *rest = _sentences(next(iter(verdict_summary(results).values())), results)
     return head + "\n\n" + "\n".join(f"- {line}" for line in rest)
+
+
+def glance_rows(results: Mapping[str, Any]) -> list[dict]:
+    """The "Results at a glance" rows (:data:`kit.GLANCE_KEYS`), one per data set, from :func:`verdict_summary`:
+    the undefended network at the threat radius, PGD-L∞ as the attack measured first, the strongest evaluation
+    (AutoAttack on the worst case's survivors) as the book's worst case, claim 1's outcome."""
+    rows = []
+    for d, v in verdict_summary(results).items():
+        h = v["headline"]
+        rows.append(kit.glance_row(
+            results, SPEC.name, dataset=d, threat_model=h["threat_model"], eps=h["eps"], defense="none",
+            network=h["model"], claim_name="the undefended network is not robust", claim=v, clean=v["clean"],
+            paper_attack=attack_name(h), paper_attack_acc=h, worst_case=v["strongest"],
+            autoattack=first(results["records"], metric="accuracy", attack="autoattack", protocol="autoattack",
+                             eps=h["eps"])))
+    return rows

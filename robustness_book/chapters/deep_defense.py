@@ -1282,3 +1282,19 @@ def verdict(results: dict) -> str:
     if kit.smoke_note(results.get("profile", "")):
         lines.append(f"- {kit.smoke_note(results['profile'])}")
     return "\n".join(lines)
+
+
+def glance_rows(results: dict) -> list[dict]:
+    """The "Results at a glance" rows (:data:`kit.GLANCE_KEYS`), one per network, from :func:`verdict_summary`: Deep
+    Defense at the claim radius (L2), the paper's clipped DeepFool there, and the book's worst case (AutoAttack on
+    the worst case's survivors where it ran, else the worst case). The anchors hold the undefended reference
+    models' numbers only, so no paper number is shown beside Deep Defense."""
+    rows = []
+    for (d, m), v in verdict_summary(results).items():
+        worst = v["autoattack"] or v["worst_dd"]
+        rows.append(kit.glance_row(
+            results, CHAPTER, dataset=d, threat_model=(worst or {}).get("threat_model", "l2"), eps=v["claim_eps"],
+            defense="deep_defense", network=m, claim_name="Deep Defense is more robust than plain fine-tuning",
+            claim=v, clean=v["clean_dd"], paper_attack="DeepFool (clipped)", paper_attack_acc=v["weak_dd"],
+            worst_case=worst))
+    return rows

@@ -1485,3 +1485,26 @@ def verdict(results: Mapping[str, Any]) -> str:
 def _free_layers(records: Sequence[dict], d: str) -> list[str]:
     rec = _sweep_choice(records, d, "tested_lambda", ENTROPIC_FREE)
     return rec["setting"]["layers"].split(",") if rec and rec["setting"].get("layers") else []
+
+
+def glance_rows(results: Mapping[str, Any]) -> list[dict]:
+    """The "Results at a glance" rows (:data:`kit.GLANCE_KEYS`), one per data set and reading, from
+    :func:`verdict_summary`: the network the reading evaluated, PGD alone (the paper's attack), the book's worst
+    case (AutoAttack on its survivors where it ran), and the authors' self-reported AutoAttack number beside."""
+    rows, recs = [], results["records"]
+    for d, v in verdict_summary(results).items():
+        for role, r in v["readings"].items():
+            measured = r["entropic"]
+            aa = _test_record(recs, d, r["model"], attack="autoattack")
+            worst = aa or measured["worst"]
+            threat = (worst or {}).get("threat_model", "linf")
+            eps = (worst or {}).get("eps")
+            rows.append(kit.glance_row(
+                results, CHAPTER, dataset=d, threat_model=threat, eps=eps, defense=role,
+                network=(measured["clean"] or {}).get("model", r["model"]),
+                claim_name=f"{r['reading']} is more robust than the normal network", claim=r,
+                clean=measured["clean"], paper_attack="PGD (the authors')", paper_attack_acc=measured["pgd"],
+                worst_case=worst, paper_reported=kit.paper_number(CHAPTER, dataset=d, defense=role, attack="autoattack",
+                                                                  threat_model=threat, eps=eps)
+                if eps is not None else None, section="verdict"))
+    return rows

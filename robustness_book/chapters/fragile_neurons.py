@@ -1109,3 +1109,19 @@ def verdict(results: Mapping[str, Any]) -> str:
     lines += [f"Note: {n}." for n in sorted(notes)]
     lines += ["", kit.BROKEN_RULE, "", kit.smoke_note(results.get("profile", ""))]
     return "\n".join(lines).strip()
+
+
+def glance_rows(results: Mapping[str, Any]) -> list[dict]:
+    """The "Results at a glance" rows (:data:`kit.GLANCE_KEYS`), one per data set, from :func:`verdict_summary`:
+    compress/amplify at the chosen strength, the authors' FGSM, and the book's worst case at the judged radius
+    (AutoAttack on its survivors where it ran); the outcome is the adaptive-gain claim's."""
+    rows = []
+    for d, v in verdict_summary(results).items():
+        clean = v["clean"][v["strength"]]
+        worst = v["autoattack"] or v["worst"].get("compress_amplify")
+        rows.append(kit.glance_row(
+            results, CHAPTER, dataset=d, threat_model="linf", eps=v["judged_eps"], defense="compress_amplify",
+            network=clean["model"], claim_name="compress/amplify is more robust than strength 0",
+            claim=v["adaptive_gain"], clean=clean, paper_attack="FGSM (the authors')",
+            paper_attack_acc=v["fgsm"][v["strength"]], worst_case=worst))
+    return rows

@@ -1296,3 +1296,23 @@ def verdict(results: dict) -> str:
             f"the health table flags as near-constant counts as broken too. Scale: profile `{results['profile']}`. "
             f"{kit.smoke_note(results['profile'])}")
     return head + "\n\n" + "\n".join(lines) + rule.rstrip()
+
+
+def glance_rows(results: dict) -> list[dict]:
+    """The "Results at a glance" rows (:data:`kit.GLANCE_KEYS`), one per network, from :func:`verdict_summary`: the
+    retrofit at its judged kappa, the paper's white-box IFGSM, AutoAttack run alone at the threat radius, and the
+    worst case there (the lowest attack seed's record; the verdict's per-image AND over the seeds is on the page)."""
+    rows, recs = [], results["records"]
+    for (d, m), v in verdict_summary(results).items():
+        k, eps = v["kappa"], v["threat_eps"]
+        seeds = select(recs, dataset=d, model=m, protocol="adaptive", kappa=k, attack="worst_case", nested=False,
+                       eps=eps)
+        rows.append(kit.glance_row(
+            results, SPEC.name, dataset=d, threat_model="linf", eps=eps, defense="jumprelu", network=m,
+            claim_name="the retrofit is more robust than κ = 0 (judged at the paper's radii)", claim=v, clean=v["clean"],
+            paper_attack="IFGSM (white box)", paper_attack_acc=v["ifgsm"],
+            autoattack=first(recs, dataset=d, model=m, kappa=k, attack="autoattack", protocol="autoattack", eps=eps),
+            worst_case=min(seeds, key=lambda r: r["value"], default=None),
+            paper_reported=kit.paper_number(SPEC.name, dataset=d, model=m, attack="ifgsm", metric="accuracy"),
+            flagged=select(recs, dataset=d, model=m, kappa=k, attack="autoattack", protocol="autoattack_survivors")))
+    return rows

@@ -19,6 +19,8 @@ A chapter keeps its SPEC, recipes, protocol, its own tables and figures, and its
 * :func:`is_broken`, :func:`failed_checks`, :func:`smoke_note` — the verdict's shared tail: one rule each.
 * :func:`per_image`, :func:`paired_outcome`, :func:`autoattack_on_survivors`, :func:`autoattack_flags` — verdicts
   on the same images: per-image outcomes, paired tests, the floor, the health gate and AutoAttack's confirmation.
+* :func:`glance_row` — one row of the "Results at a glance" page (:data:`GLANCE_KEYS`), which every chapter's
+  ``glance_rows(results)`` builds from its own ``verdict_summary``.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from ..config import RunConfig
 from ..evaluate.outcome import Outcome, health_gate, judge_gain
 from ..evaluate.stats import paired_test
 from ..data import ArrayDataset, load_dataset
-from ..results import load_results, overrides_of, record, write_results
+from ..results import anchors, first, load_results, overrides_of, record, write_results
 from ..timing import StageTimer
 
 
@@ -357,3 +359,75 @@ def holm_by(tests: Mapping[Any, Mapping[str, Any] | None]) -> dict:
     judged — are left out of the family): ``{key: adjusted p}``."""
     keys = [k for k, t in tests.items() if t is not None]
     return dict(zip(keys, evaluate.holm([tests[k]["p"] for k in keys])))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# "Results at a glance": one row vocabulary for every chapter's ``glance_rows(results)``
+
+#: The keys of one row of the "Results at a glance" page (:func:`robustness_book.reference.glance_page`).
+GLANCE_KEYS = ("dataset", "threat_model", "defense", "network", "clean", "paper_attack", "paper_attack_acc",
+               "autoattack", "worst_case", "paper_reported", "flags", "outcome", "reason", "claim", "profile",
+               "section")
+#: The row keys that hold a measured number, each ``{"value", "interval", "n"}`` copied from one record, or None.
+GLANCE_MEASURES = ("clean", "paper_attack_acc", "autoattack", "worst_case")
+#: The threat models' names on the page.
+THREAT_NAMES = {"linf": "L∞", "l2": "L2", "linf_normalized": "L∞ (normalized units)", "none": "no attack"}
+#: The anchor of the section of a chapter's page that holds its verdict (the heading "Results and verdict").
+VERDICT_SECTION = "results-and-verdict"
+
+
+def glance_measure(rec: Mapping[str, Any] | None) -> dict | None:
+    """A record's number as the glance page shows it: ``{"value", "interval", "n"}``, copied, never recomputed."""
+    if rec is None:
+        return None
+    interval = rec.get("interval")
+    return {"value": rec["value"], "interval": list(interval) if interval else None, "n": rec.get("n")}
+
+
+def threat_label(threat_model: str, eps: float | None) -> str:
+    """``"L∞, ε = 0.3"``: the threat model and radius a row is judged in."""
+    name = THREAT_NAMES.get(threat_model, threat_model)
+    return name if eps is None else f"{name}, ε = {eps:.4g}"
+
+
+def flag_names(records: Sequence[Mapping[str, Any] | None]) -> list[str]:
+    """AutoAttack's reliability flags ("potentially unreliable") raised on ``records``, by name, each once."""
+    names: list[str] = []
+    for r in records:
+        flags = (r["setting"].get("flags") or "") if r and r["attack"] == "autoattack" else ""
+        names += [f.strip() for f in flags.split(",") if f.strip() and f.strip() not in names]
+    return names
+
+
+def glance_reason(claim: Mapping[str, Any]) -> str | None:
+    """The short reason a row shows: the inconclusive reason's key (``evaluate.outcome.REASONS``), or
+    "mechanism named" where the verdict found one (its text, with its numbers, is on the chapter's page)."""
+    if claim.get("outcome") == "inconclusive":
+        return claim.get("reason")
+    return "mechanism named in the chapter" if claim.get("mechanism") else None
+
+
+def paper_number(paper: str, **match: Any) -> dict | None:
+    """The paper's reported number matching ``match`` in ``robustness_book/anchors/<paper>.json``: ``{"value",
+    "source"}``, or None."""
+    rec = first(anchors(paper), **match)
+    return None if rec is None else {"value": rec["value"], "source": rec["source"]}
+
+
+def glance_row(results: Mapping[str, Any], chapter: str, *, dataset: str, threat_model: str, eps: float | None,
+               defense: str, network: str, claim_name: str, claim: Mapping[str, Any],
+               clean: Mapping[str, Any] | None = None, paper_attack: str | None = None,
+               paper_attack_acc: Mapping[str, Any] | None = None, autoattack: Mapping[str, Any] | None = None,
+               worst_case: Mapping[str, Any] | None = None, paper_reported: dict | None = None,
+               flagged: Sequence[Mapping[str, Any] | None] = (), section: str = VERDICT_SECTION) -> dict:
+    """One row of the glance page (:data:`GLANCE_KEYS`) from the records a chapter's verdict read and the claim it
+    judged (``claim``: a verdict summary's ``outcome``, ``reason``, ``mechanism``). The flags are those of the
+    AutoAttack records among ``autoattack``, ``worst_case`` and ``flagged`` (e.g. AutoAttack on the survivors).
+    ``section``: the anchor of the chapter page's verdict heading."""
+    return {"dataset": dataset, "threat_model": threat_label(threat_model, eps), "defense": defense,
+            "network": network, "clean": glance_measure(clean), "paper_attack": paper_attack,
+            "paper_attack_acc": glance_measure(paper_attack_acc), "autoattack": glance_measure(autoattack),
+            "worst_case": glance_measure(worst_case), "paper_reported": paper_reported,
+            "flags": flag_names([autoattack, worst_case, *flagged]), "outcome": claim["outcome"],
+            "reason": glance_reason(claim),
+            "claim": claim_name, "profile": results.get("profile"), "section": f"{chapter}#{section}"}

@@ -1717,3 +1717,25 @@ def verdict(results: Mapping[str, Any]) -> str:
         lines.append(kit.BROKEN_RULE)
     lines.append(kit.smoke_note(results.get("profile", "")))
     return "\n".join(lines).strip()
+
+
+def glance_rows(results: Mapping[str, Any]) -> list[dict]:
+    """The "Results at a glance" rows (:data:`kit.GLANCE_KEYS`), one per data set where defenses were trained,
+    from :func:`verdict_summary`: superimposition training on the adversary set (the paper's threat model), and
+    the book's white-box worst case at the set's radius (AutoAttack on its survivors where it ran)."""
+    rows = []
+    for d, v in verdict_summary(results).items():
+        s = v["defenses"]
+        if s is None:
+            continue
+        scores = s["scores"]["superimposition"]
+        on_set, worst = scores["set"], scores["worst"]
+        aa = first(s["autoattack"], defense=_field("superimposition"), eps=worst["eps"]) if worst else None
+        rows.append(kit.glance_row(
+            results, CHAPTER, dataset=d, threat_model=(on_set or worst or {}).get("threat_model", "linf"),
+            eps=(on_set or worst or {}).get("eps"), defense="superimposition",
+            network=(scores["clean"] or {}).get("model", "?"),
+            claim_name="superimposition is more robust than normal training on the adversary set",
+            claim=s["claims"]["set"], clean=scores["clean"], paper_attack="adversary set (transfer)",
+            paper_attack_acc=on_set, worst_case=aa or worst))
+    return rows
