@@ -171,9 +171,10 @@ def autoattack(version: str = "standard", name: str | None = None) -> Member:
 def default_members(steps: int = 100, restarts: int = 1, queries: int = 5000,
                     targets: int = DEFAULT_TARGETS) -> list[Member]:
     """The book's worst-case ensemble, in order: APGD-CE, APGD-T (``targets`` target classes), Square: AutoAttack's
-    recipe without FAB-T, each member run only on the images the earlier ones left standing. Chosen by the
-    worst-case benchmark (``python -m robustness_book bench --worst-case``; ``reference/bench/worst_case_default*.json``),
-    which measures it beside AutoAttack (standard) on the same images, on chapter 1's network and on a defended one."""
+    recipe without FAB-T, each member run only on the images the earlier ones left standing. The worst-case
+    benchmark (``robustness-book bench --worst-case``; ``reference/bench/worst_case_*.json``, shown in
+    ``book/performance.md``) measures it beside AutoAttack (standard) on the same images, on chapter 1's network and
+    on a JumpReLU-retrofitted one; the chapters run AutoAttack on its survivors before a positive verdict."""
     return [apgd("ce", steps, restarts), apgd_t(targets, steps, restarts), square(queries)]
 
 
