@@ -105,6 +105,39 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
+class BestPoint:
+    """The best point so far per image of an iterative attack: a fooling point beats any other, and among equals the
+    higher loss wins; a fooling point is never replaced by a non-fooling one (with early stop a fooled image leaves
+    the batch right after, so its first fooling iterate is the one kept). ``x`` holds the points (the clean images at
+    first), ``fooled`` and ``loss`` their state; :meth:`standing` the images not fooled yet."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.clone()
+        self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.loss = torch.full((x.shape[0],), -float("inf"), device=x.device, dtype=x.dtype)
+
+    def standing(self) -> torch.Tensor:
+        """The indices of the images no point has fooled yet."""
+        return (~self.fooled).nonzero().flatten()
+
+    def update(self, idx: torch.Tensor, x_adv: torch.Tensor, fooled: torch.Tensor, value: torch.Tensor,
+               full: bool = False) -> None:
+        """Offer the points ``x_adv`` of images ``idx`` (``fooled``: where they fool the model, ``value``: their
+        loss). ``full``: ``idx`` holds every image, in order; the state is then updated in place, with no copies."""
+        value = value.to(self.loss.dtype)
+        was = self.fooled[idx]
+        take = (fooled & ~was) | ((fooled == was) & (value > self.loss[idx]))
+        # where (+ index_copy_) rather than boolean indexing: no host-device sync per step
+        if full:
+            torch.where(_per_sample(take, x_adv), x_adv, self.x, out=self.x)
+            torch.where(take, value, self.loss, out=self.loss)
+            self.fooled.copy_(was | fooled & take)
+        else:
+            self.x.index_copy_(0, idx, torch.where(_per_sample(take, x_adv), x_adv, self.x[idx]))
+            self.loss.index_copy_(0, idx, torch.where(take, value, self.loss[idx]))
+            self.fooled.index_copy_(0, idx, was | fooled & take)
+
+
 def project_linf(delta: torch.Tensor, eps: float) -> torch.Tensor:
     """Project ``delta`` onto the L-infinity ball of radius ``eps`` (element-wise clamp)."""
     return delta.clamp(-eps, eps)

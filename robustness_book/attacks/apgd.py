@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._core import _per_sample, attack_loss, eval_mode, grad_or_zero, l2_norm, project_l2
+from ._core import BestPoint, _per_sample, attack_loss, eval_mode, grad_or_zero, l2_norm, project_l2
 from .pgd import _rand
 
 __all__ = ["APGD_LOSSES", "APGD_NORMS", "apgd", "apgd_loss", "apgd_targeted", "checkpoints", "dlr_loss",
@@ -259,27 +259,17 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, s
         if target.shape != y.shape:
             raise ValueError(f"target has shape {tuple(target.shape)}, y has {tuple(y.shape)}")
     project = _projector(x, eps, norm)
-    # the best point so far per image: a fooling one beats any other; among equals, the higher loss wins
-    best = x.clone()
-    best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-    best_loss = torch.full((n,), -float("inf"), device=x.device, dtype=x.dtype)
+    best = BestPoint(x)
 
     def record(idx, x_adv, logits, value):
         fooled = logits.argmax(1) != y[idx]
-        value = value.to(best_loss.dtype)
-        was = best_fooled[idx]
-        # a fooling point is never replaced by a non-fooling one; with early stop a fooled image leaves the
-        # batch right after, so its first fooling iterate is the one kept
-        take = (fooled & ~was) | ((fooled == was) & (value > best_loss[idx]))
-        best.index_copy_(0, idx, torch.where(_per_sample(take, x_adv), x_adv, best[idx]))
-        best_loss.index_copy_(0, idx, torch.where(take, value, best_loss[idx]))
-        best_fooled.index_copy_(0, idx, was | fooled & take)
+        best.update(idx, x_adv, fooled, value)
         return fooled
 
     with eval_mode(model):
         for _ in range(max(1, restarts)):
             delta = _start(x, eps, norm, generator)  # drawn for the whole batch (see restarts)
-            idx = (~best_fooled).nonzero().flatten()  # only images no earlier restart fooled
+            idx = best.standing()  # only images no earlier restart fooled
             if idx.numel() == 0:
                 break
             yt = None if target is None else target[idx]
@@ -319,7 +309,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, s
                     # restart from the best point; x_prev stays, so the momentum then points from the
                     # previous iterate to the best point (as in the paper's algorithm)
                     x_adv, grad = torch.where(back, x_max, x_adv), torch.where(back, g_max, grad)
-    return best
+    return best.x
 
 
 def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, steps: int = 100,
@@ -357,22 +347,15 @@ def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
         # the other classes by decreasing clean logit: mask the true class below every other one
         ranked = logits.scatter(1, y[:, None], -float("inf")).argsort(1, descending=True)
         k = min(targets, logits.shape[1] - 1)
-        best = x.clone()
-        best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        best_margin = torch.full((x.shape[0],), -float("inf"), device=x.device, dtype=x.dtype)
+        best = BestPoint(x)  # its loss here: the margin
         for j in range(k):
-            idx = (~best_fooled).nonzero().flatten()  # only the images still standing
+            idx = best.standing()
             if idx.numel() == 0:
                 break
             adv = apgd(model, x[idx], y[idx], eps=eps, steps=steps, norm=norm, loss=loss,
                        target=ranked[idx, j], restarts=restarts, rho=rho, momentum=momentum,
                        generator=generator, early_stop=early_stop)
             out = model(adv)
-            fooled = out.argmax(1) != y[idx]
-            margin = attack_loss(out, y[idx], "margin").to(x.dtype)
             # fooled images leave for good; a standing one keeps its highest-margin example
-            take = fooled | (margin > best_margin[idx])
-            best[idx] = torch.where(_per_sample(take, adv), adv, best[idx])
-            best_margin[idx] = torch.where(take, margin, best_margin[idx])
-            best_fooled[idx] = fooled
-    return best
+            best.update(idx, adv, out.argmax(1) != y[idx], attack_loss(out, y[idx], "margin"))
+    return best.x

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ._core import _per_sample, attack_loss, check_loss, eval_mode, input_gradient, l2_norm, project_l2
+from ._core import BestPoint, _per_sample, attack_loss, check_loss, eval_mode, input_gradient, l2_norm, project_l2
 
 
 def _rand(shape, generator: Optional[torch.Generator], device, kind: str) -> torch.Tensor:
@@ -60,28 +60,11 @@ def _pgd(model, x, y, eps, steps, step_size, random_start, restarts, generator, 
     if step_size is None:
         step_size = 2.5 * eps / max(steps, 1)
     step = stepper(x, eps, step_size)
-    # the best point so far per image: a fooling one beats any other; among equals, the higher loss wins
-    best = x.clone()
-    best_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-    best_loss = torch.full((n,), -float("inf"), device=x.device, dtype=x.dtype)
+    best = BestPoint(x)
 
     def record(idx, x_adv, logits, full):
-        # full: idx holds every image, in order (then the best so far is updated in place, with no copies)
         fooled = logits.argmax(1) != y[idx]
-        value = attack_loss(logits, y[idx], loss).to(best_loss.dtype)
-        was = best_fooled[idx]
-        # a fooling point is never replaced by a non-fooling one; with early stop a fooled image leaves
-        # the batch right after, so its first fooling iterate is the one kept
-        take = (fooled & ~was) | ((fooled == was) & (value > best_loss[idx]))
-        # where (+ index_copy_) rather than boolean indexing: no host-device sync per step
-        if full:
-            torch.where(_per_sample(take, x_adv), x_adv, best, out=best)
-            torch.where(take, value, best_loss, out=best_loss)
-            best_fooled.copy_(was | fooled & take)
-        else:
-            best.index_copy_(0, idx, torch.where(_per_sample(take, x_adv), x_adv, best[idx]))
-            best_loss.index_copy_(0, idx, torch.where(take, value, best_loss[idx]))
-            best_fooled.index_copy_(0, idx, was | fooled & take)
+        best.update(idx, x_adv, fooled, attack_loss(logits, y[idx], loss), full)
         return fooled
 
     with eval_mode(model):
@@ -89,7 +72,7 @@ def _pgd(model, x, y, eps, steps, step_size, random_start, restarts, generator, 
             # the start is drawn for the whole batch, so an image's start in restart r depends only on the
             # generator's seed (not on which images earlier restarts fooled), and restart #1 is a restarts=1 run
             delta = start(x, eps, generator) if random_start else None
-            idx = (~best_fooled).nonzero().flatten()  # only images no earlier restart fooled
+            idx = best.standing()  # only images no earlier restart fooled
             if idx.numel() == 0:
                 break
             full = idx.numel() == n  # then the stepper needs no gather of the box
@@ -108,7 +91,7 @@ def _pgd(model, x, y, eps, steps, step_size, random_start, restarts, generator, 
                     if idx.numel() == 0:
                         break
                 x_adv = step(x_adv, grad, None if full else idx)
-    return best
+    return best.x
 
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.3, steps: int = 40,
