@@ -214,7 +214,7 @@ def chapter_paths(chapter: str, root: Path | None = None) -> list[str]:
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.ImportFrom) and node.module:
-            base = node.module.lstrip(".") if node.level else node.module.removeprefix("robustness.")
+            base = node.module.lstrip(".") if node.level else node.module.removeprefix("robustness_book.")
             if base == "defenses":
                 names = [a.name for a in node.names]
             elif base.startswith("defenses."):
