@@ -21,6 +21,8 @@ notebooks: $(VENV)/.installed
 book: notebooks
 	# figures drawn from committed measurements (not executed notebooks): the CIFAR-10 recipe study
 	$(PY) -m robustness_book.recipe_study --figure book/_generated/recipe-study.png
+	# results at a glance, from the results this run just made
+	$(PY) -m robustness_book reference glance --profile $(PROFILE)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
 # Every chapter at PROFILE into reference/<PROFILE>/: results, executed notebook, provenance with SHA-256s.

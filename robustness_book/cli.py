@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--profile", default="laptop", choices=PROFILES, help="whose recipes (default laptop)")
     ref = sub.add_parser("reference", help="make: run chapters into reference/<profile>/ (results, executed notebook, "
                                            "provenance); site: build the website from the references, executing "
-                                           "nothing; check: check the references' files")
-    ref.add_argument("action", choices=("make", "site", "check"))
+                                           "nothing; check: check the references' files; glance: make book's "
+                                           "results-at-a-glance page from this checkout's results of --profile")
+    ref.add_argument("action", choices=("make", "site", "check", "glance"))
     ref.add_argument("chapters", nargs="*", metavar="CHAPTER", help="make: these chapters only (default: all; the "
                                                                      "others are kept from the previous reference)")
     ref.add_argument("--profile", default=None, choices=PROFILES,
@@ -133,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--jumprelu", type=float, default=None, metavar="KAPPA",
                        help="--worst-case: score chapter 1's model retrofitted with JumpReLU at threshold KAPPA (a "
                             "defended network) instead of the model itself")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in ("run", "reference") and not any(e.startswith("-") for e in extra):
+        args.chapters = [*args.chapters, *extra]  # chapters named after an option: `reference make --profile P ID`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     if args.command == "run":
         if not args.chapters and not args.all:
@@ -229,6 +234,8 @@ def _reference(parser: argparse.ArgumentParser, args) -> int:
     try:
         if args.action == "make":
             reference.make_reference(args.profile or "auto", args.chapters, out)
+        elif args.action == "glance":
+            print(f"wrote {reference.book_glance(args.profile or 'auto')}")
         elif args.action == "check":
             folder = out or reference.default_reference_dir()
             checked = reference.check_references(folder)

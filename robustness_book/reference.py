@@ -15,10 +15,12 @@ chapter's code changed after that commit, the notebook as a download, and a "run
 reference exists yet, a page that says so, and builds it with Jupyter Book with execution off.
 ``python -m robustness_book reference check`` runs the checks alone.
 
-The site also gets ``book/results.md``, "Results at a glance" (:func:`glance_page`, right after the introduction):
-one table per data set and threat model, a row per defense and network from each chapter's ``glance_rows(results)``
-on the reference results files (laptop, then paper where it exists), rendered by :func:`render_glance`; without a
-reference it says so and names ``make reference PROFILE=laptop``.
+Both books have ``book/_generated/results.md``, "Results at a glance" (:func:`glance_page`, first in the table of
+contents after the introduction): one table per data set and threat model, a row per defense and network from each
+chapter's ``glance_rows(results)``, rendered by :func:`render_glance`. The site draws it from the reference results
+files (laptop, then paper where it exists; without a reference it says so and names ``make reference
+PROFILE=laptop``); ``make book`` from the results of the run it just made (``reference glance --profile P``), so the
+page and the chapters it links to show the same numbers.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import nbformat
 
@@ -431,10 +433,41 @@ def run_box(chapter: str) -> str:
         "{doc}`../running`.", ":::", ""])
 
 
-def _paper_note(chapter: str, has_paper: bool) -> str:
+#: The key table of a chapter shown beside another profile's: the glance columns that hold the verdict.
+BESIDE_MEASURES = (("clean", "clean"), ("worst case", "worst_case"), ("AutoAttack alone", "autoattack"))
+
+
+def beside_table(rows: dict[str, list[dict]]) -> str:
+    """A chapter's key table at two profiles side by side (``{profile: glance rows}``, in column order): one line per
+    data set, threat model, network, defense and claim, each profile's clean accuracy, worst case, AutoAttack and
+    verdict, "–" where one profile has no such row. Numbers are the records' own, as on the glance page."""
+    profiles = list(rows)
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for profile, members in rows.items():
+        for row in members:
+            key = (row["dataset"], row["threat_model"], row["network"], row["defense"], row["claim"])
+            keyed.setdefault(key, {})[profile] = row
+    head = ["data set", "threat model", "network", "defense", "claim"]
+    for profile in profiles:
+        head += [f"{name} ({profile})" for name, _ in BESIDE_MEASURES] + [f"verdict ({profile})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, by_profile in keyed.items():
+        cells = [str(k) for k in key]
+        for profile in profiles:
+            row = by_profile.get(profile)
+            if row is None:
+                cells += ["–"] * (len(BESIDE_MEASURES) + 1)
+                continue
+            cells += [_measure_cell(row[k]) for _, k in BESIDE_MEASURES]
+            cells.append(f"**{row['outcome']}**" + (f" ({row['reason']})" if row["reason"] else ""))
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _paper_note(chapter: str, has_paper: bool, beside: str = "") -> str:
     if has_paper:
         return (f"A paper-scale run exists: {{doc}}`the paper-profile page of this chapter <{chapter}_paper>` "
-                f"shows its tables beside this page's.\n")
+                f"shows all its tables. Its key numbers beside this page's:\n\n{beside}")
     return (f"No paper-scale run exists yet for this chapter: it needs a GPU; make one with "
             f"`{remake_command(PAPER_PROFILE)}`.\n")
 
@@ -499,7 +532,11 @@ def stage_site(stage: Path, reference_dir: Path | None = None, profile: str = SI
     with_paper = profile != PAPER_PROFILE and bool(paper)
     for chapter in CHAPTER_IDS:
         has_paper = with_paper and chapter in paper
-        note = "" if profile == PAPER_PROFILE else _paper_note(chapter, has_paper)
+        beside = ""
+        if has_paper and chapter in main:
+            beside = beside_table({p: glance_rows(read_results_folder(reference_dir / p, [chapter]), [])
+                                   for p in (profile, PAPER_PROFILE)})
+        note = "" if profile == PAPER_PROFILE else _paper_note(chapter, has_paper, beside)
         if chapter in main:
             nb = _reference_page(chapter, profile, reference_dir / profile, provs[profile], stage, note)
             nbformat.write(nb, executed / f"{chapter}.ipynb")
@@ -524,10 +561,7 @@ def stage_site(stage: Path, reference_dir: Path | None = None, profile: str = SI
                 add_sections(value)
 
     add_sections(toc)
-    (stage / "book" / f"{GLANCE_PAGE}.md").write_text(glance_page(reference_dir, profile), encoding="utf-8")
-    glance_entry = {"file": f"book/{GLANCE_PAGE}"}
-    if glance_entry not in toc["parts"][0]["chapters"]:
-        toc["parts"][0]["chapters"].insert(0, glance_entry)  # right after the introduction
+    write_glance(stage / GLANCE_FILE, glance_page(reference_dir, profile))
     (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
     return stage / "_toc.yml"
 
@@ -550,6 +584,8 @@ def build_site(stage: Path, output: Path, reference_dir: Path | None = None, pro
 
 #: The page's file in the staged book, and its title.
 GLANCE_PAGE = "results"
+#: Where both books (``make book`` and the site) find the glance page; ``_toc.yml`` lists it.
+GLANCE_FILE = Path("book") / "_generated" / f"{GLANCE_PAGE}.md"
 GLANCE_TITLE = "Results at a glance"
 #: The columns of each table: (header, row key); the measures are :data:`kit.GLANCE_MEASURES`.
 GLANCE_COLUMNS = (("network", "network"), ("defense", "defense"), ("clean", "clean"),
@@ -571,11 +607,11 @@ def _restored(value: Any) -> Any:
     return value
 
 
-def read_results_folder(folder: Path) -> dict[str, dict]:
+def read_results_folder(folder: Path, chapters: Sequence[str] = CHAPTER_IDS) -> dict[str, dict]:
     """``{chapter: results}`` of the chapters' results files ``<chapter>.json`` in ``folder`` (book order)."""
     folder = Path(folder)
     return {c: _restored(json.loads((folder / f"{c}.json").read_text(encoding="utf-8")))
-            for c in CHAPTER_IDS if (folder / f"{c}.json").is_file()}
+            for c in CHAPTER_IDS if c in chapters and (folder / f"{c}.json").is_file()}
 
 
 def glance_rows(results_by_chapter: dict[str, dict], unread: list[str] | None = None) -> list[dict]:
@@ -605,7 +641,7 @@ def _section_link(row: dict, site_profile: str) -> str:
     """The row's chapter section on the staged site: a paper row beside the site's profile is on the paper page."""
     chapter, _, anchor = row["section"].partition("#")
     page = chapter + ("_paper" if row["profile"] == PAPER_PROFILE != site_profile else "")
-    return f'<a href="executed/{page}.html#{anchor}">{chapter}</a>'
+    return f'<a href="../executed/{page}.html#{anchor}">{chapter}</a>'  # from book/_generated/
 
 
 def render_glance(rows: list[dict], empty_note: str = "", site_profile: str = SITE_PROFILE) -> str:
@@ -668,7 +704,7 @@ def no_reference_note(profile: str = SITE_PROFILE) -> str:
 
 
 def glance_page(reference_dir: Path | None = None, profile: str = SITE_PROFILE,
-                results_dirs: dict[str, Path] | None = None) -> str:
+                results_dirs: dict[str, Path] | None = None, empty_note: str | None = None) -> str:
     """The glance page from the reference results: ``<reference_dir>/<profile>/`` first, then
     ``<reference_dir>/paper/`` where it exists (its rows marked with their profile). ``results_dirs``
     (``{profile: folder}``) reads other folders instead (``make book``: ``results/<profile>/``)."""
@@ -681,9 +717,33 @@ def glance_page(reference_dir: Path | None = None, profile: str = SITE_PROFILE,
             results = read_results_folder(folder)
             found = found or bool(results)
             rows += glance_rows(results, unread)
-    page = render_glance(rows, "" if found else no_reference_note(profile), profile)
+    page = render_glance(rows, "" if found else empty_note or no_reference_note(profile), profile)
     if unread:
         page += "\n".join(["", ":::{warning}", "These results files have no row here: their chapter's verdict cannot "
                             f"read them; remake them with `{remake_command(profile)}`.", "",
                             *(f"- {line}" for line in unread), ":::", ""])
     return page
+
+
+def write_glance(path: Path, page: str) -> Path:
+    """Write the glance page to ``path`` (its folder made if missing), replacing it in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def book_glance(profile: str, output: Path | None = None) -> Path:
+    """``make book``'s glance page: from this checkout's results of ``profile`` (what the book's chapter pages show),
+    written to :data:`GLANCE_FILE` (or ``output``)."""
+    from .results import results_dir
+
+    profile = resolve(get_chapter(CHAPTER_IDS[0]), profile=profile)["profile"]
+    folder = results_dir() / profile
+    empty = "\n".join([":::{admonition} No results yet", ":class: warning", "",
+                        f"No chapter has results of the **{profile}** profile in this checkout yet; "
+                        f"`make book PROFILE={profile}` runs them and rebuilds this page.", ":::"])
+    page = glance_page(results_dirs={profile: folder}, profile=profile, empty_note=empty)
+    return write_glance(output or repo_root() / GLANCE_FILE, page)

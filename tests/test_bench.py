@@ -270,6 +270,9 @@ def test_the_committed_page_matches_the_committed_json(tmp_path):
     (tmp_path / "bench").mkdir()
     for path in (root / bench.BENCH_DIR).glob("*.json"):
         shutil.copy(path, tmp_path / "bench" / path.name)
+    for path in (root / bench.BENCH_DIR).parent.glob("*/provenance.json"):  # the reference runs' timings
+        (tmp_path / path.parent.name).mkdir()
+        shutil.copy(path, tmp_path / path.parent.name / path.name)
     assert (root / bench.PAGE).read_text() == bench.render_page(tmp_path / "bench"), \
         "book/performance.md is stale: rebuild it with python -m robustness_book bench --page"
 
@@ -286,3 +289,18 @@ def test_chapters_measured_on_another_occasion_get_their_own_table(tmp_path):
     section = page[page.index("### Measured separately"):]
     assert "| transferable_adversaries | 25.0 min | 9.0 min | 2.00 GB | **pass** |" in section
     assert "Conditions of this run: alone on the machine" in section and "baselines" not in section
+
+
+def test_the_reference_runs_timings_are_listed_with_their_sum_against_the_budget(tmp_path):
+    assert "No reference run yet" in bench.render_page(tmp_path / "bench")
+    entry = {"seconds": 1500.0, "peak_rss_bytes": 2e9, "git_commit": "abcdef0123456789", "date": "2026-12-07",
+             "device": "cpu (2 cores)"}
+    (tmp_path / "laptop").mkdir()
+    (tmp_path / "laptop" / "provenance.json").write_text(json.dumps(
+        {"profile": "laptop", "chapters": {"baselines": entry, "jumprelu": {**entry, "seconds": 2400.0}}}))
+    page = bench.render_page(tmp_path / "bench")
+    assert "| baselines | 25.0 min | 2.00 GB | `abcdef0123` |" in page and "| jumprelu | 40.0 min |" in page
+    assert "All 2 chapters: 65.0 min (budget of a whole run from an empty cache: 90.0 min, **pass**)" in page
+    (tmp_path / "laptop" / "provenance.json").write_text(json.dumps(
+        {"profile": "laptop", "chapters": {"baselines": {**entry, "seconds": 6000.0}}}))
+    assert "**FAIL**" in bench.render_page(tmp_path / "bench").split("## Reference runs")[1]

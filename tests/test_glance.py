@@ -107,7 +107,7 @@ def test_paper_reported_comes_from_the_anchors_file():
 
 MEASURE = re.compile(r"(?P<value>\d+\.\d)% \[(?P<lo>\d+\.\d)%, (?P<hi>\d+\.\d)%\] \(n = (?P<n>[\d,]+)\)")
 PAPER = re.compile(r"(?P<value>\d+\.\d)% \((?P<note>[a-z])\)")
-LINK = re.compile(r'<a href="executed/(?P<page>\w+)\.html#(?P<anchor>[\w-]+)">(?P<chapter>\w+)</a>')
+LINK = re.compile(r'<a href="\.\./executed/(?P<page>\w+)\.html#(?P<anchor>[\w-]+)">(?P<chapter>\w+)</a>')
 HEADING = re.compile(r"^## (?P<dataset>\w+), .*?(?:ε = (?P<eps>[\d.e-]+))?$")
 
 
@@ -202,10 +202,10 @@ def test_rows_link_to_chapter_sections_that_exist():
 def test_a_paper_profile_row_is_marked_and_links_to_the_paper_page():
     results = {"baselines": {**tb.make_results(), "profile": "paper"}}
     page = reference.render_glance(reference.glance_rows(results))
-    assert "| paper | " in page and 'href="executed/baselines_paper.html#results-and-verdict"' in page
+    assert "| paper | " in page and 'href="../executed/baselines_paper.html#results-and-verdict"' in page
     # a site built from the paper profile has the paper pages as its chapter pages
     page = reference.render_glance(reference.glance_rows(results), site_profile="paper")
-    assert 'href="executed/baselines.html#results-and-verdict"' in page
+    assert 'href="../executed/baselines.html#results-and-verdict"' in page
 
 
 def test_without_a_reference_the_page_says_so_and_names_the_command(tmp_path):
@@ -226,3 +226,29 @@ def test_the_page_reads_the_results_files_of_a_reference_folder(tmp_path):
     assert "No reference run yet" not in page
     assert page.count("| laptop | ") == len(reference.glance_rows(results)) and page.count("| paper | ") == 1
     assert numbers_not_in_records(page.replace("baselines_paper", "baselines"), results) == []
+
+
+def test_make_books_page_reads_this_checkouts_results_of_its_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTNESS_RESULTS", str(tmp_path / "results"))
+    out = tmp_path / "book" / "_generated" / "results.md"
+    page = reference.book_glance("smoke", out).read_text()
+    assert "No results yet" in page and "make book PROFILE=smoke" in page and "|" not in page
+    results = results_by_chapter()
+    (tmp_path / "results" / "smoke").mkdir(parents=True)
+    for chapter, content in results.items():
+        (tmp_path / "results" / "smoke" / f"{chapter}.json").write_text(
+            json.dumps({**content, "chapter": chapter, "profile": "smoke"}, default=str))
+    page = reference.book_glance("smoke", out).read_text()
+    assert "No results yet" not in page and page.count("| smoke | ") == len(reference.glance_rows(results))
+
+
+def test_the_paper_table_beside_the_laptop_one_matches_rows_and_copies_numbers():
+    laptop = {"baselines": {**tb.make_results(), "profile": "laptop"}}
+    paper = {"baselines": {**tb.make_results(), "profile": "paper"}}
+    rows = {"laptop": reference.glance_rows(laptop), "paper": reference.glance_rows(paper)[:-1]}
+    table = reference.beside_table(rows).splitlines()
+    assert "clean (laptop)" in table[0] and "verdict (paper)" in table[0]
+    assert len(table) == 2 + len(rows["laptop"])  # one line per row, matched across the profiles
+    assert table[-1].endswith("| – " * (len(reference.BESIDE_MEASURES) + 1) + "|")  # the row the paper run lacks
+    link = '<a href="../executed/baselines.html#x">baselines</a>'  # the table's rows are all this chapter's
+    assert numbers_not_in_records("\n".join(f"{row} {link}" for row in table[2:]), laptop) == []

@@ -265,8 +265,8 @@ def test_site_pages_from_references_missing_ones_and_paper_beside(tmp_path, fake
     assert "book/executed/baselines_paper" in toc.read_text()
     # the glance page, right after the introduction; these fake results hold no records, so it names them
     first_part = yaml.safe_load(toc.read_text())["parts"][0]["chapters"]
-    assert first_part[0] == {"file": f"book/{reference.GLANCE_PAGE}"}
-    glance = (stage / "book" / f"{reference.GLANCE_PAGE}.md").read_text()
+    assert first_part[0] == {"file": reference.GLANCE_FILE.with_suffix("").as_posix()}
+    glance = (stage / reference.GLANCE_FILE).read_text()
     assert glance.startswith(f"# {reference.GLANCE_TITLE}") and "baselines (laptop)" in glance
     assert "jumprelu (laptop)" in glance and "baselines (paper)" in glance and "No reference run yet" not in glance
     assert "execute_notebooks: 'off'" in (stage / "_config.yml").read_text()
@@ -296,3 +296,12 @@ def test_smoke_reference_end_to_end(tmp_path, monkeypatch):
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert str(repo_root()) not in (folder / "baselines.ipynb").read_text()
     assert json.loads((folder / "baselines.json").read_text())["profile"] == "smoke"
+
+
+def test_chapters_may_follow_the_options_on_the_command_line(tmp_path, fake_runs):
+    from robustness_book.cli import main
+
+    assert main(["reference", "make", "--profile", "smoke", "--out", str(tmp_path / "ref"), "baselines"]) == 0
+    assert list(reference.read_provenance(tmp_path / "ref" / "smoke")["chapters"]) == ["baselines"]
+    with pytest.raises(SystemExit):
+        main(["reference", "check", "--bogus"])

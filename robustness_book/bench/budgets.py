@@ -39,6 +39,10 @@ BUDGETS = {
     "smoke": Budget(cached_s=2 * 60, uncached_s=2 * 60, extra_s=None, rss_bytes=4 * GB),
 }
 
+#: A whole reference run (``make reference PROFILE=…``, every chapter one after the other, one checkpoint cache):
+#: laptop ≤ 90 min from an empty cache on the 2-core machine (the model zoo is shared between chapters).
+REFERENCE_BUDGET_S = {"laptop": 90 * 60}
+
 
 def budget_checks(profile: str, uncached_s: float | None, cached_s: float | None,
                   peak_rss_bytes: float | None) -> dict:

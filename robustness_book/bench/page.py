@@ -10,7 +10,7 @@ from .._io import atomic_write_text
 from ..results import repo_root
 from ..evaluate.members import classic_members
 from ._common import verdict
-from .budgets import BUDGETS, GB, Budget, _budget_text, _minutes
+from .budgets import BUDGETS, GB, REFERENCE_BUDGET_S, Budget, _budget_text, _minutes
 
 #: Where the committed measurements live, and the page made from them.
 BENCH_DIR = Path("reference") / "bench"
@@ -184,6 +184,36 @@ def _chapters_section(content: dict | None, label: str, first: bool = True) -> l
     return out + [""]
 
 
+def _reference_section(provenances: dict[str, dict], label_dir: str) -> list[str]:
+    """The committed reference runs' own timings (``reference/<profile>/provenance.json``): each chapter's wall time
+    and peak memory as the run recorded them, their sum against the whole run's budget."""
+    out = ["## Reference runs", "",
+           "The runs the published site is built from (`make reference PROFILE=…`): each chapter in its own "
+           "process, one after the other, sharing one checkpoint cache, so a chapter that reuses another's networks "
+           "does not train them again. Wall time and peak RSS as the run recorded them in its provenance file.", ""]
+    if not provenances:
+        return out + [f"No reference run yet under `{label_dir}/`: make one with `make reference PROFILE=laptop`.",
+                      ""]
+    for profile, prov in provenances.items():
+        chapters = prov.get("chapters", {})
+        rows, total = [], 0.0
+        for chapter, entry in chapters.items():
+            total += entry.get("seconds") or 0.0
+            rss = entry.get("peak_rss_bytes")
+            rows.append([chapter, _minutes(entry.get("seconds")), "—" if rss is None else f"{rss / GB:.2f} GB",
+                         f"`{(entry.get('git_commit') or '?')[:10]}`", str(entry.get("date", "?")),
+                         str(entry.get("device", "?"))])
+        limit = REFERENCE_BUDGET_S.get(profile)
+        out += [f"### `{label_dir}/{profile}/provenance.json`", ""]
+        out += _table(["chapter", "wall time", "peak RSS", "commit", "date", "device"], rows)
+        line = f"All {len(chapters)} chapters: {_minutes(total)}"
+        if limit is not None:
+            line += (f" (budget of a whole run from an empty cache: {_minutes(limit)}, "
+                     f"**{verdict(total <= limit)}**)")
+        out += ["", line + ".", ""]
+    return out
+
+
 def render_page(bench_dir: str | os.PathLike, label_dir: str = BENCH_DIR.as_posix()) -> str:
     """``book/performance.md`` from the JSON files in ``bench_dir`` (named ``label_dir/<file>`` on the page): a
     pure function of their content. A missing file leaves its section saying how to make it."""
@@ -206,6 +236,9 @@ def render_page(bench_dir: str | os.PathLike, label_dir: str = BENCH_DIR.as_posi
     lines += _chapters_section(_load(bench_dir, "chapters"), label("chapters"))
     for later in sorted(bench_dir.glob("chapters-*.json")):  # other chapters, measured on another occasion
         lines += _chapters_section(json.loads(later.read_text()), f"{label_dir}/{later.name}", first=False)
+    reference_dir = bench_dir.parent  # reference/: bench/ beside one folder per profile
+    provenances = {p.parent.name: json.loads(p.read_text()) for p in sorted(reference_dir.glob("*/provenance.json"))}
+    lines += _reference_section(provenances, Path(label_dir).parent.as_posix())
     return "\n".join(lines).rstrip() + "\n"
 
 
