@@ -14,6 +14,7 @@ from docutils.nodes import make_id
 
 import test_baselines as tb
 import test_deep_defense as td
+import test_defenses_compared as tdc
 import test_entropic_retraining as te
 import test_fragile_neurons as tf
 import test_jumprelu as tj
@@ -42,6 +43,7 @@ CASES = {
                                               adversarial=(130, 3, 0))],
     "transferable_adversaries": [lambda: tt._results(tt._transfer() + tt._defenses()),
                                  lambda: tt._results(tt._transfer() + tt._defenses(set_acc={"superimposition": 0.30}))],
+    "defenses_compared": [lambda: tdc._results()],
 }
 JUDGED = {
     "baselines": lambda v: [v],
@@ -50,6 +52,7 @@ JUDGED = {
     "fragile_neurons": lambda v: [v["adaptive_gain"]],
     "entropic_retraining": lambda v: list(v["readings"].values()),
     "transferable_adversaries": lambda v: [v["defenses"]["claims"]["set"]] if v["defenses"] else [],
+    "defenses_compared": lambda v: [c["vs_baseline"] for c in v["defenses"].values() if "vs_baseline" in c],
 }
 CASE_IDS = [(c, i) for c in CHAPTER_IDS for i in range(len(CASES[c]))]
 

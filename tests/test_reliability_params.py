@@ -50,7 +50,8 @@ TEST_COUNT = {"baselines": ({"dataset": "cifar10"}, "n_clean"),
               "deep_defense": ({"datasets": ["cifar10"]}, "n_eval['cifar10']"),
               "entropic_retraining": ({"datasets": ["cifar10"]}, "n_test['cifar10']"),
               "fragile_neurons": ({"datasets": ["cifar10"]}, "n_test['cifar10']"),
-              "transferable_adversaries": ({"datasets": ["cifar10"]}, "n_set['cifar10']")}
+              "transferable_adversaries": ({"datasets": ["cifar10"]}, "n_set['cifar10']"),
+              "defenses_compared": ({"datasets": ["cifar10"]}, "n_test['cifar10']")}
 
 
 def test_every_chapter_is_covered():

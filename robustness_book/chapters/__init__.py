@@ -7,7 +7,7 @@ from ..config import ChapterSpec
 
 #: Chapter ids in book order; each is a module ``robustness_book.chapters.<id>``.
 CHAPTER_IDS = ("baselines", "jumprelu", "deep_defense", "fragile_neurons", "entropic_retraining",
-               "transferable_adversaries")
+               "transferable_adversaries", "defenses_compared")
 
 
 def get_chapter(name: str) -> ChapterSpec:

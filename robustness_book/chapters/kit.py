@@ -431,3 +431,113 @@ def glance_row(results: Mapping[str, Any], chapter: str, *, dataset: str, threat
             "flags": flag_names([autoattack, worst_case, *flagged]), "outcome": claim["outcome"],
             "reason": glance_reason(claim),
             "claim": claim_name, "profile": results.get("profile"), "section": f"{chapter}#{section}"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What one chapter borrows from another's results file, and what a training recipe costs
+
+
+def borrowed(cfg: Mapping[str, Any], chapter: str, *, what: str, param: str | None = None, default: Any = None,
+             dataset: str | None = None, metric: str | None = None, parameter: str | None = None,
+             **match: Any) -> dict:
+    """A hyperparameter another chapter chose (or used), read from that chapter's results file of this run's
+    profile, never typed in: the ``value`` of its first record with ``metric`` (and ``dataset``, ``match``), or
+    with ``parameter`` the value of that parameter (per data set where it is a mapping). Falls back to this run's
+    parameter ``param`` (or, without one, to ``default``) — when a reader set it by hand (it then replaces the
+    other chapter's choice), or as a labelled default when the file or the record is missing, with a ``note``
+    naming the command that makes it.
+
+    Returns ``{"value", "source", "note", "setting"}`` (``setting``: the record's setting, e.g. a direction; ``{}``
+    for a parameter or a default)."""
+    if param is not None:
+        own = cfg[param]
+        default = own[dataset] if isinstance(own, Mapping) and dataset in own else own
+    rerun = f"`python -m robustness_book run {chapter} --profile {cfg['profile']}`"
+    if param is not None and param in overrides_of(cfg):
+        return {"value": default, "source": f"set by hand ({param})", "note": None, "setting": {}}
+    try:
+        results = load_results(chapter, cfg["profile"])
+    except FileNotFoundError:
+        results, problem = None, f"no {cfg['profile']} results yet"
+    except ValueError as err:  # a damaged results file (ResultsFileError) is reported like a missing one
+        results, problem = None, str(err)
+    found, setting = None, {}
+    if results is not None and metric is not None:
+        rec = first(results["records"], metric=metric, **({"dataset": dataset} if dataset else {}), **match)
+        found, setting = (None, {}) if rec is None else (rec["value"], dict(rec.get("setting", {})))
+        problem = f"its {cfg['profile']} results hold no {metric} record for {dataset}"
+    elif results is not None:
+        value = results["parameters"].get(parameter)
+        found = value[dataset] if isinstance(value, Mapping) and dataset in value else value
+        problem = f"its {cfg['profile']} results hold no parameter {parameter}"
+    if found is not None:
+        setting.pop(PER_IMAGE, None)
+        how = "chosen on held-out data by" if metric else f"parameter {parameter} of"
+        return {"value": found, "source": f"{how} the {chapter} chapter ({cfg['profile']})", "note": None,
+                "setting": setting}
+    return {"value": default, "source": f"labelled default {param or repr(default)}: nothing to read from {chapter}",
+            "note": f"`{chapter}` ({dataset or 'all data sets'}): {problem}; {what} uses the default {default!r}. "
+                    f"Run {rerun}, then this chapter again.", "setting": {}}
+
+
+class PassCounter:
+    """Counts the images the given networks forward, and those whose output a gradient flows back through (hooks
+    on each network's output), while the context is open. An attack's input gradient counts as a backward pass,
+    a network queried under ``torch.no_grad`` as a forward pass only; a gradient taken once per class counts once
+    per class."""
+
+    def __init__(self, *models: nn.Module):
+        self.models, self.forward, self.backward, self._handles = models, 0, 0, []
+
+    def _hook(self, module, inputs, output):
+        self.forward += output.shape[0]
+        if output.requires_grad:
+            output.register_hook(self._count_backward)
+
+    def _count_backward(self, grad):
+        self.backward += grad.shape[0]
+
+    def __enter__(self) -> "PassCounter":
+        self._handles = [m.register_forward_hook(self._hook) for m in self.models]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def passes_per_image(net: nn.Module, loss, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The forward and backward passes per training image of one training step of ``loss`` (``loss(model, x,
+    y)``, then its backward) on a copy of ``net``, counted with :class:`PassCounter`: ``{"forward",
+    "backward"}``. Every step of a recipe does the same work, so one step is exact; normal training is 1 and 1."""
+    import copy
+
+    counted = copy.deepcopy(net).train()
+    with PassCounter(counted) as counter:
+        loss(counted, x, y).backward()
+    return {"forward": counter.forward / len(x), "backward": counter.backward / len(x)}
+
+
+def per_dataset(gray: Any, color: Any, fashion: Any = None) -> dict:
+    """A per-data-set profile value: ``gray`` for MNIST (and Fashion-MNIST unless ``fashion`` is given), ``color``
+    for CIFAR-10."""
+    return {"mnist": gray, "fashion_mnist": gray if fashion is None else fashion, "cifar10": color}
+
+
+def layer_kinds(model: nn.Module) -> dict[str, str | None]:
+    """Each ``nn.ReLU`` module (an entropy layer) with its kind: ``"conv"`` or ``"dense"`` after the type of the
+    last ``nn.Conv2d``/``nn.Linear`` registered before it (``None`` when there is none)."""
+    kinds, last = {}, None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            last = "conv"
+        elif isinstance(module, nn.Linear):
+            last = "dense"
+        elif isinstance(module, nn.ReLU):
+            kinds[name] = last
+    return kinds
+
+
+def candidate_layers(model: nn.Module, which: str) -> list[str]:
+    """The layers of :func:`layer_kinds` of kind ``which`` (``"dense"``, ``"conv"``, or ``"all"``)."""
+    return [name for name, kind in layer_kinds(model).items() if which == "all" or kind == which]
