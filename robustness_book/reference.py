@@ -203,12 +203,17 @@ def check_references(reference_dir: Path) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------------------------
 # Stale: the chapter's code changed after the reference's commit
 
+#: The shared verdict rules (three outcomes, the floor, the health gate): a change there changes every page's verdict.
+VERDICT_RULES = "robustness_book/evaluate/outcome.py"
+
+
 def chapter_paths(chapter: str, root: Path | None = None) -> list[str]:
-    """The files a chapter's page comes from (relative to the checkout): its notebook, its chapter module and the
-    defense modules that module imports."""
+    """The files a chapter's page comes from (relative to the checkout): its notebook, its chapter module, the
+    book's verdict rules (:data:`VERDICT_RULES`: every outcome on the page follows them) and the defense modules
+    the chapter module imports."""
     root = root or repo_root()
     module = Path("robustness_book") / "chapters" / f"{chapter}.py"
-    paths = [get_chapter(chapter).notebook, module.as_posix()]
+    paths = [get_chapter(chapter).notebook, module.as_posix(), VERDICT_RULES]
     try:
         tree = ast.parse((root / module).read_text(encoding="utf-8"))
     except (OSError, SyntaxError):
@@ -409,8 +414,10 @@ def page_header(chapter: str, profile: str, prov: dict, stale: str | None, downl
         lines += ["", f"{{download}}`Download this notebook with its outputs (.ipynb) <{download}>`"]
     lines += [":::", ""]
     if stale:
-        lines += [":::{warning}", f"**Stale**: the chapter's code or notebook changed after this run (commit "
-                  f"`{stale[:10]}` touched {', '.join(f'`{p}`' for p in chapter_paths(chapter))}). Refresh it with "
+        lines += [":::{warning}", f"**Stale**: the chapter's code, notebook or the book's verdict rules changed "
+                  f"after this run (the latest such commit, `{stale[:10]}`, touched one or more of "
+                  f"{', '.join(f'`{p}`' for p in chapter_paths(chapter))}): the page may no longer be what the code "
+                  f"prints. Refresh it with "
                   f"`{remake_command(profile, chapter)}`.", ":::", ""]
     return "\n".join(lines)
 

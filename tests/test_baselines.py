@@ -233,10 +233,11 @@ def test_worst_case_beyond_pgd_does_not_hold_and_names_no_mechanism():
 
 
 def test_worst_case_beyond_pgd_at_the_floor_is_inconclusive():
-    c = claim2(worst=0.0, alone=0.05)  # the worst case at 0% of the images: nothing to compare against
-    assert (c["outcome"], c["reason"], c["mechanism"] is None) == ("inconclusive", "floor", False)
-    # rewritten floor fixture: the evidence of removal is still named, the outcome is not a verdict
-    assert "at the floor" in chapter.verdict(make_results(worst=0.0, alone=0.05))
+    c = claim2(worst=0.0, alone=0.001)  # the worst case at 0%, PGD alone one image above: no gain showed
+    assert (c["outcome"], c["reason"], c["mechanism"]) == ("inconclusive", "floor", None)
+    assert "at the floor" in chapter.verdict(make_results(worst=0.0, alone=0.001))
+    # a gain that shows through the floor is judged: PGD alone at 5% where the worst case is at 0%
+    assert claim2(worst=0.0, alone=0.05)["outcome"] == "holds"
 
 
 def test_worst_case_beyond_pgd_is_judged_off_the_floor_and_reports_the_threat_radius_beside():

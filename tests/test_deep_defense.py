@@ -494,7 +494,7 @@ def test_a_control_at_the_floor_is_inconclusive():
     from robustness_book.chapters.deep_defense import verdict, verdict_summary
 
     saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [10, 0]),
-                     _variant("mnist", "mlp", "deep_defense", 195, 0.30, [20, 8]))
+                     _variant("mnist", "mlp", "deep_defense", 195, 0.30, [20, 1]))
     v = verdict_summary(saved)["mnist", "mlp"]
     assert (v["outcome"], v["reason"], v["mechanism"]) == ("inconclusive", "floor", None)
     assert "at the floor" in verdict(saved)
@@ -869,7 +869,7 @@ def test_every_claim_far_below_the_official_budget_is_inconclusive_naming_the_fr
     assert "training far below the paper's budget" in text
     # another reason stands: a control at the floor stays "floor" at any budget
     floor = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [10, 0]),
-                     _variant("mnist", "mlp", "deep_defense", 195, 0.30, [20, 8]), parameters=small)
+                     _variant("mnist", "mlp", "deep_defense", 195, 0.30, [20, 1]), parameters=small)
     assert verdict_summary(floor)["mnist", "mlp"]["reason"] == "floor"
 
 

@@ -34,9 +34,21 @@ def test_a_gain_excluded_does_not_hold():
     assert result.outcome == "does not hold" and "excluded" in result.detail
 
 
-def test_at_the_floor_is_inconclusive():
-    dfd, ref = _masks(200, 0, 30, 0)  # the reference is at 0%: judged nowhere
+def test_at_the_floor_a_missing_gain_is_inconclusive_not_a_negative():
+    dfd, ref = _masks(2000, 0, 2, 0)  # the reference at 0%: an interval excluding 5 points says nothing there
     result, _ = O.judge_gain(dfd, ref, min_effect=0.05)
+    assert (result.outcome, result.reason) == ("inconclusive", "floor")
+    dfd, ref = _masks(200, 200, 0, 0)  # at 100% no gain can exist
+    result, _ = O.judge_gain(dfd, ref, min_effect=0.05)
+    assert (result.outcome, result.reason) == ("inconclusive", "floor")
+
+
+def test_a_gain_that_shows_through_the_floor_holds():
+    # adversarial training at 76% where the normal network is at 0%: the floor hides gains, it cannot fake one
+    dfd, ref = _masks(200, 0, 152, 0)
+    result, test = O.judge_gain(dfd, ref, min_effect=0.05)
+    assert result.outcome == "holds" and test["a_only"] == 152
+    result, _ = O.judge_gain(dfd, ref, min_effect=0.05, p_adjusted=0.2)  # not significant after Holm
     assert (result.outcome, result.reason) == ("inconclusive", "floor")
 
 

@@ -217,7 +217,7 @@ def test_stale_rule_on_a_tiny_repository(tmp_path):
 
 def test_chapter_paths_include_the_notebook_module_and_defenses():
     paths = reference.chapter_paths("jumprelu")
-    assert paths[:2] == ["notebooks/jumprelu.py", "robustness_book/chapters/jumprelu.py"]
+    assert paths[:3] == ["notebooks/jumprelu.py", "robustness_book/chapters/jumprelu.py", reference.VERDICT_RULES]
     assert "robustness_book/defenses/jumprelu.py" in paths
     assert all((repo_root() / p).is_file() for p in paths)
 

@@ -329,10 +329,13 @@ def test_white_box_does_not_hold_where_judged_and_names_transfer_only_with_evide
 
 
 def test_white_box_at_the_floor_at_every_radius_is_inconclusive():
-    c = _claims(_defenses(worst={"normal": {OFF: 0.0, AT: 0.0}, "superimposition": {OFF: 0.2, AT: 0.1}}))
+    c = _claims(_defenses(worst={"normal": {OFF: 0.0, AT: 0.0}, "superimposition": {OFF: 0.002, AT: 0.0}}))
     white = c["white_box"]
     assert (white["outcome"], white["reason"], white["mechanism"]) == ("inconclusive", "floor", None)
     assert white["detail"].startswith("normal training is at the floor at every radius measured")
+    # a gain that shows through the floor is judged like any other
+    c = _claims(_defenses(worst={"normal": {OFF: 0.0, AT: 0.0}, "superimposition": {OFF: 0.2, AT: 0.1}}))
+    assert c["white_box"]["outcome"] == "holds"
 
 
 def test_white_box_underpowered_and_holm_over_the_radii():

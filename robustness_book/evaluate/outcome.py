@@ -7,7 +7,8 @@ comparing two marginal intervals. Its outcome is one of three:
 * ``holds`` — the defended network is right on significantly more images (Holm-adjusted where a claim is tested
   at several radii, channels or models), and the evaluation is healthy;
 * ``does not hold`` — the paired interval of the gain lies below the smallest gain that would matter;
-* ``inconclusive`` — with its reason: ``floor`` (the reference is at 0% or 100%: no gain can show), ``underpowered``
+* ``inconclusive`` — with its reason: ``floor`` (the reference is at 0% or 100% and no significant gain showed: a
+  missing gain there says nothing; a gain that does show is judged as anywhere else), ``underpowered``
   (too few images for the gain that would matter: the page says the smallest difference this many images can
   detect), ``unhealthy`` (a health check that invalidates a positive failed), ``broken`` (a network near chance),
   ``reduced_scale`` (training far below the paper's budget).
@@ -31,7 +32,8 @@ HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 OUTCOMES = (HOLDS, DOES_NOT_HOLD, INCONCLUSIVE)
 #: Why an outcome is inconclusive, in the words a page uses.
 REASONS = {
-    "floor": "at the floor: the reference network is at 0% or 100% here, so no gain can show",
+    "floor": "at the floor: the reference network is at 0% or 100% here, where no gain showed and a missing one "
+             "says nothing about the claim",
     "underpowered": "too few images for the gain that would matter",
     "unhealthy": "the evaluation is unhealthy",
     "broken": "a network is near chance",
@@ -72,7 +74,8 @@ class Outcome:
 
 
 def off_floor(interval: Sequence[float]) -> bool:
-    """The floor rule: a comparison is judged only where the reference's 95% interval excludes 0 and 100%."""
+    """The floor rule: a comparison is judged only where the reference's 95% interval excludes 0 and 100%, except
+    for a significant gain, which shows through the floor (:func:`judge_gain`)."""
     return interval[0] > 0 and interval[1] < 1
 
 
@@ -100,10 +103,11 @@ def judge_gain(defended: torch.Tensor, reference: torch.Tensor, *, min_effect: f
     lo, hi = test["interval"]
     detail = (f"gain {_pct(test['difference'])} points [{_pct(lo)}, {_pct(hi)}] on the same {n} images "
               f"({test['a_only']} right only when defended, {test['b_only']} only without), McNemar p = {p:.2g}")
+    if p < alpha and test["difference"] > 0:
+        # a gain that shows is evidence even where the reference is at 0%: the floor hides gains, it cannot fake one
+        return Outcome(HOLDS, None, detail), test
     if not off_floor(ref_interval):
         return Outcome(INCONCLUSIVE, "floor", detail), test
-    if p < alpha and test["difference"] > 0:
-        return Outcome(HOLDS, None, detail), test
     if hi < min_effect:
         return Outcome(DOES_NOT_HOLD, None, detail + f"; a gain of {_pct(min_effect)} points is excluded"), test
     return Outcome(INCONCLUSIVE, "underpowered",
