@@ -105,19 +105,7 @@ CHANGE_SPREADS = 2.0
 # --------------------------------------------------------------------------- SPEC
 
 
-def layer_kinds(model: nn.Module) -> dict[str, str | None]:
-    """Each entropy layer (every ``nn.ReLU``, :func:`robustness_book.defenses.entropic.entropy_layers`) with its kind:
-    ``"conv"`` or ``"dense"`` after the type of the last ``nn.Conv2d``/``nn.Linear`` registered before it
-    (``None`` when there is none)."""
-    kinds, last = {}, None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            last = "conv"
-        elif isinstance(module, nn.Linear):
-            last = "dense"
-        elif isinstance(module, nn.ReLU):
-            kinds[name] = last
-    return kinds
+layer_kinds = kit.layer_kinds  # each entropy layer (every nn.ReLU) with its kind, "conv" or "dense"
 
 
 def candidate_layers(kinds: Mapping[str, str | None], which: str) -> list[str]:

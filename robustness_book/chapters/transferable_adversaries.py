@@ -985,29 +985,7 @@ def training_table(results: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- cost: passes and seconds per step
 
 
-class PassCounter:
-    """Counts the images the given networks forward, and those whose output a gradient flows back through (hooks
-    on each network's output), while the context is open. An attack's input gradient counts as a backward pass,
-    a teacher queried under ``torch.no_grad`` as a forward pass only."""
-
-    def __init__(self, *models: nn.Module):
-        self.models, self.forward, self.backward, self._handles = models, 0, 0, []
-
-    def _hook(self, module, inputs, output):
-        self.forward += output.shape[0]
-        if output.requires_grad:
-            output.register_hook(self._count_backward)
-
-    def _count_backward(self, grad):
-        self.backward += grad.shape[0]
-
-    def __enter__(self) -> "PassCounter":
-        self._handles = [m.register_forward_hook(self._hook) for m in self.models]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
+PassCounter = kit.PassCounter  # the book's pass counter (one place for it: the kit)
 
 
 def training_cost(loss, arch: str, d: str, data: ArrayDataset, config: TrainConfig, batches: int,
