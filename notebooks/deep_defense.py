@@ -302,9 +302,9 @@ display(Markdown(dd.finetune_time_table(run.results())))
 # Both claims are made about the paper's training. A run that fine-tunes on less than `REDUCED_SCALE` of the
 # official images × epochs (below) is about a different network, so either outcome there is *inconclusive
 # (training far below the paper's budget)*: the verdict names the fraction and says what the paired test read
-# at this budget. "Masked" is printed only with evidence. For robustness, Deep Defense's worst case must be
-# significantly below its own accuracy under the clipped DeepFool on the same images, and the attack that
-# removed the gain is named. For the distance, the clipped DeepFool must show a significant gain that DDN, on
+# at this budget. "Masked" is printed only with evidence. For robustness, the clipped DeepFool must show a
+# significant gain over the control, and Deep Defense's worst case must be significantly below its own accuracy
+# under that DeepFool on the same images; the attack that removed the gain is named. For the distance, the clipped DeepFool must show a significant gain that DDN, on
 # the same images, measurably reduces.
 # ρ_adv, the paper's metric, is reported with its own interval as what it is: a mean distance from
 # DeepFool, not robustness. A near-chance model is *broken*, by the book's rule, stated in the verdict.

@@ -271,8 +271,9 @@ display(Markdown(chapter.anchor_table(saved)))
 # hold* (the paired interval excludes the smallest gain that would matter) or *inconclusive* with its reason: at
 # the floor (the normal network is at 0% at the threat radius, the radius of the paper's claim; the chapter measures
 # no smaller one), too few images, an unhealthy evaluation or a broken network. A positive must also survive
-# AutoAttack on the survivors and the gating health checks. "Masked gradients" is said only with evidence: the
-# worst case clearly below PGD-CE alone on the same images, naming the member that removed the gain. Plain
+# AutoAttack on the survivors and the gating health checks. "Masked gradients" is said only with evidence: a gain
+# that PGD-CE alone showed over the normal network, and the worst case clearly below PGD-CE alone on the same
+# images, naming the member that removed the gain. Plain
 # fine-tuning is set beside each reading as a paired number, with what the method cost in clean accuracy and in
 # training time. A model evaluated with a clean accuracy near chance is called broken, and its
 # robustness is not interpreted; the verdict ends with the rule.

@@ -254,9 +254,9 @@ saved = run.saved()
 # claim under the authors' FGSM at their radius, and its survival under the adaptive worst case at the same radius,
 # clipped, the radius the chapter measures nearest theirs; at the threat radius both networks are at 0%, where no
 # gain could show, so that radius is reported beside the verdict but not judged. A positive must be confirmed by
-# AutoAttack on the survivors and by the gating health checks; "an FGSM artefact" is said only when the worst case
-# is significantly below the rescaled network's own clipped FGSM accuracy at the same radius on the same images,
-# naming the attack that removed the gain. The same FGSM comparison at the other multiples of the authors' radius
+# AutoAttack on the survivors and by the gating health checks; "an FGSM artefact" is said only when that clipped
+# FGSM showed a significant gain over strength 0 and the worst case is significantly below the rescaled network's
+# own clipped FGSM accuracy at the same radius on the same images, naming the attack that removed the gain. The same FGSM comparison at the other multiples of the authors' radius
 # is reported beside the claim. A network the defense chose that is broken (near chance on clean test images; the
 # rule is stated under the verdict) gets no robustness verdict at all.
 

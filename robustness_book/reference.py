@@ -269,12 +269,17 @@ def _uncommitted() -> bool | None:
 
 def execute_chapter(chapter: str, profile: str, staging: Path) -> dict:
     """Run one chapter through the runner in its own process, its page into ``staging``: ``{"seconds",
-    "peak_rss_bytes", "notebook", "results", "error"}`` (``error`` ``None`` on success)."""
+    "peak_rss_bytes", "checkpoints_at_start", "notebook", "results", "error"}`` (``error`` ``None`` on success;
+    ``checkpoints_at_start``: the trained networks already in the checkpoint cache when the chapter started)."""
     from .bench import measure_run
     from .runner import logs_dir
 
+    from .runtime import checkpoint_dir
+
     log = logs_dir() / f"reference-{chapter}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    # how many trained networks the chapter found cached: its wall time means "from an empty cache" only at 0
+    cached = len(list(checkpoint_dir().glob("*.pt"))) if checkpoint_dir().is_dir() else 0
     started = time.time()
     run = measure_run(chapter, profile, dict(os.environ), staging, log)
     results = results_path(chapter, profile)
@@ -285,7 +290,7 @@ def execute_chapter(chapter: str, profile: str, staging: Path) -> dict:
         error = (failed or lines or ["no output"])[-1] + f" (log: {log})"
     elif not results.is_file() or results.stat().st_mtime < started:
         error = f"the run wrote no new results file {results}"
-    return {"seconds": run["seconds"], "peak_rss_bytes": run["peak_rss_bytes"],
+    return {"seconds": run["seconds"], "peak_rss_bytes": run["peak_rss_bytes"], "checkpoints_at_start": cached,
             "notebook": staging / f"{chapter}.ipynb", "results": results, "error": error}
 
 
@@ -343,6 +348,7 @@ def make_reference(profile: str = SITE_PROFILE, chapters: list[str] | None = Non
             entries[chapter] = {"results": f"{chapter}.json", "notebook": f"{chapter}.ipynb",
                                 "seconds": round(run["seconds"], 1),
                                 "peak_rss_bytes": run["peak_rss_bytes"],
+                                "checkpoints_at_start": run.get("checkpoints_at_start"),
                                 "device": prov.get("device"), "versions": prov.get("versions"),
                                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
             print(f"[reference] {chapter} done in {run['seconds'] / 60:.1f} min", flush=True)

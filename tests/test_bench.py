@@ -299,8 +299,20 @@ def test_the_reference_runs_timings_are_listed_with_their_sum_against_the_budget
     (tmp_path / "laptop" / "provenance.json").write_text(json.dumps(
         {"profile": "laptop", "chapters": {"baselines": entry, "jumprelu": {**entry, "seconds": 2400.0}}}))
     page = bench.render_page(tmp_path / "bench")
-    assert "| baselines | 25.0 min | 2.00 GB | `abcdef0123` |" in page and "| jumprelu | 40.0 min |" in page
+    assert "| baselines | 25.0 min | 2.00 GB | not recorded | `abcdef0123` |" in page and "| jumprelu | 40.0 min |" in page
     assert "All 2 chapters: 65.0 min (budget of a whole run from an empty cache: 90.0 min, **pass**)" in page
     (tmp_path / "laptop" / "provenance.json").write_text(json.dumps(
         {"profile": "laptop", "chapters": {"baselines": {**entry, "seconds": 6000.0}}}))
     assert "**FAIL**" in bench.render_page(tmp_path / "bench").split("## Reference runs")[1]
+    # a run whose first chapter found trained networks in the cache is not judged against the empty-cache budget;
+    # a later chapter finding the earlier one's networks is how a whole run works
+    chapters = {"baselines": {**entry, "checkpoints_at_start": 0},
+                "jumprelu": {**entry, "date": "2026-12-08", "checkpoints_at_start": 3}}
+    (tmp_path / "laptop" / "provenance.json").write_text(json.dumps({"profile": "laptop", "chapters": chapters}))
+    page = bench.render_page(tmp_path / "bench")
+    assert "| jumprelu | 25.0 min | 2.00 GB | 3 |" in page and "50.0 min (budget of a whole run" in page
+    chapters["baselines"]["checkpoints_at_start"] = 5
+    (tmp_path / "laptop" / "provenance.json").write_text(json.dumps({"profile": "laptop", "chapters": chapters}))
+    page = bench.render_page(tmp_path / "bench")
+    assert "is not judged: the run's first chapter found 5 trained networks" in page and "**pass**" not in \
+        page.split("## Reference runs")[1]

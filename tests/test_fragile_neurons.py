@@ -142,14 +142,15 @@ def _acc(mask: torch.Tensor, **kw) -> dict:
 
 def _saved(*, dropped=(0.98, 0.60, 0.98, 0.98), base=0.98, dropped_seq=(0, 0, 0, 0), n_fragility=None,
            change=(0.1, 0.9, 0.2, 0.05), rho_p=0.01, excess=(0.8, 0.01, 4), fgsm=(0.40, 0.70),
-           clipped=0.70, sweep=((0.35, 0.60), (0.10, 0.20)), worst=(0.30, 0.60), threat_worst=(0.0, 0.0),
+           clipped=(0.30, 0.70), sweep=((0.35, 0.60), (0.10, 0.20)), worst=(0.30, 0.60), threat_worst=(0.0, 0.0),
            chosen=1.0, n=2000, n_adaptive=500, clean=(0.98, 0.98), eps=0.3, fgsm_seq=(0, 0), autoattack=None,
            remover="square", health=(), seed_rho=None):
     """Hand-made results of one data set with per-image outcomes: held-out fragility (``n_fragility`` images,
     default ``n``; channel ``j`` dropped is right on ``_mask(dropped[j], ·, dropped_seq[j])``, so seq 0 loses
     images only), the targeting correlations (raw change and ``excess`` = (ρ, p, channels)), test clean accuracy,
     the authors' FGSM at strength 0 and at the chosen strength (``n`` images) at their radius and (``sweep``) at
-    ×0.5 and ×2 of it, the chosen strength's clipped FGSM at the authors' radius in pixels (``clipped``), and the
+    ×0.5 and ×2 of it, the clipped FGSM at the authors' radius in pixels (``clipped``: at strength 0 and at the
+    chosen strength), and the
     worst case of both models (the first ``n_adaptive`` images) at that radius and at the threat radius ``eps``.
     The rescaled model's worst case says, per image, which member fooled it (``remover`` most)."""
     def rec(**kw):
@@ -181,8 +182,9 @@ def _saved(*, dropped=(0.98, 0.60, 0.98, 0.98), base=0.98, dropped_seq=(0, 0, 0,
                      factor=1.0, **kw)]
         out += [_acc(_mask(acc[i], n, q), attack="fgsm", threat_model="linf_normalized", eps=0.38 * factor,
                      clip=False, factor=factor, **kw) for factor, acc in zip((0.5, 2.0), sweep)]
-        if s > 0 and clipped is not None:
-            out.append(_acc(_mask(clipped, n), attack="fgsm", threat_model="linf", eps=AUTHORS_PX, clip=True, **kw))
+        if clipped is not None:
+            out.append(_acc(_mask(clipped[i], n), attack="fgsm", threat_model="linf", eps=AUTHORS_PX, clip=True,
+                            **kw))
     out.append(rec(metric="chosen_strength", value=chosen, defense="compress_amplify", budget=0.01, score="clean"))
     labels = ("none", "compress_amplify") if chosen > 0 else ("none",)
     members = ["pgd_ce", "pgd_margin", "square"]
@@ -397,9 +399,13 @@ def test_an_unmatched_seed_correlation_is_not_reported():
 def test_the_artefact_evidence_is_the_clipped_fgsm_at_the_judged_radius():
     # the authors' unclipped FGSM shows 70%, the worst case 30%; but at the same radius in the same box the
     # book's clipped FGSM is also 30%: nothing was removed, so no mechanism is named
-    v = chapter.verdict_summary(_saved(worst=(0.30, 0.30), clipped=0.30))[D]
+    v = chapter.verdict_summary(_saved(worst=(0.30, 0.30), clipped=(0.30, 0.30)))[D]
     assert v["adaptive_gain"]["outcome"] == "does not hold" and v["adaptive_gain"]["mechanism"] is None
     assert v["category"] == "no_gain"
+    # the worst case removes 40 points of the rescaled network's clipped FGSM accuracy, but that FGSM showed no
+    # gain over strength 0 at this radius (69% against its 70%): nothing of the defense's was removed, no mechanism
+    v = chapter.verdict_summary(_saved(worst=(0.30, 0.30), clipped=(0.70, 0.69)))[D]
+    assert v["adaptive_gain"]["outcome"] == "does not hold" and v["adaptive_gain"]["mechanism"] is None
     # an older file without that clipped FGSM record: no evidence, no mechanism word
     assert chapter.verdict_summary(_saved(worst=(0.30, 0.30), clipped=None))[D]["adaptive_gain"]["mechanism"] is None
 

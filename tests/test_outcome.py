@@ -89,12 +89,36 @@ def test_outcome_validates_its_words():
 def test_a_mechanism_needs_a_stronger_attack_that_removed_the_gain():
     n = 100
     weak = torch.ones(n, dtype=torch.bool)
+    weak_reference = torch.zeros(n, dtype=torch.bool)  # the weak attack showed a gain of 100 points
     fooled_by = torch.full((n,), -1, dtype=torch.int16)
     fooled_by[:30] = 2  # Square removed 30 images the weak attack left standing
     fooled_by[30:33] = 0
     worst = {"robust_mask": fooled_by == -1, "fooled_by": fooled_by, "members": ["pgd_ce", "pgd_margin", "square"]}
-    evidence = O.removed_by(weak, worst)
+    evidence = O.removed_by(weak, worst, weak_reference=weak_reference)
     assert evidence["member"] == "square" and evidence["images"] == 30
+    assert evidence["test"]["a_only"] == 33 and evidence["weak_gain"]["a_only"] == n
     # no measurable removal: no mechanism word
     worst_same = {**worst, "robust_mask": weak.clone(), "fooled_by": torch.full((n,), -1, dtype=torch.int16)}
-    assert O.removed_by(weak, worst_same) is None
+    assert O.removed_by(weak, worst_same, weak_reference=weak_reference) is None
+
+
+def test_a_mechanism_needs_a_gain_the_weak_attack_showed():
+    # Deep Defense's MLP in the laptop reference: the worst case is far below the weak attack's accuracy, but the
+    # weak attack's gain over the reference was not significant (most of the drop is the weak attack being weak on
+    # both networks), so nothing was removed and no mechanism may be named
+    n = 200
+    weak = torch.zeros(n, dtype=torch.bool)
+    weak[:60] = True
+    weak_reference = torch.zeros(n, dtype=torch.bool)
+    weak_reference[:55] = True  # 5 discordant images, all for the defense: exact p = 0.0625
+    fooled_by = torch.zeros(n, dtype=torch.int16)  # the worst case fools what the weak attack fooled, and more
+    fooled_by[:40] = 1
+    fooled_by[40:60] = -1
+    worst = {"robust_mask": fooled_by == -1, "fooled_by": fooled_by, "members": ["pgd_ce", "pgd_margin"]}
+    assert O.removed_by(weak, worst, weak_reference=weak_reference) is None
+    # the same removal after a gain that did show names the member
+    weak_reference[30:55] = False
+    assert O.removed_by(weak, worst, weak_reference=weak_reference)["member"] == "pgd_margin"
+    # different image counts are refused, not silently compared
+    with pytest.raises(ValueError, match="same images"):
+        O.removed_by(weak, worst, weak_reference=weak_reference[:100])

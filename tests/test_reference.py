@@ -56,8 +56,8 @@ def fake_runs(tmp_path, monkeypatch):
         path.write_text(json.dumps({"chapter": chapter, "profile": profile, "overridden": {}, "records": [],
                                     "provenance": {"device": "cpu (2 cores)", "versions": {"torch": "x"},
                                                    "where": f"{repo_root()}/results"}}))
-        return {"seconds": 750.0, "peak_rss_bytes": 2**30, "notebook": Path(staging) / f"{chapter}.ipynb",
-                "results": path, "error": None}
+        return {"seconds": 750.0, "peak_rss_bytes": 2**30, "checkpoints_at_start": 2,
+                "notebook": Path(staging) / f"{chapter}.ipynb", "results": path, "error": None}
 
     monkeypatch.setattr(reference, "execute_chapter", fake)
     return state
@@ -78,6 +78,7 @@ def test_make_writes_results_notebook_and_provenance_with_checksums(tmp_path, fa
     assert prov["files"]["baselines.ipynb"] == reference.sha256(folder / "baselines.ipynb")
     entry = prov["chapters"]["baselines"]
     assert entry["seconds"] == 750.0 and entry["peak_rss_bytes"] == 2**30 and entry["device"] == "cpu (2 cores)"
+    assert entry["checkpoints_at_start"] == 2
     assert "pyautoattack" in prov["versions"] and prov["machine"]["cores"] == os.cpu_count()
     assert [p.name for p in out.iterdir()] == ["smoke"]  # no staging folder left behind
 

@@ -288,15 +288,19 @@ def test_verdict_holds_in_the_white_box_when_autoattack_confirms_it():
 
 
 def test_verdict_names_transfer_only_with_evidence_that_the_white_box_removed_the_gain():
-    recs = _defenses(worst={"normal": 0.3, "superimposition": 0.3})
+    # the set and the white box on the same 500 images: superimposition right on 350 of them on the set, normal
+    # training on 150 (a gain the set showed), 150 survive the white box: PGD on the margin removed the other 200
+    recs = _defenses(worst={"normal": 0.3, "superimposition": 0.3}, n=500)
     c = _claims(recs)
     assert c["set"]["outcome"] == "holds" and c["white_box"]["outcome"] == "does not hold"
     assert c["white_box"]["mechanism"].startswith("transfer-only") and "pgd_margin" in c["white_box"]["mechanism"]
-    # the first 500 of the set's 10,000 images are all right on the set (nested masks), 150 survive the white box:
-    # of the 350 removed, PGD on the margin fooled the 340 the network got right clean
-    assert "70.0 points" in c["white_box"]["mechanism"]
-    assert "removed by pgd_margin (340 of the 350 images)" in c["white_box"]["mechanism"]
+    assert "40.0 points" in c["white_box"]["mechanism"]
+    assert "removed by pgd_margin (200 of the 200 images)" in c["white_box"]["mechanism"]
     assert "Mechanism: transfer-only" in chapter.verdict(_results(_transfer() + recs))
+    # the set's gain holds on its 10,000 images but not on the 500 the white box ran on (nested masks: both
+    # networks are right on all 500 there), so the white box removed nothing the set showed: no mechanism
+    c = _claims(_defenses(worst={"normal": 0.3, "superimposition": 0.3}))
+    assert c["set"]["outcome"] == "holds" and c["white_box"]["mechanism"] is None
     # no set gain: no mechanism, whatever the white box removed
     c = _claims(_defenses(set_acc={"superimposition": 0.3}, worst={"normal": 0.3, "superimposition": 0.3}))
     assert c["set"]["outcome"] == "does not hold" and c["white_box"]["mechanism"] is None
@@ -319,7 +323,8 @@ def test_white_box_holds_where_normal_training_is_off_the_floor_and_is_reported_
 
 
 def test_white_box_does_not_hold_where_judged_and_names_transfer_only_with_evidence():
-    c = _claims(_defenses(worst={"normal": {OFF: 0.3, AT: 0.0}, "superimposition": {OFF: 0.3, AT: 0.0}}))
+    # the set on the white box's 500 images, so that the set's gain shows on the images the white box ran on
+    c = _claims(_defenses(worst={"normal": {OFF: 0.3, AT: 0.0}, "superimposition": {OFF: 0.3, AT: 0.0}}, n=500))
     white = c["white_box"]
     assert white["outcome"] == "does not hold" and white["reason"] is None
     assert {r["eps"]: r["outcome"] for r in white["radii"]} == {OFF: "does not hold", AT: "inconclusive"}

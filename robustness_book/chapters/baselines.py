@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import attacks, evaluate, report, zoo
 from ..config import ChapterSpec, Param, RunConfig, check_counts
-from ..evaluate.outcome import GATING_CHECKS, REASONS, Outcome, off_floor, removed_by
+from ..evaluate.outcome import GATING_CHECKS, REASONS, Outcome, fooled_most, off_floor
 from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..models import MODELS, check_model
 from ..report import markdown_table, pct, pct_interval, plot_curves, plot_examples, record_table, records_table
@@ -502,17 +502,19 @@ def _not_robust(strongest: dict, broken: bool, health: list[dict]) -> Outcome:
 
 
 def _removed(alone: dict, worst: dict) -> str | None:
-    """:func:`robustness_book.evaluate.outcome.removed_by` on the records: the images PGD alone left standing and the
-    worst case fooled, and the member that fooled most of them (:func:`kit.worst_from_record`). ``None`` without
-    evidence, or for a file that does not say which member fooled each image."""
+    """Which member removed PGD alone's extra accuracy: on the same images, the worst case is significantly below
+    PGD alone (exact McNemar, p < 0.05), and the member that fooled most of the images PGD alone left standing
+    (:func:`robustness_book.evaluate.outcome.fooled_most`, read with :func:`kit.worst_from_record`). There is no
+    defended network here, so no mechanism is named, only the member. ``None`` without that evidence, or for a
+    file that does not say which member fooled each image."""
     weak, strong = kit.per_image(alone), kit.worst_from_record(worst)
     if weak is None or strong is None:
         return None
-    ev = removed_by(weak, strong)
-    if ev is None:
+    test = evaluate.paired_test(weak, strong["robust_mask"])
+    if not (test["p"] < 0.05 and test["difference"] > 0):
         return None
-    return (f"PGD alone's extra accuracy was removed by {attack_name({'attack': ev['member']})} "
-            f"({ev['images']} images)")
+    member, images = fooled_most(weak, strong)
+    return f"PGD alone's extra accuracy was removed by {attack_name({'attack': member})} ({images} images)"
 
 
 def _beyond_pgd(records: list[dict], health: list[dict], clean: dict | None, num_classes: int) -> dict:
@@ -556,8 +558,8 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
       against :data:`NOT_ROBUST_BELOW` (:func:`_not_robust`); ``broken`` by
       :func:`robustness_book.chapters.kit.is_broken` (``BROKEN_RULE``) or a failed near-constant check;
     * ``worst_case_beyond_pgd`` — the adaptive worst case finds more than PGD alone (:func:`_beyond_pgd`); its
-      ``mechanism`` names the member that removed PGD alone's extra accuracy, only with
-      :func:`robustness_book.evaluate.outcome.removed_by`'s evidence.
+      ``mechanism`` names the member that removed PGD alone's extra accuracy, only where the worst case is
+      significantly below PGD alone on the same images (:func:`_removed`).
 
     ``category`` (the page's head) maps claim 1's outcome: ``broken``, ``not_robust`` (holds), ``resists`` (does
     not hold), ``unclear`` (inconclusive). ``sound``: every health row passed. DeepFool's median ρ is compared

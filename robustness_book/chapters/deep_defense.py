@@ -1075,9 +1075,9 @@ def verdict_summary(results: dict) -> dict:
     ``distance`` (:func:`_distance_claim`: paired bootstrap of the median per-image DDN ρ against the control's,
     Holm-adjusted across the models judged). Either claim judged at a fine-tuning budget below
     :data:`REDUCED_SCALE` of the official one is inconclusive (``reduced_scale``, :func:`_at_scale`). A mechanism
-    ("masked") is named only with evidence (:func:`robustness_book.evaluate.outcome.removed_by`): Deep Defense's
-    worst case is significantly below its own accuracy under the paper's clipped DeepFool (:data:`WEAK`) on the
-    same images (the first ``n_adaptive`` of the DeepFool images); for the distance, DDN measurably removes a
+    ("masked") is named only with evidence (:func:`robustness_book.evaluate.outcome.removed_by`): the paper's
+    clipped DeepFool (:data:`WEAK`) showed a significant gain over the control, and Deep Defense's worst case is
+    significantly below its own accuracy under that DeepFool on the same images (the first ``n_adaptive`` of the DeepFool images); for the distance, DDN measurably removes a
     significant median-ρ gain of the clipped DeepFool.
 
     The paper's own metric, ρ_adv (a mean distance from DeepFool, not an accuracy), keeps its interval comparison
@@ -1133,10 +1133,12 @@ def verdict_summary(results: dict) -> dict:
         weak_ctl = R.first(ctl, eps=eps, **WEAK) if eps is not None else None
         n = w_dd["n"] if w_dd else None
         mechanism = None
-        weak_mask = kit.per_image(weak_dd)
+        weak_mask, weak_ref = kit.per_image(weak_dd), kit.per_image(weak_ctl)
         worst = kit.worst_from_record(w_dd)
-        if outcome.outcome != "holds" and weak_mask is not None and worst is not None and len(weak_mask) >= n:
-            ev = removed_by(weak_mask[:n], worst)
+        if (outcome.outcome != "holds" and weak_mask is not None and weak_ref is not None and worst is not None
+                and min(len(weak_mask), len(weak_ref)) >= n):
+            # evidence needs the clipped DeepFool's gain over the control on these images, then its removal
+            ev = removed_by(weak_mask[:n], worst, weak_reference=weak_ref[:n])
             if ev:
                 t = ev["test"]
                 mechanism = (f"the gain was removed by {ev['member']} ({ev['images']} images): on the same {n} "

@@ -1120,13 +1120,15 @@ def _head(rec: Mapping[str, Any] | None, n: int) -> dict | None:
 
 def _mechanism(recs: Sequence[dict], d: str, role: str, worst: Mapping[str, Any] | None) -> dict | None:
     """Evidence that the weak attack overstated ``role``'s robustness (:func:`robustness_book.evaluate.outcome.
-    removed_by`): its worst case is clearly below the first member alone (PGD-CE, the paper's attack) on the same
-    images; the member that removed most."""
+    removed_by`): the first member alone (PGD-CE, the paper's attack) showed a significant gain over the normal
+    network, and ``role``'s worst case is clearly below that member alone on the same images; the member that
+    removed most."""
     weak_rec = _test_record(recs, d, role, alone=True)
     weak, strong = kit.per_image(weak_rec), kit.worst_from_record(worst)
-    if weak is None or strong is None or len(weak) != len(strong["robust_mask"]):
+    ref = kit.per_image(_test_record(recs, d, NORMAL, alone=True))
+    if weak is None or strong is None or ref is None or not len(weak) == len(ref) == len(strong["robust_mask"]):
         return None
-    evidence = removed_by(weak, strong)
+    evidence = removed_by(weak, strong, weak_reference=ref)
     if evidence is None:
         return None
     return {**evidence, "weak": weak_rec,

@@ -37,8 +37,9 @@ Newcombe interval, Holm over the data sets, the floor rule, the health gate, Aut
   case left standing at the judged radius and confirms a positive.
 
 "An FGSM artefact" is printed only with evidence (:func:`robustness_book.evaluate.outcome.removed_by`): the gain does
-not hold under the worst case *and*, on the same first ``n_adaptive`` test images, the rescaled network's worst
-case is significantly below its own FGSM accuracy at the same radius in the same box (the book's clipped FGSM:
+not hold under the worst case *and*, on the same first ``n_adaptive`` test images, the clipped FGSM showed a
+significant gain over the unmodified network and the rescaled network's worst case is significantly below its own
+FGSM accuracy at the same radius in the same box (the book's clipped FGSM:
 :func:`clipped_fgsm_radii` contains the authors' radius for that reason); the member of the worst case that fooled
 most of the images FGSM left standing is named.
 
@@ -892,13 +893,17 @@ def _paired(a: dict | None, b: dict | None) -> dict | None:
     return evaluate.paired_test(ma, mb) if ma is not None and mb is not None and ma.shape == mb.shape else None
 
 
-def _removed(weak: dict | None, worst: dict | None) -> dict | None:
-    """:func:`robustness_book.evaluate.outcome.removed_by` on the first images of the worst case (``weak`` covers at
-    least as many: the worst case's images are the first ``n_adaptive`` of the test images)."""
-    mask, strong = kit.per_image(weak), kit.worst_from_record(worst)
-    if strong is None or mask is None or len(mask) < len(strong["robust_mask"]):
+def _removed(weak: dict | None, weak_reference: dict | None, worst: dict | None) -> dict | None:
+    """:func:`robustness_book.evaluate.outcome.removed_by` on the first images of the worst case (``weak`` and
+    ``weak_reference``, the rescaled and the unmodified network under the same weak attack, cover at least as many:
+    the worst case's images are the first ``n_adaptive`` of the test images)."""
+    mask, ref, strong = kit.per_image(weak), kit.per_image(weak_reference), kit.worst_from_record(worst)
+    if strong is None or mask is None or ref is None:
         return None
-    return removed_by(mask[:len(strong["robust_mask"])], strong)
+    n = len(strong["robust_mask"])
+    if min(len(mask), len(ref)) < n:
+        return None
+    return removed_by(mask[:n], strong, weak_reference=ref[:n])
 
 
 def _claim(outcome: Outcome, test: dict | None, **extra: Any) -> dict:
@@ -937,7 +942,8 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
       network). ``threat``: the worst cases at the threat radius ``eps``, reported beside, not judged.
       ``sweep``: the FGSM comparison at each multiple of the authors' radius (``authors_factors``), reported.
       The artefact evidence compares the rescaled network's worst case with its own *clipped* FGSM at the judged
-      radius on the same images (the same radius and box: ``clipped_fgsm``).
+      radius on the same images (the same radius and box: ``clipped_fgsm``, per strength), after that FGSM showed
+      a significant gain over strength 0 there.
 
     ``category`` (for pages and tests that read one word): ``broken`` (the network the defense chose is broken,
     :data:`kit.BROKEN_RULE`), ``real`` (the gain survives), ``fgsm_only`` (only with removed_by's evidence),
@@ -955,8 +961,8 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
         seen[d] = {"chosen": chosen, "at": at, "threat_eps": threat, "authors_eps": authors,
                    "fgsm": {st: one(test, strength=st, attack="fgsm", clip=False, eps=authors)
                             for st in {0.0, chosen}},
-                   "clipped": first(test, strength=chosen, attack="fgsm", clip=True, eps=at) if at is not None
-                   else None,
+                   "clipped": {st: first(test, strength=st, attack="fgsm", clip=True, eps=at) if at is not None
+                               else None for st in {0.0, chosen}},
                    "clean": {st: one(test, strength=st, attack="none") for st in {0.0, chosen}},
                    "worst": {lab: first(recs, dataset=d, attack="worst_case", defense=lab, eps=at)
                              for lab in ("none", "compress_amplify")} if at is not None else {},
@@ -993,7 +999,7 @@ def verdict_summary(results: Mapping[str, Any]) -> dict:
                                            confirm=v["autoattack"], p_adjusted=holm_worst.get(d), **common)
             if fo.outcome == "holds" and wo.outcome == "does not hold":
                 # the weak attack at the same radius, in the same box, on the same images: the book's clipped FGSM
-                evidence = _removed(v["clipped"], v["worst"]["compress_amplify"])
+                evidence = _removed(v["clipped"][chosen], v["clipped"][0.0], v["worst"]["compress_amplify"])
                 if evidence:
                     mechanism = (f"an FGSM artefact: the gain was removed by {evidence['member']} "
                                  f"({evidence['images']} images)")

@@ -1167,13 +1167,13 @@ def verdict_summary(results: dict) -> dict:
                 claim, _ = kit.paired_outcome(rec, rec_0, min_effect=MIN_EFFECT, health=f["checks"], confirm=confirm,
                                               p_adjusted=holm_claim.get((key, e)), num_classes=num_classes,
                                               clean=f["clean"])
-                weak = kit.per_image(f["ifgsm"])
+                weak, weak_0 = kit.per_image(f["ifgsm"]), kit.per_image(f["ifgsm_0"])
                 # removal is evidence only where the stronger attack had no more room than the paper's IFGSM
                 if (repro.outcome == "holds" and claim.outcome != "holds" and claim.reason != "unhealthy"
-                        and e <= f["reach"] and weak is not None and worst is not None):
-                    n = min(len(weak), len(worst["robust_mask"]))
+                        and e <= f["reach"] and weak is not None and weak_0 is not None and worst is not None):
+                    n = min(len(weak), len(weak_0), len(worst["robust_mask"]))
                     evidence = removed_by(weak[:n], {**worst, "robust_mask": worst["robust_mask"][:n],
-                                                     "fooled_by": worst["fooled_by"][:n]})
+                                                     "fooled_by": worst["fooled_by"][:n]}, weak_reference=weak_0[:n])
                     if evidence:
                         member, t = evidence["member"], evidence["test"]
                         mechanism = (f"the gain was removed by {member} ({evidence['images']} images): on the first "

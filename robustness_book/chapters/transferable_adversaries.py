@@ -1485,13 +1485,17 @@ def _mechanism(records: Sequence[dict], d: str, v: str) -> str | None:
     """"transfer-only", with its evidence: on the first ``n_adaptive`` images (the worst case's, the first of the
     adversary set's), the white-box worst case at the set's radius is significantly below the network's own accuracy
     on the adversary set (:func:`robustness_book.evaluate.outcome.removed_by`), naming the member that fooled most of the
-    images the set left standing; ``None`` without that evidence."""
-    sc = _scores(records, d, "chapter", v)
+    images the set left standing; ``None`` without that evidence, which includes the set's gain over normal
+    training not showing on these images."""
+    sc, ref = _scores(records, d, "chapter", v), _scores(records, d, "chapter", "normal")
     weak, worst = kit.per_image(sc["set"]), kit.worst_from_record(sc["worst"])
-    if weak is None or worst is None:
+    weak_ref = kit.per_image(ref["set"])
+    if weak is None or worst is None or weak_ref is None:
         return None
     n = len(worst["robust_mask"])
-    ev = removed_by(weak[:n], worst)
+    if min(len(weak), len(weak_ref)) < n:
+        return None
+    ev = removed_by(weak[:n], worst, weak_reference=weak_ref[:n])
     if ev is None:
         return None
     t = ev["test"]

@@ -14,7 +14,8 @@ comparing two marginal intervals. Its outcome is one of three:
   ``reduced_scale`` (training far below the paper's budget).
 
 A mechanism word ("masked gradients", "an artefact of the weak attack") needs evidence: :func:`removed_by` shows
-that a stronger attack measurably removed the gain on the same images, and names the member that did.
+that the weak attack showed a significant gain over the reference and that a stronger attack measurably removed it
+on the same images, and names the member that did.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import torch
 
 from .stats import min_discordant_for, paired_test
 
-__all__ = ["GATING_CHECKS", "OUTCOMES", "Outcome", "REASONS", "health_gate", "judge_gain", "off_floor", "removed_by",
-           "smallest_detectable"]
+__all__ = ["GATING_CHECKS", "OUTCOMES", "Outcome", "REASONS", "fooled_most", "health_gate", "judge_gain", "off_floor",
+           "removed_by", "smallest_detectable"]
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 OUTCOMES = (HOLDS, DOES_NOT_HOLD, INCONCLUSIVE)
@@ -130,18 +131,39 @@ def health_gate(outcome: Outcome, rows: Sequence[Mapping]) -> Outcome:
     return Outcome(INCONCLUSIVE, "unhealthy", f"{outcome.detail}; failed health checks: {', '.join(failed)}")
 
 
-def removed_by(weak: torch.Tensor, worst: Mapping, *, alpha: float = 0.05) -> dict | None:
-    """Evidence for a mechanism word: on the same images, the defended network's adaptive worst case (a
-    ``worst_case`` result with ``robust_mask``, ``fooled_by`` and ``members``) is significantly below its
-    accuracy under the weak attack (``weak``, per image), i.e. the stronger attacks removed what the weak one
-    showed. Returns ``{"test", "member", "images"}`` (the member that fooled most of the images the weak attack
-    left standing) or ``None`` when there is no such evidence."""
-    strong = worst["robust_mask"].bool()
-    test = paired_test(weak.bool(), strong)
-    if not (test["p"] < alpha and test["difference"] > 0):
-        return None
-    removed = weak.bool() & ~strong
+def fooled_most(weak: torch.Tensor, worst: Mapping) -> tuple[str, int]:
+    """The member of a ``worst_case`` result (``fooled_by``, ``members``) that fooled most of the images the weak
+    attack left standing (``weak``, per image) and the worst case did not: ``(member, images)``."""
+    removed = weak.bool() & ~worst["robust_mask"].bool()
     fooled_by = worst["fooled_by"][removed]
     counts = {name: int((fooled_by == i).sum()) for i, name in enumerate(worst["members"])}
     member = max(counts, key=counts.get)
-    return {"test": test, "member": member, "images": counts[member]}
+    return member, counts[member]
+
+
+def removed_by(weak: torch.Tensor, worst: Mapping, *, weak_reference: torch.Tensor,
+               alpha: float = 0.05) -> dict | None:
+    """Evidence for a mechanism word ("masked", "an artefact of the weak attack"), on the same images, per image:
+
+    1. the weak attack showed a gain: the defended network under it (``weak``) is right on significantly more
+       images than the reference network under the same attack (``weak_reference``), exact McNemar, p < ``alpha``;
+       without a gain that showed, there is nothing a stronger attack could have removed;
+    2. the stronger attacks removed it: the defended network's adaptive worst case (a ``worst_case`` result with
+       ``robust_mask``, ``fooled_by`` and ``members``) is significantly below its own accuracy under the weak attack.
+
+    Returns ``{"test", "weak_gain", "member", "images"}`` (``test``: step 2's paired test, ``weak_gain``: step 1's,
+    ``member``: the member that fooled most of the images the weak attack left standing, :func:`fooled_most`) or
+    ``None`` when either step lacks evidence."""
+    strong = worst["robust_mask"].bool()
+    if not len(weak) == len(weak_reference) == len(strong):
+        raise ValueError(f"removed_by compares the same images: the weak attack covers {len(weak)}, the reference "
+                         f"under it {len(weak_reference)} and the worst case {len(strong)}; slice them to the "
+                         f"images they share")
+    weak_gain = paired_test(weak.bool(), weak_reference.bool())
+    if not (weak_gain["p"] < alpha and weak_gain["difference"] > 0):
+        return None
+    test = paired_test(weak.bool(), strong)
+    if not (test["p"] < alpha and test["difference"] > 0):
+        return None
+    member, images = fooled_most(weak, worst)
+    return {"test": test, "weak_gain": weak_gain, "member": member, "images": images}
