@@ -309,9 +309,11 @@ saved = run.saved()
 # evaluation, a broken network). Claim (iii) is judged on the adversary set, its own threat model. The white box is
 # the book's check beyond the paper, a separate finding: judged at each radius of the curve where normal training is
 # off the floor (Holm over the radii too), and a white-box positive must survive AutoAttack on the worst case's
-# survivors at that radius (its flags are shown). "Transfer-only" appears only with
-# evidence: the white-box worst case measurably below the network's own accuracy on the set, on the same images,
-# with the attack that removed it named.
+# survivors at that radius (its flags are shown). Over the curve it holds where one radius holds, unless another
+# radius shows the defense significantly *below* normal training: that refutes "more robust", and the claim does
+# not hold. "Transfer-only" appears only with evidence: a gain the set showed over normal training on the same
+# images, and the white-box worst case measurably below the network's own accuracy on the set, with the attack
+# that removed it named.
 
 # %%
 display(Markdown(chapter.verdict(saved)))

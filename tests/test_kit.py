@@ -246,3 +246,24 @@ def test_holm_by_leaves_unjudged_claims_out():
 
 def test_an_older_fooled_by_encoding_reads_as_no_attribution():
     assert kit.worst_from_record({"setting": {kit.FOOLED_BY: "..0.1"}}) is None
+
+
+def test_combine_radii_a_significant_reversal_refutes_more_robust_over_the_curve():
+    def at(eps, outcome, reason=None, difference=0.0, p=1.0, p_adjusted=None):
+        return {"eps": eps, "outcome": outcome, "reason": reason, "detail": "d",
+                "test": {"difference": difference, "p": p}, "p_adjusted": p_adjusted}
+
+    gain, loss = at(0.1, "holds", difference=0.2, p=1e-6), at(0.3, "does not hold", difference=-0.1, p=1e-4)
+    assert kit.combine_radii([gain]).outcome == "holds"
+    mixed = kit.combine_radii([gain, loss], reference="normal training")
+    assert mixed.outcome == "does not hold"
+    assert mixed.detail.startswith("significantly below normal training at ε = 0.3 although above it at ε = 0.1")
+    # the reversal counts at the Holm-adjusted p: adjusted above alpha, it is not evidence of a loss
+    assert kit.combine_radii([gain, {**loss, "p_adjusted": 0.2}]).outcome == "holds"
+    # the rest of the rule: all at the floor, inconclusive (floor); the first inconclusive judged radius decides
+    floor = at(0.3, "inconclusive", "floor")
+    assert (kit.combine_radii([floor]).outcome, kit.combine_radii([floor]).reason) == ("inconclusive", "floor")
+    weak = at(0.1, "inconclusive", "underpowered", difference=0.02, p=0.3)
+    assert kit.combine_radii([weak, floor]).reason == "underpowered"
+    none = at(0.1, "does not hold", difference=0.0, p=1.0)
+    assert kit.combine_radii([none, floor]).outcome == "does not hold"

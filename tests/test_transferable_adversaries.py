@@ -322,6 +322,17 @@ def test_white_box_holds_where_normal_training_is_off_the_floor_and_is_reported_
     assert at[OFF]["test"]["a_only"] == 150 and c["set"]["outcome"] == "holds"
 
 
+def test_white_box_gain_at_one_radius_and_a_significant_loss_at_another_does_not_hold():
+    # superimposition 30 points above normal training at 0.15 and 20 below at 0.3 (both off the floor): "more
+    # robust in the white box" is refuted at 0.3, whatever 0.15 shows; both radii stay on the page
+    c = _claims(_defenses(worst={"normal": {OFF: 0.3, AT: 0.4}, "superimposition": {OFF: 0.6, AT: 0.2}}))
+    white = c["white_box"]
+    at = {r["eps"]: r for r in white["radii"]}
+    assert at[OFF]["outcome"] == "holds" and at[AT]["outcome"] == "does not hold"
+    assert white["outcome"] == "does not hold"
+    assert white["detail"].startswith("significantly below normal training at ε = 0.3 although above it at ε = 0.15")
+
+
 def test_white_box_does_not_hold_where_judged_and_names_transfer_only_with_evidence():
     # the set on the white box's 500 images, so that the set's gain shows on the images the white box ran on
     c = _claims(_defenses(worst={"normal": {OFF: 0.3, AT: 0.0}, "superimposition": {OFF: 0.3, AT: 0.0}}, n=500))

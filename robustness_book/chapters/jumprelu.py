@@ -1074,21 +1074,6 @@ def at_reduced_scale(P, d: str) -> bool:
     return smallest_detectable(P["n_adaptive"][d]) > MIN_EFFECT
 
 
-def _combine_radii(per: Sequence[dict]) -> Outcome:
-    """The claim over the radii where it is judged (Holm already applied): it holds if it holds at one; it does
-    not hold if it does not hold at every radius off the floor (one at least); otherwise inconclusive, for the
-    reason of the first radius that is neither (the floor only if every radius is at the floor)."""
-    detail = "; ".join(f"at ε = {r['eps']:.3g}: {r['text']}" for r in per)
-    outcomes = [r["outcome"] for r in per]
-    if "holds" in outcomes:
-        return Outcome("holds", None, detail)
-    judged = [r for r in per if r["reason"] != "floor"]
-    if judged and all(r["outcome"] == "does not hold" for r in judged):
-        return Outcome("does not hold", None, detail)
-    reason = next((r["reason"] for r in judged if r["outcome"] == "inconclusive"), per[0]["reason"] or "floor")
-    return Outcome("inconclusive", reason, detail)
-
-
 def verdict_summary(results: dict) -> dict:
     """Per network ``(dataset, model)``, from a results file as read back: is the retrofit at the judged kappa
     (the chosen one, else the largest of the grid) more robust than kappa = 0, on the same images?
@@ -1102,7 +1087,8 @@ def verdict_summary(results: dict) -> dict:
       :func:`paper_radii` (where the paper's attack made the claim), an image robust only if it survived every
       attack seed run there, gated by the health rows at the judged kappa and confirmed by AutoAttack on its
       survivors; Holm across networks and radii; per radius in ``radii``, over the radii by
-      :func:`_combine_radii`. Where the paper's attack showed a gain (reproduction holds) and, at a radius no
+      :func:`robustness_book.chapters.kit.combine_radii` (a radius where the retrofit is significantly below
+      kappa = 0 refutes the claim even where another radius holds). Where the paper's attack showed a gain (reproduction holds) and, at a radius no
       larger than the IFGSM reach, the worst case is not significantly above kappa = 0's while
       :func:`robustness_book.evaluate.outcome.removed_by` finds it significantly below the retrofit's own IFGSM accuracy
       on the first ``min(n_attack, n_adaptive)`` images, the claim *does not hold* there: reproduced under the
@@ -1159,14 +1145,14 @@ def verdict_summary(results: dict) -> dict:
             rec_0 = _mask_record(worst_0 and worst_0["robust_mask"])
             confirm = first(recs, dataset=d, model=m, kappa=k, attack="autoattack", protocol="autoattack_survivors",
                             eps=e)
-            mechanism, member = None, None
+            mechanism, member, test = None, None, None
             if f["broken"]:
                 claim = Outcome("inconclusive", "broken", "the retrofit is near chance or near-constant ("
                                 + kit.BROKEN_RULE + ")")
             else:
-                claim, _ = kit.paired_outcome(rec, rec_0, min_effect=MIN_EFFECT, health=f["checks"], confirm=confirm,
-                                              p_adjusted=holm_claim.get((key, e)), num_classes=num_classes,
-                                              clean=f["clean"])
+                claim, test = kit.paired_outcome(rec, rec_0, min_effect=MIN_EFFECT, health=f["checks"],
+                                                 confirm=confirm, p_adjusted=holm_claim.get((key, e)),
+                                                 num_classes=num_classes, clean=f["clean"])
                 weak, weak_0 = kit.per_image(f["ifgsm"]), kit.per_image(f["ifgsm_0"])
                 # removal is evidence only where the stronger attack had no more room than the paper's IFGSM
                 if (repro.outcome == "holds" and claim.outcome != "holds" and claim.reason != "unhealthy"
@@ -1194,8 +1180,9 @@ def verdict_summary(results: dict) -> dict:
             per.append({"eps": e, "outcome": claim.outcome, "reason": claim.reason, "detail": claim.detail,
                         "text": claim.text(), "mechanism": mechanism, "member": member, "worst": rec,
                         "worst_0": rec_0, "autoattack": confirm, "seeds": worst["seeds"] if worst else [],
-                        "images_fooled": {r["attack"]: int(r["value"]) for r in fooled}})
-        claim = _combine_radii(per)
+                        "images_fooled": {r["attack"]: int(r["value"]) for r in fooled},
+                        "test": test, "p_adjusted": holm_claim.get((key, e))})
+        claim = kit.combine_radii(per, reference="κ = 0")
         decided = next((r for r in per if r["mechanism"]), None)
         member = decided["member"] if decided else None
         if claim.reason == "broken":

@@ -361,6 +361,46 @@ def holm_by(tests: Mapping[Any, Mapping[str, Any] | None]) -> dict:
     return dict(zip(keys, evaluate.holm([tests[k]["p"] for k in keys])))
 
 
+def combine_radii(per: Sequence[Mapping[str, Any]], *, reference: str = "the reference",
+                  alpha: float = 0.05) -> Outcome:
+    """One claim judged at several radii (Holm already applied), as one outcome. Each entry: ``eps``, ``outcome``,
+    ``reason``, ``detail``, and where measured ``test`` (the paired test) with ``p_adjusted``; ``reference`` names
+    the network compared with, in the detail.
+
+    * *does not hold* when a radius shows the defense significantly *worse* (adjusted p < ``alpha``, negative
+      difference): "more robust" over the curve is refuted there, even where another radius holds (the detail
+      names both);
+    * *holds* when it holds at one radius and no radius is reversed;
+    * *does not hold* when it does not hold at every radius off the floor (one at least);
+    * otherwise *inconclusive*, for the reason of the first radius judged that is (the floor only if every radius
+      is at the floor)."""
+    detail = "; ".join(f"at ε = {r['eps']:.3g} {Outcome(r['outcome'], r['reason'], r['detail']).text()}" for r in per)
+
+    def reversed_at(r: Mapping[str, Any]) -> bool:
+        t = r.get("test")
+        p = r.get("p_adjusted") if r.get("p_adjusted") is not None else (t or {}).get("p")
+        return t is not None and p is not None and p < alpha and t["difference"] < 0
+
+    worse = [r for r in per if reversed_at(r)]
+    holds = [r for r in per if r["outcome"] == "holds"]
+    if worse:
+        def radii(rows: Sequence[Mapping[str, Any]]) -> str:
+            return ", ".join(f"{r['eps']:.3g}" for r in rows)
+
+        head = f"significantly below {reference} at ε = {radii(worse)}"
+        if holds:
+            head += f" although above it at ε = {radii(holds)}"
+        return Outcome("does not hold", None, f"{head}: {detail}")
+    if holds:
+        return Outcome("holds", None, detail)
+    judged = [r for r in per if r["reason"] != "floor"]
+    if judged and all(r["outcome"] == "does not hold" for r in judged):
+        return Outcome("does not hold", None, detail)
+    if not judged:
+        return Outcome("inconclusive", "floor", f"{reference} is at the floor at every radius measured: " + detail)
+    return Outcome("inconclusive", next(r["reason"] for r in judged if r["outcome"] == "inconclusive"), detail)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # "Results at a glance": one row vocabulary for every chapter's ``glance_rows(results)``
 

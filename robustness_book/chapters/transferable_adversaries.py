@@ -1456,28 +1456,19 @@ def _judge_white(records: Sequence[dict], health: Sequence[Mapping[str, Any]], d
 def _white_box(records: Sequence[dict], health: Sequence[Mapping[str, Any]], d: str, v: str,
                adjusted: Mapping[tuple, float]) -> dict:
     """The white-box comparison of variant ``v`` over its curve: per radius (``radii``: ``{"eps", "outcome",
-    "reason", "detail", "test"}``, Holm-adjusted over the family of :func:`_families`) and one outcome. It *holds*
-    where a radius holds; *does not hold* when every radius off the floor does not hold; *inconclusive (floor)* when
-    normal training is at the floor at every radius; else inconclusive for the reason of the first radius that is."""
+    "reason", "detail", "test", "p_adjusted"}``, Holm-adjusted over the family of :func:`_families`) and one
+    outcome by :func:`kit.combine_radii` (a radius where ``v`` is significantly below normal training refutes "more
+    robust" even where another radius holds); a broken or unmeasured network is inconclusive for that reason."""
     per = []
     for r in _scores(records, d, "chapter", v)["curve"]:
-        outcome, test = _judge_white(records, health, d, v, r["eps"], adjusted.get((d, v, r["eps"])))
-        per.append({"eps": r["eps"], **_claim(outcome, test)})
-    detail = "; ".join(f"at ε = {c['eps']:.3g} {Outcome(c['outcome'], c['reason'], c['detail']).text()}"
-                       for c in per)
+        p_adjusted = adjusted.get((d, v, r["eps"]))
+        outcome, test = _judge_white(records, health, d, v, r["eps"], p_adjusted)
+        per.append({"eps": r["eps"], **_claim(outcome, test), "p_adjusted": p_adjusted})
     blocked = [c for c in per if c["reason"] in ("broken", "not_measured")]
-    judged = [c for c in per if c["reason"] != "floor"]
     if blocked:
         outcome = Outcome("inconclusive", blocked[0]["reason"], blocked[0]["detail"])
-    elif any(c["outcome"] == "holds" for c in per):
-        outcome = Outcome("holds", None, detail)
-    elif not judged:
-        outcome = Outcome("inconclusive", "floor", "normal training is at the floor at every radius measured: "
-                          + detail)
-    elif all(c["outcome"] == "does not hold" for c in judged):
-        outcome = Outcome("does not hold", None, detail)
     else:
-        outcome = Outcome("inconclusive", next(c["reason"] for c in judged if c["outcome"] == "inconclusive"), detail)
+        outcome = kit.combine_radii(per, reference="normal training")
     return {**_claim(outcome), "radii": per}
 
 
