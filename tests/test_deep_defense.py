@@ -490,6 +490,18 @@ def test_a_gain_removed_by_a_stronger_attack_does_not_hold_and_names_the_member(
     assert v["weak"]["difference"] == 0.45  # DeepFool alone: +45 points over the control on the same images
 
 
+def test_no_mechanism_without_a_gain_under_the_weak_attack():
+    from robustness_book.chapters.deep_defense import verdict, verdict_summary
+
+    # the laptop reference's MLP: the worst case (60) is far below Deep Defense's own DeepFool accuracy (150), but
+    # the control keeps 147 under DeepFool, so DeepFool showed no significant gain: nothing was removed
+    saved = _results(_variant("mnist", "mlp", "fine_tune", 196, 0.20, [120, 60], weak_ks=[170, 147]),
+                     _variant("mnist", "mlp", "deep_defense", 196, 0.30, [120, 60], weak_ks=[170, 150]))
+    v = verdict_summary(saved)["mnist", "mlp"]
+    assert v["outcome"] == "does not hold" and v["mechanism"] is None and v["weak"]["p"] > 0.05
+    assert "Masked" not in verdict(saved) and "No mechanism is named" in verdict(saved)
+
+
 def test_a_control_at_the_floor_is_inconclusive():
     from robustness_book.chapters.deep_defense import verdict, verdict_summary
 

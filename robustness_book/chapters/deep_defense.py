@@ -1200,8 +1200,9 @@ def _sentences(d: str, m: str, v: dict) -> list[str]:
     if v["mechanism"]:
         lines.append(f"  Masked: {v['mechanism']}.")
     elif v["outcome"] != "holds":
-        lines.append("  No mechanism is named: the worst case is not significantly below Deep Defense's own "
-                     "clipped-DeepFool accuracy on the same images (or that was not measured).")
+        lines.append("  No mechanism is named: that needs the clipped DeepFool to show a significant gain over the "
+                     "control and the worst case to be significantly below Deep Defense's own clipped-DeepFool "
+                     "accuracy, on the same images; one of the two is missing (or was not measured).")
     dist = v["distance"]
     dist_family = (f", Holm-adjusted over the {dist['holm_family']} models judged"
                    if dist["p_adjusted"] is not None and dist["holm_family"] > 1 else "")
