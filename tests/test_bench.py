@@ -247,6 +247,14 @@ def test_page_is_a_pure_function_of_the_json(tmp_path):
     assert changed != page and "0.85 | ≥ 0.90 | **FAIL**" in changed
     out = bench.write_page(tmp_path / "a", tmp_path / "performance.md")
     assert out.read_text() == page
+    # a worst case measured with its per-member seconds says where its time went, member by member
+    assert "Where the worst case's time goes" not in page
+    row = contents["worst_case"]["rows"][0]
+    contents["worst_case"]["members"] = ["apgd_ce", "square"]
+    row["worst_case"]["added"], row["member_seconds"] = {"apgd_ce": 90, "square": 7}, {"apgd_ce": 4.5, "square": 8.0}
+    write_jsons(tmp_path / "d", contents)
+    split = bench.render_page(tmp_path / "d")
+    assert "| eps | apgd_ce | square |" in split and "| 0.1 | +90 in 4.5 s | +7 in 8.0 s |" in split
 
 
 def test_a_missing_json_leaves_its_section_saying_how_to_make_it(tmp_path):

@@ -121,6 +121,13 @@ def _worst_case_section(content: dict | None, label: str, first: bool = True) ->
                      f"{_pct(aa['robust'])} [{_pct(aa['interval'][0])}, {_pct(aa['interval'][1])}]",
                      f"{aa['seconds']:.1f}", f"{r['worst_case_seconds'] / max(aa['seconds'], 1e-9):.2f}"])
     out += _table(["eps", "clean", "worst case [95% CI]", "s", "AutoAttack [95% CI]", "s", "time ratio"], rows)
+    split = [r for r in content["rows"] if r.get("member_seconds")]  # recorded since the per-member timing
+    if split:
+        out += ["", "Where the worst case's time goes (images each member fooled that the earlier ones missed, "
+                    "and its seconds):", ""]
+        out += _table(["eps", *names], [[f"{r['eps']:g}", *(f"+{r['worst_case']['added'].get(m, 0)} in "
+                                                           f"{r['member_seconds'].get(m, 0.0):.1f} s" for m in names)]
+                                        for r in split])
     return out + [""]
 
 

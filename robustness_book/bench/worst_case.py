@@ -21,7 +21,8 @@ def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                              seed: int = 0, members: list[str] | None = None,
                              targets: int = DEFAULT_TARGETS) -> list[dict]:
     """Per eps: the toolkit's worst case over the default members and AutoAttack (standard), each with its
-    robust accuracy, 95% Wilson interval and seconds; printed as it goes and returned."""
+    robust accuracy, 95% Wilson interval and seconds (the worst case's also per member: where its time goes);
+    printed as it goes and returned."""
     members = (evaluate.members_from_names(members, steps, restarts, queries, targets) if members
                else evaluate.default_members(steps, restarts, queries, targets))
     rows = []
@@ -32,9 +33,9 @@ def worst_case_vs_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                batch_size=batch_size, seed=seed)
         aa = evaluate.autoattack_accuracy(model, x, y, eps, norm=norm, batch_size=batch_size, seed=seed)
         row = {"eps": eps, "clean": wc["clean"], "worst_case": evaluate.to_record(wc), "worst_case_seconds": wc_seconds,
-               "autoattack": aa}
+               "member_seconds": {k: round(v, 2) for k, v in wc["seconds"].items()}, "autoattack": aa}
         rows.append(row)
-        added = ", ".join(f"{k} +{v}" for k, v in wc["added"].items())
+        added = ", ".join(f"{k} +{v} in {wc['seconds'][k]:.1f} s" for k, v in wc["added"].items())
         print(f"eps {eps:<7g} clean {wc['clean']:6.1%} | worst case {wc['robust']:6.1%} "
               f"[{wc['interval'][0]:.1%}, {wc['interval'][1]:.1%}] {wc_seconds:8.1f} s ({added}) | "
               f"AutoAttack {aa['robust']:6.1%} [{aa['interval'][0]:.1%}, {aa['interval'][1]:.1%}] "
