@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--jumprelu", type=float, default=None, metavar="KAPPA",
                        help="--worst-case: score chapter 1's model retrofitted with JumpReLU at threshold KAPPA (a "
                             "defended network) instead of the model itself")
+    bench.add_argument("--bpda", default=None, choices=("ce", "margin"),
+                       help="--worst-case --jumprelu: put PGD through the retrofit's BPDA copy (ReLU's backward for "
+                            "the jump) on this loss first in the ensemble, as the JumpReLU chapter does")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command in ("run", "reference") and not any(e.startswith("-") for e in extra):
         args.chapters = [*args.chapters, *extra]  # chapters named after an option: `reference make --profile P ID`
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         args.targets = DEFAULT_TARGETS
     if args.jumprelu is not None and not (args.worst_case and 0 <= args.jumprelu < float("inf")):
         parser.error("--jumprelu KAPPA needs --worst-case and a finite threshold >= 0")
+    if args.bpda is not None and args.jumprelu is None:
+        parser.error("--bpda needs --jumprelu KAPPA (the BPDA copy is the retrofit's)")
     for flag in ("n", "steps", "queries", "targets"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be a positive integer")
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                       eps=args.eps, norm=args.norm, steps=args.steps, queries=args.queries, chapters=args.chapters,
                       peers=args.peers, page=args.page, json_path=args.json, min_seconds=args.seconds,
                       note=args.note, members=args.members, targets=args.targets,
-                      jumprelu=args.jumprelu)
+                      jumprelu=args.jumprelu, bpda=args.bpda)
 
 
 def _reference(parser: argparse.ArgumentParser, args) -> int:

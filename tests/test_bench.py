@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from conftest import make_blobs, train_tiny
 from robustness_book import bench, cli
 from robustness_book.models import build_model
 from robustness_book.results import repo_root
@@ -110,6 +111,22 @@ def test_bench_modes_exclude_each_other():
         cli.main(["bench", "--peers", "--page"])
     with pytest.raises(SystemExit):
         cli.main(["bench", "--chapters", "nonexistent"])
+    with pytest.raises(SystemExit):  # a BPDA copy exists only for the JumpReLU retrofit
+        cli.main(["bench", "--worst-case", "--bpda", "margin"])
+
+
+def test_worst_case_bench_runs_given_members_first_and_times_each(monkeypatch):
+    from robustness_book.bench.worst_case import worst_case_vs_autoattack
+    from robustness_book import evaluate
+
+    monkeypatch.setattr(evaluate, "autoattack_accuracy", lambda *a, **k: {
+        "robust": 0.5, "interval": [0.3, 0.7], "seconds": 1.0})
+    x, y = make_blobs(40)
+    model = train_tiny(x, y)
+    (row,) = worst_case_vs_autoattack(model, x, y, [0.3], steps=2, queries=5, members=["square"],
+                                      first=[evaluate.members.pgd("margin", steps=2, name="first_pgd")])
+    assert list(row["member_seconds"]) == ["first_pgd", "square"] == row["worst_case"]["members"]
+    assert all(v >= 0 for v in row["member_seconds"].values())
 
 
 # --------------------------------------------------------------------------- measuring, on tiny models

@@ -76,7 +76,7 @@ def main(batch_size: int = 256, profile: str | None = None, worst_case: bool = F
          eps: list[float] | None = None, norm: str = "linf", steps: int = 100, queries: int = 5000,
          chapters: list[str] | None = None, peers: bool = False, page: bool = False, json_path: str | None = None,
          min_seconds: float = 2.0, note: str | None = None, members: list[str] | None = None,
-         targets: int = DEFAULT_TARGETS, jumprelu: float | None = None) -> int:
+         targets: int = DEFAULT_TARGETS, jumprelu: float | None = None, bpda: str | None = None) -> int:
     """The ``bench`` command; returns the exit status. ``chapters`` (a list, empty for all) selects the budget
     mode, whose ``profile`` defaults to laptop; the other modes load chapter 1's model of ``profile`` (default
     smoke)."""
@@ -101,7 +101,7 @@ def main(batch_size: int = 256, profile: str | None = None, worst_case: bool = F
     if worst_case:
         content = run_worst_case(profile, n=n, eps=eps, norm=norm, steps=steps, queries=queries,
                                  batch_size=batch_size, members=members, targets=targets,
-                                 jumprelu=jumprelu)
+                                 jumprelu=jumprelu, bpda=bpda)
         if json_path:
             write_json(json_path, content)
         return 0
