@@ -603,7 +603,7 @@ def test_book_defenses_use_the_other_chapters_choices_else_a_labelled_default(tm
     chosen = chapter.book_settings(cfg, "mnist")
     assert chosen["jumprelu"]["value"] == cfg.jumprelu_kappa["mnist"]
     assert chosen["compress_amplify"]["value"] == cfg.rescale_strength
-    assert all(c["source"].startswith("default") for c in chosen.values())
+    assert all(c["source"].startswith("labelled default") for c in chosen.values())
     assert "python -m robustness_book run jumprelu --profile smoke" in chosen["jumprelu"]["note"]
     assert "python -m robustness_book run fragile_neurons --profile smoke" in chosen["compress_amplify"]["note"]
 
@@ -616,9 +616,9 @@ def test_book_defenses_use_the_other_chapters_choices_else_a_labelled_default(tm
                                 metric="chosen_strength", value=0.0)])  # chosen for CIFAR-10 only
     chosen = chapter.book_settings(cfg, "mnist")
     assert chosen["jumprelu"] == {"value": 0.5, "note": None,
-                                  "source": "chosen by the jumprelu chapter's validation (smoke)"}
-    assert chosen["compress_amplify"]["source"].startswith("default") and \
-        "hold no chosen_strength for lenet_like" in chosen["compress_amplify"]["note"]
+                                  "source": "chosen on held-out data by the jumprelu chapter (smoke)"}
+    assert chosen["compress_amplify"]["source"].startswith("labelled default") and \
+        "hold no chosen_strength record for mnist" in chosen["compress_amplify"]["note"]
     assert chapter.book_settings(cfg, "cifar10")["compress_amplify"]["value"] == 0.0  # a choice of 0 is a choice
     by_hand = chapter.book_settings(resolve(chapter.SPEC, "smoke", jumprelu_kappa=3.0), "mnist")
     assert by_hand["jumprelu"] == {"value": 3.0, "source": "set by hand (jumprelu_kappa)", "note": None}

@@ -183,9 +183,7 @@ PARAMS = {
 }
 
 
-def _per(mnist, cifar10, fashion_mnist=None) -> dict:
-    """A per-data-set value; Fashion-MNIST takes MNIST's (same shape and architectures) unless given."""
-    return {"mnist": mnist, "fashion_mnist": mnist if fashion_mnist is None else fashion_mnist, "cifar10": cifar10}
+_per = kit.per_dataset  # the kit's per-data-set value (Fashion-MNIST takes MNIST's)
 
 
 _COMMON = {

@@ -162,15 +162,14 @@ PARAMS = {
 }
 
 
-def _per(gray, color) -> dict:
-    return {"mnist": gray, "fashion_mnist": gray, "cifar10": color}
-
-
 def _zoo_training(profile: str) -> dict:
     """train_size and epochs of each data set's zoo recipe at ``profile`` (shared with the other chapters)."""
     recipes = {d: zoo.for_dataset(d, profile) for d in DATASETS}
     return {"train_size": {d: r.train_size for d, r in recipes.items()},
             "epochs": {d: r.config.epochs for d, r in recipes.items()}}
+
+
+_per = kit.per_dataset  # the kit's per-data-set value (Fashion-MNIST takes MNIST's)
 
 
 _COMMON = {

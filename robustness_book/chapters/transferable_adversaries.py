@@ -264,8 +264,7 @@ PARAMS = {
 }
 
 
-def _per(gray, color) -> dict:
-    return {"mnist": gray, "fashion_mnist": gray, "cifar10": color}
+_per = kit.per_dataset  # the kit's per-data-set value (Fashion-MNIST takes MNIST's)
 
 
 _COMMON = {
@@ -1044,31 +1043,15 @@ BORROWED = {
 
 def book_settings(cfg: RunConfig, d: str) -> dict[str, dict]:
     """Per defense of :data:`BORROWED`: ``{"value", "source", "note"}`` — the value its chapter chose on its
-    validation images for the shared model of ``d`` (read from that chapter's results of this profile with
-    :func:`robustness_book.results.load_results`), the parameter when a reader set it by hand, else the parameter's
-    profile value as a labelled default, with a note naming the command that makes the missing choice."""
+    validation images for the shared model of ``d``, read from that chapter's results of this profile
+    (:func:`robustness_book.chapters.kit.borrowed`), the parameter when a reader set it by hand, else the
+    parameter's profile value as a labelled default, with a note naming the command that makes the missing
+    choice."""
     out = {}
     for defense, b in BORROWED.items():
-        default = cfg[b["param"]][d] if isinstance(cfg[b["param"]], Mapping) else cfg[b["param"]]
-        rerun = f"`python -m robustness_book run {b['chapter']} --profile {cfg.profile}`"
-        if b["param"] in cfg.get("overridden", []):
-            out[defense] = {"value": default, "source": f"set by hand ({b['param']})", "note": None}
-            continue
-        try:
-            chosen = first(load_results(b["chapter"], cfg.profile)["records"], dataset=d, model=b["model"](d),
-                           metric=b["metric"])
-            problem = None if chosen else f"its {cfg.profile} results hold no {b['metric']} for {b['model'](d)}"
-        except FileNotFoundError:
-            chosen, problem = None, f"no {cfg.profile} results yet"
-        except ResultsFileError as err:
-            chosen, problem = None, str(err)
-        if chosen is not None:
-            out[defense] = {"value": chosen["value"], "note": None,
-                            "source": f"chosen by the {b['chapter']} chapter's validation ({cfg.profile})"}
-        else:
-            out[defense] = {"value": default, "source": f"default {b['param']}: no choice in the {b['chapter']} "
-                            "results", "note": f"`{b['chapter']}` ({d}): {problem}; the {LABELS[defense]} uses the "
-                            f"default {b['what']} = {default:g}. Run {rerun}, then this chapter again."}
+        got = kit.borrowed(cfg, b["chapter"], what=f"the {LABELS[defense]} ({b['what']})", param=b["param"],
+                           dataset=d, metric=b["metric"], model=b["model"](d))
+        out[defense] = {k: got[k] for k in ("value", "source", "note")}
     return out
 
 
