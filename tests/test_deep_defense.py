@@ -756,7 +756,8 @@ def test_per_image_rho_counts_misclassified_as_zero_and_failures_as_infinite_and
 
 
 def test_the_paired_bootstrap_covers_a_known_median_shift_and_is_conservative_on_undefined_resamples():
-    from robustness_book.chapters.deep_defense import _median_difference, paired_bootstrap
+    from robustness_book.chapters.deep_defense import _median_difference
+    from robustness_book.evaluate.stats import paired_bootstrap
 
     base = _spread(400, 0.1, 1)
     shifted = paired_bootstrap([base + 0.02, base], _median_difference)

@@ -120,3 +120,12 @@ def test_pct_interval_formats_a_record():
 
     assert pct_interval({"value": 0.818, "interval": [0.793, 0.84]}) == "81.8% [79.3%, 84.0%]"
     assert pct_interval({"value": 0.5}) == "50.0%" and pct_interval(None) == "–"
+
+
+def test_spearman_interval_is_fishers_z_with_the_fieller_variance():
+    from robustness_book.evaluate.stats import spearman_interval
+
+    # by hand: z = atanh(0.5) = 0.5493, se = sqrt(1.06 / 25) = 0.2059, tanh(z ± 1.96 se) = 0.1447, 0.7413
+    lo, hi = spearman_interval(0.5, 28)
+    assert lo == pytest.approx(0.1447, abs=1e-3) and hi == pytest.approx(0.7413, abs=1e-3)
+    assert spearman_interval(1.0, 10)[1] <= 1.0  # a perfect ρ stays inside [-1, 1]

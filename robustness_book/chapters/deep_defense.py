@@ -49,6 +49,7 @@ from ..defenses.deep_defense import RHO_REFERENCES, DeepDefenseLoss
 from ..evaluate import members as M
 from ..evaluate.outcome import Outcome, health_gate, off_floor, removed_by
 from ..evaluate.rho import deep_defense_rho, mean_interval, mean_subtraction_factor
+from ..evaluate.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap  # the page names the resamples
 from ..models import build_model, check_model
 from ..report import health_tables as _health_tables, markdown_table, pct, pct_interval, record_table
 from ..train import TrainConfig, cached_train, cross_entropy, export_entry, seconds_per_step, trained_model
@@ -88,9 +89,6 @@ REDUCED_SCALE = 0.25
 #: would matter, as a share of the control's median. The paper claims ρ_adv rises by tens of percent; a rise
 #: below a tenth of the control's distance would not be that claim.
 MIN_RHO_GAIN = 0.10
-#: Paired bootstrap of the median difference: resamples and the generator's seed (fixed: a verdict is a pure
-#: function of the results).
-BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
 #: The setting key of a ρ record holding its per-image ρ (:func:`pack_rho`): 0 for an image the network already
 #: misclassifies, ∞ for one the attack did not fool.
 RHO_PER_IMAGE = "rho_per_image"
@@ -942,28 +940,6 @@ def _paired(a: dict | None, b: dict | None, n: int | None = None) -> dict | None
         return None
     n = min(len(ma), len(mb)) if n is None else n
     return evaluate.paired_test(ma[:n], mb[:n])
-
-
-def paired_bootstrap(arrays: list[torch.Tensor], statistic, *, resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED, alpha: float = 0.05) -> dict:
-    """Percentile bootstrap of ``statistic(*arrays)`` over images resampled together (paired: every array is
-    indexed by the same images). ``statistic`` maps arrays of shape ``(resamples, n)`` to ``(resamples,)``.
-    A resample whose statistic is undefined (∞ − ∞) counts against both ends of the interval and both tails
-    of ``p`` (conservative). Returns ``{"value", "interval", "p", "n", "resamples"}``; ``p`` is the two-sided
-    bootstrap p-value of "the statistic is 0"."""
-    n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
-        raise ValueError(f"paired bootstrap needs arrays over the same images, got lengths {[len(a) for a in arrays]}")
-    value = float(statistic(*[a[None] for a in arrays])[0])
-    idx = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
-    stats = statistic(*[a[idx] for a in arrays])
-    undefined = torch.isnan(stats)
-    low = torch.where(undefined, -math.inf, stats).sort().values
-    high = torch.where(undefined, math.inf, stats).sort().values
-    k = int(math.floor(alpha / 2 * resamples))
-    tail = min(int(((stats <= 0) | undefined).sum()), int(((stats >= 0) | undefined).sum()))
-    return {"value": value, "interval": (float(low[k]), float(high[resamples - 1 - k])),
-            "p": min(1.0, 2 * (tail + 1) / (resamples + 1)), "n": n, "resamples": resamples}
 
 
 def _median_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ from ..data import DATASETS, dataset_info, load_dataset, threat_eps
 from ..defenses import fragile_neurons as fn
 from ..evaluate import members as M
 from ..evaluate.outcome import Outcome, removed_by, smallest_detectable
+from ..evaluate.stats import spearman_interval
 from ..models import MODELS, check_model
 from ..report import duration, health_tables as grouped_health_tables, markdown_table, pct, pct_interval, record_table
 from ..results import first, one, record, select
@@ -664,13 +665,6 @@ def neurons_outcome(s: Mapping[str, Any]) -> Outcome:
                    detail + "; an undetermined channel may be fragile below what these images can show, or robust")
 
 
-def _rho_interval(rho: float, n: int) -> tuple[float, float]:
-    """95% interval of a Spearman ρ of ``n`` pairs: Fisher's z with Fieller, Hartley and Pearson's (1957) variance
-    1.06 / (n − 3)."""
-    z, se = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12)), math.sqrt(1.06 / (n - 3))
-    return math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
-
-
 def targeting_outcome(excess: Mapping[str, Any] | None, raw: Mapping[str, Any] | None) -> Outcome:
     """"FGSM concentrates on fragile neurons", judged on the rank correlation of the targeting *excess* (FGSM's
     activation change over a random-sign perturbation's of the same radius, which does not grow with the
@@ -686,7 +680,7 @@ def targeting_outcome(excess: Mapping[str, Any] | None, raw: Mapping[str, Any] |
     if math.isnan(rho):
         return Outcome("does not hold", None, "FGSM's excess over a random-sign perturbation is the same for every "
                                               "channel" + raw_text)
-    lo, hi = _rho_interval(rho, n) if n > 3 else (-1.0, 1.0)
+    lo, hi = spearman_interval(rho, n) if n > 3 else (-1.0, 1.0)
     detail = f"excess over a random-sign perturbation of the same radius: ρ = {_rho_text(excess)}, 95% interval " \
              f"[{lo:+.2f}, {hi:+.2f}] over {n} channels" + raw_text
     if p < ALPHA and rho > 0:

@@ -12,8 +12,9 @@ from typing import Mapping, Sequence, Union
 
 import torch
 
-__all__ = ["accuracy_record", "clearly_greater", "compare", "holm", "intervals_overlap", "mcnemar_exact", "min_discordant_for",
-           "pack_mask", "paired_difference_interval", "paired_test", "ranks", "spearman", "unpack_mask", "wilson_interval"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "accuracy_record", "clearly_greater", "compare", "holm", "intervals_overlap",
+           "mcnemar_exact", "min_discordant_for", "pack_mask", "paired_bootstrap", "paired_difference_interval",
+           "paired_test", "ranks", "spearman", "spearman_interval", "unpack_mask", "wilson_interval"]
 
 Interval = Union[Sequence[float], Mapping[str, object]]
 
@@ -225,3 +226,36 @@ def unpack_mask(text: str, n: int) -> torch.Tensor:
     if len(packed) != (n + 7) // 8:
         raise ValueError(f"a packed mask of {len(packed)} bytes cannot hold exactly {n} images")
     return torch.tensor([bool(packed[i // 8] >> (7 - i % 8) & 1) for i in range(n)], dtype=torch.bool)
+
+
+#: Resamples of :func:`paired_bootstrap` (Deep Defense's median-ρ claim uses the default).
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def paired_bootstrap(arrays: list[torch.Tensor], statistic, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = 0, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap of ``statistic(*arrays)`` over images resampled together (paired: every array is
+    indexed by the same images). ``statistic`` maps arrays of shape ``(resamples, n)`` to ``(resamples,)``.
+    A resample whose statistic is undefined (∞ − ∞) counts against both ends of the interval and both tails
+    of ``p`` (conservative). Returns ``{"value", "interval", "p", "n", "resamples"}``; ``p`` is the two-sided
+    bootstrap p-value of "the statistic is 0". The seed is fixed, so a verdict is a pure function of the results."""
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"paired bootstrap needs arrays over the same images, got lengths {[len(a) for a in arrays]}")
+    value = float(statistic(*[a[None] for a in arrays])[0])
+    idx = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+    stats = statistic(*[a[idx] for a in arrays])
+    undefined = torch.isnan(stats)
+    low = torch.where(undefined, -math.inf, stats).sort().values
+    high = torch.where(undefined, math.inf, stats).sort().values
+    k = int(math.floor(alpha / 2 * resamples))
+    tail = min(int(((stats <= 0) | undefined).sum()), int(((stats >= 0) | undefined).sum()))
+    return {"value": value, "interval": (float(low[k]), float(high[resamples - 1 - k])),
+            "p": min(1.0, 2 * (tail + 1) / (resamples + 1)), "n": n, "resamples": resamples}
+
+
+def spearman_interval(rho: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval (``z`` = 1.96) of a Spearman ρ of ``n`` > 3 pairs: Fisher's z with Fieller, Hartley and
+    Pearson's (1957) variance 1.06 / (n − 3)."""
+    zr, se = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12)), math.sqrt(1.06 / (n - 3))
+    return math.tanh(zr - z * se), math.tanh(zr + z * se)
