@@ -18,7 +18,8 @@ A chapter keeps its SPEC, recipes, protocol, its own tables and figures, and its
 * :func:`health_rows` — Carlini et al.'s health checks, tagged with the data set and network they belong to.
 * :func:`is_broken`, :func:`failed_checks`, :func:`smoke_note` — the verdict's shared tail: one rule each.
 * :func:`per_image`, :func:`paired_outcome`, :func:`autoattack_on_survivors`, :func:`autoattack_flags` — verdicts
-  on the same images: per-image outcomes, paired tests, the floor, the health gate and AutoAttack's confirmation.
+  on the same images: per-image outcomes, paired tests, the floor, the health gate and AutoAttack's confirmation;
+  :func:`combine_radii` — one claim judged at several radii as one outcome (a significant reversal refutes it).
 * :func:`glance_row` — one row of the "Results at a glance" page (:data:`GLANCE_KEYS`), which every chapter's
   ``glance_rows(results)`` builds from its own ``verdict_summary``.
 """
