@@ -1458,7 +1458,7 @@ def verdict(results: Mapping[str, Any]) -> str:
         lines.append("")
     if summary:
         claims = sum(1 for v in summary.values() for r in v["readings"].values() if r["lam"] > 0)
-        lines.append(f"Each claim is judged on the same images with an exact McNemar test"
+        lines.append("Each claim is judged on the same images with an exact McNemar test"
                      + (f" (Holm-adjusted across the {claims} claims of the readings and data sets"
                         + (", and across the data sets for the yardstick)" if len(summary) > 1 else ")")
                         if claims > 1 else "")
