@@ -111,7 +111,7 @@ display(Markdown(cfg.markdown()))
 # trained from each seed of `seeds`, and a second architecture (`second_arch`: an MLP on MNIST, Deep Defense's
 # ConvNet on CIFAR-10) from each seed of `second_seeds`. Every network follows the zoo's recipe for the profile,
 # except for the second architecture's learning rate (`second_lr`, smaller than the zoo's); the table's clean
-# accuracies show that every network learned. The first network, the zoo's own, is the *reference model*: the
+# accuracies show whether every network learned. The first network, the zoo's own, is the *reference model*: the
 # other chapters modify it, so it is kept out of the surrogates of the adversary set below.
 #
 # The `n_transfer` training images after the pool's training images are held out: no network saw them, and the
@@ -163,8 +163,8 @@ display(Markdown(chapter.generator_table(run.results())))
 #
 # One radius and one number of iterations do not settle the premise. The observation it comes from (Kurakin et
 # al. {cite}`kurakin2017adversarial`) was made on ImageNet networks at radii small for their images, and
-# transfer is known to depend on both. So on two pairs with the reference model as target, one source of the same
-# architecture (the easiest case for transfer) and one of the second architecture, the sweep below varies the
+# transfer is known to depend on both. So on up to two pairs with the reference model as target, one source of the
+# same architecture (the easiest case for transfer; it needs a second seed) and one of the second architecture, the sweep below varies the
 # radius (fractions `premise_radii` of the threat radius, `steps` iterations) and then the number of iterations at
 # the threat radius (`premise_steps`). PGD's step of 2.5·ε/iterations shrinks as the iterations grow, which
 # confounds the two, so PGD also runs with a fixed step (`premise_fixed_step` × ε, as Kurakin et al.'s basic
