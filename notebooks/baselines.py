@@ -163,16 +163,16 @@ display(Markdown(chapter.min_norm_table(run.results())))
 # ## The adaptive worst case
 #
 # A single attack can fail on an image where another succeeds. Every later chapter therefore reports an
-# adaptive worst case, `robustness_book.evaluate.worst_case`: per image, PGD on the cross-entropy, then PGD on the
-# margin loss (largest other logit minus the true one, which does not saturate on confident images), then the
-# gradient-free Square attack {cite}`andriushchenko2020square`, each run only on the images the earlier ones
-# left standing. An image counts as robust only if it survives all three, and each example is checked against
+# adaptive worst case, `robustness_book.evaluate.worst_case`: per image, APGD on the cross-entropy, then targeted
+# APGD on the DLR loss (a margin loss divided by the spread of the logits, which neither saturates on confident
+# images nor depends on their scale) {cite}`croce2020reliable`, then the gradient-free Square attack
+# {cite}`andriushchenko2020square`, each run only on the images the earlier ones left standing. An image counts as robust only if it survives all three, and each example is checked against
 # the threat model before it counts. On an undefended model the later members should add almost nothing: PGD
 # alone already finds the examples. The table shows the headline next to the worst case, the worst case's first
-# member alone (what a single PGD reports on the same images) and AutoAttack (standard) run on the images the
+# member alone (what a single APGD-CE reports on the same images) and AutoAttack (standard) run on the images the
 # worst case left standing, each with its 95% interval and, in the results file, its per-image outcome. Where
 # the worst case is at 0% (or 100%) at the threat radius, no paired comparison can show there: the worst case
-# is then also run at the largest radius of the PGD curve below the threat radius that is off the floor, and
+# is then also run at the radius of the PGD curve below the threat radius where PGD's accuracy is nearest 50%, and
 # shown in a second table.
 
 # %%
@@ -224,7 +224,7 @@ display(Markdown(chapter.cost_table(run.results())))
 # and read on the interval of the clean accuracy, never its point value). Claim 2, *the adaptive worst case finds
 # more than PGD alone*: an exact McNemar test of the same images under the worst case's first member alone and
 # under the whole worst case, with the smallest gain that matters named in the module; it is judged at the threat
-# radius unless the worst case is at the floor there (then at the radius above, the threat-radius outcome
+# radius unless the worst case is at the floor there (then at that smaller radius, the threat-radius outcome
 # reported beside it), failed gradient-free, transfer, step-doubling or chance checks make a positive
 # inconclusive, and the member that fooled PGD alone's survivors is named only when the test shows they were
 # fooled. The verdict then reads the health rows and AutoAttack's flags, and compares the minimum-norm attacks

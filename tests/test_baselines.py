@@ -245,7 +245,7 @@ def test_worst_case_beyond_pgd_is_judged_off_the_floor_and_reports_the_threat_ra
     assert (c["outcome"], c["eps"], c["role"]) == ("holds", 0.2, "judged")
     assert c["threat"]["outcome"] == "inconclusive" and c["threat"]["reason"] == "floor"
     text = chapter.verdict(make_results(worst=0.0, alone=0.0, judged=(0.2, 0.30, 0.20)))
-    assert "judged at ε = 0.2, the largest radius of the PGD curve" in text
+    assert "judged at ε = 0.2, the radius of the PGD curve below the threat radius where PGD's accuracy is nearest" in text
     assert "At the threat radius (reported, not judged): **inconclusive** (at the floor" in text
 
 
