@@ -23,8 +23,8 @@
 # **The one number that can be checked.** The first author submitted a CIFAR-10 model trained this way to the
 # AutoAttack leaderboard {cite}`croce2020reliable`: a small CNN (convolutions 32-32, max-pooling, 64-64,
 # max-pooling, then dense layers 512-256-128-128-84-10). Its numbers are printed below the parameters, read from
-# the book's anchors file. For a network of that size, its AutoAttack L∞ accuracy is about what PGD adversarial
-# training reaches. Reaching it from clean images alone would be remarkable.
+# the book's anchors file. The chapter trains its own network with PGD adversarial training as the yardstick those
+# numbers are read against; reaching the yardstick from clean images alone would be remarkable.
 #
 # **What is the paper's, and what is the book's.** The method section could not be read, and no code was
 # published. This chapter tests *the book's reading of an unpublished method*, and says so wherever it matters.
@@ -42,9 +42,9 @@
 #   moved most, among the `layer_candidates` (the dense layers in every profile: the authors' earlier work analyses
 #   dense-layer activations). It needs an adversarially trained network, which the paper's defining claim ("no
 #   generation of adversarial examples") rules out. *Reading B* is free of that: it moves the entropy of every
-#   candidate layer in one fixed direction, $-\sum_l d\, H_l$ with $d = -1$ to lower it (the direction the
-#   analysis points to in dense layers) or $+1$ to raise it, the direction among `free_directions` and λ chosen
-#   on held-out images. No adversarial example enters reading B anywhere. "Retraining" is fine-tuning the
+#   candidate layer in one fixed direction, $-\sum_l d\, H_l$ with $d = -1$ to lower it or $+1$ to raise it (the
+#   profile table below shows which way adversarial training moved each layer, per data set), the direction among
+#   `free_directions` and λ chosen on held-out images. No adversarial example enters reading B anywhere. "Retraining" is fine-tuning the
 #   normally trained network in both. The network is initialized as Keras
 #   does it, since the authors' model was (we infer) a Keras model. The kernel sizes and paddings are the book's
 #   too (see {func}`robustness_book.models.entropic_cnn`). The loss and the estimators are in

@@ -151,8 +151,8 @@ plt.show()
 # excess: Spearman's rank correlation between the excess and the fragility, whose p-value comes from 10,000
 # random permutations (exact enough for the 10 to 64 channels of a first layer, where the usual t approximation is
 # not). The raw change's correlation is shown beside it. The same table holds the correlation of the fragility
-# of two independently trained copies, when the profile trains one: a property of *neurons* should not depend on
-# the seed. Channel $j$ of one network has no reason to be channel $j$ of another, so the copy's channels are
+# of two independently trained copies, where the profile follows the copy's training (`evolution`): a property of
+# *neurons* should not depend on the seed. Channel $j$ of one network has no reason to be channel $j$ of another, so the copy's channels are
 # first matched to the first network's (the assignment that maximizes the total cosine similarity of their
 # filters).
 
@@ -252,8 +252,8 @@ saved = run.saved()
 # and the two compress/amplify claims. Both compare the chosen strength with strength 0 on the same images
 # (an exact McNemar test on the images only one of them gets right, Holm-adjusted over the data sets): the paper's
 # claim under the authors' FGSM at their radius, and its survival under the adaptive worst case at the same radius,
-# clipped, the radius the chapter measures nearest theirs; at the threat radius both networks are at 0%, where no
-# gain could show, so that radius is reported beside the verdict but not judged. A positive must be confirmed by
+# clipped, the radius the chapter measures nearest theirs; the threat radius is reported beside the verdict but not
+# judged (the paper makes its claim at the authors' radius). A positive must be confirmed by
 # AutoAttack on the survivors and by the gating health checks; "an FGSM artefact" is said only when that clipped
 # FGSM showed a significant gain over strength 0 and the worst case is significantly below the rescaled network's
 # own clipped FGSM accuracy at the same radius on the same images, naming the attack that removed the gain. The same FGSM comparison at the other multiples of the authors' radius
