@@ -344,6 +344,18 @@ def test_white_box_does_not_hold_where_judged_and_names_transfer_only_with_evide
     assert "at ε = 0.3" in white["mechanism"] and "pgd_margin" in white["mechanism"]
 
 
+def test_no_transfer_only_where_the_white_box_gain_held_at_one_radius():
+    # the set gain holds and the white box removes it at the set's radius (evidence exists), but superimposition was
+    # significantly above normal training at 0.15: a white-box gain that showed is not "transfer-only"
+    records = _defenses(worst={"normal": {OFF: 0.3, AT: 0.4}, "superimposition": {OFF: 0.6, AT: 0.2}}, n=500)
+    c = _claims(records)
+    white = c["white_box"]
+    assert c["set"]["outcome"] == "holds" and white["outcome"] == "does not hold"
+    assert any(r["outcome"] == "holds" for r in white["radii"])
+    assert chapter._mechanism(records, "mnist", "superimposition") is not None  # the evidence alone is there
+    assert white["mechanism"] is None
+
+
 def test_white_box_at_the_floor_at_every_radius_is_inconclusive():
     c = _claims(_defenses(worst={"normal": {OFF: 0.0, AT: 0.0}, "superimposition": {OFF: 0.002, AT: 0.0}}))
     white = c["white_box"]
