@@ -81,7 +81,8 @@ display(Markdown(cfg.markdown()))
 # (CIFAR-10 adds random crops and flips). The same function serves the attack benchmark
 # (`python -m robustness_book bench`), so both always measure the same model. Trained weights are cached under a
 # hash of the whole recipe: rerunning the page does not retrain. Clean accuracy is measured on the first
-# `n_clean` test images and reported with its 95% Wilson interval, as every accuracy in the book is.
+# `n_clean` test images and reported with its 95% Wilson interval, as every accuracy the book judges is (the attack
+# curves below show points; their intervals are in the results file).
 
 # %%
 chapter.train(run)

@@ -296,7 +296,7 @@ def test_verdict_marks_smoke_numbers_as_meaningless():
 
 def test_curves_table_has_one_row_per_attack_and_one_column_per_radius():
     table = chapter.curves_table(make_results(), "linf").splitlines()
-    assert table[0] == "| attack \\ linf radius ε | 0 | 0.1 | 0.2 | 0.3 |"
+    assert table[0] == "| attack \\ L∞ radius ε | 0 | 0.1 | 0.2 | 0.3 |"
     assert table[2].startswith("| FGSM | 98.0% |") and table[3].startswith("| PGD-40 L∞ | 98.0% |")
     assert len(table) == 4  # the threat record is not a curve point
     assert chapter.curves_table(make_results(), "l2").splitlines()[2].startswith("| PGD-40 L2 |")
