@@ -348,15 +348,12 @@ def curves_figure(results: Mapping[str, Any]):
     return fig
 
 
-#: How a page names a threat model.
-THREAT_WORDS = {"linf": "L∞", "l2": "L2"}
-
-
 def curves_table(results: Mapping[str, Any], threat: str = "linf") -> str:
     """The curve's numbers: one row per attack, one column per radius."""
     rows = select(results["records"], metric="accuracy", threat_model=threat, role="curve")
     named = [{**r, "setting": {**r["setting"], "name": attack_name(r)}} for r in rows]
-    return records_table(named, rows=["name"], column="eps", headers={"name": f"attack \\ {THREAT_WORDS.get(threat, threat)} radius ε"})
+    words = kit.THREAT_NAMES.get(threat, threat)
+    return records_table(named, rows=["name"], column="eps", headers={"name": f"attack \\ {words} radius ε"})
 
 
 def _restarts(rec: Mapping[str, Any]) -> str:
